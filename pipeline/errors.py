@@ -1,0 +1,76 @@
+"""Typed errors raised at rnnstream's boundaries.
+
+Every error names the offending file or value and what was expected. Pipelines catch
+:class:`RnnstreamError` and turn it into a dead-letter record whose ``reason`` is ``str(error)``
+and whose ``kind`` is the class name.
+"""
+
+from __future__ import annotations
+
+
+class RnnstreamError(ValueError):
+    """Base class of every user-facing input error."""
+
+
+class ConfigError(RnnstreamError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class AudioError(RnnstreamError):
+    """Audio input could not be used."""
+
+
+class EmptyAudioError(AudioError):
+    """The file or chunk holds no samples."""
+
+
+class CorruptAudioError(AudioError):
+    """The file is truncated, corrupt or not audio at all (e.g. a text file named ``.wav``)."""
+
+
+class UnsupportedFormatError(AudioError):
+    """The container or sample format is not supported."""
+
+
+class NonFiniteSamplesError(AudioError):
+    """Samples contain NaN or Inf."""
+
+
+class ChannelError(AudioError):
+    """The channel count does not match what was asked for."""
+
+
+class SampleRateError(AudioError):
+    """The sample rate differs from the configured one and resampling is off."""
+
+
+class SensorError(RnnstreamError):
+    """A sensor table or chunk could not be used."""
+
+
+class MissingColumnsError(SensorError):
+    """Required columns are absent from a sensor table."""
+
+
+class NonNumericError(SensorError):
+    """A sensor column holds values that are not numbers."""
+
+
+class TimestampError(SensorError):
+    """Timestamps are not strictly increasing (non-monotonic or duplicated)."""
+
+
+class ShapeError(RnnstreamError):
+    """A tensor has the wrong shape, dtype or feature dimension."""
+
+
+class StateError(RnnstreamError):
+    """A state or snapshot does not belong to this model, or has the wrong shape."""
+
+
+class DatasetError(RnnstreamError):
+    """A featurized dataset is missing, empty or inconsistent."""
+
+
+class CheckpointError(RnnstreamError):
+    """A checkpoint or ONNX file is corrupt, truncated or of another format."""

@@ -1,0 +1,5 @@
+import sys
+
+from rnnstream.cli import main
+
+sys.exit(main())
