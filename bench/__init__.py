@@ -1,0 +1,1 @@
+"""Benchmarks: one module per benchmark, each runnable as ``python -m bench.<name>``."""
