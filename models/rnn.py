@@ -1,0 +1,375 @@
+"""Stateful RNNs with one explicit state API, for offline, training and streaming use alike.
+
+The state API (the contract every backend, Beam job and server follows)::
+
+    state = model.initial_state(batch_size)          # dict[str, Tensor], every tensor batch-first
+    y, state = model.step(x_chunk, state)            # x_chunk [B, T, input_dim] -> y [B, T, output_dim]
+    y = model(x)                                     # == step over the whole sequence from initial_state
+
+``step`` over any chunking equals ``forward`` over the concatenation (a unidirectional RNN is causal).
+Every state tensor has the batch on axis 0 (``[B, num_layers, hidden]`` for ``h``/``c``), so gathering the
+states of several streams is a concatenation and scattering is a split. ``model.state_spec()`` names them
+and gives their per-stream shapes; the ONNX graph uses the same names with ``_in``/``_out`` suffixes.
+
+Outputs are per frame for every task; what a frame's output means depends on the task:
+
+* ``classify`` (many-to-one): logits ``[C]`` for the stream *so far* (pooled ``last`` frame or running
+  ``mean`` over frames; the mean is carried as state, so it streams too). The sequence's prediction is the
+  output at its last frame.
+* ``tag`` (many-to-many): logits ``[C]`` for this frame (e.g. voice activity).
+* ``forecast`` (many-to-many, seq2seq): the next ``horizon`` values of the ``target_dims`` channels, flat
+  ``[horizon * len(target_dims)]``, in the *normalised* scale of those channels.
+* ``generate`` (one-to-many): the next frame (all channels, normalised); :meth:`StreamingRNN.rollout`
+  feeds predictions back from a seed. ``one-to-one`` is any task over ``T = 1``.
+
+Input normalisation from fitted statistics is part of the model (buffers ``feat_mean``/``feat_std``), so
+every checkpoint and export carries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.errors import ConfigError, ShapeError, StateError
+
+Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
+Task = Literal["classify", "tag", "forecast", "generate"]
+Pooling = Literal["last", "mean"]
+State = dict[str, Tensor]
+
+_STREAMING_REFUSAL = (
+    "bidirectional models are offline only: a unidirectional RNN never looks at future frames, so it can run "
+    "chunk by chunk; a bidirectional one reads each sequence backwards from its end, which a stream does not have "
+    "yet. Train with bidirectional=False to stream or export for streaming."
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and task of a :class:`StreamingRNN` (JSON-serialisable, stored in checkpoints and ONNX)."""
+
+    input_dim: int
+    output_dim: int
+    task: Task = "classify"
+    cell: Cell = "gru"
+    hidden_size: int = 128
+    num_layers: int = 2
+    dropout: float = 0.0
+    bidirectional: bool = False
+    pooling: Pooling = "last"
+    horizon: int = 1
+    target_dims: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.cell not in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
+            raise ConfigError(f"cell must be one of rnn_tanh, rnn_relu, lstm, gru; got {self.cell!r}")
+        if self.task not in ("classify", "tag", "forecast", "generate"):
+            raise ConfigError(f"task must be one of classify, tag, forecast, generate; got {self.task!r}")
+        for name in ("input_dim", "output_dim", "hidden_size", "num_layers", "horizon"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pooling not in ("last", "mean"):
+            raise ConfigError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
+        if self.pooling == "mean" and self.task != "classify":
+            raise ConfigError(f"pooling='mean' applies to task 'classify' only, not {self.task!r}")
+        if self.task == "forecast":
+            if not self.target_dims:
+                raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
+            bad = [d for d in self.target_dims if not 0 <= d < self.input_dim]
+            if bad:
+                raise ConfigError(f"target_dims {bad} out of range for input_dim={self.input_dim}")
+            if self.output_dim != self.horizon * len(self.target_dims):
+                raise ConfigError(
+                    f"forecast output_dim must be horizon*len(target_dims) = {self.horizon * len(self.target_dims)}, "
+                    f"got {self.output_dim}"
+                )
+        if self.task == "generate" and self.output_dim != self.input_dim:
+            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
+
+    @property
+    def streamable(self) -> bool:
+        return not self.bidirectional
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_dims"] = list(self.target_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model config keys {sorted(unknown)}")
+        data = dict(data)
+        data["target_dims"] = tuple(data.get("target_dims", ()))
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor: its name and per-stream shape (the full tensor is ``[batch, *shape]``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+class StreamingRNN(nn.Module):
+    """Normalise -> RNN (RNN/LSTM/GRU) -> optional running mean -> linear head. See the module docstring."""
+
+    def __init__(self, config: ModelConfig, *, feat_mean: np.ndarray | Tensor | None = None,
+                 feat_std: np.ndarray | Tensor | None = None):
+        super().__init__()
+        self.config = config
+        c = config
+        rnn_kwargs = dict(
+            input_size=c.input_dim,
+            hidden_size=c.hidden_size,
+            num_layers=c.num_layers,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+            bidirectional=c.bidirectional,
+            batch_first=True,
+        )
+        if c.cell == "lstm":
+            self.rnn: nn.Module = nn.LSTM(**rnn_kwargs)
+        elif c.cell == "gru":
+            self.rnn = nn.GRU(**rnn_kwargs)
+        else:
+            self.rnn = nn.RNN(nonlinearity="tanh" if c.cell == "rnn_tanh" else "relu", **rnn_kwargs)
+        self.num_directions = 2 if c.bidirectional else 1
+        self.head = nn.Linear(c.hidden_size * self.num_directions, c.output_dim)
+        mean = torch.zeros(c.input_dim) if feat_mean is None else torch.as_tensor(np.asarray(feat_mean), dtype=torch.float32)
+        std = torch.ones(c.input_dim) if feat_std is None else torch.as_tensor(np.asarray(feat_std), dtype=torch.float32)
+        if mean.shape != (c.input_dim,) or std.shape != (c.input_dim,):
+            raise ShapeError(
+                f"normalisation statistics must have shape [{c.input_dim}], got mean {list(mean.shape)} std {list(std.shape)}"
+            )
+        if not bool(torch.all(std > 0)):
+            raise ConfigError("normalisation std must be > 0 in every dimension")
+        self.register_buffer("feat_mean", mean.clone())
+        self.register_buffer("feat_std", std.clone())
+
+    # ---------------------------------------------------------------------------------------
+    # State API
+    # ---------------------------------------------------------------------------------------
+    def state_spec(self) -> list[StateSpec]:
+        """Names and per-stream shapes of the state tensors, in graph order."""
+        c = self.config
+        layers = c.num_layers * self.num_directions
+        specs = [StateSpec("h", (layers, c.hidden_size))]
+        if c.cell == "lstm":
+            specs.append(StateSpec("c", (layers, c.hidden_size)))
+        if c.pooling == "mean":
+            specs += [StateSpec("pool_sum", (c.hidden_size,)), StateSpec("pool_count", (1,))]
+        return specs
+
+    def initial_state(self, batch_size: int) -> State:
+        """Zeros for every state tensor: ``{name: [batch_size, *shape]}``."""
+        device = self.feat_mean.device
+        return {s.name: torch.zeros((batch_size, *s.shape), device=device) for s in self.state_spec()}
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[2] != self.config.input_dim:
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShapeError(f"expected input [batch, time, {self.config.input_dim}], got {shape}")
+        if not x.is_floating_point():
+            raise ShapeError(f"expected a floating-point input, got dtype {x.dtype}")
+
+    def check_state(self, state: State, batch_size: int) -> None:
+        """Raise :class:`StateError` unless ``state`` has exactly this model's tensors and shapes."""
+        specs = self.state_spec()
+        if set(state) != {s.name for s in specs}:
+            raise StateError(f"state has tensors {sorted(state)}, this model expects {[s.name for s in specs]}")
+        for s in specs:
+            if tuple(state[s.name].shape) != (batch_size, *s.shape):
+                raise StateError(
+                    f"state {s.name!r} has shape {list(state[s.name].shape)}, expected {[batch_size, *s.shape]}"
+                )
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One chunk: ``x [B, T, input_dim]`` (``T >= 0``) -> ``(y [B, T, output_dim], new_state)``."""
+        if self.config.bidirectional:
+            raise StateError(_STREAMING_REFUSAL)
+        self._check_input(x)
+        if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            self.check_state(state, x.shape[0])
+        if x.shape[1] == 0:
+            return x.new_zeros((x.shape[0], 0, self.config.output_dim)), dict(state)
+        return self._step(x, state)
+
+    def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        c = self.config
+        z = (x - self.feat_mean) / self.feat_std
+        h0 = state["h"].transpose(0, 1).contiguous()
+        if c.cell == "lstm":
+            out, (h, cc) = self.rnn(z, (h0, state["c"].transpose(0, 1).contiguous()))
+            new_state = {"h": h.transpose(0, 1), "c": cc.transpose(0, 1)}
+        else:
+            out, h = self.rnn(z, h0)
+            new_state = {"h": h.transpose(0, 1)}
+        if c.pooling == "mean":
+            csum = torch.cumsum(out, dim=1) + state["pool_sum"].unsqueeze(1)
+            steps = torch.arange(1, out.shape[1] + 1, device=out.device, dtype=out.dtype).view(1, -1, 1)
+            count = state["pool_count"].unsqueeze(1) + steps  # [B, T, 1]
+            out = csum / count
+            new_state["pool_sum"] = csum[:, -1]
+            new_state["pool_count"] = count[:, -1]
+        return self.head(out), new_state
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Offline: ``x [B, T, input_dim]`` -> ``y [B, T, output_dim]``.
+
+        Unidirectional models run :meth:`step` from the initial state; right-padding does not change the
+        outputs at valid frames (causality), so ``lengths`` is only needed by bidirectional models, which
+        pack the batch so the backward direction starts at each sequence's true end.
+        """
+        self._check_input(x)
+        if not self.config.bidirectional:
+            return self._step(x, self.initial_state(x.shape[0]))[0]
+        return self._forward_bidirectional(x, lengths)
+
+    def _forward_bidirectional(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        z = (x - self.feat_mean) / self.feat_std
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        if self.config.pooling == "mean":
+            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(out.dtype)
+            out = torch.cumsum(out * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
+        return self.head(out)
+
+    # ---------------------------------------------------------------------------------------
+    # Task helpers
+    # ---------------------------------------------------------------------------------------
+    @staticmethod
+    def last_output(y: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Output at each sequence's last valid frame: ``y [B, T, O] -> [B, O]``."""
+        if lengths is None:
+            return y[:, -1]
+        idx = (lengths.to(y.device).long() - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, y.shape[2])
+        return y.gather(1, idx).squeeze(1)
+
+    def forecast_view(self, y: Tensor) -> Tensor:
+        """Forecast outputs ``[B, T, horizon * D]`` -> ``[B, T, horizon, D]`` (normalised scale)."""
+        return y.view(*y.shape[:-1], self.config.horizon, len(self.config.target_dims))
+
+    @torch.no_grad()
+    def rollout(self, seed: Tensor, steps: int, state: State | None = None) -> tuple[Tensor, State]:
+        """One-to-many: consume ``seed [B, T0, input_dim]`` then feed back ``steps`` predicted frames.
+
+        Returns the generated frames in the input scale ``[B, steps, input_dim]`` and the final state.
+        Only for task ``generate``.
+        """
+        if self.config.task != "generate":
+            raise ConfigError(f"rollout needs task 'generate', this model's task is {self.config.task!r}")
+        state = self.initial_state(seed.shape[0]) if state is None else state
+        y, state = self.step(seed, state)
+        frames = []
+        nxt = y[:, -1:] * self.feat_std + self.feat_mean
+        for _ in range(steps):
+            frames.append(nxt)
+            y, state = self.step(nxt, state)
+            nxt = y[:, -1:] * self.feat_std + self.feat_mean
+        return torch.cat(frames, dim=1) if frames else seed.new_zeros((seed.shape[0], 0, seed.shape[2])), state
+
+    # ---------------------------------------------------------------------------------------
+    # Identity
+    # ---------------------------------------------------------------------------------------
+    def weights_hash(self) -> str:
+        """SHA-256 (hex, 16 chars) of the parameters and config: identifies a model for state snapshots."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        for name, t in sorted(self.state_dict().items()):
+            if name in ("feat_mean", "feat_std"):
+                continue
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def stats_hash(self) -> str:
+        """SHA-256 (hex, 16 chars) of the normalisation statistics baked into the model."""
+        h = hashlib.sha256(self.feat_mean.detach().cpu().numpy().tobytes())
+        h.update(self.feat_std.detach().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------------------
+# Factories (keyword-only, torchaudio style)
+# -------------------------------------------------------------------------------------------
+
+
+def _build(stats: Any | None, **kwargs: Any) -> StreamingRNN:
+    mean = std = None
+    if stats is not None:
+        mean, std = np.asarray(stats.mean, dtype=np.float32), np.asarray(stats.std, dtype=np.float32)
+    return StreamingRNN(ModelConfig(**kwargs), feat_mean=mean, feat_std=std)
+
+
+def rnn_classifier(*, input_dim: int, num_classes: int, cell: Cell = "gru", hidden_size: int = 128,
+                   num_layers: int = 2, dropout: float = 0.0, bidirectional: bool = False,
+                   pooling: Pooling = "last", stats: Any | None = None) -> StreamingRNN:
+    """Many-to-one sequence classifier (keyword, digit, activity). ``stats``: a fitted RunningStats."""
+    return _build(stats, input_dim=input_dim, output_dim=num_classes, task="classify", cell=cell,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional,
+                  pooling=pooling)
+
+
+def rnn_tagger(*, input_dim: int, num_classes: int, cell: Cell = "gru", hidden_size: int = 128,
+               num_layers: int = 2, dropout: float = 0.0, bidirectional: bool = False,
+               stats: Any | None = None) -> StreamingRNN:
+    """Many-to-many per-frame tagger (e.g. voice activity)."""
+    return _build(stats, input_dim=input_dim, output_dim=num_classes, task="tag", cell=cell,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, bidirectional=bidirectional)
+
+
+def rnn_forecaster(*, input_dim: int, horizon: int, target_dims: tuple[int, ...] | list[int],
+                   cell: Cell = "gru", hidden_size: int = 128, num_layers: int = 2, dropout: float = 0.0,
+                   stats: Any | None = None) -> StreamingRNN:
+    """Many-to-many seq2seq forecaster: at every frame, the next ``horizon`` values of ``target_dims``."""
+    target_dims = tuple(int(d) for d in target_dims)
+    return _build(stats, input_dim=input_dim, output_dim=horizon * len(target_dims), task="forecast", cell=cell,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, horizon=horizon,
+                  target_dims=target_dims)
+
+
+def rnn_generator(*, input_dim: int, cell: Cell = "gru", hidden_size: int = 128, num_layers: int = 2,
+                  dropout: float = 0.0, stats: Any | None = None) -> StreamingRNN:
+    """One-to-many autoregressive model: predicts the next frame; :meth:`StreamingRNN.rollout` generates."""
+    return _build(stats, input_dim=input_dim, output_dim=input_dim, task="generate", cell=cell,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout)
+
+
+def build_model(config: ModelConfig, *, feat_mean: np.ndarray | None = None,
+                feat_std: np.ndarray | None = None) -> StreamingRNN:
+    """A model from a stored config (checkpoints, ONNX metadata)."""
+    return StreamingRNN(config, feat_mean=feat_mean, feat_std=feat_std)
+
+
+__all__ = [
+    "ModelConfig",
+    "StateSpec",
+    "StreamingRNN",
+    "build_model",
+    "rnn_classifier",
+    "rnn_forecaster",
+    "rnn_generator",
+    "rnn_tagger",
+]
