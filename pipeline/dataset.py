@@ -141,7 +141,7 @@ def write_dataset(root: str, examples: list[Example], config: FeatureConfig, sta
     if stats is None:
         stats = RunningStats.empty(config.dim)
         for e in examples:
-            stats = stats.update(e.features) or stats
+            stats.update(e.features)
     config.save(os.path.join(root, FEATURE_CONFIG_FILE))
     stats.save(os.path.join(root, STATS_FILE))
     table = pa.Table.from_pylist([e.to_row() for e in examples], schema=PARQUET_SCHEMA)
