@@ -74,3 +74,7 @@ class DatasetError(RnnstreamError):
 
 class CheckpointError(RnnstreamError):
     """A checkpoint or ONNX file is corrupt, truncated or of another format."""
+
+
+class TrainingDivergedError(RnnstreamError):
+    """Training produced a non-finite loss or gradient (too high a learning rate, extreme data)."""
