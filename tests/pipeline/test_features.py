@@ -42,7 +42,7 @@ def _stream(fz: AudioFeaturizer, x: np.ndarray, sizes: list[int]) -> np.ndarray:
     return np.concatenate(out)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     name=st.sampled_from(sorted(CONFIGS)),
     seed=st.integers(0, 2**31 - 1),
