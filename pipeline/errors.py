@@ -78,3 +78,7 @@ class CheckpointError(RnnstreamError):
 
 class TrainingDivergedError(RnnstreamError):
     """Training produced a non-finite loss or gradient (too high a learning rate, extreme data)."""
+
+
+class ExportError(RnnstreamError):
+    """An exported graph disagrees with the PyTorch model beyond the tolerance (the message names both)."""
