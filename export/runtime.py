@@ -1,0 +1,250 @@
+"""The onnxruntime backend of the streaming runtime, and one loader for both backends.
+
+::
+
+    backend = load_backend("model.onnx")        # OnnxBackend (the file describes itself)
+    backend = load_backend("model.pt")          # models.backend.TorchBackend, same interface
+    session = StreamSession(backend)            # pipeline.streaming: push chunks, final(), snapshots
+
+:class:`OnnxBackend` implements ``pipeline.streaming.Backend`` over a graph written by
+:mod:`export.onnx_export` (signature in ``docs/onnx.md``). It is stateless: ``step(x, states)`` maps a
+batch of streams' input and states to outputs and new states; sessions own the states.
+
+Input policy (checked on every call, typed errors naming the value and what was expected):
+
+* ``x`` must be a floating-point array. float32 is used as is; float64 and float16 are *converted*
+  to float32 (as ``TorchBackend`` does); integer, bool and complex inputs are refused with
+  :class:`ShapeError` naming the dtype (int16 PCM passed as samples is a bug, not a format).
+* features graphs: ``x [B, T, F]`` with ``F`` the feature dimension; raw-audio graphs: ``x [B, S]``
+  with ``S`` a multiple of the hop (:class:`ShapeError` otherwise).
+* ``states`` must hold exactly the graph's states (``frontend_carry`` too for raw audio), each
+  ``[B, *shape]`` (:class:`StateError` naming the expected shape). States are converted to float32.
+* ``T == 0`` (or ``S == 0``) returns ``y [B, 0, O]`` and the states unchanged without running the graph.
+
+Execution providers: ``provider="auto"`` picks CUDA when onnxruntime offers ``CUDAExecutionProvider``
+(the ``onnxruntime-gpu`` build) and CPU otherwise; ``"cuda"`` without it raises :class:`ConfigError`.
+``threads``/``inter_threads`` set onnxruntime's intra-/inter-op thread pools (``None``: onnxruntime's
+default). ``io_binding`` (default: on for CUDA) binds inputs and outputs through an ``IOBinding`` so
+onnxruntime copies host arrays once per call instead of per run; untested here (no GPU on the
+development machine).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
+from pipeline.streaming import FRONTEND_STATE, Backend, ModelInfo
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_provider(provider: str) -> str:
+    """``"auto"`` | ``"cpu"`` | ``"cuda"`` -> an onnxruntime provider name (:class:`ConfigError` if unavailable)."""
+    avail = available_providers()
+    if provider == "auto":
+        return PROVIDERS["cuda"] if PROVIDERS["cuda"] in avail else PROVIDERS["cpu"]
+    if provider not in PROVIDERS:
+        raise ConfigError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
+    name = PROVIDERS[provider]
+    if name not in avail:
+        raise ConfigError(
+            f"provider {provider!r} asked for, but this onnxruntime offers only {avail}; "
+            "install onnxruntime-gpu (pip install 'rnnstream[gpu]') with a matching CUDA, or use provider='cpu'"
+        )
+    return name
+
+
+class OnnxBackend:
+    """``pipeline.streaming.Backend`` over an rnnstream ``.onnx`` graph, run by onnxruntime.
+
+    ``info`` is rebuilt from the file's metadata (``ModelInfo.from_metadata``). ``step(x, states)``:
+    ``x [B, T, F]`` features (or ``[B, S]`` audio for a raw-audio graph), ``states {name: [B, *shape]}``
+    -> ``(y [B, T, output_dim], new_states)``, all float32. See the module docstring for the input policy.
+
+    Raises (constructor): :class:`CheckpointError` for a missing, truncated or corrupt file, a file
+    without rnnstream metadata, or a graph whose inputs/outputs disagree with its metadata;
+    :class:`ConfigError` for an unavailable provider.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
+                 inter_threads: int | None = None, io_binding: bool | None = None):
+        import onnxruntime as ort
+
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise CheckpointError(f"ONNX model {self.path!r} does not exist")
+        self.provider = resolve_provider(provider)
+        opts = ort.SessionOptions()
+        if threads is not None:
+            if int(threads) < 1:
+                raise ConfigError(f"threads must be >= 1 (or None for onnxruntime's default), got {threads}")
+            opts.intra_op_num_threads = int(threads)
+        if inter_threads is not None:
+            if int(inter_threads) < 1:
+                raise ConfigError(f"inter_threads must be >= 1 (or None), got {inter_threads}")
+            opts.inter_op_num_threads = int(inter_threads)
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [self.provider] + ([PROVIDERS["cpu"]] if self.provider != PROVIDERS["cpu"] else [])
+        try:
+            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, RuntimeException...
+            raise CheckpointError(
+                f"ONNX model {self.path!r} is truncated, corrupt or not an ONNX graph: {type(exc).__name__}: "
+                f"{str(exc).strip()[:300]}"
+            ) from None
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.info: ModelInfo = ModelInfo.from_metadata(meta)
+        except StateError as exc:
+            raise CheckpointError(f"ONNX model {self.path!r} has no rnnstream metadata: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:  # ConfigError is a ValueError
+            raise CheckpointError(f"ONNX model {self.path!r} has unreadable rnnstream metadata: {exc}") from None
+        self.quantization = meta.get("rnnstream.quantization", "none")
+        self.io_binding = (self.provider == PROVIDERS["cuda"]) if io_binding is None else bool(io_binding)
+
+        from export.onnx_export import input_names, output_names, state_names
+
+        self._in = input_names(self.info)
+        self._out = output_names(self.info)
+        self._states = state_names(self.info)
+        self._check_graph()
+        cfg = self.info.feature_config
+        self._raw = self.info.input_kind == "audio"
+        self._hop = cfg.audio.hop_length if self._raw else 1  # type: ignore[union-attr]
+        self._dim = cfg.dim
+        self._odim = self.info.model_config.output_dim
+        shapes = {s.name: tuple(s.shape) for s in self.info.state_specs}
+        if self._raw:
+            shapes = {FRONTEND_STATE: (cfg.audio.context,), **shapes}  # type: ignore[union-attr]
+        self._shapes = shapes
+
+    def __repr__(self) -> str:
+        return (f"OnnxBackend({self.path!r}, provider={self.provider!r}, input_kind={self.info.input_kind!r}, "
+                f"quantization={self.quantization!r})")
+
+    def _check_graph(self) -> None:
+        got_in = [i.name for i in self.session.get_inputs()]
+        got_out = [o.name for o in self.session.get_outputs()]
+        if got_in != self._in or got_out != self._out:
+            raise CheckpointError(
+                f"ONNX model {self.path!r}: graph inputs {got_in} / outputs {got_out} do not match its metadata, "
+                f"which expects inputs {self._in} / outputs {self._out}"
+            )
+
+    # -- Backend ---------------------------------------------------------------------------------
+    def step(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One streaming step for a batch: ``x [B, T, F]`` or audio ``[B, S]``; states ``{name: [B, *shape]}``.
+
+        Returns ``(y [B, T, output_dim], {name: [B, *shape]})`` (``frontend_carry`` included for raw audio).
+        """
+        x = self._check_x(x)
+        batch = x.shape[0]
+        feeds = {self._in[0]: x}
+        checked = self._check_states(states, batch)
+        for name in self._states:
+            feeds[f"{name}_in"] = checked[name]
+        if x.shape[1] == 0:
+            return np.zeros((batch, 0, self._odim), np.float32), {k: v.copy() for k, v in checked.items()}
+        if self.io_binding:
+            res = self._run_bound(feeds)
+        else:
+            res = self.session.run(self._out, feeds)
+        return res[0], dict(zip(self._states, res[1:]))
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding = self.session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, arr)
+        for name in self._out:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _check_x(self, x: Any) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.dtype != np.float32:
+            if arr.dtype.kind != "f":
+                raise ShapeError(
+                    f"input has dtype {arr.dtype}; expected float32 (float64/float16 are converted) "
+                    + ("audio samples in [-1, 1]" if self._raw else "features")
+                )
+            arr = arr.astype(np.float32)
+        if self._raw:
+            if arr.ndim != 2:
+                raise ShapeError(f"a raw-audio graph takes audio [batch, samples], got shape {list(arr.shape)}")
+            if arr.shape[1] % self._hop:
+                raise ShapeError(
+                    f"a raw-audio graph takes a multiple of the hop ({self._hop}) samples, got {arr.shape[1]}; "
+                    "StreamSession holds the remainder"
+                )
+        elif arr.ndim != 3 or arr.shape[2] != self._dim:
+            raise ShapeError(f"expected features [batch, time, {self._dim}], got shape {list(arr.shape)}")
+        if arr.shape[0] < 1:
+            raise ShapeError(f"expected a batch of at least one stream, got shape {list(arr.shape)}")
+        return np.ascontiguousarray(arr)
+
+    def _check_states(self, states: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        if not isinstance(states, dict) or set(states) != set(self._states):
+            got = sorted(states) if isinstance(states, dict) else type(states).__name__
+            raise StateError(f"states {got} do not match this model's {self._states}")
+        out = {}
+        for name in self._states:
+            arr = np.asarray(states[name])
+            want = (batch, *self._shapes[name])
+            if arr.shape != want:
+                raise StateError(f"state {name!r} has shape {list(arr.shape)}, expected {list(want)}")
+            if arr.dtype != np.float32:
+                if arr.dtype.kind not in "fiu":
+                    raise StateError(f"state {name!r} has dtype {arr.dtype}, expected float32")
+                arr = arr.astype(np.float32)
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
+
+def load_backend(path: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
+                 raw_audio: bool = False) -> Backend:
+    """A backend for ``path``, whichever kind it is: :class:`OnnxBackend` for ``.onnx`` files,
+    ``models.backend.TorchBackend`` for checkpoints (anything else).
+
+    ``provider``: ``"auto"``/``"cpu"``/``"cuda"`` (for a checkpoint: the torch device; ``"auto"`` picks
+    CUDA when ``torch.cuda.is_available()``). ``threads``: onnxruntime's intra-op threads, or for a
+    checkpoint ``torch.set_num_threads`` (process-wide). ``raw_audio``: for a checkpoint, put the audio
+    front end in the backend (input ``[B, S]`` audio); for an ``.onnx`` file the graph decides, and
+    ``raw_audio=True`` with a features graph raises :class:`ConfigError` (export with ``--raw-audio``).
+    A :class:`pipeline.streaming.StreamSession` hides the difference either way.
+    """
+    p = os.fspath(path)
+    if p.lower().endswith(".onnx"):
+        backend = OnnxBackend(p, provider=provider, threads=threads)
+        if raw_audio and backend.info.input_kind != "audio":
+            raise ConfigError(f"raw_audio=True, but {p!r} is a features graph; export it with --raw-audio")
+        return backend
+    from models.backend import TorchBackend
+
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
+    import torch
+
+    if provider == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("provider 'cuda' asked for, but torch.cuda.is_available() is False; use provider='cpu'")
+    device = "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu"
+    if threads is not None:
+        if int(threads) < 1:
+            raise ConfigError(f"threads must be >= 1 (or None), got {threads}")
+        torch.set_num_threads(int(threads))
+    return TorchBackend.from_checkpoint(p, raw_audio=raw_audio, device=device)
+
+
+__all__: Sequence[str] = ["OnnxBackend", "available_providers", "load_backend", "resolve_provider"]
