@@ -1,0 +1,671 @@
+"""Beam pieces shared by the batch jobs (``rnnstream featurize`` and ``rnnstream infer``).
+
+What lives here:
+
+* options: :class:`InputOptions` (``--input``, ``--output``, ``--manifest``, ``--label-pattern``) and
+  :class:`FeatureOptions` (every :class:`~pipeline.config.FeatureConfig` field as a flag). They are shared
+  so two jobs never register the same flag twice (Beam parses every ``PipelineOptions`` subclass at once).
+* inputs: :func:`list_inputs` expands files, directories and globs through Beam's ``FileSystems`` (local
+  paths; ``gs://``/``s3://`` when those extras are installed) and attaches labels and metadata from a
+  manifest or a file-name regex.
+* records: :class:`InputRecord`, :class:`DeadLetter`, :class:`ShardReport`.
+* transforms: :class:`KeepType`, :class:`WriteExampleShards` (Parquet shards + per-shard statistics),
+  :class:`Gather` (everything to one place, for the files written once at the end), and
+  :class:`StatsCombineFn`, the exact parallel merge of :class:`~pipeline.stats.RunningStats`.
+* running: :func:`run_pipeline` (runner aliases, Dask client cleanup, Beam metrics read back).
+
+Runner portability
+------------------
+The graphs are built so that they run unchanged on the DirectRunner (in memory or multi-processing),
+Dataflow, Flink, Spark and Beam's ``DaskRunner``. The DaskRunner of Beam 2.77 is a prototype with three
+limits that shape the jobs (all checked on this machine):
+
+1. it computes only the *last* transform of the pipeline, so every output must feed one final step
+   through main inputs (the jobs end in :class:`Gather` + a finalize ``DoFn``);
+2. a multi-output ``ParDo`` hands *all* its outputs to every consumer, so each tagged branch starts with
+   :class:`KeepType`, which keeps the branch's own record type (a no-op on other runners);
+3. side inputs are recomputed from scratch for every consumer, and Beam's file sinks (``WriteToText``,
+   ``WriteToParquet``) reach their output only through side inputs, so on Dask they would featurize the
+   corpus twice and their writes are not the last step. The jobs therefore write their Parquet shards with
+   :class:`WriteExampleShards` (``GroupByKey`` by shard, then pyarrow through ``FileSystems.create``),
+   which gives the same files as ``WriteToParquet(DIR/examples, file_name_suffix='.parquet')`` would.
+
+Also: ``DaskRunnerResult.metrics()`` is not implemented, so summaries are computed from the data in the
+pipeline, not from metrics (metrics are still counted, for runners that report them).
+
+Running elsewhere
+-----------------
+Every Beam option passes through the CLI. Ship the package to remote workers with ``--setup_file`` (the
+repository's ``pyproject.toml`` is built by ``pip``; a one-line ``setup.py`` calling ``setuptools.setup()``
+is enough) or a wheel (``pip wheel --no-deps . -w dist``, then ``--extra_package dist/rnnstream-*.whl``)::
+
+    # DirectRunner, 2 processes on this machine
+    rnnstream featurize --input data/*.wav --output out --direct_num_workers=2 \\
+        --direct_running_mode=multi_processing
+
+    # Dask: a multi-machine cluster (scheduler on host A, workers anywhere that can reach it and have
+    # rnnstream installed: pip install 'rnnstream[dask]')
+    dask scheduler --port 8786                          # host A
+    dask worker tcp://hostA:8786 --nworkers 4 --nthreads 1   # each worker host
+    rnnstream featurize --input /shared/wavs --output /shared/out \\
+        --runner=DaskRunner --dask_client_address=tcp://hostA:8786 --dask_npartitions=64
+
+    # Flink (portable runner; a Flink 1.18 cluster at flink-master:8081, Docker or process SDK harness)
+    rnnstream featurize --input gs://bucket/wavs --output gs://bucket/out --runner=FlinkRunner \\
+        --flink_master=flink-master:8081 --environment_type=DOCKER --setup_file=./setup.py
+
+    # Spark (portable job server for Spark 3)
+    rnnstream featurize --input s3://bucket/wavs --output s3://bucket/out --runner=SparkRunner \\
+        --spark_master_url=spark://spark-master:7077 --environment_type=DOCKER --setup_file=./setup.py
+
+    # Dataflow
+    rnnstream featurize --input 'gs://bucket/wavs/*.wav' --output gs://bucket/out --runner=DataflowRunner \\
+        --project=PROJECT --region=us-central1 --temp_location=gs://bucket/tmp \\
+        --extra_package=dist/rnnstream-0.1.0-py3-none-any.whl    # or --setup_file=./setup.py
+
+Inputs and outputs on ``gs://`` need ``apache-beam[gcp]``, on ``s3://`` ``apache-beam[aws]``; local paths
+on a multi-machine runner must be on a file system every worker mounts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.config import AudioConfig, FeatureConfig, SensorConfig
+from pipeline.dataset import PARQUET_SCHEMA, SHARD_PREFIX, Example
+from pipeline.errors import ConfigError, DatasetError, RnnstreamError
+from pipeline.stats import RunningStats
+
+LOG = logging.getLogger(__name__)
+
+#: Beam metrics namespace of every counter the jobs keep.
+METRICS_NAMESPACE = "rnnstream"
+#: Errors that turn one input into a dead letter (anything else is a bug and fails the job).
+INPUT_ERRORS: tuple[type[BaseException], ...] = (RnnstreamError, OSError, BeamIOError)
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_RUNNER_ALIASES = {"DaskRunner": DASK_RUNNER}
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+class InputOptions(PipelineOptions):
+    """Where a batch job reads and writes, and where labels come from."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--input",
+            dest="inputs",
+            action="append",
+            default=None,
+            help="a file, a directory (all files under it) or a glob; local, gs:// or s3://. Repeatable.",
+        )
+        parser.add_argument("--output", dest="output", default=None, help="output directory (created if absent)")
+        parser.add_argument(
+            "--manifest",
+            dest="manifest",
+            default=None,
+            help="CSV or JSONL with a 'path' column, optional 'label'; other columns become metadata. "
+            "Without --input, its rows are the inputs (relative paths resolve against the manifest's folder).",
+        )
+        parser.add_argument(
+            "--label-pattern",
+            dest="label_pattern",
+            default=None,
+            help=r"regex searched in each file name: group 'label' is the label, other named groups metadata, "
+            r"e.g. '(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav'",
+        )
+
+
+class FeatureOptions(PipelineOptions):
+    """Every :class:`FeatureConfig` field as a flag; ``--feature-config`` loads a JSON file (flags override it)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--feature-config", dest="feature_config", default=None, help="feature_config.json to start from")
+        # audio
+        parser.add_argument("--sample-rate", dest="sample_rate", type=int, default=None)
+        parser.add_argument("--feature", dest="feature", choices=("logmel", "mfcc"), default=None)
+        parser.add_argument("--n-mels", dest="n_mels", type=int, default=None)
+        parser.add_argument("--n-mfcc", dest="n_mfcc", type=int, default=None)
+        parser.add_argument("--win-ms", dest="win_ms", type=float, default=None)
+        parser.add_argument("--hop-ms", dest="hop_ms", type=float, default=None)
+        parser.add_argument("--n-fft", dest="n_fft", type=int, default=None)
+        parser.add_argument("--f-min", dest="f_min", type=float, default=None)
+        parser.add_argument("--f-max", dest="f_max", type=float, default=None)
+        parser.add_argument("--window", dest="window", choices=("hann", "hamming"), default=None)
+        parser.add_argument("--log-eps", dest="log_eps", type=float, default=None)
+        parser.add_argument("--channel", dest="channel", type=int, default=None, help="pick one channel (default: downmix)")
+        parser.add_argument(
+            "--no-resample", dest="no_resample", action="store_true", default=False,
+            help="refuse (dead-letter) files whose rate differs from --sample-rate instead of resampling them",
+        )
+        # sensors
+        parser.add_argument(
+            "--sensor-columns", dest="sensor_columns", default=None,
+            help="comma-separated channel columns; setting it makes the job featurize sensor tables (CSV/Parquet)",
+        )
+        parser.add_argument("--timestamp-column", dest="timestamp_column", default=None)
+        parser.add_argument("--rate-hz", dest="rate_hz", type=float, default=None)
+        parser.add_argument("--max-gap-s", dest="max_gap_s", type=float, default=None)
+        parser.add_argument("--gap-policy", dest="gap_policy", choices=("split", "flag"), default=None)
+
+
+_AUDIO_FLAGS = ("sample_rate", "feature", "n_mels", "n_mfcc", "win_ms", "hop_ms", "n_fft", "f_min", "f_max",
+                "window", "log_eps", "channel")
+_SENSOR_FLAGS = ("timestamp_column", "rate_hz", "max_gap_s", "gap_policy")
+
+
+def feature_config_from_options(opts: FeatureOptions) -> FeatureConfig:
+    """Build the :class:`FeatureConfig`: ``--feature-config`` (or the defaults), then the flags given.
+
+    Raises:
+        ConfigError: inconsistent or out-of-range values, or audio flags mixed with a sensor config.
+    """
+    base = FeatureConfig.load(opts.feature_config) if opts.feature_config else None
+    sensor_wanted = opts.sensor_columns is not None or any(getattr(opts, f) is not None for f in _SENSOR_FLAGS)
+    kind = base.kind if base is not None and not sensor_wanted else ("sensor" if sensor_wanted else "audio")
+    if kind == "audio":
+        section = base.audio if base is not None and base.kind == "audio" else AudioConfig()
+        changes = {f: getattr(opts, f) for f in _AUDIO_FLAGS if getattr(opts, f) is not None}
+        if opts.no_resample:
+            changes["resample"] = False
+        try:
+            audio = AudioConfig(**{**section.__dict__, **changes})
+        except TypeError as exc:
+            raise ConfigError(f"bad audio options: {exc}") from None
+        return FeatureConfig(kind="audio", audio=audio, sensor=None)
+    audio_given = [f for f in _AUDIO_FLAGS if getattr(opts, f) is not None] + (["no_resample"] if opts.no_resample else [])
+    if audio_given:
+        raise ConfigError(f"audio options {audio_given} do not apply to sensor tables (--sensor-columns is set)")
+    section = base.sensor if base is not None and base.kind == "sensor" else SensorConfig()
+    changes = {f: getattr(opts, f) for f in _SENSOR_FLAGS if getattr(opts, f) is not None}
+    if opts.sensor_columns is not None:
+        changes["columns"] = tuple(c.strip() for c in opts.sensor_columns.split(",") if c.strip())
+    return FeatureConfig(kind="sensor", audio=None, sensor=SensorConfig(**{**section.__dict__, **changes}))
+
+
+def resolve_runner_aliases(argv: Sequence[str]) -> list[str]:
+    """``--runner=DaskRunner`` (or ``--runner DaskRunner``) -> Beam's fully qualified DaskRunner name.
+
+    Beam knows the DaskRunner only by its module path; the short name is what people type.
+    """
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--runner="):
+            name = arg.split("=", 1)[1]
+            out[i] = "--runner=" + _RUNNER_ALIASES.get(name, name)
+        elif arg == "--runner" and i + 1 < len(out):
+            out[i + 1] = _RUNNER_ALIASES.get(out[i + 1], out[i + 1])
+    return out
+
+
+def is_dask_runner(options: PipelineOptions) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner is not None else ""
+    return "DaskRunner" in (name or "")
+
+
+def reject_unknown_args(options: PipelineOptions) -> None:
+    """Raise :class:`ConfigError` naming flags neither Beam nor the job knows (Beam itself only warns)."""
+    known = options.get_all_options(retain_unknown_options=False)
+    everything = options.get_all_options(retain_unknown_options=True)
+    unknown = sorted(set(everything) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {['--' + u for u in unknown]}; see --help")
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One input file and what is known about it before reading it."""
+
+    path: str
+    label: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An input that produced no output, and why: ``reason = str(error)``, ``kind = type(error).__name__``."""
+
+    path: str
+    reason: str
+    kind: str
+
+    @classmethod
+    def of(cls, path: str, error: BaseException) -> "DeadLetter":
+        return cls(path=path, reason=str(error), kind=type(error).__name__)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What one written shard holds: its path, example/input counts, and partial frame statistics."""
+
+    path: str
+    examples: int
+    inputs: int
+    frames: int
+    stats: RunningStats
+
+
+# --------------------------------------------------------------------------------------------
+# Listing inputs
+# --------------------------------------------------------------------------------------------
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _has_scheme(path: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path))
+
+
+def expand_paths(patterns: Sequence[str]) -> list[str]:
+    """Files named by ``patterns``: files, directories (every file below) and globs; sorted, unique.
+
+    Raises:
+        DatasetError: a pattern matches nothing (a typo would otherwise give an empty corpus).
+    """
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        query = pattern
+        if not _GLOB_CHARS.search(pattern) and (
+            pattern.endswith("/") or (not _has_scheme(pattern) and os.path.isdir(pattern))
+        ):
+            query = FileSystems.join(pattern.rstrip("/"), "**")
+        try:
+            result = FileSystems.match([query])[0]
+        except BeamIOError as exc:
+            raise DatasetError(f"--input {pattern!r}: cannot list it ({exc})") from None
+        paths = sorted(m.path for m in result.metadata_list)
+        if not _has_scheme(pattern):
+            paths = [p for p in paths if not os.path.isdir(p)]
+        if not paths:
+            raise DatasetError(f"--input {pattern!r} matches no file")
+        for p in paths:
+            found.setdefault(p, None)
+    return list(found)
+
+
+def read_manifest(path: str) -> list[InputRecord]:
+    """Rows of a CSV or JSONL manifest as records; relative paths resolve against the manifest's folder.
+
+    Raises:
+        DatasetError: unreadable, no ``path`` column, an empty path, or a repeated path.
+    """
+    try:
+        with FileSystems.open(path) as fh:
+            text = fh.read().decode("utf-8")
+    except (BeamIOError, OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"manifest {path!r}: cannot read it ({exc})") from None
+    rows: list[dict[str, Any]]
+    if path.lower().endswith((".jsonl", ".json", ".ndjson")):
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"manifest {path!r} line {n}: not JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"manifest {path!r} line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    base = os.path.dirname(path)
+    records: list[InputRecord] = []
+    seen: set[str] = set()
+    for n, row in enumerate(rows, start=1):
+        if "path" not in row:
+            raise DatasetError(f"manifest {path!r} row {n} has no 'path' column (columns: {sorted(row)})")
+        p = str(row["path"] or "").strip()
+        if not p:
+            raise DatasetError(f"manifest {path!r} row {n}: empty path")
+        if not _has_scheme(p) and not os.path.isabs(p):
+            p = FileSystems.join(base, p) if base else p
+        if not _has_scheme(p):
+            p = os.path.normpath(p)
+        if p in seen:
+            raise DatasetError(f"manifest {path!r} row {n}: path {p!r} is listed twice")
+        seen.add(p)
+        label = row.get("label")
+        label = None if label is None or label == "" else str(label)
+        meta = {k: v for k, v in row.items() if k not in ("path", "label") and k is not None}
+        records.append(InputRecord(path=p, label=label, metadata=meta))
+    return records
+
+
+def _norm(path: str) -> str:
+    return path if _has_scheme(path) else os.path.normpath(os.path.abspath(path))
+
+
+def list_inputs(
+    inputs: Sequence[str] | None,
+    manifest: str | None = None,
+    label_pattern: str | None = None,
+) -> list[InputRecord]:
+    """The job's inputs with labels and metadata attached.
+
+    * ``manifest`` only: its rows are the inputs.
+    * ``inputs`` (files, directories, globs) with a manifest: labels/metadata from the manifest row of the
+      same path; files it does not list get no label.
+    * ``label_pattern``: searched in the file name; group ``label`` is the label and other named groups
+      metadata (overriding manifest values). A file name it does not match keeps no label; the
+      featurize job turns it into a dead letter (see ``_FeaturizeFn``).
+
+    Raises:
+        DatasetError: nothing to read, a pattern that matches nothing, a bad manifest.
+        ConfigError: the regex does not compile.
+    """
+    if label_pattern is not None:
+        compile_label_pattern(label_pattern)
+    if not inputs and not manifest:
+        raise DatasetError("no inputs: give --input PATH (repeatable) and/or --manifest FILE")
+    rows = read_manifest(manifest) if manifest else []
+    if inputs:
+        by_path = {_norm(r.path): r for r in rows}
+        records = []
+        for p in expand_paths(inputs):
+            row = by_path.get(_norm(p))
+            records.append(InputRecord(path=p, label=row.label if row else None, metadata=dict(row.metadata) if row else {}))
+    else:
+        if not rows:
+            raise DatasetError(f"manifest {manifest!r} lists no inputs")
+        records = rows
+    return records
+
+
+def compile_label_pattern(pattern: str) -> re.Pattern[str]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--label-pattern {pattern!r} is not a valid regex: {exc}") from None
+    if "label" not in regex.groupindex:
+        raise ConfigError(f"--label-pattern {pattern!r} has no named group 'label', e.g. (?P<label>...)")
+    return regex
+
+
+def apply_label_pattern(record: InputRecord, regex: re.Pattern[str] | None) -> InputRecord:
+    """The record with label/metadata from the file name (``regex.search`` on the base name).
+
+    Raises:
+        DatasetError: the name does not match (the input's label would be unknown).
+    """
+    if regex is None:
+        return record
+    name = record.path.rstrip("/").rsplit("/", 1)[-1]
+    match = regex.search(name)
+    if match is None:
+        raise DatasetError(f"{record.path}: file name {name!r} does not match --label-pattern {regex.pattern!r}")
+    groups = {k: v for k, v in match.groupdict().items() if v is not None}
+    label = groups.pop("label", None)
+    return InputRecord(path=record.path, label=label, metadata={**record.metadata, **groups})
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+class StatsCombineFn(beam.CombineFn):
+    """Full-pass per-dimension statistics with an exact parallel merge (Chan et al., as TF Transform).
+
+    Inputs are feature matrices ``[T, dim]`` or partial :class:`RunningStats` (from a shard writer); the
+    accumulator is a :class:`RunningStats`; merging is :meth:`RunningStats.merge_all`, so any split of
+    the data across bundles and workers gives the same result up to float rounding.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = int(dim)
+
+    def create_accumulator(self) -> RunningStats:
+        return RunningStats.empty(self.dim)
+
+    def add_input(self, acc: RunningStats, x: Any) -> RunningStats:
+        if isinstance(x, RunningStats):
+            return acc.merge(x)
+        return acc.update(np.asarray(x, dtype=np.float64))
+
+    def merge_accumulators(self, accs: Iterable[RunningStats]) -> RunningStats:
+        return RunningStats.merge_all(accs)
+
+    def extract_output(self, acc: RunningStats) -> RunningStats:
+        return acc
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms
+# --------------------------------------------------------------------------------------------
+
+
+class _KeepTypeFn(beam.DoFn):
+    def __init__(self, types: tuple[type, ...]):
+        self.types = types
+
+    def process(self, element: Any) -> Iterator[Any]:
+        if isinstance(element, self.types):
+            yield element
+
+
+class KeepType(beam.PTransform):
+    """Keep the elements of the given type(s).
+
+    Put at the head of each tagged branch of a multi-output ``ParDo``: on runners that split tagged
+    outputs it passes everything; on Beam's DaskRunner, which hands every output to every branch, it
+    keeps the branch's own records, so each element still lands in exactly one branch.
+    """
+
+    def __init__(self, *types: type, label: str | None = None):
+        super().__init__(label)
+        self.types = tuple(types)
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | "Keep" >> beam.ParDo(_KeepTypeFn(self.types))
+
+
+def examples_table(examples: Sequence[Example]) -> pa.Table:
+    """A :data:`PARQUET_SCHEMA` table of ``examples``, equal to ``Table.from_pylist([e.to_row() ...])``.
+
+    Built column-wise from the NumPy arrays (no Python float lists), which is what keeps Parquet writing
+    off the profile.
+    """
+    feats = [np.ascontiguousarray(e.features, dtype=np.float32) for e in examples]
+    for e, f in zip(examples, feats):
+        if f.ndim != 2:
+            raise DatasetError(f"example {e.id!r}: features must be [n_frames, dim], got shape {list(f.shape)}")
+    sizes = np.array([f.size for f in feats], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int32)
+    flat = np.concatenate([f.reshape(-1) for f in feats]) if feats else np.zeros(0, np.float32)
+    columns = [
+        pa.array([e.id for e in examples], pa.string()),
+        pa.array([e.path for e in examples], pa.string()),
+        pa.array([e.label for e in examples], pa.string()),
+        pa.array([json.dumps(e.metadata, sort_keys=True) for e in examples], pa.string()),
+        pa.array([f.shape[0] for f in feats], pa.int64()),
+        pa.array([f.shape[1] for f in feats], pa.int32()),
+        pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.float32())),
+    ]
+    return pa.Table.from_arrays(columns, schema=PARQUET_SCHEMA)
+
+
+def shard_path(prefix: str, index: int, count: int, suffix: str = ".parquet") -> str:
+    """``{prefix}-00003-of-00008{suffix}`` (Beam's default shard name template)."""
+    return f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
+
+
+def shard_of(example_id: str, num_shards: int) -> int:
+    """A stable shard for an id (CRC-32; Python's ``hash`` differs between worker processes)."""
+    return zlib.crc32(example_id.encode("utf-8")) % num_shards
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, prefix: str, num_shards: int, dim: int):
+        self.prefix = prefix
+        self.num_shards = num_shards
+        self.dim = dim
+        self.shards = Metrics.counter(METRICS_NAMESPACE, "shards")
+
+    def process(self, element: tuple[int, Iterable[Example]]) -> Iterator[ShardReport]:
+        index, group = element
+        examples = sorted(group, key=lambda e: e.id)
+        stats_fn = StatsCombineFn(self.dim)
+        acc = stats_fn.create_accumulator()
+        for e in examples:
+            acc = stats_fn.add_input(acc, e.features)
+        path = shard_path(self.prefix, index, self.num_shards)
+        table = examples_table(examples)
+        with FileSystems.create(path) as fh:
+            pq.write_table(table, fh)
+        self.shards.inc()
+        yield ShardReport(
+            path=path,
+            examples=len(examples),
+            inputs=len({e.path for e in examples}),
+            frames=int(sum(e.features.shape[0] for e in examples)),
+            stats=acc,
+        )
+
+
+class WriteExampleShards(beam.PTransform):
+    """Write :class:`Example` s as Parquet shards ``{prefix}-SSSSS-of-NNNNN.parquet`` (PARQUET_SCHEMA).
+
+    Examples go to shard ``crc32(id) % num_shards``; rows in a shard are sorted by id, so the output does
+    not depend on the runner or on bundle boundaries. Emits one :class:`ShardReport` per non-empty shard
+    with that shard's partial statistics (:class:`StatsCombineFn` accumulator).
+    """
+
+    def __init__(self, prefix: str, num_shards: int, dim: int, label: str | None = None):
+        super().__init__(label)
+        if num_shards < 1:
+            raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
+        self.prefix, self.num_shards, self.dim = prefix, int(num_shards), int(dim)
+
+    def expand(self, examples: beam.PCollection) -> beam.PCollection:
+        n = self.num_shards
+        return (
+            examples
+            | "KeyByShard" >> beam.Map(lambda e: (shard_of(e.id, n), e))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteShardFn(self.prefix, n, self.dim))
+        )
+
+
+class Gather(beam.PTransform):
+    """Flatten the given PCollections and group all their elements under one key: ``(None, [elements])``.
+
+    The jobs end with this and one finalize ``DoFn``, which writes the small files (dead letters, stats,
+    summary). It is also what makes the DaskRunner compute every branch (see the module docstring).
+    """
+
+    def expand(self, pcolls: Sequence[beam.PCollection]) -> beam.PCollection:
+        return (
+            tuple(pcolls)
+            | "Flatten" >> beam.Flatten()
+            | "KeyAll" >> beam.Map(lambda x: (None, x))
+            | "GroupAll" >> beam.GroupByKey()
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file through ``FileSystems`` (local, gs://, s3://)."""
+    with FileSystems.create(path) as fh:
+        fh.write(text.encode("utf-8"))
+
+
+def read_text(path: str) -> str:
+    with FileSystems.open(path) as fh:
+        return fh.read().decode("utf-8")
+
+
+def write_jsonl(path: str, objects: Iterable[dict[str, Any]]) -> int:
+    lines = [json.dumps(o, sort_keys=True) for o in objects]
+    write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def prepare_output_dir(output: str, stale_patterns: Sequence[str]) -> None:
+    """Create ``output`` (local) and delete files an earlier run of the job left there (``stale_patterns``).
+
+    Only the job's own file names are deleted, so a re-run never mixes old shards with new ones.
+    """
+    if not _has_scheme(output):
+        os.makedirs(output, exist_ok=True)
+    stale: list[str] = []
+    for pattern in stale_patterns:
+        try:
+            stale += [m.path for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list]
+        except BeamIOError:
+            continue
+    if stale:
+        LOG.info("removing %d file(s) of an earlier run in %s", len(stale), output)
+        FileSystems.delete(stale)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+def run_pipeline(pipeline: beam.Pipeline) -> Any:
+    """Run ``pipeline`` to completion; returns the result. Closes the DaskRunner's client afterwards."""
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)
+        if client is not None:
+            client.close()
+    return result
+
+
+def counter_values(result: Any, names: Sequence[str]) -> dict[str, int] | None:
+    """Committed values of the job's Beam counters, or None when the runner does not report metrics."""
+    try:
+        metrics = result.metrics()
+        query = metrics.query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except (NotImplementedError, AttributeError):
+        return None
+    out = {name: 0 for name in names}
+    for counter in query["counters"]:
+        if counter.key.metric.name in out:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            out[counter.key.metric.name] += int(value or 0)
+    return out

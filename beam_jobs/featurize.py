@@ -1,0 +1,427 @@
+"""``rnnstream featurize``: a Beam batch job from audio files or sensor tables to a featurized dataset.
+
+::
+
+    rnnstream featurize --input ../shared/data/fsdd/recordings --output out/fsdd \\
+        --sample-rate 8000 --n-mels 40 \\
+        --label-pattern '(?P<label>\\d)_(?P<speaker>[a-z]+)_(?P<take>\\d+)\\.wav'
+
+    rnnstream featurize --input 'sensors/*.csv' --output out/sensors \\
+        --sensor-columns ax,ay,az --timestamp-column t --rate-hz 50 --max-gap-s 0.5 --gap-policy split
+
+writes the dataset of :mod:`pipeline.dataset` into ``--output``: ``examples-SSSSS-of-NNNNN.parquet`` shards
+(PARQUET_SCHEMA; one row per audio file, one per gap-free segment of a sensor table with id
+``path#segK``), ``feature_config.json``, ``stats.json`` (full-pass per-dimension count/mean/variance,
+merged exactly by :class:`~beam_jobs.common.StatsCombineFn`), ``dead_letter.jsonl`` (one
+``{"path", "reason", "kind"}`` per input that failed) and ``summary.json`` (``inputs``, ``outputs``,
+``dead_letters``, ...; printed at the end). ``inputs == outputs + dead_letters`` always: the job fails
+loudly if that ever does not hold.
+
+Graph::
+
+    Create(records) -> Featurize (ParDo: read bytes via FileSystems, decode_audio / read_sensor_table,
+                                  AudioFeaturizer / SensorFeaturizer; dead letters on a tagged output)
+       examples     -> WriteShards (GroupByKey by shard, pyarrow Parquet) -> shard reports
+                       shard stats -> MergeStats (CombineGlobally(StatsCombineFn))
+       dead letters
+       CountInputs
+    all four -> Gather -> Finalize (dead_letter.jsonl, stats.json, feature_config.json, summary.json)
+
+Every Beam option passes through (``--runner``, ``--direct_num_workers=2
+--direct_running_mode=multi_processing``, ``--runner=DaskRunner --dask_client_address=tcp://...``); see
+:mod:`beam_jobs.common` for Flink, Spark, Dataflow and multi-machine Dask commands.
+
+Python API: :func:`featurize_corpus`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.common import (
+    INPUT_ERRORS,
+    METRICS_NAMESPACE,
+    DeadLetter,
+    FeatureOptions,
+    Gather,
+    InputOptions,
+    InputRecord,
+    KeepType,
+    ShardReport,
+    StatsCombineFn,
+    WriteExampleShards,
+    apply_label_pattern,
+    compile_label_pattern,
+    counter_values,
+    feature_config_from_options,
+    list_inputs,
+    prepare_output_dir,
+    read_text,
+    reject_unknown_args,
+    resolve_runner_aliases,
+    run_pipeline,
+    write_jsonl,
+    write_text,
+)
+from pipeline.config import FeatureConfig
+from pipeline.dataset import (
+    DEAD_LETTER_FILE,
+    FEATURE_CONFIG_FILE,
+    SHARD_PREFIX,
+    STATS_FILE,
+    SUMMARY_FILE,
+    Example,
+)
+from pipeline.errors import ConfigError, DatasetError, EmptyAudioError, RnnstreamError, SensorError
+from pipeline.stats import RunningStats
+
+LOG = logging.getLogger(__name__)
+
+EXAMPLES = "examples"
+DEAD_LETTERS = "dead_letters"
+#: Inputs per Parquet shard when ``--num-shards`` is not given.
+INPUTS_PER_SHARD = 500
+COUNTERS = ("inputs", "outputs", "dead_letters", "examples", "frames")
+
+
+class FeaturizeOptions(PipelineOptions):
+    """Options of ``rnnstream featurize`` besides :class:`InputOptions` and :class:`FeatureOptions`."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--num-shards", dest="num_shards", type=int, default=None,
+            help=f"Parquet shards (default: one per {INPUTS_PER_SHARD} inputs, at most 64)",
+        )
+
+
+def default_num_shards(n_inputs: int) -> int:
+    return max(1, min(64, math.ceil(n_inputs / INPUTS_PER_SHARD)))
+
+
+# --------------------------------------------------------------------------------------------
+# DoFns
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputCount:
+    """The number of inputs the job read (counted in the pipeline, apart from outputs and dead letters)."""
+
+    n: int
+
+
+def _local_copy(path: str, data: bytes) -> str:
+    """Write ``data`` to a temporary file with ``path``'s extension (for readers that need a local path)."""
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return tmp
+
+
+class _FeaturizeFn(beam.DoFn):
+    """One input record -> its examples, or one dead letter (tagged output ``DEAD_LETTERS``)."""
+
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None):
+        self.config = config
+        self.label_pattern = label_pattern
+        self.inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
+        self.outputs = Metrics.counter(METRICS_NAMESPACE, "outputs")
+        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.examples = Metrics.counter(METRICS_NAMESPACE, "examples")
+        self.frames = Metrics.counter(METRICS_NAMESPACE, "frames")
+
+    def setup(self) -> None:
+        self._regex = compile_label_pattern(self.label_pattern) if self.label_pattern else None
+        if self.config.kind == "audio":
+            from pipeline.features import AudioFeaturizer
+
+            self._audio = AudioFeaturizer(self.config)
+        else:
+            from pipeline.sensors import SensorFeaturizer
+
+            self._sensor = SensorFeaturizer(self.config)
+
+    def process(self, record: InputRecord) -> Iterator[Any]:
+        self.inputs.inc()
+        try:
+            record = apply_label_pattern(record, self._regex)
+            examples = self._audio_examples(record) if self.config.kind == "audio" else self._sensor_examples(record)
+        except INPUT_ERRORS as err:
+            self.dead_letters.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(record.path, err))
+            return
+        self.outputs.inc()
+        self.examples.inc(len(examples))
+        self.frames.inc(sum(int(e.features.shape[0]) for e in examples))
+        yield from examples
+
+    @staticmethod
+    def _read(path: str) -> bytes:
+        with FileSystems.open(path) as fh:
+            return fh.read()
+
+    def _audio_examples(self, record: InputRecord) -> list[Example]:
+        from pipeline.audio_io import check_extension, decode_audio
+
+        check_extension(record.path)  # before reading the bytes
+        samples = decode_audio(self._read(record.path), self.config, name=record.path)
+        feats = self._audio.featurize(samples)
+        if feats.shape[0] == 0:
+            audio = self.config.audio
+            raise EmptyAudioError(
+                f"{record.path}: {samples.shape[0]} samples give no feature frame; a frame needs "
+                f"hop_length={audio.hop_length} samples at {audio.sample_rate} Hz"
+            )
+        return [Example(id=record.path, path=record.path, features=feats, label=record.label, metadata=record.metadata)]
+
+    def _sensor_examples(self, record: InputRecord) -> list[Example]:
+        from pipeline.sensors import read_sensor_table
+
+        if "://" in record.path:  # pandas reads local paths; copy remote tables first
+            tmp = _local_copy(record.path, self._read(record.path))
+            try:
+                ts, values = read_sensor_table(tmp, self.config)
+            except RnnstreamError as err:
+                raise type(err)(str(err).replace(tmp, record.path)) from None
+            finally:
+                os.unlink(tmp)
+        else:
+            ts, values = read_sensor_table(record.path, self.config)
+        segments = self._sensor.segments(ts, values)
+        if not segments:
+            raise SensorError(
+                f"{record.path}: {ts.shape[0]} reading(s) from t={ts[0]:.6g} s to t={ts[-1]:.6g} s give no frame on "
+                f"the {self.config.sensor.rate_hz:g} Hz grid; expected readings spanning at least one grid point"
+            )
+        return [
+            Example(
+                id=f"{record.path}#seg{k}",
+                path=record.path,
+                features=seg.values,
+                label=record.label,
+                metadata={**record.metadata, "segment": k, "start_time": float(seg.times[0])},
+            )
+            for k, seg in enumerate(segments)
+        ]
+
+
+class _FinalizeFn(beam.DoFn):
+    """Writes dead_letter.jsonl, stats.json, feature_config.json and (last) summary.json; emits the summary."""
+
+    def __init__(self, output_dir: str, config: FeatureConfig):
+        self.output_dir = output_dir
+        self.config = config
+
+    def process(self, element: tuple[None, Sequence[Any]]) -> Iterator[dict[str, Any]]:
+        _, items = element
+        items = list(items)
+        shards = sorted((x for x in items if isinstance(x, ShardReport)), key=lambda r: r.path)
+        dead = sorted((x for x in items if isinstance(x, DeadLetter)), key=lambda d: (d.path, d.kind))
+        merged = [x for x in items if isinstance(x, RunningStats)]
+        inputs = sum(x.n for x in items if isinstance(x, InputCount))
+        stats = StatsCombineFn(self.config.dim).merge_accumulators(merged or [RunningStats.empty(self.config.dim)])
+        join = FileSystems.join
+        write_jsonl(join(self.output_dir, DEAD_LETTER_FILE), (d.to_dict() for d in dead))
+        write_text(join(self.output_dir, STATS_FILE), stats.to_json() + "\n")
+        write_text(join(self.output_dir, FEATURE_CONFIG_FILE), self.config.to_json(indent=2) + "\n")
+        summary = {
+            "inputs": inputs,
+            "outputs": sum(r.inputs for r in shards),
+            "dead_letters": len(dead),
+            "examples": sum(r.examples for r in shards),
+            "frames": sum(r.frames for r in shards),
+            "shards": [r.path.rsplit("/", 1)[-1] for r in shards],
+            "dead_letter_kinds": dict(sorted(Counter(d.kind for d in dead).items())),
+            "feature_kind": self.config.kind,
+            "dim": self.config.dim,
+        }
+        write_text(join(self.output_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if summary["inputs"] != summary["outputs"] + summary["dead_letters"]:
+            raise DatasetError(
+                f"featurize lost inputs: {summary['inputs']} inputs but {summary['outputs']} outputs + "
+                f"{summary['dead_letters']} dead letters; see {join(self.output_dir, SUMMARY_FILE)}"
+            )
+        yield summary
+
+
+# --------------------------------------------------------------------------------------------
+# Public transforms
+# --------------------------------------------------------------------------------------------
+
+
+class FeaturizeFiles(beam.PTransform):
+    """:class:`InputRecord` s -> ``{"examples": Example, "dead_letters": DeadLetter}``.
+
+    Each record yields its examples (one per audio file, one per sensor segment) or exactly one dead
+    letter. Decoding and featurizing are :mod:`pipeline.audio_io` / :mod:`pipeline.features` /
+    :mod:`pipeline.sensors`, the same code as offline and streaming.
+    """
+
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None):
+        super().__init__(label)
+        self.config = config
+        self.label_pattern = label_pattern
+
+    def expand(self, records: beam.PCollection) -> dict[str, beam.PCollection]:
+        outs = records | "Featurize" >> beam.ParDo(_FeaturizeFn(self.config, self.label_pattern)).with_outputs(
+            DEAD_LETTERS, main=EXAMPLES
+        )
+        return {
+            EXAMPLES: outs[EXAMPLES] | "OnlyExamples" >> KeepType(Example),
+            DEAD_LETTERS: outs[DEAD_LETTERS] | "OnlyDeadLetters" >> KeepType(DeadLetter),
+        }
+
+
+class FeaturizeCorpus(beam.PTransform):
+    """:class:`InputRecord` s -> a dataset in ``output_dir``; returns a PCollection of one summary dict."""
+
+    def __init__(self, output_dir: str, config: FeatureConfig, *, label_pattern: str | None = None,
+                 num_shards: int = 1, label: str | None = None):
+        super().__init__(label)
+        self.output_dir = output_dir
+        self.config = config
+        self.label_pattern = label_pattern
+        self.num_shards = num_shards
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        dim = self.config.dim
+        featurized = records | "FeaturizeFiles" >> FeaturizeFiles(self.config, self.label_pattern)
+        shards = featurized[EXAMPLES] | "WriteShards" >> WriteExampleShards(
+            FileSystems.join(self.output_dir, SHARD_PREFIX), self.num_shards, dim
+        )
+        stats = (
+            shards
+            | "ShardStats" >> beam.Map(lambda r: r.stats)
+            | "MergeStats" >> beam.CombineGlobally(StatsCombineFn(dim)).without_defaults()
+        )
+        count = (
+            records
+            | "CountInputs" >> beam.combiners.Count.Globally().without_defaults()
+            | "AsInputCount" >> beam.Map(InputCount)
+        )
+        return (
+            (shards, stats, featurized[DEAD_LETTERS], count)
+            | "Gather" >> Gather()
+            | "Finalize" >> beam.ParDo(_FinalizeFn(self.output_dir, self.config))
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+_STALE = (f"{SHARD_PREFIX}-*.parquet", STATS_FILE, SUMMARY_FILE, DEAD_LETTER_FILE, FEATURE_CONFIG_FILE)
+
+
+def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureConfig, label_pattern: str | None,
+                   num_shards: int | None, options: PipelineOptions | None,
+                   test_pipeline: beam.Pipeline | None) -> Any:
+    if label_pattern is not None:
+        compile_label_pattern(label_pattern)
+    shards = num_shards if num_shards is not None else default_num_shards(len(records))
+    if shards < 1:
+        raise ConfigError(f"--num-shards must be >= 1, got {shards}")
+    prepare_output_dir(output_dir, _STALE)
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    _ = (
+        pipeline
+        | "ListInputs" >> beam.Create(records, reshuffle=True)
+        | "FeaturizeCorpus" >> FeaturizeCorpus(output_dir, config, label_pattern=label_pattern, num_shards=shards)
+    )
+    return run_pipeline(pipeline)
+
+
+def read_summary(output_dir: str) -> dict[str, Any]:
+    return json.loads(read_text(FileSystems.join(output_dir, SUMMARY_FILE)))
+
+
+def featurize_corpus(
+    inputs: Sequence[str] | None,
+    output_dir: str,
+    feature_config: FeatureConfig,
+    label_pattern: str | None = None,
+    manifest: str | None = None,
+    pipeline_args: Sequence[str] | None = None,
+    num_shards: int | None = None,
+) -> dict[str, Any]:
+    """Featurize files into a dataset in ``output_dir`` with Beam; returns the summary dict.
+
+    ``inputs``: files, directories, globs (see :func:`beam_jobs.common.list_inputs`); ``pipeline_args``:
+    Beam options such as ``["--direct_num_workers=2", "--direct_running_mode=multi_processing"]``.
+    The returned dict is ``summary.json`` plus ``"metrics"`` (the Beam counters, or None when the runner
+    does not report them).
+
+    Raises:
+        DatasetError: no inputs / a pattern matching nothing / bad manifest. ConfigError: bad options.
+    """
+    records = list_inputs(inputs, manifest, label_pattern)
+    options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or [])))
+    result = _build_and_run(records, output_dir, feature_config, label_pattern, num_shards, options, None)
+    summary = read_summary(output_dir)
+    summary["metrics"] = counter_values(result, COUNTERS)
+    return summary
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Any:
+    """Parse ``argv`` (job flags and Beam options together), run the job, return the PipelineResult."""
+    options = PipelineOptions(resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:])))
+    reject_unknown_args(options)
+    io_opts = options.view_as(InputOptions)
+    if not io_opts.output:
+        raise ConfigError("--output DIR is required")
+    config = feature_config_from_options(options.view_as(FeatureOptions))
+    records = list_inputs(io_opts.inputs, io_opts.manifest, io_opts.label_pattern)
+    LOG.info("featurize: %d input(s) -> %s", len(records), io_opts.output)
+    return _build_and_run(
+        records, io_opts.output, config, io_opts.label_pattern,
+        options.view_as(FeaturizeOptions).num_shards, options, test_pipeline,
+    )
+
+
+def _help() -> str:
+    parser = argparse.ArgumentParser(
+        prog="rnnstream featurize",
+        description="Beam batch job: featurize audio files or sensor tables into Parquet shards + stats. "
+        "Any Beam pipeline option (--runner, --direct_num_workers, --dask_client_address, ...) passes through.",
+    )
+    for cls in (InputOptions, FeatureOptions, FeaturizeOptions):
+        cls._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(_help())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+        output = PipelineOptions(argv).view_as(InputOptions).output
+        summary = read_summary(output)
+    except RnnstreamError as err:
+        print(f"rnnstream featurize: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
