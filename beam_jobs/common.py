@@ -231,13 +231,21 @@ def is_dask_runner(options: PipelineOptions) -> bool:
     return "DaskRunner" in (name or "")
 
 
-def reject_unknown_args(options: PipelineOptions) -> None:
+def reject_unknown_args(argv: Sequence[str]) -> None:
     """Raise :class:`ConfigError` naming flags neither Beam nor the job knows (Beam itself only warns)."""
-    known = options.get_all_options(retain_unknown_options=False)
-    everything = options.get_all_options(retain_unknown_options=True)
-    unknown = sorted(set(everything) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {['--' + u for u in unknown]}; see --help")
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    try:  # registers DaskOptions (--dask_client_address, ...), defined beside the runner
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:  # dask not installed: its flags are then unknown, rightly
+        pass
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # what PipelineOptions.get_all_options parses against
+    _, unknown = parser.parse_known_args(list(argv))
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"unknown option(s) {flags}; see --help")
 
 
 # --------------------------------------------------------------------------------------------

@@ -381,8 +381,9 @@ def featurize_corpus(
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Any:
     """Parse ``argv`` (job flags and Beam options together), run the job, return the PipelineResult."""
-    options = PipelineOptions(resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:])))
-    reject_unknown_args(options)
+    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]))
+    reject_unknown_args(argv)
+    options = PipelineOptions(argv)
     io_opts = options.view_as(InputOptions)
     if not io_opts.output:
         raise ConfigError("--output DIR is required")

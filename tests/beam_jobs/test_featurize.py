@@ -1,0 +1,167 @@
+"""`rnnstream featurize` on the DirectRunner: dead letters, parity with the offline featurizer, exact stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs import featurize
+from beam_jobs.common import DeadLetter
+from pipeline.audio_io import load_audio
+from pipeline.config import FeatureConfig
+from pipeline.dataset import PARQUET_SCHEMA, read_dataset, shard_paths
+from pipeline.errors import ConfigError, DatasetError
+from pipeline.features import AudioFeaturizer
+from pipeline.sensors import SensorFeaturizer, read_sensor_table
+
+from .conftest import AUDIO_FLAGS, LABEL_PATTERN, RATE, label_of, read_jsonl, write_bad_audio, write_good_audio, write_sensor_table
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """One CLI run over 4 good files + 5 bad ones + 1 too-short file, into 2 shards."""
+    root = tmp_path_factory.mktemp("mixed")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    good = write_good_audio(corpus)
+    bad = write_bad_audio(corpus)
+    short = corpus / "8_short_0.wav"  # 50 samples < one 10 ms hop (80 samples): no frame
+    import soundfile as sf
+
+    sf.write(short, np.zeros(50, np.float32), RATE, subtype="PCM_16")
+    bad[short] = "EmptyAudioError"
+    out = root / "out"
+    argv = ["--input", str(corpus), "--output", str(out), *AUDIO_FLAGS, "--label-pattern", LABEL_PATTERN,
+            "--num-shards", "2"]
+    rc = featurize.main(argv)
+    return rc, out, good, bad
+
+
+def test_mixed_corpus_outputs_good_files_and_dead_letters_bad_ones(mixed_run, capsys):
+    rc, out, good, bad = mixed_run
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (10, 4, 6)
+    assert summary["inputs"] == summary["outputs"] + summary["dead_letters"]
+    assert summary["examples"] == 4
+    ds = read_dataset(str(out))
+    assert sorted(e.path for e in ds.examples) == sorted(str(p) for p in good)
+    dead = {d["path"]: d for d in read_jsonl(out / "dead_letter.jsonl")}
+    assert set(dead) == {str(p) for p in bad}
+    for path, kind in bad.items():
+        letter = dead[str(path)]
+        assert letter["kind"] == kind, letter
+        assert path.name in letter["reason"]  # every reason names its file
+    assert "SampleRateError" in summary["dead_letter_kinds"] and summary["dead_letter_kinds"]["CorruptAudioError"] == 2
+    assert "NaN" in dead[str(next(p for p in bad if "nan" in p.name))]["reason"]
+
+
+def test_features_equal_offline_featurizer_and_labels_come_from_the_name(mixed_run):
+    _, out, good, _ = mixed_run
+    ds = read_dataset(str(out))
+    cfg = FeatureConfig.audio_default(sample_rate=RATE, n_mels=20, resample=False)
+    assert ds.config == cfg
+    fz = AudioFeaturizer(cfg)
+    by_path = {e.path: e for e in ds.examples}
+    for p in good:
+        e = by_path[str(p)]
+        np.testing.assert_array_equal(e.features, fz.featurize(load_audio(p, cfg)))
+        label, meta = label_of(p)
+        assert e.id == str(p) and e.label == label and e.metadata == meta
+    # rows spread over the 2 shards, each a valid PARQUET_SCHEMA file
+    shards = shard_paths(str(out))
+    assert len(shards) == 2 and all(pq.read_schema(s).equals(PARQUET_SCHEMA) for s in shards)
+
+
+def test_stats_json_equals_numpy_over_all_frames(mixed_run):
+    _, out, _, _ = mixed_run
+    ds = read_dataset(str(out))
+    frames = np.concatenate([e.features for e in ds.examples]).astype(np.float64)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["count"] == frames.shape[0] == json.loads((out / "summary.json").read_text())["frames"]
+    np.testing.assert_allclose(stats["mean"], frames.mean(axis=0), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(stats["var"], frames.var(axis=0), rtol=1e-6, atol=0)
+
+
+def test_api_rerun_replaces_the_previous_output(mixed_run):
+    _, out, good, _ = mixed_run
+    cfg = FeatureConfig.audio_default(sample_rate=RATE, n_mels=20)
+    summary = featurize.featurize_corpus([str(p) for p in good[:2]], str(out), cfg, num_shards=1)
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (2, 2, 0)
+    assert summary["metrics"] == {"inputs": 2, "outputs": 2, "dead_letters": 0, "examples": 2,
+                                  "frames": summary["frames"]}
+    assert [Path(s).name for s in shard_paths(str(out))] == ["examples-00000-of-00001.parquet"]  # stale shards gone
+    assert read_jsonl(out / "dead_letter.jsonl") == []
+    assert {e.label for e in read_dataset(str(out)).examples} == {None}
+
+
+def test_manifest_labels_metadata_and_missing_files(tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    good = write_good_audio(corpus, n=2)
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"path": f"c/{good[0].name}", "label": "yes", "split": "train"},
+            {"path": str(good[1]), "label": "no", "split": "test"},
+            {"path": "c/missing.wav", "label": "yes", "split": "train"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = FeatureConfig.audio_default(sample_rate=RATE, n_mels=20)
+    summary = featurize.featurize_corpus(None, str(out), cfg, manifest=str(manifest))
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (3, 2, 1)
+    ds = read_dataset(str(out))
+    got = {Path(e.path).name: (e.label, e.metadata) for e in ds.examples}
+    assert got == {good[0].name: ("yes", {"split": "train"}), good[1].name: ("no", {"split": "test"})}
+    (dead,) = read_jsonl(out / "dead_letter.jsonl")
+    assert dead["path"].endswith("missing.wav") and "missing.wav" in dead["reason"]
+
+
+def test_sensor_tables_one_example_per_segment(tmp_path):
+    corpus = tmp_path / "s"
+    corpus.mkdir()
+    write_sensor_table(corpus / "a.csv", gap_at=30, seed=1)
+    write_sensor_table(corpus / "b.parquet", seed=2)
+    (corpus / "c.csv").write_text("t,ax\n0.1,1.0\n0.2,2.0\n")  # no 'ay' column
+    out = tmp_path / "out"
+    rc = featurize.main(["--input", str(corpus), "--output", str(out), "--sensor-columns", "ax,ay",
+                         "--timestamp-column", "t", "--rate-hz", "20", "--max-gap-s", "1.0"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"], summary["examples"]) == (3, 2, 1, 3)
+    (dead,) = read_jsonl(out / "dead_letter.jsonl")
+    assert dead["kind"] == "MissingColumnsError" and "'ay'" in dead["reason"]
+    ds = read_dataset(str(out))
+    cfg = FeatureConfig.sensor_default(["ax", "ay"], timestamp_column="t", rate_hz=20.0, max_gap_s=1.0)
+    assert ds.config == cfg
+    by_id = {e.id: e for e in ds.examples}
+    assert set(by_id) == {f"{corpus / 'a.csv'}#seg0", f"{corpus / 'a.csv'}#seg1", f"{corpus / 'b.parquet'}#seg0"}
+    for name in ("a.csv", "b.parquet"):
+        segments = SensorFeaturizer(cfg).segments(*read_sensor_table(corpus / name, cfg))
+        for k, seg in enumerate(segments):
+            e = by_id[f"{corpus / name}#seg{k}"]
+            np.testing.assert_array_equal(e.features, seg.values)
+            assert e.metadata == {"segment": k, "start_time": float(seg.times[0])}
+
+
+def test_bad_command_lines_fail_with_typed_errors(tmp_path, capsys):
+    assert featurize.main(["--input", str(tmp_path / "nothing*.wav"), "--output", str(tmp_path / "o")]) == 2
+    assert "matches no file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="label"):
+        featurize.run(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--label-pattern", r"(\d)"])
+    with pytest.raises(ConfigError, match="--output"):
+        featurize.run(["--input", str(tmp_path)])
+    with pytest.raises(ConfigError, match="n_mels"):
+        featurize.run(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--n-mels", "0"])
+    with pytest.raises(ConfigError, match="--no-such-flag"):
+        featurize.run(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--no-such-flag", "3"])
+    with pytest.raises(DatasetError, match="no inputs"):
+        featurize.run(["--output", str(tmp_path / "o")])
+    assert featurize.main(["--help"]) == 0 and "--label-pattern" in capsys.readouterr().out
+
+
+def test_dead_letter_record_shape():
+    err = ValueError("x.wav: broken")
+    assert DeadLetter.of("x.wav", err).to_dict() == {"path": "x.wav", "reason": "x.wav: broken", "kind": "ValueError"}
