@@ -1,0 +1,114 @@
+"""``rnnstream stream``: stream a file through the runtime, one JSON object per line per chunk.
+
+::
+
+    rnnstream stream --model MODEL.onnx|CKPT.pt --input FILE --chunk-ms 100 [--provider auto|cpu|cuda]
+                     [--threads N] [--raw-audio] [--final-only]
+
+An audio file (``pipeline.audio_io.load_audio``, resampled to the model's rate) is cut into chunks of
+``round(chunk_ms * rate / 1000)`` samples; a sensor table (``pipeline.sensors.read_sensor_table``) into
+chunks of consecutive rows whose timestamps fall in the same ``chunk_ms`` window, counted from the first
+row. ``--chunk-ms 0`` pushes the whole file as one chunk. Each chunk goes through one
+:class:`pipeline.streaming.StreamSession` over ``export.runtime.load_backend(MODEL)`` and prints
+``ChunkResult.to_dict()`` (``t``, ``frames``, ``label``, ``scores``, and ``segment_starts`` after sensor
+gaps). The last line is the final prediction: ``{"final": true, "t", "label", "scores", "frames"}``
+(``label`` null and ``scores`` empty when the file gave no frame). Any chunking prints the same final
+prediction (up to float rounding in the scores), because streaming equals offline.
+
+Exit status: 0, or 1 with ``<ErrorClass>: message`` on stderr for bad input (unreadable file, bad model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import numpy as np
+
+from pipeline.errors import ConfigError, RnnstreamError
+from pipeline.streaming import Backend, SensorChunk, StreamSession
+
+
+def audio_chunks(samples: np.ndarray, rate: int, chunk_ms: float) -> Iterator[np.ndarray]:
+    """``samples [N]`` in chunks of ``round(chunk_ms * rate / 1000)`` (the last one shorter); whole if ``chunk_ms <= 0``."""
+    if chunk_ms <= 0:
+        yield samples
+        return
+    size = int(round(chunk_ms * rate / 1000.0))
+    if size < 1:
+        raise ConfigError(f"--chunk-ms {chunk_ms} is less than one sample at {rate} Hz")
+    for start in range(0, samples.shape[0], size):
+        yield samples[start : start + size]
+
+
+def sensor_chunks(timestamps: np.ndarray, values: np.ndarray, chunk_ms: float) -> Iterator[SensorChunk]:
+    """Rows grouped by ``floor((t - t0) / chunk_ms)``: ``SensorChunk(timestamps [n], values [n, C])`` each."""
+    if chunk_ms <= 0 or timestamps.shape[0] == 0:
+        yield SensorChunk(timestamps, values)
+        return
+    window = np.floor((timestamps - timestamps[0]) / (chunk_ms / 1000.0)).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(window)) + 1
+    for ts, vals in zip(np.split(timestamps, cuts), np.split(values, cuts)):
+        yield SensorChunk(ts, vals)
+
+
+def stream_file(backend: Backend, path: str, chunk_ms: float, out: TextIO = sys.stdout, *,
+                final_only: bool = False, stream_id: str = "") -> dict[str, Any]:
+    """Stream ``path`` through a session over ``backend``, printing JSON lines to ``out``; returns the final line."""
+    cfg = backend.info.feature_config
+    session = StreamSession(backend, stream_id=stream_id or path)
+    chunks: Iterator[Any]
+    if cfg.kind == "audio":
+        from pipeline.audio_io import load_audio
+
+        samples = load_audio(path, cfg)
+        chunks = audio_chunks(samples, cfg.audio.sample_rate, chunk_ms)  # type: ignore[union-attr]
+    else:
+        from pipeline.sensors import read_sensor_table
+
+        ts, vals = read_sensor_table(path, cfg)
+        chunks = sensor_chunks(ts, vals, chunk_ms)
+    for chunk in chunks:
+        res = session.push(chunk)
+        if not final_only:
+            out.write(json.dumps(res.to_dict()) + "\n")
+    pred = session.final()
+    final: dict[str, Any] = {"final": True, "t": round(session.t, 6)}
+    final.update(pred.to_dict() if pred is not None else {"label": None, "scores": [], "frames": 0})
+    out.write(json.dumps(final) + "\n")
+    out.flush()
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rnnstream stream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="an exported .onnx graph or a training checkpoint")
+    p.add_argument("--input", required=True, help="audio file (wav/flac/ogg) or sensor table (csv/parquet)")
+    p.add_argument("--chunk-ms", type=float, default=100.0,
+                   help="chunk length in milliseconds of stream time; 0 = the whole file (default %(default)s)")
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--raw-audio", action="store_true",
+                   help="for a checkpoint: run the audio front end inside the backend (as a --raw-audio graph)")
+    p.add_argument("--final-only", action="store_true", help="print only the final line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from export.runtime import load_backend
+
+    try:
+        backend = load_backend(args.model, provider=args.provider, threads=args.threads, raw_audio=args.raw_audio)
+        stream_file(backend, args.input, args.chunk_ms, sys.stdout, final_only=args.final_only)
+    except RnnstreamError as exc:
+        print(f"rnnstream stream: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
