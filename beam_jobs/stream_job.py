@@ -1,0 +1,311 @@
+"""``rnnstream stream-job``: the Beam streaming job (per-stream state, ordering, gaps, eviction).
+
+Reads chunk messages (format: :mod:`beam_jobs.messages`, ``docs/stream_job.md``), runs them through
+:class:`beam_jobs.stateful.StreamInference` and writes JSON lines under ``--output DIR``:
+
+* ``predictions-*.jsonl``: one per applied chunk: ``stream``, ``seq``, ``event_time``, ``t`` (seconds of
+  stream consumed), ``frames``, ``label``, ``scores`` (and ``"filled": true`` for a gap filled with zeros);
+* ``events-*.jsonl``: ``gap``, ``end`` and ``eviction`` records (an eviction carries the snapshot);
+* ``dead_letters-*.jsonl``: ``kind``, ``reason``, ``stream``, ``seq``, ``message`` (the message again);
+* ``summary.json`` (bounded inputs only): the Beam counters and the balance
+  ``messages_in == chunks + duplicates + dead_letters + resumes``.
+
+Each writer bundle writes its own ``{kind}-{uuid}.jsonl`` file (through ``FileSystems``, so ``gs://`` works),
+which is what makes the same sink work in batch and streaming; :func:`read_records` merges them.
+
+Sources (exactly one):
+
+* ``--input FILE.jsonl`` (repeatable; globs): a bounded replay, run in batch; element timestamps are the
+  messages' ``event_time`` and the gap/idle timers are event-time timers, so the end of the input
+  (final watermark) resolves every pending gap deterministically and evicts every stream that did not end.
+* ``--input-dir DIR``: watch ``DIR/*.jsonl`` while the job runs (``fileio.MatchContinuously``, streaming;
+  each new file is read once; ``--watch-seconds`` stops watching). Timers in processing time by default.
+* ``--pubsub-subscription``/``--pubsub-topic`` (``ReadFromPubSub``; ``--pubsub-timestamp-attribute`` for
+  event time) and ``--kafka-bootstrap-servers`` + ``--kafka-topic`` (``apache_beam.io.kafka.ReadFromKafka``,
+  a cross-language transform that needs Java) for real runners; not exercised by the tests here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_jobs.common import (
+    InputOptions,
+    counter_values,
+    expand_paths,
+    prepare_output_dir,
+    read_text,
+    reject_unknown_args,
+    resolve_runner_aliases,
+    run_pipeline,
+    write_text,
+)
+from beam_jobs.stateful import DEAD_LETTERS, EVENTS, StreamInference, StreamJobConfig
+from pipeline.errors import ConfigError, RnnstreamError
+
+LOG = logging.getLogger(__name__)
+
+KINDS = ("predictions", EVENTS, DEAD_LETTERS)
+SUMMARY_FILE = "summary.json"
+COUNTERS = ("messages_in", "chunks", "filled_chunks", "duplicates", "dead_letters", "resumes", "gaps",
+            "missing_chunks", "evictions", "ends", "model_step_us", "stateful_fn_us")
+_STALE = tuple(f"{k}-*.jsonl" for k in KINDS) + (SUMMARY_FILE,)
+
+
+def _add(parser: Any, flag: str, **kwargs: Any) -> None:
+    """``parser.add_argument`` unless another job's options registered the same flag already."""
+    if flag in getattr(parser, "_option_string_actions", {}):
+        return
+    parser.add_argument(flag, **kwargs)
+
+
+class StreamJobOptions(PipelineOptions):
+    """Options of ``rnnstream stream-job`` (``--input``/``--output`` come from :class:`InputOptions`)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        _add(parser, "--model", dest="model", default=None, help="an .onnx export or a checkpoint")
+        _add(parser, "--input-dir", dest="input_dir", default=None,
+             help="watch DIR/*.jsonl for new message files while the job runs (streaming)")
+        _add(parser, "--watch-seconds", dest="watch_seconds", type=float, default=None,
+             help="stop watching --input-dir after this many seconds (default: run until cancelled)")
+        _add(parser, "--poll-interval", dest="poll_interval", type=float, default=2.0,
+             help="seconds between directory listings of --input-dir")
+        _add(parser, "--pubsub-subscription", dest="pubsub_subscription", default=None)
+        _add(parser, "--pubsub-topic", dest="pubsub_topic", default=None)
+        _add(parser, "--pubsub-timestamp-attribute", dest="pubsub_timestamp_attribute", default=None,
+             help="message attribute holding the event time (else the publish time)")
+        _add(parser, "--kafka-bootstrap-servers", dest="kafka_bootstrap_servers", default=None)
+        _add(parser, "--kafka-topic", dest="kafka_topic", action="append", default=None)
+        _add(parser, "--on-gap", dest="on_gap", choices=("fill", "reset"), default="fill",
+             help="a chunk missing for --gap-timeout: fill it with zeros, or reset the stream's state")
+        _add(parser, "--gap-timeout", dest="gap_timeout", type=float, default=5.0,
+             help="seconds to wait for a missing chunk once a later one arrived (default 5)")
+        _add(parser, "--idle-timeout", dest="idle_timeout", type=float, default=30.0,
+             help="seconds without messages before a stream is evicted (snapshot emitted; default 30)")
+        _add(parser, "--max-buffer", dest="max_buffer", type=int, default=64,
+             help="reorder buffer bound: chunks at most this many seqs ahead wait; further ones are dead letters")
+        _add(parser, "--chunk-size", dest="chunk_size", type=int, default=None,
+             help="exact samples (audio) or rows (sensor) per chunk; the last may be shorter (default: any)")
+        _add(parser, "--time-domain", dest="time_domain", choices=("event", "processing"), default=None,
+             help="timer domain (default: event for --input, processing for live sources)")
+        _add(parser, "--no-per-stream-metrics", dest="per_stream_metrics", action="store_false", default=True,
+             help="keep only job-wide Beam counters (per-stream counters cost one metric per stream)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+
+
+class _WriteJsonlFn(beam.DoFn):
+    """Each bundle's records to a new ``{prefix}-{uuid}.jsonl`` (no file for an empty bundle)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._lines: list[str] = []
+
+    def start_bundle(self) -> None:
+        self._lines = []
+
+    def process(self, record: dict[str, Any]) -> None:
+        self._lines.append(json.dumps(record, sort_keys=True, allow_nan=False))
+
+    def finish_bundle(self) -> None:
+        if self._lines:
+            write_text(f"{self.prefix}-{uuid.uuid4().hex}.jsonl", "".join(line + "\n" for line in self._lines))
+            self._lines = []
+
+
+class WriteRecords(beam.PTransform):
+    """Write the three outputs of :class:`StreamInference` as JSON lines under ``output_dir``."""
+
+    def __init__(self, output_dir: str, label: str | None = None):
+        super().__init__(label)
+        self.output_dir = output_dir
+
+    def expand(self, outputs: dict[str, beam.PCollection]) -> beam.pvalue.PDone:
+        for kind in KINDS:
+            prefix = FileSystems.join(self.output_dir, kind)
+            _ = outputs[kind] | f"Write{kind.title().replace('_', '')}" >> beam.ParDo(_WriteJsonlFn(prefix))
+        return beam.pvalue.PDone(next(iter(outputs.values())).pipeline)
+
+
+def read_records(output_dir: str, kind: str) -> list[dict[str, Any]]:
+    """All records of one kind (``predictions``, ``events``, ``dead_letters``) written under ``output_dir``."""
+    match = FileSystems.match([FileSystems.join(output_dir, f"{kind}-*.jsonl")])[0]
+    out: list[dict[str, Any]] = []
+    for meta in sorted(match.metadata_list, key=lambda m: m.path):
+        out += [json.loads(line) for line in read_text(meta.path).splitlines() if line.strip()]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+
+def _lines_of(readable: Any) -> Iterable[str]:
+    return (line for line in readable.read_utf8().splitlines() if line.strip())
+
+
+def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptions) -> tuple[beam.PCollection, bool]:
+    """The message lines and whether the source is bounded."""
+    sources = [bool(io_opts.inputs), bool(opts.input_dir), bool(opts.pubsub_subscription or opts.pubsub_topic),
+               bool(opts.kafka_bootstrap_servers)]
+    if sum(sources) != 1:
+        raise ConfigError("give exactly one source: --input FILE.jsonl, --input-dir DIR, --pubsub-subscription/"
+                          "--pubsub-topic, or --kafka-bootstrap-servers with --kafka-topic")
+    if io_opts.inputs:
+        files = expand_paths(io_opts.inputs)
+        reads = [p | f"Read{i}" >> beam.io.ReadFromText(f) for i, f in enumerate(files)]
+        lines = reads[0] if len(reads) == 1 else reads | "MergeFiles" >> beam.Flatten()
+        return lines | "SkipBlankLines" >> beam.Filter(lambda line: bool(line.strip())), True
+    if opts.input_dir:
+        from apache_beam.io import fileio
+        from apache_beam.utils.timestamp import Timestamp
+
+        kwargs: dict[str, Any] = {"interval": float(opts.poll_interval)}
+        if opts.watch_seconds is not None:
+            kwargs["stop_timestamp"] = Timestamp.of(time.time() + float(opts.watch_seconds))
+        pattern = FileSystems.join(opts.input_dir, "*.jsonl")
+        return (
+            p
+            | "WatchDir" >> fileio.MatchContinuously(pattern, **kwargs)
+            | "ReadMatches" >> fileio.ReadMatches()
+            | "Lines" >> beam.FlatMap(_lines_of)
+        ), False
+    if opts.pubsub_subscription or opts.pubsub_topic:
+        return p | "ReadPubSub" >> beam.io.ReadFromPubSub(
+            topic=opts.pubsub_topic if not opts.pubsub_subscription else None,
+            subscription=opts.pubsub_subscription,
+            timestamp_attribute=opts.pubsub_timestamp_attribute,
+        ), False
+    if not opts.kafka_topic:
+        raise ConfigError("--kafka-bootstrap-servers needs --kafka-topic (repeatable)")
+    from apache_beam.io.kafka import ReadFromKafka
+
+    return (
+        p
+        | "ReadKafka" >> ReadFromKafka(
+            consumer_config={"bootstrap.servers": opts.kafka_bootstrap_servers},
+            topics=list(opts.kafka_topic),
+            timestamp_policy=ReadFromKafka.create_time_policy,
+        )
+        | "KafkaValues" >> beam.Map(lambda kv: kv[1])
+    ), False
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+def config_from_options(opts: StreamJobOptions, bounded: bool) -> StreamJobConfig:
+    domain = opts.time_domain or ("event" if bounded else "processing")
+    if bounded and domain != "event":
+        raise ConfigError("a bounded --input replay needs --time-domain event (the final watermark resolves gaps)")
+    return StreamJobConfig(
+        gap_policy=opts.on_gap, gap_timeout_s=opts.gap_timeout, idle_timeout_s=opts.idle_timeout,
+        max_buffer=opts.max_buffer, chunk_size=opts.chunk_size, time_domain=domain,
+        per_stream_metrics=opts.per_stream_metrics,
+    )
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Any:
+    """Parse ``argv`` (job flags and Beam options), run the job; returns the PipelineResult.
+
+    For a bounded ``--input``, also writes ``summary.json`` and raises :class:`RnnstreamError` if the
+    counts do not balance (a message was lost).
+    """
+    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]))
+    reject_unknown_args(argv)
+    options = PipelineOptions(argv)
+    io_opts = options.view_as(InputOptions)
+    opts = options.view_as(StreamJobOptions)
+    if not opts.model:
+        raise ConfigError("--model MODEL (.onnx or checkpoint) is required")
+    if not io_opts.output:
+        raise ConfigError("--output DIR is required")
+    bounded = bool(io_opts.inputs)
+    if not bounded:
+        options.view_as(StandardOptions).streaming = True
+    config = config_from_options(opts, bounded)
+    from beam_jobs.stateful import load_model
+
+    info = load_model(opts.model).info  # fail fast (before the pipeline) on a bad model file
+    LOG.info("stream-job: model %s (%s), %s", opts.model, info.weights_hash, config)
+    prepare_output_dir(io_opts.output, _STALE)
+    p = test_pipeline or beam.Pipeline(options=options)
+    lines, bounded = _read_messages(p, io_opts, opts)
+    outputs = lines | "StreamInference" >> StreamInference(opts.model, config, timestamps_from_messages=bounded)
+    _ = outputs | "WriteOutputs" >> WriteRecords(io_opts.output)
+    result = run_pipeline(p)
+    if bounded:
+        summary = summarize(counter_values(result, COUNTERS))
+        write_text(FileSystems.join(io_opts.output, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if summary.get("balanced") is False:
+            raise RnnstreamError(
+                f"stream-job lost messages: {summary['messages_in']} in, but {summary['chunks']} applied + "
+                f"{summary['duplicates']} duplicates + {summary['dead_letters']} dead letters + "
+                f"{summary['resumes']} resumes"
+            )
+    return result
+
+
+def summarize(counters: dict[str, int] | None) -> dict[str, Any]:
+    """The summary of a finished run from its counters (``balanced`` is None without metrics)."""
+    if counters is None:
+        return {"metrics": None, "balanced": None}
+    out: dict[str, Any] = dict(counters)
+    out["balanced"] = counters["messages_in"] == (
+        counters["chunks"] + counters["duplicates"] + counters["dead_letters"] + counters["resumes"]
+    )
+    fn_us = counters.get("stateful_fn_us") or 0
+    out["model_share_of_stateful_fn"] = round(counters["model_step_us"] / fn_us, 4) if fn_us else None
+    return out
+
+
+def _help() -> str:
+    parser = argparse.ArgumentParser(
+        prog="rnnstream stream-job",
+        description="Beam streaming job: chunk messages -> per-stream stateful RNN inference with ordering, "
+        "gap handling and eviction. Any Beam pipeline option (--runner, --streaming, --direct_num_workers, "
+        "...) passes through. See docs/stream_job.md.",
+    )
+    InputOptions._add_argparse_args(parser)
+    StreamJobOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(_help())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except RnnstreamError as err:
+        print(f"rnnstream stream-job: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    output = PipelineOptions(argv).view_as(InputOptions).output
+    summary_path = FileSystems.join(output, SUMMARY_FILE)
+    if FileSystems.exists(summary_path):
+        print(read_text(summary_path), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
