@@ -1,0 +1,71 @@
+"""Streaming equals offline: ``step`` over any chunking == ``forward`` over the whole sequence (float32, 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.rnn import ModelConfig, StreamingRNN
+from pipeline.errors import StateError
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+# (task, pooling): the five task heads
+HEADS = [("classify", "last"), ("classify", "mean"), ("tag", "last"), ("forecast", "last"), ("generate", "last")]
+D = 3
+
+
+def _model(cell: str, task: str, pooling: str, layers: int, seed: int) -> StreamingRNN:
+    out = {"classify": 4, "tag": 2, "forecast": 2 * 2, "generate": D}[task]
+    cfg = ModelConfig(input_dim=D, output_dim=out, task=task, cell=cell, hidden_size=8, num_layers=layers,
+                      pooling=pooling, horizon=2 if task == "forecast" else 1,
+                      target_dims=(0, 2) if task == "forecast" else ())
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = StreamingRNN(cfg, feat_mean=torch.randn(D, generator=g), feat_std=torch.rand(D, generator=g) + 0.5)
+    return model.eval()
+
+
+@st.composite
+def chunkings(draw):
+    total = draw(st.integers(min_value=1, max_value=24))
+    cuts = sorted(draw(st.lists(st.integers(min_value=0, max_value=total), max_size=6)))
+    return total, [b - a for a, b in zip([0, *cuts], [*cuts, total])]  # sizes may be 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("task,pooling", HEADS)
+@settings(max_examples=12)
+@given(chunks=chunkings(), batch=st.integers(1, 3), layers=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_step_over_random_chunkings_equals_forward(cell, task, pooling, chunks, batch, layers, seed):
+    total, sizes = chunks
+    model = _model(cell, task, pooling, layers, seed)
+    x = torch.randn(batch, total, D, generator=torch.Generator().manual_seed(seed)) * 2
+    with torch.no_grad():
+        full = model(x)
+        state = model.initial_state(batch)
+        outs, t = [], 0
+        for n in sizes:
+            y, state = model.step(x[:, t: t + n], state)
+            assert y.shape == (batch, n, model.config.output_dim)
+            outs.append(y)
+            t += n
+    streamed = torch.cat(outs, dim=1)
+    assert streamed.shape == full.shape
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_forwards_but_refuses_to_stream(cell):
+    cfg = ModelConfig(input_dim=D, output_dim=3, task="classify", cell=cell, hidden_size=8, num_layers=1,
+                      bidirectional=True)
+    model = StreamingRNN(cfg).eval()
+    x = torch.randn(2, 7, D)
+    lengths = torch.tensor([7, 4])
+    y = model(x, lengths)
+    assert y.shape == (2, 7, 3)
+    # the backward direction starts at each sequence's own end: padding changes nothing at valid frames
+    torch.testing.assert_close(model(x[1:, :4]), y[1:, :4], rtol=1e-5, atol=1e-5)
+    with pytest.raises(StateError, match="bidirectional models are offline only.*future frames"):
+        model.step(x, model.initial_state(2))
