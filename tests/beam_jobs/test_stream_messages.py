@@ -1,0 +1,118 @@
+"""The stream job's message format: round trips, accepted dtypes, and every rejection naming its field."""
+
+from __future__ import annotations
+
+import base64
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from beam_jobs.messages import (
+    MessageError,
+    ModelMismatchError,
+    PayloadError,
+    chunk,
+    encode_message,
+    parse_message,
+    resume,
+    validate_for_model,
+)
+from pipeline.config import FeatureConfig
+
+
+def b64(arr: np.ndarray) -> str:
+    return base64.b64encode(arr.tobytes()).decode()
+
+
+def test_audio_round_trips_in_every_encoding() -> None:
+    x = np.linspace(-0.5, 0.5, 160, dtype=np.float32)
+    m = chunk("a", 3, 12.5, audio=x, end=True, model="abc")
+    back = parse_message(encode_message(m))
+    assert (back.stream, back.seq, back.event_time, back.end, back.model, back.kind) == ("a", 3, 12.5, True, "abc", "chunk")
+    np.testing.assert_array_equal(back.audio, x)
+    np.testing.assert_array_equal(parse_message(encode_message(m, audio_dtype="list")).audio, x)
+    q = parse_message(encode_message(m, audio_dtype="int16")).audio
+    assert q.dtype == np.float32
+    np.testing.assert_allclose(q, x, atol=1 / 32768)
+    raw = json.dumps({"stream": "a", "seq": 0, "event_time": 1,
+                      "audio": {"dtype": "int16", "data": b64(np.array([-32768, 0, 16384], "<i2"))}})
+    np.testing.assert_array_equal(parse_message(raw).audio, [-1.0, 0.0, 0.5])
+
+
+def test_sensor_payload_as_lists_and_base64() -> None:
+    ts = np.array([0.0, 0.5, 1.25])
+    vals = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    back = parse_message(encode_message(chunk("p", 0, 0.0, timestamps=ts, values=vals)))
+    np.testing.assert_array_equal(back.timestamps, ts)
+    np.testing.assert_array_equal(back.values, vals)
+    listed = parse_message(json.dumps({"stream": "p", "seq": 1, "event_time": 2.0,
+                                       "sensor": {"timestamps": ts.tolist(), "values": vals.tolist()}}))
+    np.testing.assert_array_equal(listed.values, vals)
+    assert listed.size == 3
+
+
+def test_resume_round_trip() -> None:
+    back = parse_message(encode_message(resume("a", 7, 1.0, b"\x00snapshot\xff")))
+    assert (back.kind, back.seq, back.snapshot) == ("resume", 7, b"\x00snapshot\xff")
+
+
+@pytest.mark.parametrize(
+    "obj, error, words",
+    [
+        ("[1, 2]", MessageError, "JSON object"),
+        ({"seq": 0, "event_time": 0, "audio": []}, MessageError, "'stream'"),
+        ({"stream": "a", "seq": -1, "event_time": 0, "audio": []}, MessageError, "'seq'"),
+        ({"stream": "a", "seq": True, "event_time": 0, "audio": []}, MessageError, "'seq'"),
+        ({"stream": "a", "seq": 0, "audio": []}, MessageError, "'event_time'"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": [], "colour": 1}, MessageError, "unknown fields"),
+        ({"stream": "a", "seq": 0, "event_time": 0}, MessageError, "needs an 'audio' or 'sensor'"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": [], "sensor": {}}, MessageError, "not both"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": {"dtype": "float64", "data": ""}}, PayloadError, "dtype 'float64'"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": {"dtype": "float32", "data": "AAA"}}, MessageError, "base64"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": {"dtype": "float32", "data": "AAAAAAA="}}, PayloadError, "whole number"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": [0.1, "x"]}, PayloadError, "list of numbers"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "audio": [[0.1], [0.2]]}, PayloadError, "1 dimension"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "sensor": {"timestamps": [0, 1], "values": [[1], [2, 3]]}},
+         PayloadError, "rectangular"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "sensor": {"timestamps": [0, 1], "values": [[1]]}},
+         PayloadError, "2 timestamps but 1"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "kind": "resume"}, MessageError, "snapshot"),
+        ({"stream": "a", "seq": 0, "event_time": 0, "kind": "stop", "audio": []}, MessageError, "'kind'"),
+    ],
+)
+def test_rejections_name_the_field(obj: object, error: type[Exception], words: str) -> None:
+    text = obj if isinstance(obj, str) else json.dumps(obj)
+    with pytest.raises(error, match=words):
+        parse_message(text)
+
+
+def test_nan_is_rejected_in_every_encoding() -> None:
+    x = np.zeros(8, np.float32)
+    x[3] = np.nan
+    with pytest.raises(PayloadError, match="1 of 8 values are NaN"):
+        parse_message(encode_message(chunk("a", 0, 0.0, audio=x)))
+    with pytest.raises(PayloadError, match="NaN"):
+        parse_message('{"stream": "a", "seq": 0, "event_time": 0, "audio": [0.0, NaN]}')
+
+
+def test_validate_for_model() -> None:
+    audio = SimpleNamespace(weights_hash="h1", feature_config=FeatureConfig.audio_default(n_mels=8))
+    sensor = SimpleNamespace(weights_hash="h1", feature_config=FeatureConfig.sensor_default(["a", "b"]))
+    ok = chunk("s", 0, 0.0, audio=np.zeros(100))
+    validate_for_model(ok, audio, chunk_size=100)
+    validate_for_model(chunk("s", 1, 0.0, audio=np.zeros(40), end=True), audio, chunk_size=100)
+    with pytest.raises(PayloadError, match="holds 99 samples; expected exactly 100"):
+        validate_for_model(chunk("s", 0, 0.0, audio=np.zeros(99)), audio, chunk_size=100)
+    with pytest.raises(PayloadError, match="at most 100"):
+        validate_for_model(chunk("s", 0, 0.0, audio=np.zeros(101), end=True), audio, chunk_size=100)
+    with pytest.raises(ModelMismatchError, match="unknown model version"):
+        validate_for_model(chunk("s", 0, 0.0, audio=np.zeros(100), model="h2"), audio)
+    with pytest.raises(PayloadError, match="audio payload for a sensor model"):
+        validate_for_model(ok, sensor)
+    rows = chunk("s", 0, 0.0, timestamps=[0.0, 1.0], values=[[1.0], [2.0]])
+    with pytest.raises(PayloadError, match="1 channel\\(s\\); the model expects 2"):
+        validate_for_model(rows, sensor)
+    with pytest.raises(PayloadError, match="sensor payload for an audio model"):
+        validate_for_model(rows, audio)
