@@ -1,0 +1,473 @@
+"""``rnnstream demo``: the main job end to end on real recorded data, in a few minutes on two cores.
+
+Stages (each prints its progress)::
+
+    1. data       aeon's embedded BasicMotions (smart-watch accelerometer + gyroscope, 10 Hz) written as
+                  sensor tables (CSV with a timestamp column), or a folder of labelled WAV files (--audio-dir)
+    2. featurize  the Beam featurize job (beam_jobs.featurize) -> Parquet dataset + stats
+    3. train      a stateful GRU classifier (models.train) -> checkpoint, training curves, confusion matrix
+    4. export     the streaming ONNX graph (export.onnx_export), verified against PyTorch at export
+    5. stream     every held-out recording, read from its file and pushed chunk by chunk through an
+                  onnxruntime StreamSession; compared with offline PyTorch over the Beam features
+
+Reported: accuracy (streamed ONNX and offline PyTorch), agreement of streaming with offline (max |score
+difference| of the final softmax scores, max |logit difference| over every frame, label agreement) and
+latency per chunk. Written to ``--out`` (default ``demo_out``): ``report.json``, ``curves.png``,
+``confusion.png`` (offline test), ``confusion_streaming.png``, ``stream_trace.png`` (the input with the
+streaming prediction over time), the dataset, checkpoint and ONNX model.
+
+Speech: ``rnnstream demo --audio-dir ../shared/data/fsdd/recordings --label-pattern
+'(?P<label>\\d)_(?P<speaker>[a-z]+)_(?P<take>\\d+)\\.wav'`` does the same on spoken digits (held-out: takes
+0-4, FSDD's documented split, when the pattern has a ``take`` group).
+
+The stage functions (:func:`featurize_dataset`, :func:`stream_classification`, :func:`plot_stream_trace`)
+are reused by the ``experiments/`` scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import FeatureConfig
+from pipeline.errors import RnnstreamError
+
+DEFAULT_OUT = "demo_out"
+FSDD_LABEL_PATTERN = r"(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage helpers (shared with experiments/)
+# ----------------------------------------------------------------------------------------------
+
+
+def featurize_dataset(inputs: Sequence[str], output_dir: str, feature_config: FeatureConfig,
+                      label_pattern: str | None = None, pipeline_args: Sequence[str] | None = None) -> Any:
+    """Run the Beam featurize job over ``inputs`` into ``output_dir`` and load the result.
+
+    Returns the :class:`pipeline.dataset.FeatureDataset`.
+    """
+    from beam_jobs.featurize import featurize_corpus
+    from pipeline.dataset import read_dataset
+
+    featurize_corpus(list(inputs), output_dir, feature_config, label_pattern=label_pattern,
+                     pipeline_args=list(pipeline_args) if pipeline_args is not None else None)
+    return read_dataset(output_dir)
+
+
+def read_raw(path: str, cfg: FeatureConfig) -> Any:
+    """A recording as the runtime's raw input: audio samples ``[N]`` or ``(timestamps [N], values [N, C])``."""
+    if cfg.kind == "audio":
+        from pipeline.audio_io import load_audio
+
+        return load_audio(path, cfg)
+    from pipeline.sensors import read_sensor_table
+
+    return read_sensor_table(path, cfg)
+
+
+def raw_chunks(raw: Any, cfg: FeatureConfig, chunk_s: float) -> Iterator[tuple[Any, float]]:
+    """Cut a raw recording into chunks of ``chunk_s`` seconds: yields ``(chunk, seconds of stream in it)``."""
+    from pipeline.streaming import SensorChunk
+
+    if cfg.kind == "audio":
+        n = max(1, int(round(chunk_s * cfg.audio.sample_rate)))  # type: ignore[union-attr]
+        for i in range(0, raw.shape[0], n):
+            part = raw[i: i + n]
+            yield part, part.shape[0] / cfg.audio.sample_rate  # type: ignore[union-attr]
+        return
+    ts, vals = raw
+    n = max(1, int(round(chunk_s * cfg.sensor.rate_hz)))  # type: ignore[union-attr]
+    for i in range(0, ts.shape[0], n):
+        yield SensorChunk(ts[i: i + n], vals[i: i + n]), min(n, ts.shape[0] - i) / cfg.sensor.rate_hz  # type: ignore[union-attr]
+
+
+@dataclass
+class StreamedItem:
+    """One held-out recording streamed through the runtime and scored offline."""
+
+    id: str
+    path: str
+    label: str
+    stream_label: str
+    offline_label: str
+    stream_scores: list[float]
+    offline_scores: list[float]
+    max_logit_diff: float  # over every frame: streamed outputs vs offline outputs
+    frames: int
+    stream_outputs: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+
+
+@dataclass
+class StreamReport:
+    items: list[StreamedItem]
+    latencies_ms: list[float]
+    chunk_s: float
+    labels: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.items)
+        lat = np.asarray(self.latencies_ms, dtype=np.float64)
+        score_diff = max((float(np.max(np.abs(np.subtract(i.stream_scores, i.offline_scores)))) for i in self.items),
+                         default=0.0)
+        return {
+            "n": n,
+            "accuracy_streaming_onnx": sum(i.stream_label == i.label for i in self.items) / max(n, 1),
+            "accuracy_offline_torch": sum(i.offline_label == i.label for i in self.items) / max(n, 1),
+            "label_agreement": sum(i.stream_label == i.offline_label for i in self.items) / max(n, 1),
+            "max_abs_score_diff": score_diff,
+            "max_abs_logit_diff_all_frames": max((i.max_logit_diff for i in self.items), default=0.0),
+            "chunk_s": self.chunk_s,
+            "chunks": int(lat.size),
+            "latency_ms_mean": float(lat.mean()) if lat.size else None,
+            "latency_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
+            "latency_ms_max": float(lat.max()) if lat.size else None,
+        }
+
+    def confusion(self, which: str = "stream") -> np.ndarray:
+        index = {name: k for k, name in enumerate(self.labels)}
+        c = len(self.labels)
+        cm = np.zeros((c, c), dtype=np.int64)
+        for i in self.items:
+            guess = i.stream_label if which == "stream" else i.offline_label
+            if i.label in index and guess in index:
+                cm[index[i.label], index[guess]] += 1
+        return cm
+
+
+def stream_classification(onnx_backend: Any, torch_backend: Any, examples: Sequence[Any], chunk_s: float,
+                          *, progress: bool = True, keep_outputs: int = 4) -> StreamReport:
+    """Stream each example's *file* chunk by chunk through ``onnx_backend``; score offline with ``torch_backend``.
+
+    Offline is PyTorch over the example's stored (Beam-featurized) features, whole sequence in one step.
+    Latency is the wall time of each ``StreamSession.push`` (featurize + onnxruntime step).
+    ``keep_outputs``: keep the per-frame streamed outputs of the first few items (for the trace plot).
+    """
+    from tqdm.auto import tqdm
+
+    from pipeline.streaming import StreamSession, interpret
+
+    cfg = onnx_backend.info.feature_config
+    labels = tuple(onnx_backend.info.labels)
+    items: list[StreamedItem] = []
+    latencies: list[float] = []
+    for k, ex in enumerate(tqdm(examples, desc="stream (onnxruntime)", disable=not progress, file=sys.stderr,
+                                dynamic_ncols=True)):
+        raw = read_raw(ex.path, cfg)
+        session = StreamSession(onnx_backend, stream_id=ex.id)
+        outs = []
+        for chunk, _ in raw_chunks(raw, cfg, chunk_s):
+            t0 = time.perf_counter()
+            res = session.push(chunk)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            outs.append(res.outputs)
+        stream_out = np.concatenate(outs) if outs else np.zeros((0, onnx_backend.info.model_config.output_dim))
+        feats = np.asarray(ex.features, dtype=np.float32)
+        off_out, _ = torch_backend.step(feats[None], torch_backend.info.initial_states(1))
+        off_out = off_out[0]
+        n = min(stream_out.shape[0], off_out.shape[0])
+        diff = float(np.max(np.abs(stream_out[:n] - off_out[:n]))) if n else float("inf")
+        if stream_out.shape[0] != off_out.shape[0]:
+            diff = float("inf")  # a different frame count is a disagreement, whatever the values
+        final = session.final()
+        offline = interpret(torch_backend.info, off_out[-1], off_out.shape[0]) if off_out.shape[0] else None
+        items.append(StreamedItem(
+            id=ex.id, path=ex.path, label=str(ex.label),
+            stream_label=str(final.label) if final else "", offline_label=str(offline.label) if offline else "",
+            stream_scores=list(final.scores) if final else [], offline_scores=list(offline.scores) if offline else [],
+            max_logit_diff=diff, frames=int(stream_out.shape[0]),
+            stream_outputs=stream_out if k < keep_outputs else np.zeros((0, 0)),
+        ))
+    return StreamReport(items=items, latencies_ms=latencies, chunk_s=chunk_s, labels=labels)
+
+
+def plot_stream_trace(item: StreamedItem, raw: Any, cfg: FeatureConfig, labels: Sequence[str], path: str,
+                      features: np.ndarray | None = None) -> str:
+    """The input (sensor channels, or the log-mel spectrogram) above the streamed class probabilities over time."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from pipeline.streaming import softmax
+
+    probs = softmax(np.asarray(item.stream_outputs, dtype=np.float64))
+    t_frames = (np.arange(probs.shape[0]) + 1) / cfg.frame_rate
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    ax = axes[0]
+    if cfg.kind == "audio":
+        spec = features if features is not None else np.zeros((probs.shape[0], cfg.dim))
+        ax.imshow(spec.T, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, spec.shape[0] / cfg.frame_rate, 0, spec.shape[1]))
+        ax.set_ylabel("log-mel band" if cfg.audio.feature == "logmel" else "MFCC")  # type: ignore[union-attr]
+        ax.set_title(f"{os.path.basename(item.path)} (true label {item.label})")
+    else:
+        ts, vals = raw
+        for j, name in enumerate(cfg.sensor.columns):  # type: ignore[union-attr]
+            ax.plot(ts - ts[0], vals[:, j], lw=0.9, label=name)
+        ax.set_ylabel("sensor value")
+        ax.legend(fontsize=7, ncol=min(6, vals.shape[1]), loc="upper right")
+        ax.set_title(f"{os.path.basename(item.path)} (true label {item.label})")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for j, name in enumerate(labels):
+        ax.plot(t_frames, probs[:, j], lw=1.8 if name == item.label else 1.0, label=name)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("P(class | stream so far)")
+    ax.set_title(f"streaming prediction (onnxruntime, chunk by chunk): final = {item.stream_label}")
+    ax.legend(fontsize=7, ncol=min(10, len(labels)), loc="center right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A small fixed-width text table."""
+    cells = [[str(h) for h in header]] + [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rnnstream demo",
+        description="The main job end to end: featurize (Beam) -> train -> export ONNX -> stream held-out "
+                    "recordings through onnxruntime. Default data: aeon's embedded BasicMotions.")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    p.add_argument("--audio-dir", default=None, help="a folder of labelled WAV files to use instead of BasicMotions")
+    p.add_argument("--label-pattern", default=None,
+                   help="regex on file names with a (?P<label>...) group (audio; default: the FSDD pattern)")
+    p.add_argument("--test-by", default=None,
+                   help="metadata key of the held-out split (default: 'split' for BasicMotions; 'take' for audio "
+                        "when the pattern has that group)")
+    p.add_argument("--test-match", default=None,
+                   help="regex for held-out examples (default: 'test' for BasicMotions, '[0-4]' for take)")
+    p.add_argument("--sample-rate", type=int, default=8000, help="audio: feature sample rate (Hz)")
+    p.add_argument("--n-mels", type=int, default=40, help="audio: mel bands")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use at most this many recordings per class and split (quick smoke runs)")
+    m = p.add_argument_group("model and training")
+    m.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn_tanh"])
+    m.add_argument("--hidden", type=int, default=64)
+    m.add_argument("--layers", type=int, default=2)
+    m.add_argument("--dropout", type=float, default=0.1)
+    m.add_argument("--epochs", type=int, default=None, help="default: 40 (sensors), 25 (audio)")
+    m.add_argument("--batch-size", type=int, default=16)
+    m.add_argument("--lr", type=float, default=3e-3)
+    m.add_argument("--val-fraction", type=float, default=0.15)
+    m.add_argument("--seed", type=int, default=0)
+    s = p.add_argument_group("streaming")
+    s.add_argument("--chunk-s", type=float, default=None, help="chunk length in seconds (default: 1.0 sensors, 0.1 audio)")
+    s.add_argument("--raw-audio", action="store_true", help="audio: export the graph with the featurizer inside")
+    p.add_argument("--threads", type=int, default=1,
+                   help="PyTorch intra-op threads (default 1: small RNNs train fastest single-threaded, "
+                        "especially on a busy machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _limit_per_class(paths: list[str], pattern: str, limit: int | None) -> list[str]:
+    if limit is None:
+        return paths
+    rx = re.compile(pattern)
+    seen: dict[tuple[str, ...], int] = {}
+    out = []
+    for p in paths:
+        m = rx.search(os.path.basename(p))
+        key = (m.group("label"),) + ((m.group("split"),) if m and "split" in m.groupdict() else ()) if m else ("",)
+        if seen.get(key, 0) < limit:
+            seen[key] = seen.get(key, 0) + 1
+            out.append(p)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except RnnstreamError as exc:
+        print(f"rnnstream demo: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rnnstream import datasets as D
+
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # 1. data ---------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if args.audio_dir:
+        pattern = args.label_pattern or FSDD_LABEL_PATTERN
+        try:
+            groups = re.compile(pattern).groupindex
+        except re.error as exc:
+            raise RnnstreamError(f"--label-pattern {pattern!r} is not a valid regex: {exc}") from None
+        if "label" not in groups:
+            raise RnnstreamError(f"--label-pattern {pattern!r} needs a (?P<label>...) group")
+        files = sorted(glob.glob(os.path.join(args.audio_dir, "*.wav")))
+        if not files:
+            raise RnnstreamError(f"no .wav files in --audio-dir {args.audio_dir!r}")
+        files = [f for f in files if re.fullmatch(pattern, os.path.basename(f))] or files
+        inputs = _limit_per_class(files, pattern, args.limit)
+        cfg = FeatureConfig.audio_default(sample_rate=args.sample_rate, n_mels=args.n_mels, win_ms=25.0, hop_ms=10.0)
+        test_by = args.test_by or ("take" if "take" in groups else None)
+        test_match = args.test_match or ("[0-4]" if test_by == "take" else None)
+        source = f"{len(inputs)} WAV files from {args.audio_dir}"
+        epochs = args.epochs or 25
+        chunk_s = args.chunk_s or 0.1
+    else:
+        pattern = D.TABLE_PATTERN
+        table_dir = os.path.join(out, "data", "basicmotions_tables")
+        written = D.write_uea_tables("BasicMotions", table_dir, limit=args.limit)
+        inputs = written["train"] + written["test"]
+        cfg = D.uea_feature_config("BasicMotions")
+        test_by, test_match = args.test_by or "split", args.test_match or "test"
+        source = (f"aeon BasicMotions (real smart-watch accelerometer+gyroscope, 10 Hz): {len(written['train'])} train "
+                  f"+ {len(written['test'])} test recordings written as sensor tables to {table_dir}")
+        epochs = args.epochs or 40
+        chunk_s = args.chunk_s or 1.0
+    _log(f"[1/5] data: {source}")
+    timings["data_s"] = time.perf_counter() - t0
+
+    # 2. featurize (Beam) -----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    feat_dir = os.path.join(out, "features")
+    _log(f"[2/5] featurize: Beam job over {len(inputs)} files -> {feat_dir}")
+    dataset = featurize_dataset(inputs, feat_dir, cfg, label_pattern=pattern)
+    timings["featurize_s"] = time.perf_counter() - t0
+    _log(f"      {len(dataset.examples)} examples, feature dim {dataset.config.dim}, "
+         f"{sum(e.features.shape[0] for e in dataset.examples)} frames ({timings['featurize_s']:.1f} s)")
+
+    # 3. train --------------------------------------------------------------------------------
+    from models.data import split_by
+    from models.train import DataSpec, TrainConfig, prepare_data, train
+
+    t0 = time.perf_counter()
+    spec = DataSpec(task="classify", val_fraction=args.val_fraction, test_by=test_by, test_match=test_match,
+                    seed=args.seed)
+    if not test_by:
+        spec = DataSpec(task="classify", val_fraction=args.val_fraction, test_by="id",
+                        test_match=_fraction_regex(dataset.examples, 0.2, args.seed), seed=args.seed)
+    data = prepare_data(feat_dir, spec)
+    tcfg = TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
+                       epochs=epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine",
+                       seed=args.seed, device="cpu", progress=progress)
+    ckpt = os.path.join(out, "model.pt")
+    _log(f"[3/5] train: {tcfg.cell} {tcfg.num_layers}x{tcfg.hidden_size}, {epochs} epochs on {len(data.train)} "
+         f"recordings (val {len(data.val) if data.val else 0}, held-out test {len(data.test) if data.test else 0})")
+    result = train(data.train, tcfg, val_data=data.val, test_data=data.test, stats=data.stats,
+                   feature_config=data.feature_config, checkpoint=ckpt, plots_dir=out)
+    timings["train_s"] = time.perf_counter() - t0
+
+    # 4. export -------------------------------------------------------------------------------
+    from export.onnx_export import export_onnx
+
+    t0 = time.perf_counter()
+    onnx_path = os.path.join(out, "model.onnx")
+    raw_audio = bool(args.raw_audio and cfg.kind == "audio")
+    _log(f"[4/5] export: {onnx_path}{' (raw-audio graph)' if raw_audio else ''}")
+    export_onnx(ckpt, onnx_path, raw_audio=raw_audio)
+    timings["export_s"] = time.perf_counter() - t0
+
+    # 5. stream -------------------------------------------------------------------------------
+    from export.runtime import load_backend
+    from models.backend import TorchBackend
+
+    t0 = time.perf_counter()
+    _, test_examples = split_by(dataset.examples, spec.test_by, spec.test_match)  # type: ignore[arg-type]
+    onnx_backend = load_backend(onnx_path)
+    torch_backend = TorchBackend.from_checkpoint(ckpt)
+    _log(f"[5/5] stream: {len(test_examples)} held-out recordings, {chunk_s:g} s chunks, onnxruntime session")
+    report = stream_classification(onnx_backend, torch_backend, test_examples, chunk_s, progress=progress)
+    timings["stream_s"] = time.perf_counter() - t0
+
+    # plots + report --------------------------------------------------------------------------
+    from models import plots as P
+
+    labels = report.labels
+    plots = list(result.plots)
+    plots.append(P.plot_confusion(report.confusion("stream"), labels, os.path.join(out, "confusion_streaming.png")))
+    first = report.items[0]
+    ex0 = test_examples[0]
+    plots.append(plot_stream_trace(first, read_raw(first.path, cfg), cfg, labels, os.path.join(out, "stream_trace.png"),
+                                   features=np.asarray(ex0.features)))
+    summary = report.summary()
+    timings["total_s"] = time.perf_counter() - t_all
+    test_metrics = result.metrics.get("test", {})
+    report_json = {
+        "data": source,
+        "feature_config": json.loads(cfg.to_json()),
+        "model": result.model.config.to_dict(),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "offline_test_accuracy_torch_evaluate": test_metrics.get("accuracy"),
+        "streaming": summary,
+        "timings": timings,
+        "plots": plots,
+        "checkpoint": ckpt,
+        "onnx": onnx_path,
+        "items": [{k: v for k, v in vars(i).items() if k != "stream_outputs"} for i in report.items],
+    }
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as fh:
+        json.dump(report_json, fh, indent=2)
+    rows = [
+        ["held-out recordings", summary["n"]],
+        ["accuracy, streamed through onnxruntime", summary["accuracy_streaming_onnx"]],
+        ["accuracy, offline PyTorch", summary["accuracy_offline_torch"]],
+        ["label agreement stream vs offline", summary["label_agreement"]],
+        ["max |score diff| (final softmax)", f"{summary['max_abs_score_diff']:.2e}"],
+        ["max |logit diff| (every frame)", f"{summary['max_abs_logit_diff_all_frames']:.2e}"],
+        [f"latency per {chunk_s:g} s chunk, mean / p95 (ms)",
+         f"{summary['latency_ms_mean']:.3f} / {summary['latency_ms_p95']:.3f}"],
+        ["wall time total (s)", f"{timings['total_s']:.1f}"],
+    ]
+    print(format_table(rows, ["result", "value"]))
+    print(f"plots and report in {out}: " + ", ".join(os.path.basename(p) for p in plots) + ", report.json")
+    return 0
+
+
+def _fraction_regex(examples: Sequence[Any], fraction: float, seed: int) -> str:
+    """A regex matching the ids of a seeded ``fraction`` of examples (a held-out split when files carry none)."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(e.id for e in examples)
+    k = max(1, int(round(fraction * len(ids))))
+    picked = rng.choice(len(ids), size=k, replace=False)
+    return "|".join(re.escape(ids[i]) for i in sorted(picked))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
