@@ -20,6 +20,7 @@ below (filterbank and DCT from torchaudio), and tests hold them equal.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -92,10 +93,15 @@ def _rfft(x: np.ndarray, n: int) -> np.ndarray:
     """
     if _POCKETFFT is not None and x.shape[-1] == n:
         ufunc = _POCKETFFT.rfft_n_even if n % 2 == 0 else _POCKETFFT.rfft_n_odd
-        out = np.empty((*x.shape[:-1], n // 2 + 1), np.complex64 if x.dtype == np.float32 else np.complex128)
-        return ufunc(x, 1, out=out)
+        single = x.dtype == np.float32
+        out = np.empty((*x.shape[:-1], n // 2 + 1), np.complex64 if single else np.complex128)
+        return ufunc(x, _ONE_F32 if single else 1.0, out)
     return np.fft.rfft(x, n=n, axis=-1)
 
+
+#: The pocketfft ufunc's scale argument for float32 input; passing it typed skips a per-call cast.
+_ONE_F32 = np.array(1.0, dtype=np.float32)
+_ONE_F32.flags.writeable = False
 
 try:  # NumPy >= 2.0
     from numpy.fft import _pocketfft_umath as _POCKETFFT  # type: ignore[attr-defined]
@@ -118,18 +124,36 @@ def features_from_frames(
 
     ``frames [T, win_length] -> [T, n_mels or n_mfcc]`` float32. ``mel2`` is the mel matrix with each row
     repeated twice (``[2 * n_freq, n_mels]``), so the interleaved ``(re, im)`` view of the spectrum is
-    squared and reduced by one matrix product. Arguments are precomputed arrays, not a config, because
-    this runs once per chunk and per-call overhead dominates 10 ms chunks.
+    squared and reduced by one product. Arguments are precomputed arrays, not a config, because this runs
+    once per chunk and per-call overhead dominates 10 ms chunks.
     """
-    windowed = frames * win
-    if n_fft != frames.shape[1]:
-        windowed = np.pad(windowed, ((0, 0), (0, n_fft - frames.shape[1])))
+    n, width = frames.shape
+    if n_fft == width:
+        windowed = frames * win
+    else:  # zero-pad each frame at the end to n_fft
+        windowed = np.zeros((n, n_fft), np.float32)
+        np.multiply(frames, win, out=windowed[:, :width])
     spec = _rfft(windowed, n_fft).view(np.float32)  # [T, 2 * n_freq]: re, im interleaved
     np.multiply(spec, spec, out=spec)
-    feats = spec @ mel2
+    return _mel_log(spec, mel2, np.ascontiguousarray(mel2[::2]), eps, dct)
+
+
+def _mel_log(
+    sq: np.ndarray, mel2: np.ndarray, mel: np.ndarray, eps: np.float32, dct: np.ndarray | None
+) -> np.ndarray:
+    """``sq [T, 2 * n_freq]`` squared interleaved spectrum -> log-mel (or MFCC) ``[T, dim]`` float32.
+
+    One frame: a single gemv with the doubled matrix. Several: ``re^2 + im^2`` first, then a gemm with the
+    plain ``[n_freq, n_mels]`` matrix (``mel2[::2]``), which halves the product; ``np.dot`` calls BLAS
+    directly where ``@`` goes through the matmul ufunc (about 2 us more per call).
+    """
+    if sq.shape[0] == 1:
+        feats = np.dot(sq, mel2)
+    else:
+        feats = np.dot(np.add(sq[:, 0::2], sq[:, 1::2]), mel)
     feats += eps
     np.log(feats, out=feats)
-    return feats if dct is None else feats @ dct
+    return feats if dct is None else np.dot(feats, dct)
 
 
 def as_samples(chunk: np.ndarray | list[float], *, where: str = "chunk") -> np.ndarray:
@@ -169,9 +193,12 @@ class AudioFeaturizer:
         # Hot-path constants, computed once (see features_from_frames).
         self._hop, self._ctx, self._win, self._nfft = cfg.hop_length, cfg.context, cfg.win_length, cfg.fft_size
         self._window = window(cfg)
-        self._mel2 = np.repeat(mel_matrix(cfg), 2, axis=0)  # [2 * n_freq, n_mels]
+        self._mel = np.ascontiguousarray(mel_matrix(cfg))  # [n_freq, n_mels]
+        self._mel2 = np.repeat(self._mel, 2, axis=0)  # [2 * n_freq, n_mels]
         self._dct = dct_matrix(cfg) if cfg.feature == "mfcc" else None
         self._eps = np.float32(cfg.log_eps)
+        self._nfreq = self._nfft // 2 + 1
+        self._fft = None if _POCKETFFT is None else (_POCKETFFT.rfft_n_even if self._nfft % 2 == 0 else _POCKETFFT.rfft_n_odd)
 
     def initial_state(self) -> np.ndarray:
         """Zero context, nothing pending: float32 ``[win - hop]``."""
@@ -183,21 +210,44 @@ class AudioFeaturizer:
         ``T = (len(carry) - context + S) // hop``. Raises :class:`ShapeError` for a chunk that is not 1-D
         and :class:`NonFiniteSamplesError` for NaN/Inf samples.
         """
-        x = np.asarray(chunk, dtype=np.float32)
-        if x.ndim != 1 or (x.size and not np.isfinite(x.dot(x))):
+        # The hot path of 10 ms streaming: every NumPy call here costs ~0.3-1 us, so work is skipped where
+        # it can be (see bench/bench_featurize.py) without changing a result.
+        x = chunk if type(chunk) is np.ndarray and chunk.dtype == np.float32 else np.asarray(chunk, dtype=np.float32)
+        if x.ndim != 1 or (x.shape[0] and not math.isfinite(x.dot(x))):
             as_samples(x)  # raises with a precise message (a finite x whose squares overflow passes)
-        if carry.dtype != np.float32 or carry.ndim != 1 or carry.shape[0] < self._ctx:
+        if type(carry) is not np.ndarray or carry.dtype != np.float32 or carry.ndim != 1 or carry.shape[0] < self._ctx:
+            carry = np.asarray(carry)
             raise StateError(
                 f"audio carry must be float32 [>= {self._ctx}] (context + pending samples), "
                 f"got {carry.dtype} {list(carry.shape)}"
             )
-        buffer = np.concatenate((carry, x)) if x.size else np.ascontiguousarray(carry)
-        n = (buffer.shape[0] - self._ctx) // self._hop
+        hop = self._hop
+        n = (carry.shape[0] + x.shape[0] - self._ctx) // hop
         if n <= 0:
+            buffer = np.concatenate((carry, x)) if x.shape[0] else np.ascontiguousarray(carry)
             return np.zeros((0, self.dim), dtype=np.float32), buffer
-        frames = np.ndarray((n, self._win), np.float32, buffer, strides=(self._hop * 4, 4))
-        feats = features_from_frames(frames, self._window, self._mel2, self._eps, self._nfft, self._dct)
-        return feats, buffer[n * self._hop :].copy()
+        buffer = np.concatenate((carry, x))
+        if n == 1:
+            frames = buffer[None, : self._win]
+        else:
+            frames = np.ndarray((n, self._win), np.float32, buffer, strides=(hop * 4, 4))
+        if self._nfft == self._win:
+            windowed = frames * self._window
+        else:
+            windowed = np.zeros((n, self._nfft), np.float32)
+            np.multiply(frames, self._window, out=windowed[:, : self._win])
+        if self._fft is not None:
+            spec = np.empty((n, self._nfreq), np.complex64)
+            self._fft(windowed, _ONE_F32, spec)  # a float32 scale: a Python 1.0 costs a cast (~2 us)
+        else:  # pragma: no cover - NumPy < 2
+            spec = np.fft.rfft(windowed, n=self._nfft, axis=-1).astype(np.complex64)
+        sq = spec.view(np.float32)
+        np.multiply(sq, sq, out=sq)
+        feats = _mel_log(sq, self._mel2, self._mel, self._eps, self._dct)
+        # The new carry is a view of this call's own buffer (never of the caller's arrays); copied when the
+        # buffer is large so a long chunk is not kept alive by its few hundred carried samples.
+        rest = buffer[n * hop :]
+        return feats, (rest.copy() if buffer.shape[0] > 8192 else rest)
 
     def featurize(self, signal: np.ndarray) -> np.ndarray:
         """Offline features of a whole signal ``[N]`` -> ``[N // hop, dim]``: one streaming step."""
