@@ -1,0 +1,243 @@
+"""Cross-stream batching for the server: Triton's "oldest" sequence batching, in process.
+
+Each stream queues its chunks in order. The scheduler takes the streams whose *oldest* queued chunk is
+oldest, at most ``max_batch`` of them and at most one chunk per stream, and advances them together with
+:func:`pipeline.streaming.step_streams` (featurizing included) in a worker thread, so the event loop keeps
+accepting. A batch starts as soon as ``max_batch`` streams are ready, or when the oldest ready chunk has
+waited ``max_wait_s``, or at once when ``max_wait_s`` is 0. A stream with a chunk in flight is not
+eligible until that chunk is committed, so one stream's chunks are applied in order and never two in a
+batch.
+
+Chunks must be validated before :meth:`Batcher.submit` (the server decodes and checks them), because
+one bad chunk would fail the whole ``step_streams`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pipeline.streaming import ChunkResult, StreamSession, step_streams
+from serving.metrics import ServerMetrics
+
+
+def _same_torch_threads() -> Callable[[], None]:
+    """A worker-thread initializer giving torch's intra-op threads the caller's setting.
+
+    OpenMP keeps the thread count per thread: a new thread gets the default (all cores), whatever the
+    main thread set, and on a busy machine its spinning threads made small batches 10-30x slower.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return lambda: None
+    n = torch.get_num_threads()
+    return lambda: torch.set_num_threads(n)
+
+
+class QueueFull(Exception):
+    """A stream already holds ``max_queue`` chunks waiting."""
+
+
+class BatchStream:
+    """A stream as the batcher sees it: its session and its queue of ``(seq, chunk, received_at)``."""
+
+    def __init__(self, session: StreamSession):
+        self.session = session
+        self.pending: deque[tuple[int, Any, float]] = deque()
+        self.in_flight = False
+        self.in_heap = False
+        self.closed = False
+        self.settled = asyncio.Event()  # set whenever no chunk of this stream is in flight
+        self.settled.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending) or self.in_flight
+
+
+#: ``(stream, seq, result, received_at)`` for every chunk of a finished batch.
+Results = list[tuple[BatchStream, int, ChunkResult, float]]
+
+
+class Batcher:
+    """Schedules queued chunks of many streams into ``step_streams`` calls (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_results: Callable[[Results], None],
+        on_failure: Callable[[Sequence[tuple[BatchStream, int]], BaseException], None],
+        workers: int = 1,
+        metrics: ServerMetrics | None = None,
+        thread_init: Callable[[], None] | None = None,
+    ):
+        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_s < 0:
+            raise ValueError(f"max_batch, max_queue, workers must be >= 1 and max_wait_s >= 0; got {max_batch}, "
+                             f"{max_queue}, {workers}, {max_wait_s}")
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.workers = workers
+        self.metrics = metrics
+        self._on_results = on_results
+        self._on_failure = on_failure
+        self._heap: list[tuple[float, int, BatchStream]] = []
+        self._counter = itertools.count()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnstream-batch",
+                                            initializer=thread_init or _same_torch_threads())
+        self._wake: asyncio.Event | None = None
+        self._wake_at = 1  # wake the scheduler when this many streams are ready
+        self._free: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.batches = 0
+
+    # -- producer side ---------------------------------------------------------------------------
+    def submit(self, stream: BatchStream, seq: int, chunk: Any, received_at: float) -> None:
+        """Queue one validated chunk; raises :class:`QueueFull` past ``max_queue`` chunks waiting."""
+        if len(stream.pending) >= self.max_queue:
+            raise QueueFull(f"{len(stream.pending)} chunks are already queued (limit {self.max_queue})")
+        stream.pending.append((seq, chunk, received_at))
+        if not stream.in_flight and not stream.in_heap:
+            self._ready(stream)
+
+    def discard(self, stream: BatchStream) -> None:
+        """Drop a stream's queued chunks and never schedule it again (a chunk in flight still completes)."""
+        stream.closed = True
+        stream.pending.clear()
+
+    def _ready(self, stream: BatchStream) -> None:
+        heapq.heappush(self._heap, (stream.pending[0][2], next(self._counter), stream))
+        stream.in_heap = True
+        if self._wake is not None and len(self._heap) >= self._wake_at:
+            self._wake.set()
+
+    # -- the scheduler ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """The scheduling loop; runs until :meth:`stop` (cancel-safe)."""
+        self._wake = asyncio.Event()
+        self._free = asyncio.Semaphore(self.workers)
+        try:
+            while True:
+                await self._free.acquire()
+                try:
+                    batch = await self._collect()
+                except BaseException:
+                    self._free.release()
+                    raise
+                if batch is None:
+                    self._free.release()
+                    return
+                task = asyncio.create_task(self._run_batch(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _collect(self) -> list[BatchStream] | None:
+        assert self._wake is not None
+        while True:
+            self._drop_stale()
+            if self._heap:
+                break
+            if self._stopping:
+                return None
+            self._wake_at = 1
+            self._wake.clear()
+            await self._wake.wait()
+        if self.max_wait_s > 0:
+            while len(self._heap) < self.max_batch:
+                delay = self._heap[0][0] + self.max_wait_s - time.monotonic()
+                if delay <= 0:
+                    break
+                self._wake_at = self.max_batch
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    break
+                self._drop_stale()
+                if not self._heap:
+                    return await self._collect()
+        batch: list[BatchStream] = []
+        while self._heap and len(batch) < self.max_batch:
+            _, _, stream = heapq.heappop(self._heap)
+            stream.in_heap = False
+            if not stream.closed and stream.pending:
+                batch.append(stream)
+        if not batch:
+            return await self._collect()
+        return batch
+
+    def _drop_stale(self) -> None:
+        while self._heap and (self._heap[0][2].closed or not self._heap[0][2].pending):
+            heapq.heappop(self._heap)[2].in_heap = False
+
+    async def _run_batch(self, batch: list[BatchStream]) -> None:
+        assert self._free is not None
+        start = time.monotonic()
+        items = []
+        for stream in batch:
+            seq, chunk, received = stream.pending.popleft()
+            stream.in_flight = True
+            stream.settled.clear()
+            items.append((stream, seq, chunk, received))
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(items))
+            for _, _, _, received in items:
+                self.metrics.queue_wait.observe(start - received)
+        sessions = [s.session for s, *_ in items]
+        chunks = [c for _, _, c, _ in items]
+        loop = asyncio.get_running_loop()
+        results: list[ChunkResult] | None = None
+        error: BaseException | None = None
+        try:
+            results = await loop.run_in_executor(self._executor, step_streams, sessions, chunks, self.max_batch)
+        except Exception as exc:  # a backend failure: reported to the affected streams, the others go on
+            error = exc
+        finally:
+            self._free.release()
+            self.batches += 1
+            if self.metrics is not None:
+                self.metrics.batch_seconds.observe(time.monotonic() - start)
+            for stream, *_ in items:
+                stream.in_flight = False
+                stream.settled.set()
+                if stream.pending and not stream.closed and not stream.in_heap:
+                    self._ready(stream)
+        if error is not None:
+            self._on_failure([(s, seq) for s, seq, _, _ in items], error)
+        else:
+            assert results is not None
+            self._on_results([(s, seq, r, rec) for (s, seq, _, rec), r in zip(items, results)])
+
+    # -- shutdown --------------------------------------------------------------------------------
+    async def drain(self, streams: Sequence[BatchStream], timeout: float) -> bool:
+        """Wait until none of ``streams`` has a chunk queued or in flight; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while any(s.busy and not s.closed for s in streams) or any(s.in_flight for s in streams):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    def stop(self) -> None:
+        """Let :meth:`run` return once no stream is ready (call :meth:`drain` first to finish queued work)."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

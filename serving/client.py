@@ -1,0 +1,366 @@
+"""Client library and ``rnnstream client`` command for the streaming server (:mod:`serving.protocol`).
+
+::
+
+    async with StreamClient("ws://127.0.0.1:8765/") as client:
+        stream = await client.start(dtype="float32")       # waits for "started"
+        for chunk in chunks:
+            await stream.send(chunk)                        # float32 samples, or SensorChunk for sensor models
+        ended = await stream.end()                          # waits for every prediction, then "ended"
+        stream.predictions                                  # the "prediction" messages, in seq order
+
+    rnnstream client --url ws://127.0.0.1:8765/ --input clip.wav [--streams N] [--realtime] [--chunk-ms 100]
+
+The command streams a file (audio, or a CSV/Parquet sensor table, read with the model's feature config from
+the server's ``hello``) as N concurrent streams and prints every prediction and each ``ended`` message as
+one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from pipeline.config import FeatureConfig
+from pipeline.errors import RnnstreamError
+from pipeline.streaming import SensorChunk
+from serving import protocol as P
+from serving.protocol import ServerError
+
+
+class Stream:
+    """One stream of a :class:`StreamClient`: ``send`` chunks, ``recv`` its messages, ``end`` it."""
+
+    def __init__(self, client: "StreamClient", stream_id: str, channel: int, dtype: str, seq: int):
+        self.client = client
+        self.id = stream_id
+        self.channel = channel
+        self.dtype = dtype
+        self.seq = seq  # next seq to send
+        self.started: dict[str, Any] = {}
+        self.predictions: list[dict[str, Any]] = []
+        self.ended: dict[str, Any] | None = None
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+
+    def encode(self, chunk: Any) -> bytes:
+        """The binary frame for ``chunk`` (audio samples, or ``SensorChunk``/``(timestamps, values)``)."""
+        if self.dtype == P.SENSOR_DTYPE:
+            ts, vals = (chunk.timestamps, chunk.values) if isinstance(chunk, SensorChunk) else chunk
+            payload = P.sensor_payload(ts, vals)
+        else:
+            payload = P.audio_payload(chunk, self.dtype)
+        return P.encode_chunk(self.channel, self.seq, payload)
+
+    async def send(self, chunk: Any) -> int:
+        """Send one chunk; returns its seq."""
+        seq = self.seq
+        await self.client.ws.send(self.encode(chunk))
+        self.seq += 1
+        return seq
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message for this stream (``prediction``, ``ended``, ``evicted``, ``shutdown``).
+
+        Raises :class:`ServerError` for an ``error`` message or a closed connection.
+        """
+        item = await asyncio.wait_for(self._queue.get(), timeout)
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)  # every later recv fails the same way
+            raise item
+        if item.get("type") == "prediction":
+            self.predictions.append(item)
+        elif item.get("type") == "ended":
+            self.ended = item
+        return item
+
+    async def end(self, *, snapshot: bool = False, save: bool = False, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Send ``end``, collect the remaining predictions, return the ``ended`` message."""
+        await self.client.ws.send(P.dumps({"type": "end", "channel": self.channel, "snapshot": snapshot, "save": save}))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            msg = await self.recv(left)
+            if msg.get("type") == "ended":
+                return msg
+            if msg.get("type") in ("evicted", "shutdown"):
+                raise ServerError(msg["type"], f"stream {self.id!r} was {msg['type']} before it ended: {msg}")
+
+    def _deliver(self, item: dict[str, Any] | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+
+class StreamClient:
+    """An async WebSocket client carrying any number of streams on one connection."""
+
+    def __init__(self, url: str, *, open_timeout: float = 10.0, max_size: int | None = 16 << 20):
+        self.url = url
+        self.open_timeout = open_timeout
+        self.max_size = max_size
+        self.hello: dict[str, Any] = {}
+        self.streams: dict[int, Stream] = {}
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._starting: dict[int, tuple[asyncio.Future[dict[str, Any]], Stream]] = {}
+        self._channels = itertools.count()
+        self._pongs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed: ServerError | None = None
+
+    @property
+    def ws(self) -> ClientConnection:
+        if self._ws is None:
+            raise RuntimeError("StreamClient is not connected; use 'async with StreamClient(url)' or await connect()")
+        return self._ws
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig.from_dict(self.hello["model"]["feature_config"])
+
+    async def connect(self) -> "StreamClient":
+        self._ws = await connect(self.url, open_timeout=self.open_timeout, compression=None, max_size=self.max_size)
+        first = json.loads(await asyncio.wait_for(self._ws.recv(), self.open_timeout))
+        if first.get("type") == "error":
+            raise ServerError(first.get("code", "error"), first.get("message", ""), first.get("close_code"))
+        if first.get("type") != "hello" or first.get("protocol") != P.PROTOCOL:
+            raise ServerError("protocol", f"expected a {P.PROTOCOL} hello, got {str(first)[:200]}")
+        self.hello = first
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aenter__(self) -> "StreamClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def start(self, stream: str | None = None, *, channel: int | None = None, dtype: str | None = None,
+                    outputs: bool = False, resume: str | None = None, snapshot: bytes | None = None,
+                    seq: int | None = None, timeout: float = 10.0) -> Stream:
+        """Open a stream and wait for ``started``; ``resume``/``snapshot`` continue a saved stream."""
+        if self.closed is not None:
+            raise self.closed
+        if channel is None:
+            channel = next(c for c in self._channels if c not in self.streams and c not in self._starting)
+        if dtype is None:
+            dtype = P.SENSOR_DTYPE if self.hello.get("model", {}).get("kind") == "sensor" else "float32"
+        msg: dict[str, Any] = {"type": "start", "channel": channel, "dtype": dtype, "outputs": outputs}
+        if stream is not None:
+            msg["stream"] = stream
+        if resume is not None:
+            msg["resume"] = resume
+        if snapshot is not None:
+            msg["snapshot"] = P.b64(snapshot)
+        if seq is not None:
+            msg["seq"] = seq
+        handle = Stream(self, stream or resume or "", channel, dtype, seq or 0)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._starting[channel] = (fut, handle)
+        try:
+            await self.ws.send(P.dumps(msg))
+            started = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._starting.pop(channel, None)
+        handle.id, handle.seq, handle.started = started["stream"], started["seq"], started
+        return handle
+
+    async def ping(self, timeout: float = 10.0) -> dict[str, Any]:
+        await self.ws.send(P.dumps({"type": "ping"}))
+        return await asyncio.wait_for(self._pongs.get(), timeout)
+
+    async def _read(self) -> None:
+        ws = self.ws
+        try:
+            async for raw in ws:
+                if isinstance(raw, bytes):
+                    continue
+                msg = json.loads(raw)
+                self._route(msg)
+        except ConnectionClosed:
+            pass
+        rcvd = ws.close_rcvd
+        code = rcvd.code if rcvd is not None else None
+        reason = rcvd.reason if rcvd is not None else "connection lost"
+        self.closed = ServerError("closed", f"connection closed: {reason or 'no reason given'}", code)
+        for fut, _ in self._starting.values():
+            if not fut.done():
+                fut.set_exception(self.closed)
+        for stream in self.streams.values():
+            stream._deliver(self.closed)
+
+    def _route(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        channel = msg.get("channel")
+        if kind == "started":
+            entry = self._starting.get(channel)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(msg)
+                self.streams[channel] = entry[1]
+            return
+        if kind == "pong":
+            self._pongs.put_nowait(msg)
+            return
+        if kind == "error":
+            err = ServerError(msg.get("code", "error"), msg.get("message", ""), msg.get("close_code"), msg.get("stream"))
+            if channel in self._starting and not self._starting[channel][0].done():
+                self._starting[channel][0].set_exception(err)
+            for fut, _ in self._starting.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            for stream in self.streams.values():
+                stream._deliver(err)
+            self.closed = err
+            return
+        if kind == "shutdown":
+            for stream in self.streams.values():
+                stream._deliver(msg)
+            return
+        stream = self.streams.get(channel)
+        if stream is not None:
+            stream._deliver(msg)
+            if kind in ("ended", "evicted"):
+                del self.streams[channel]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def split_signal(signal: Any, fc: FeatureConfig, chunk_ms: float) -> list[tuple[Any, float]]:
+    """``[(chunk, duration_s)]``: audio in ``chunk_ms`` pieces; sensor rows by ``chunk_ms`` windows of time."""
+    step = chunk_ms / 1000.0
+    if fc.kind == "audio":
+        rate = fc.audio.sample_rate  # type: ignore[union-attr]
+        n = max(1, int(round(rate * step)))
+        return [(signal[i : i + n], len(signal[i : i + n]) / rate) for i in range(0, len(signal), n)] or [(signal, 0.0)]
+    ts, vals = signal
+    if ts.size == 0:
+        return []
+    bins = np.floor((ts - ts[0]) / step).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(bins)) + 1
+    out = []
+    for a, b in zip([0, *cuts], [*cuts, ts.size]):
+        out.append((SensorChunk(ts[a:b], vals[a:b]), step))
+    return out
+
+
+def read_input(path: str, fc: FeatureConfig) -> Any:
+    if fc.kind == "audio":
+        from pipeline.audio_io import load_audio
+
+        return load_audio(path, fc)
+    from pipeline.sensors import read_sensor_table
+
+    return read_sensor_table(path, fc)
+
+
+async def _one_stream(client: StreamClient, name: str, chunks: Sequence[tuple[Any, float]],
+                      args: argparse.Namespace) -> dict[str, Any]:
+    stream = await client.start(name, dtype=args.dtype, outputs=args.outputs)
+    window = asyncio.Semaphore(max(1, int(client.hello["limits"]["max_queue"]) - 1))
+
+    async def receive() -> dict[str, Any]:
+        try:
+            while True:
+                msg = await stream.recv()
+                if msg["type"] == "prediction":
+                    window.release()
+                if msg["type"] in ("prediction", "ended"):
+                    print(P.dumps(msg), flush=True)
+                if msg["type"] in ("ended", "evicted", "shutdown"):
+                    return msg
+        finally:
+            for _ in range(len(chunks) + 1):  # never leave the sender waiting on a finished reader
+                window.release()
+
+    reader = asyncio.create_task(receive())
+    start = time.monotonic()
+    elapsed = 0.0
+    try:
+        for chunk, duration in chunks:
+            if args.realtime:
+                elapsed += duration
+                delay = start + elapsed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await window.acquire()
+            await stream.send(chunk)
+            if reader.done():
+                break
+        if not reader.done():
+            await client.ws.send(P.dumps({"type": "end", "channel": stream.channel}))
+        return await reader
+    finally:
+        reader.cancel()
+
+
+async def run_client(args: argparse.Namespace) -> int:
+    clients = [StreamClient(args.url) for _ in range(max(1, min(args.connections, args.streams)))]
+    try:
+        for c in clients:
+            await c.connect()
+        fc = clients[0].feature_config
+        chunks = split_signal(read_input(args.input, fc), fc, args.chunk_ms)
+        stem = os.path.splitext(os.path.basename(args.input))[0][:64] or "input"
+        stem = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in stem)
+        tag = uuid.uuid4().hex[:6]
+        names = [f"{stem}-{tag}-{i}" for i in range(args.streams)]
+        results = await asyncio.gather(
+            *(_one_stream(clients[i % len(clients)], name, chunks, args) for i, name in enumerate(names)),
+            return_exceptions=True,
+        )
+    finally:
+        for c in clients:
+            await c.close()
+    failed = [r for r in results if isinstance(r, BaseException) or r.get("type") != "ended"]
+    for r in failed:
+        print(f"rnnstream client: {r}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rnnstream client", description="Stream a file to a rnnstream server and print "
+                                "its predictions as JSON lines.")
+    p.add_argument("--url", default="ws://127.0.0.1:8765/", help="server WebSocket URL (default %(default)s)")
+    p.add_argument("--input", required=True, help="audio file, or CSV/Parquet sensor table for sensor models")
+    p.add_argument("--streams", type=int, default=1, help="stream N copies of the file at once")
+    p.add_argument("--connections", type=int, default=1, help="spread the streams over this many connections")
+    p.add_argument("--realtime", action="store_true", help="send each chunk when its stream time has passed")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length in milliseconds of stream time")
+    p.add_argument("--dtype", default=None, choices=["float32", "int16", "float64"],
+                   help="wire dtype (audio: float32 or int16; sensor models: float64)")
+    p.add_argument("--outputs", action="store_true", help="ask for every frame's output too")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.streams < 1 or args.chunk_ms <= 0:
+        print(f"rnnstream client: --streams must be >= 1 and --chunk-ms > 0, got {args.streams} and {args.chunk_ms}",
+              file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run_client(args))
+    except (OSError, ServerError, RnnstreamError, TimeoutError) as exc:
+        print(f"rnnstream client: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["Stream", "StreamClient", "ServerError", "main", "split_signal"]

@@ -1,0 +1,296 @@
+"""The serving wire protocol (``rnnstream.serve/1``): message formats, parsing and validation.
+
+One WebSocket connection carries one or more *streams*, each on a connection-local **channel** (an
+unsigned 32-bit integer the client picks in ``start``). Control messages are JSON text frames; chunks
+are binary frames; every server message is a JSON text frame.
+
+Binary chunk frame (little-endian)::
+
+    offset 0  uint32  channel     (as given in ``start``)
+    offset 4  uint32  seq         (0, 1, 2, ... per stream; continues after a resume)
+    offset 8  payload
+
+Payload by the stream's ``dtype`` (chosen in ``start``):
+
+* ``"float32"`` (audio, default): float32 samples in [-1, 1], mono, at the model's sample rate.
+* ``"int16"`` (audio): int16 PCM, scaled by 1/32768.
+* ``"float64"`` (sensor models only, required there): rows of ``1 + C`` float64 values,
+  ``timestamp_seconds, channel_1 .. channel_C`` in the model's column order, row-major.
+
+Client -> server (JSON)::
+
+    {"type": "start", "channel": 0, "stream": "mic-1", "dtype": "float32",
+     "outputs": false,                  # also send every frame's output [T][O]
+     "resume": "mic-1",                 # or: continue from snapshot_dir/<id>.snap (see evicted)
+     "snapshot": "<base64>", "seq": 12} # or: continue from snapshot bytes (seq: next expected, default 0)
+    {"type": "end", "channel": 0, "snapshot": false, "save": false}
+    {"type": "ping"}
+
+Server -> client (JSON)::
+
+    {"type": "hello", "protocol": "rnnstream.serve/1", "model": {...}, "limits": {...}}
+    {"type": "started", "stream", "channel", "seq", "t", "resumed"}
+    {"type": "prediction", "stream", "channel", "seq", "t", "frames", "label", "scores"[, "outputs"]}
+    {"type": "ended", "stream", "channel", "seq", "t", "frames", "label", "scores"[, "snapshot"][, "saved"]}
+    {"type": "evicted", "stream", "channel", "seq", "reason", "saved"}   # saved: snapshot id or null
+    {"type": "error", "code", "message"[, "stream", "channel"], "close_code"}
+    {"type": "pong"} / {"type": "shutdown", "reason"}
+
+In ``prediction`` and ``ended``, ``frames`` counts the frames completed by that chunk (``ended``: by the
+whole stream), ``t`` is stream time in seconds, ``label``/``scores`` are the stream's current prediction
+(``null``/``[]`` before the first frame).
+
+Every error is sent as an ``error`` message and then the connection is closed with ``close_code``:
+1007 bad payload data, 1008 protocol violation, 1009 frame too big (sent by the WebSocket layer with
+a reason, before any message), 1011 server error, 1013 limit reached (try again later), 1001 shutdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PROTOCOL = "rnnstream.serve/1"
+HEADER = struct.Struct("<II")
+MAX_U32 = 2**32 - 1
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_BAD_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+CLOSE_TRY_LATER = 1013
+
+AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
+SENSOR_DTYPE = "float64"
+_STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class ProtocolError(Exception):
+    """A client broke the protocol: sent to it as an ``error`` message, then the connection closes."""
+
+    def __init__(self, code: str, message: str, close_code: int = CLOSE_POLICY, *, stream: str | None = None,
+                 channel: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+        self.stream = stream
+        self.channel = channel
+
+    def to_message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message, "close_code": self.close_code}
+        if self.stream is not None:
+            msg["stream"] = self.stream
+        if self.channel is not None:
+            msg["channel"] = self.channel
+        return msg
+
+
+class ServerError(Exception):
+    """Client side: the server sent an ``error`` message (or closed the connection)."""
+
+    def __init__(self, code: str, message: str, close_code: int | None = None, stream: str | None = None):
+        super().__init__(f"{code}: {message}" + (f" (close code {close_code})" if close_code else ""))
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+        self.stream = stream
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary frames
+# ----------------------------------------------------------------------------------------------
+
+
+def encode_chunk(channel: int, seq: int, payload: np.ndarray | bytes) -> bytes:
+    """A binary chunk frame: header + payload bytes (a NumPy array is sent in its own dtype, little-endian)."""
+    if isinstance(payload, np.ndarray):
+        arr = payload if payload.dtype.byteorder in ("<", "|", "=") else payload.astype(payload.dtype.newbyteorder("<"))
+        payload = np.ascontiguousarray(arr).tobytes()
+    return HEADER.pack(channel, seq) + payload
+
+
+def audio_payload(samples: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Samples as the wire dtype: float32 as is, int16 as ``round(x * 32767)`` clipped."""
+    x = np.asarray(samples)
+    if dtype == "float32":
+        return x.astype("<f4", copy=False)
+    if dtype == "int16":
+        if x.dtype.kind == "i":
+            return x.astype("<i2", copy=False)
+        return np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
+    raise ValueError(f"audio dtype must be one of {sorted(AUDIO_DTYPES)}, got {dtype!r}")
+
+
+def sensor_payload(timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Rows ``[N, 1 + C]`` float64: timestamp then the channels."""
+    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1, 1)
+    vals = np.asarray(values, dtype=np.float64)
+    if vals.ndim == 1:
+        vals = vals[:, None]
+    return np.ascontiguousarray(np.concatenate([ts, vals], axis=1), dtype="<f8")
+
+
+def split_frame(frame: bytes) -> tuple[int, int, memoryview]:
+    """``(channel, seq, payload)`` of a binary frame; :class:`ProtocolError` when shorter than the header."""
+    if len(frame) < HEADER.size:
+        raise ProtocolError(
+            "bad_frame",
+            f"binary frame of {len(frame)} bytes is shorter than the {HEADER.size}-byte header "
+            "(uint32 channel, uint32 seq, little-endian)",
+            CLOSE_BAD_DATA,
+        )
+    channel, seq = HEADER.unpack_from(frame)
+    return channel, seq, memoryview(frame)[HEADER.size :]
+
+
+def decode_audio_payload(payload: memoryview | bytes, dtype: str, *, where: str) -> np.ndarray:
+    """Audio samples float32 ``[S]`` from a payload; checks the length and finiteness."""
+    np_dtype = AUDIO_DTYPES[dtype]
+    if len(payload) % np_dtype.itemsize:
+        raise ProtocolError(
+            "bad_frame",
+            f"{where}: payload of {len(payload)} bytes is not a whole number of {dtype} samples "
+            f"({np_dtype.itemsize} bytes each)",
+            CLOSE_BAD_DATA,
+        )
+    raw = np.frombuffer(payload, dtype=np_dtype)
+    if dtype == "int16":
+        return raw.astype(np.float32) * np.float32(1.0 / 32768.0)
+    x = raw.astype(np.float32)  # copy: the frame buffer is not ours to keep
+    if x.size and not np.isfinite(x.dot(x)):
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise ProtocolError("bad_frame", f"{where}: {bad} of {x.size} samples are NaN or Inf; expected finite "
+                                "float32 samples", CLOSE_BAD_DATA)
+    return x
+
+
+def decode_sensor_payload(payload: memoryview | bytes, n_channels: int, *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(timestamps [N], values [N, C])`` from float64 rows of ``1 + C`` values."""
+    row = 8 * (1 + n_channels)
+    if len(payload) % row:
+        raise ProtocolError(
+            "bad_frame",
+            f"{where}: payload of {len(payload)} bytes is not a whole number of sensor rows "
+            f"(float64 timestamp + {n_channels} float64 channels = {row} bytes per row)",
+            CLOSE_BAD_DATA,
+        )
+    rows = np.frombuffer(payload, dtype="<f8").reshape(-1, 1 + n_channels).astype(np.float64)
+    return rows[:, 0].copy(), rows[:, 1:].copy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Control messages
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    channel: int
+    stream: str | None
+    dtype: str
+    outputs: bool
+    resume: str | None
+    snapshot: bytes | None
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class End:
+    channel: int
+    snapshot: bool
+    save: bool
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad_message", message, CLOSE_POLICY)
+
+
+def _channel(data: dict[str, Any]) -> int:
+    ch = data.get("channel", 0)
+    if isinstance(ch, bool) or not isinstance(ch, int) or not 0 <= ch <= MAX_U32:
+        raise _bad(f"'channel' must be an integer in 0..{MAX_U32}, got {ch!r}")
+    return ch
+
+
+def _flag(data: dict[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise _bad(f"{key!r} must be true or false, got {value!r}")
+    return value
+
+
+def check_stream_id(value: Any, what: str = "'stream'") -> str:
+    if not isinstance(value, str) or not _STREAM_ID.match(value):
+        raise _bad(f"{what} must be 1-128 characters of letters, digits and _ . : -; got {value!r}")
+    return value
+
+
+def parse_control(text: str) -> Start | End | Ping:
+    """Parse one JSON control message; :class:`ProtocolError` (``bad_message``) explains what is wrong."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise _bad(f"control message is not valid JSON ({exc}); got {text[:80]!r}") from None
+    if not isinstance(data, dict):
+        raise _bad(f"control message must be a JSON object with a 'type', got {type(data).__name__}")
+    kind = data.get("type")
+    if kind == "start":
+        allowed = {"type", "channel", "stream", "dtype", "outputs", "resume", "snapshot", "seq"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise _bad(f"start: unknown field(s) {unknown}; expected some of {sorted(allowed)}")
+        stream = data.get("stream")
+        if stream is not None:
+            stream = check_stream_id(stream)
+        dtype = data.get("dtype", "float32")
+        if dtype not in ("float32", "int16", SENSOR_DTYPE):
+            raise _bad(f"start: 'dtype' must be 'float32' or 'int16' (audio) or 'float64' (sensor rows), got {dtype!r}")
+        resume = data.get("resume")
+        if resume is not None:
+            resume = check_stream_id(resume, "'resume'")
+        snap = data.get("snapshot")
+        blob = None
+        if snap is not None:
+            if not isinstance(snap, str):
+                raise _bad(f"start: 'snapshot' must be a base64 string, got {type(snap).__name__}")
+            try:
+                blob = base64.b64decode(snap, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise _bad(f"start: 'snapshot' is not valid base64 ({exc})") from None
+        if resume is not None and blob is not None:
+            raise _bad("start: give either 'resume' (a saved snapshot id) or 'snapshot' (bytes), not both")
+        seq = data.get("seq")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_U32):
+            raise _bad(f"start: 'seq' must be an integer in 0..{MAX_U32}, got {seq!r}")
+        return Start(_channel(data), stream, dtype, _flag(data, "outputs"), resume, blob, seq)
+    if kind == "end":
+        unknown = sorted(set(data) - {"type", "channel", "snapshot", "save"})
+        if unknown:
+            raise _bad(f"end: unknown field(s) {unknown}; expected some of ['channel', 'save', 'snapshot', 'type']")
+        return End(_channel(data), _flag(data, "snapshot"), _flag(data, "save"))
+    if kind == "ping":
+        return Ping()
+    raise _bad(f"unknown control message type {kind!r}; expected 'start', 'end' or 'ping'")
+
+
+def dumps(msg: dict[str, Any]) -> str:
+    return json.dumps(msg, separators=(",", ":"))
+
+
+def b64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode("ascii")
