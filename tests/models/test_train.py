@@ -220,3 +220,24 @@ def test_corrupted_checkpoint_is_named(cls_data, tmp_path):
     ck.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"m\.pt"):
         load_checkpoint(str(ck))
+
+
+def test_tag_and_generate_tasks_learn():
+    rng = np.random.default_rng(2)
+    seqs = [rng.normal(size=(int(rng.integers(5, 15)), D)).astype(np.float32) for _ in range(64)]
+    # per-frame label: was channel 0 positive one frame ago (needs the state, not just the current frame)
+    tags = [["pos" if v > 0 else "neg" for v in np.r_[0.0, s[:-1, 0]]] for s in seqs]
+    tag = tensor_data("tag", seqs, tags)
+    before = evaluate(StreamingRNN(TrainConfig(**TINY).model_config(tag)), tag)["accuracy"]
+    res = train(tag, TrainConfig(epochs=8, **{**TINY, "batch_size": 8}))
+    assert res.model.config.task == "tag"
+    assert evaluate(res.model, tag)["accuracy"] > max(0.85, before + 0.2)
+    # generate: a rotating phasor; the next frame is predictable, repeating the last one is not
+    waves = []
+    for _ in range(32):
+        ph = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(int(rng.integers(8, 20))) / 8
+        waves.append(np.stack([np.sin(ph), np.cos(ph)], 1).astype(np.float32))
+    gen = tensor_data("generate", waves)
+    res = train(gen, TrainConfig(epochs=8, **{**TINY, "batch_size": 8}))
+    m = evaluate(res.model, gen)
+    assert m["mse"] < 0.25 * m["persistence_mse"], m

@@ -1,0 +1,102 @@
+"""``rnnstream train`` end to end on small datasets written with ``pipeline.dataset.write_dataset``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models.checkpoint import load_checkpoint
+from models.train import main
+from pipeline.config import FeatureConfig
+from pipeline.dataset import FEATURE_CONFIG_FILE, PARQUET_SCHEMA, STATS_FILE, Example, read_dataset, write_dataset
+from pipeline.stats import RunningStats
+from rnnstream.cli import main as cli_main
+
+FAST = ["--hidden", "8", "--layers", "1", "--batch-size", "16", "--lr", "0.01", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """3 classes x 2 speakers x 6 takes; the class shows as an offset on one channel."""
+    rng = np.random.default_rng(0)
+    examples = []
+    for label in range(3):
+        for speaker in ("ann", "bob"):
+            for take in range(6):
+                x = rng.normal(size=(int(rng.integers(5, 12)), 3)).astype(np.float32)
+                x[:, label] += 2.0
+                examples.append(Example(f"{label}_{speaker}_{take}", f"/d/{label}_{speaker}_{take}.wav", x,
+                                        label=str(label), metadata={"speaker": speaker, "take": take}))
+    root = tmp_path_factory.mktemp("digits")
+    write_dataset(str(root), examples, FeatureConfig.sensor_default(["c0", "c1", "c2"]))
+    return str(root)
+
+
+def test_classify_with_metadata_splits_writes_checkpoint_metrics_and_plots(digits_dir, tmp_path, capsys):
+    out = tmp_path / "run" / "model.pt"
+    argv = ["train", "--data", digits_dir, "--out", str(out), "--epochs", "2", "--val-by", "speaker",
+            "--val-match", "bob", "--test-by", "take", "--test-match", "[0-1]", *FAST]
+    assert cli_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs_run"] == 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 3 * 2 * 2  # takes 0-1 of both speakers
+    assert metrics["val"]["n"] == 3 * 4  # speaker bob, takes 2-5
+    assert len(metrics["history"]) == 2 and {"val_loss", "val_accuracy", "grad_norm_max"} <= set(metrics["history"][0])
+    assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "confusion.png").exists()
+    ck = load_checkpoint(str(out))
+    assert ck.labels == ["0", "1", "2"] and ck.model.config.cell == "gru" and ck.model.config.input_dim == 3
+    # normalisation statistics are the training split's: speaker ann, takes 2-5
+    train_frames = sum(e.features.shape[0] for e in read_dataset(digits_dir).examples
+                       if e.metadata["speaker"] == "ann" and e.metadata["take"] >= 2)
+    assert RunningStats.from_dict(ck.stats).count == train_frames
+    # resume continues from epoch 2 to 3
+    assert main(argv[1:] + ["--resume", "--epochs", "3"]) == 0
+    assert [h["epoch"] for h in json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]] == [1, 2, 3]
+
+
+def test_forecast_with_informer_style_row_split_uses_train_rows_for_normalisation(tmp_path, capsys):
+    n = 500
+    t = np.arange(n)
+    rng = np.random.default_rng(1)
+    series = np.stack([rng.normal(size=n), t / 100.0, np.sin(t / 5) + t / 200.0], 1).astype(np.float32)
+    root = tmp_path / "ett"
+    write_dataset(str(root), [Example("ett", "ett.csv", series)], FeatureConfig.sensor_default(["a", "b", "OT"]))
+    out = tmp_path / "fc" / "m.pt"
+    rc = main(["--data", str(root), "--out", str(out), "--task", "forecast", "--channels", "OT", "--targets", "OT",
+               "--window", "16", "--horizon", "4", "--split-rows", "0:300,300:400,400:500", "--epochs", "1", *FAST])
+    assert rc == 0, capsys.readouterr().err
+    ck = load_checkpoint(str(out))
+    assert ck.feature_config.sensor.columns == ("OT",) and ck.model.config.input_dim == 1
+    assert ck.model.config.horizon == 4 and ck.model.config.target_dims == (0,)
+    assert float(ck.model.feat_mean[0]) == pytest.approx(series[:300, 2].mean(), rel=1e-5)
+    assert float(ck.model.feat_std[0]) == pytest.approx(series[:300, 2].std(), rel=1e-4)
+    metrics = json.loads((tmp_path / "fc" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 100 - 4 + 1 and {"mse", "mae", "persistence_mse"} <= set(metrics["test"])
+    assert (tmp_path / "fc" / "forecast.png").exists()
+
+
+def test_cli_errors_name_the_problem(digits_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    FeatureConfig.sensor_default(["c0"]).save(str(empty / FEATURE_CONFIG_FILE))
+    RunningStats.empty(1).save(str(empty / STATS_FILE))
+    pq.write_table(pa.Table.from_pylist([], schema=PARQUET_SCHEMA), str(empty / "examples-00000-of-00001.parquet"))
+    assert main(["--data", str(empty), "--out", str(tmp_path / "m.pt"), *FAST]) == 1
+    assert f"dataset {str(empty)!r} holds no examples" in capsys.readouterr().err
+
+    assert main(["--data", digits_dir, "--out", str(tmp_path / "m.pt"), "--val-by", "speaker", "--val-match", "zed",
+                 *FAST]) == 1
+    assert "validation split speaker='zed' matched no example" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 garbage")
+    assert main(["--data", digits_dir, "--out", str(bad), "--resume", *FAST]) == 1
+    assert f"checkpoint {str(bad)!r} is corrupt" in capsys.readouterr().err
+
+    assert main(["--data", digits_dir, "--out", str(tmp_path / "m.pt"), "--task", "tag", *FAST]) == 1
+    assert "metadata key 'frame_labels'" in capsys.readouterr().err
