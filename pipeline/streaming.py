@@ -343,7 +343,7 @@ class StreamSession:
         samples = int(np.asarray(chunk).shape[0]) if self.info.feature_config.kind == "audio" else 0
         if frames.shape[0] == 0:
             return _Work(None, carry, (), samples, t)
-        return _Work(frames[None], carry, tuple(s for s in segs if 0 < s < frames.shape[0]), samples, t)
+        return _Work(frames[None], carry, tuple(s for s in segs if 0 <= s < frames.shape[0]), samples, t)
 
     def _run(self, work: _Work) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         if work.x is None:
