@@ -194,9 +194,7 @@ class StreamClient:
                 self._route(msg)
         except ConnectionClosed:
             pass
-        rcvd = ws.close_rcvd
-        code = rcvd.code if rcvd is not None else None
-        reason = rcvd.reason if rcvd is not None else "connection lost"
+        code, reason = ws.close_code, ws.close_reason
         self.closed = ServerError("closed", f"connection closed: {reason or 'no reason given'}", code)
         for fut, _ in self._starting.values():
             if not fut.done():

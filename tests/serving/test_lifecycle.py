@@ -1,0 +1,261 @@
+"""Eviction and resume, HTTP endpoints, graceful shutdown, the CLI client and server config."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from pipeline.audio_io import write_audio
+from pipeline.errors import ConfigError
+from pipeline.streaming import predict_signal
+from serving import client as client_cli
+from serving.client import StreamClient
+from serving.protocol import ServerError
+from serving.server import ServerConfig, StreamServer
+from tests.serving._helpers import RecordingBackend, audio_backend, run, sensor_backend, sensor_series, signal
+
+
+def _http(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), err.headers.get("Content-Type", "")
+
+
+def test_idle_eviction_saves_snapshot_and_resume_continues_exactly(tmp_path):
+    backend = audio_backend()
+    x = signal(3, 1.2)
+    chunks = np.split(x, 12)
+
+    async def main():
+        cfg = ServerConfig(port=0, http_port=None, idle_timeout_s=0.3, snapshot_dir=str(tmp_path))
+        async with StreamServer(backend, cfg) as server:
+            async with StreamClient(server.url) as client:
+                s = await client.start("mic-1")
+                for c in chunks[:5]:
+                    await s.send(c)
+                msgs = [await s.recv(timeout=5) for _ in range(6)]  # 5 predictions, then the eviction
+                assert server.streams == {}
+                r = await client.start(resume="mic-1")
+                assert r.id == "mic-1" and r.seq == 5 and r.started["resumed"]
+                for c in chunks[5:8]:
+                    await r.send(c)
+                ended = await r.end(snapshot=True)
+                # resume once more from the snapshot bytes the client got back
+                blob = __import__("base64").b64decode(ended["snapshot"])
+                q = await client.start("mic-1b", snapshot=blob, seq=ended["seq"])
+                for c in chunks[8:]:
+                    await q.send(c)
+                final = await q.end()
+                with pytest.raises(ServerError) as info:
+                    await client.start(resume="never-seen")
+            return msgs, r.predictions, ended, final, info.value, server.metrics
+
+    msgs, preds, ended, final, err, metrics = run(main())
+    evicted = msgs[-1]
+    assert [m["type"] for m in msgs] == ["prediction"] * 5 + ["evicted"]
+    assert evicted["saved"] == "mic-1" and evicted["seq"] == 5 and "limit 0.3 s" in evicted["reason"]
+    assert json.loads((tmp_path / "mic-1.json").read_text())["seq"] == 5
+    assert [p["seq"] for p in preds] == [5, 6, 7] and ended["seq"] == 8
+    assert final["seq"] == 12 and final["frames"] == x.size // 160
+    np.testing.assert_allclose(final["scores"], predict_signal(backend, x).scores, atol=1e-4)
+    assert err.code == "unknown_stream" and "never-seen" in err.message
+    assert metrics.value("rnnstream_serve_evictions_total") == 1
+
+
+def test_http_health_metrics_and_one_shot_predict(tmp_path):
+    backend = audio_backend()
+    x = signal(5, 1.0)
+    wav = tmp_path / "clip.wav"
+    write_audio(wav, x, 16000, subtype="FLOAT")
+
+    async def main():
+        async with StreamServer(backend, ServerConfig(port=0, http_port=0)) as server:
+            base, ws_base = server.http_url, server.url.replace("ws://", "http://").rstrip("/")
+            calls = {
+                "health": (base + "/health", None, None),
+                "ws_health": (ws_base + "/health", None, None),
+                "ws_metrics": (ws_base + "/metrics", None, None),
+                "predict": (base + "/predict?name=clip.wav", wav.read_bytes(), "POST"),
+                "predict_raw": (base + "/predict?dtype=float32", x.tobytes(), "POST"),
+                "predict_bad": (base + "/predict?name=clip.wav", b"RIFF....not audio", "POST"),
+                "predict_get": (base + "/predict", None, None),
+                "nowhere": (base + "/nowhere", None, None),
+            }
+            out = {k: await asyncio.to_thread(_http, *v) for k, v in calls.items()}
+            out["metrics"] = await asyncio.to_thread(_http, base + "/metrics")
+            reader, writer = await asyncio.open_connection(server.config.host, server.http_port)
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            out["no_length"] = await reader.read()
+            writer.close()
+            return out
+
+    out = run(main())
+    for key in ("health", "ws_health"):
+        status, body, ctype = out[key]
+        assert status == 200 and json.loads(body)["status"] == "ok" and ctype == "application/json"
+    status, body, ctype = out["metrics"]
+    assert status == 200 and ctype.startswith("text/plain")
+    assert b"rnnstream_serve_batch_size_bucket" in body and b'rnnstream_serve_http_requests_total{path="/predict"' in body
+    assert out["ws_metrics"][0] == 200 and b"rnnstream_serve_latency_seconds" in out["ws_metrics"][1]
+    offline = predict_signal(backend, x)
+    for key in ("predict", "predict_raw"):
+        status, body, _ = out[key]
+        res = json.loads(body)
+        assert status == 200 and res["label"] == offline.label and res["frames"] == offline.frames
+        np.testing.assert_allclose(res["scores"], offline.scores, atol=1e-5)
+    status, body, _ = out["predict_bad"]
+    assert status == 400 and "clip.wav" in json.loads(body)["message"]
+    assert out["predict_get"][0] == 405 and out["nowhere"][0] == 404
+    assert out["no_length"].startswith(b"HTTP/1.1 411")
+
+
+def test_http_predict_sensor_csv(tmp_path):
+    backend = sensor_backend()
+    ts, vals = sensor_series(4)
+    lines = ["timestamp,ax,ay,az"] + [f"{t!r},{a!r},{b!r},{c!r}" for t, (a, b, c) in zip(ts.tolist(), vals.tolist())]
+    body = ("\n".join(lines) + "\n").encode()
+
+    async def main():
+        async with StreamServer(backend, ServerConfig(port=0, http_port=0)) as server:
+            good = await asyncio.to_thread(_http, server.http_url + "/predict", body, "POST")
+            bad = await asyncio.to_thread(_http, server.http_url + "/predict", b"timestamp,ax\n1,2\n", "POST")
+            return good, bad
+
+    (status, data, _), (bad_status, bad_body, _) = run(main())
+    from pipeline.streaming import SensorChunk
+
+    offline = predict_signal(backend, SensorChunk(ts, vals))
+    assert status == 200
+    np.testing.assert_allclose(json.loads(data)["scores"], offline.scores, atol=1e-5)
+    assert bad_status == 400 and "ay" in json.loads(bad_body)["message"]
+
+
+def test_graceful_shutdown_finishes_received_chunks_then_closes_1001(tmp_path):
+    backend = RecordingBackend(audio_backend(), delay=0.05)
+
+    async def main():
+        cfg = ServerConfig(port=0, http_port=None, max_batch=1, snapshot_dir=str(tmp_path))
+        server = await StreamServer(backend, cfg).start()
+        client = await StreamClient(server.url).connect()
+        s = await client.start("busy")
+        for k in range(6):
+            await s.send(signal(k, 0.1))
+        await client.ping()  # the server has read all six chunks
+        await server.shutdown()
+        msgs = []
+        with pytest.raises(ServerError) as info:
+            while True:
+                msgs.append(await s.recv(timeout=5))
+        await client.close()
+        return msgs, info.value
+
+    msgs, closed = run(main())
+    assert [m["seq"] for m in msgs if m["type"] == "prediction"] == list(range(6))
+    assert msgs[-1]["type"] == "shutdown" and msgs[-1]["streams"] == [
+        {"stream": "busy", "channel": 0, "seq": 6, "saved": "busy"}]
+    assert closed.close_code == 1001
+    assert (tmp_path / "busy.snap").exists()
+
+
+def test_cli_client_streams_a_file_as_n_streams(tmp_path, capsys):
+    backend = audio_backend()
+    x = signal(9, 0.75)
+    wav = tmp_path / "clip.wav"
+    write_audio(wav, x, 16000, subtype="FLOAT")
+
+    async def main():
+        async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
+            return await asyncio.to_thread(client_cli.main, ["--url", server.url, "--input", str(wav), "--streams", "3",
+                                                             "--chunk-ms", "100", "--connections", "2"])
+
+    rc = run(main())
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    ended = [m for m in lines if m["type"] == "ended"]
+    preds = [m for m in lines if m["type"] == "prediction"]
+    assert len(ended) == 3 and len({m["stream"] for m in ended}) == 3
+    assert len(preds) == 3 * 8  # 0.75 s in 100 ms chunks
+    offline = predict_signal(backend, x)
+    for m in ended:
+        np.testing.assert_allclose(m["scores"], offline.scores, atol=1e-4)
+
+
+def test_cli_reports_unreachable_server_and_bad_arguments(tmp_path, capsys):
+    assert client_cli.main(["--url", "ws://127.0.0.1:9/", "--input", str(tmp_path / "x.wav")]) == 1
+    assert "rnnstream client" in capsys.readouterr().err
+    assert client_cli.main(["--input", "x.wav", "--streams", "0"]) == 2
+
+
+@pytest.mark.parametrize("bad", [dict(max_batch=0), dict(port=70000), dict(max_wait_ms=-1), dict(max_frame_bytes=4)])
+def test_server_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError):
+        ServerConfig(**bad)
+
+
+def test_serve_loop_stops_on_sigterm():
+    """The command's serving loop installs SIGTERM/SIGINT handlers that shut the server down gracefully."""
+    import signal as sig
+    import threading
+
+    from serving import server as server_mod
+
+    seen = {}
+
+    def ready(server: StreamServer) -> None:
+        def poke() -> None:
+            seen["health"] = _http(server.url.replace("ws://", "http://").rstrip("/") + "/health")[0]
+            os.kill(os.getpid(), sig.SIGTERM)
+
+        threading.Thread(target=poke, daemon=True).start()
+
+    asyncio.run(asyncio.wait_for(server_mod._serve(audio_backend(), ServerConfig(port=0, http_port=None), ready), 30))
+    assert seen["health"] == 200
+
+
+@pytest.mark.slow
+def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
+    """`rnnstream serve` from a checkpoint: health answers, SIGTERM stops it cleanly (exit 0)."""
+    import signal as sig
+    import socket
+    import time
+
+    from models.checkpoint import save_checkpoint
+
+    backend = audio_backend()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(str(ckpt), backend.model, backend.info.feature_config, labels=list(backend.info.labels))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "rnnstream", "serve", "--model", str(ckpt), "--port", str(port),
+                             "--http-port", "-1"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status, body, _ = _http(f"http://127.0.0.1:{port}/health")
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        assert status == 200 and json.loads(body)["task"] == "classify"
+        proc.send_signal(sig.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

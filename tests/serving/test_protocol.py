@@ -1,0 +1,56 @@
+"""Wire format units: chunk frames round-trip, control messages parse or explain what is wrong."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from serving import protocol as P
+
+
+def test_audio_frames_round_trip_float32_and_int16():
+    x = np.linspace(-1, 1, 321, dtype=np.float32)
+    ch, seq, payload = P.split_frame(P.encode_chunk(7, 42, P.audio_payload(x, "float32")))
+    assert (ch, seq) == (7, 42)
+    np.testing.assert_array_equal(P.decode_audio_payload(payload, "float32", where="t"), x)
+    _, _, payload = P.split_frame(P.encode_chunk(0, 0, P.audio_payload(x, "int16")))
+    back = P.decode_audio_payload(payload, "int16", where="t")
+    assert back.dtype == np.float32 and np.abs(back - x).max() < 2 / 32768
+
+
+def test_sensor_rows_round_trip_and_length_check():
+    ts = np.array([1.5, 2.25, 1e9 + 0.125])
+    vals = np.arange(6, dtype=np.float32).reshape(3, 2)
+    _, _, payload = P.split_frame(P.encode_chunk(1, 2, P.sensor_payload(ts, vals)))
+    t2, v2 = P.decode_sensor_payload(payload, 2, where="t")
+    np.testing.assert_array_equal(t2, ts)
+    np.testing.assert_array_equal(v2, vals)
+    with pytest.raises(P.ProtocolError, match="24 bytes per row") as info:
+        P.decode_sensor_payload(payload[:-8], 2, where="t")
+    assert info.value.close_code == P.CLOSE_BAD_DATA
+
+
+def test_parse_control_messages():
+    blob = b"\x00snapshot"
+    start = P.parse_control('{"type": "start", "channel": 3, "stream": "a:b-1", "dtype": "int16", "snapshot": "%s", '
+                            '"seq": 9}' % base64.b64encode(blob).decode())
+    assert start == P.Start(3, "a:b-1", "int16", False, None, blob, 9)
+    assert P.parse_control('{"type": "end"}') == P.End(0, False, False)
+    assert isinstance(P.parse_control('{"type": "ping"}'), P.Ping)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('{"type": "start", "snapshot": "%%%"}', "not valid base64"),
+    ('{"type": "start", "resume": "a", "snapshot": "AA=="}', "not both"),
+    ('{"type": "start", "seq": -1}', "'seq'"),
+    ('{"type": "start", "channel": 4294967296}', "'channel'"),
+    ('{"type": "start", "outputs": "yes"}', "'outputs' must be true or false"),
+    ('{"type": "end", "flush": true}', "flush"),
+    ('"start"', "JSON object"),
+])
+def test_parse_control_rejections_name_the_problem(text, fragment):
+    with pytest.raises(P.ProtocolError) as info:
+        P.parse_control(text)
+    assert fragment in info.value.message and info.value.code == "bad_message" and info.value.close_code == 1008
