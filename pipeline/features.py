@@ -99,6 +99,8 @@ def _rfft(x: np.ndarray, n: int) -> np.ndarray:
     return np.fft.rfft(x, n=n, axis=-1)
 
 
+_F32, _C64 = np.dtype(np.float32), np.dtype(np.complex64)
+
 #: The pocketfft ufunc's scale argument for float32 input; passing it typed skips a per-call cast.
 _ONE_F32 = np.array(1.0, dtype=np.float32)
 _ONE_F32.flags.writeable = False
@@ -119,23 +121,25 @@ def features_from_frames(
     eps: np.float32,
     n_fft: int,
     dct: np.ndarray | None = None,
+    mel: np.ndarray | None = None,
 ) -> np.ndarray:
     """Log-mel (``log(|rfft(win * frame, n_fft)|^2 @ mel + eps)``) or its MFCC (``@ dct``).
 
     ``frames [T, win_length] -> [T, n_mels or n_mfcc]`` float32. ``mel2`` is the mel matrix with each row
     repeated twice (``[2 * n_freq, n_mels]``), so the interleaved ``(re, im)`` view of the spectrum is
-    squared and reduced by one product. Arguments are precomputed arrays, not a config, because this runs
-    once per chunk and per-call overhead dominates 10 ms chunks.
+    squared and reduced by one product; ``mel`` (``mel2[::2]``, contiguous) may be passed to save a copy.
+    Arguments are precomputed arrays, not a config, because this runs once per chunk and per-call
+    overhead dominates 10 ms chunks.
     """
     n, width = frames.shape
     if n_fft == width:
         windowed = frames * win
     else:  # zero-pad each frame at the end to n_fft
-        windowed = np.zeros((n, n_fft), np.float32)
+        windowed = np.zeros((n, n_fft), _F32)
         np.multiply(frames, win, out=windowed[:, :width])
-    spec = _rfft(windowed, n_fft).view(np.float32)  # [T, 2 * n_freq]: re, im interleaved
-    np.multiply(spec, spec, out=spec)
-    return _mel_log(spec, mel2, np.ascontiguousarray(mel2[::2]), eps, dct)
+    sq = _rfft(windowed, n_fft).view(_F32)  # [T, 2 * n_freq]: re, im interleaved
+    np.multiply(sq, sq, out=sq)
+    return _mel_log(sq, mel2, np.ascontiguousarray(mel2[::2]) if mel is None else mel, eps, dct)
 
 
 def _mel_log(
@@ -199,6 +203,10 @@ class AudioFeaturizer:
         self._eps = np.float32(cfg.log_eps)
         self._nfreq = self._nfft // 2 + 1
         self._fft = None if _POCKETFFT is None else (_POCKETFFT.rfft_n_even if self._nfft % 2 == 0 else _POCKETFFT.rfft_n_odd)
+        # one attribute load in step() instead of ten
+        # (eps as a 0-d float32 array: adding a NumPy scalar costs ~0.7 us more in ufunc type resolution)
+        self._hot = (self._ctx, self._hop, self._win, self._nfft, self._nfreq, self._window, self._fft,
+                     self._mel2, np.array(self._eps, dtype=_F32), self._dct)
 
     def initial_state(self) -> np.ndarray:
         """Zero context, nothing pending: float32 ``[win - hop]``."""
@@ -210,40 +218,38 @@ class AudioFeaturizer:
         ``T = (len(carry) - context + S) // hop``. Raises :class:`ShapeError` for a chunk that is not 1-D
         and :class:`NonFiniteSamplesError` for NaN/Inf samples.
         """
-        # The hot path of 10 ms streaming: every NumPy call here costs ~0.3-1 us, so work is skipped where
-        # it can be (see bench/bench_featurize.py) without changing a result.
-        x = chunk if type(chunk) is np.ndarray and chunk.dtype == np.float32 else np.asarray(chunk, dtype=np.float32)
+        # The hot path of 10 ms streaming: each NumPy call costs ~0.3-3 us and argument conversions add up
+        # (dtype objects are compared and passed pre-built), so work is skipped where it can be without
+        # changing a result; bench/bench_featurize.py measures it.
+        x = chunk if type(chunk) is np.ndarray and chunk.dtype is _F32 else np.asarray(chunk, dtype=_F32)
         if x.ndim != 1 or (x.shape[0] and not math.isfinite(x.dot(x))):
             as_samples(x)  # raises with a precise message (a finite x whose squares overflow passes)
-        if type(carry) is not np.ndarray or carry.dtype != np.float32 or carry.ndim != 1 or carry.shape[0] < self._ctx:
+        ctx, hop, win, nfft, nfreq, window, fft, mel2, eps, dct = self._hot
+        if type(carry) is not np.ndarray or carry.dtype is not _F32 or carry.ndim != 1 or carry.shape[0] < ctx:
             carry = np.asarray(carry)
-            raise StateError(
-                f"audio carry must be float32 [>= {self._ctx}] (context + pending samples), "
-                f"got {carry.dtype} {list(carry.shape)}"
-            )
-        hop = self._hop
-        n = (carry.shape[0] + x.shape[0] - self._ctx) // hop
+            if not (carry.dtype == _F32 and carry.ndim == 1 and carry.shape[0] >= ctx):
+                raise StateError(
+                    f"audio carry must be float32 [>= {ctx}] (context + pending samples), "
+                    f"got {carry.dtype} {list(carry.shape)}"
+                )
+        n = (carry.shape[0] + x.shape[0] - ctx) // hop
         if n <= 0:
             buffer = np.concatenate((carry, x)) if x.shape[0] else np.ascontiguousarray(carry)
-            return np.zeros((0, self.dim), dtype=np.float32), buffer
+            return np.zeros((0, self.dim), dtype=_F32), buffer
         buffer = np.concatenate((carry, x))
-        if n == 1:
-            frames = buffer[None, : self._win]
-        else:
-            frames = np.ndarray((n, self._win), np.float32, buffer, strides=(hop * 4, 4))
-        if self._nfft == self._win:
-            windowed = frames * self._window
-        else:
-            windowed = np.zeros((n, self._nfft), np.float32)
-            np.multiply(frames, self._window, out=windowed[:, : self._win])
-        if self._fft is not None:
-            spec = np.empty((n, self._nfreq), np.complex64)
-            self._fft(windowed, _ONE_F32, spec)  # a float32 scale: a Python 1.0 costs a cast (~2 us)
-        else:  # pragma: no cover - NumPy < 2
-            spec = np.fft.rfft(windowed, n=self._nfft, axis=-1).astype(np.complex64)
-        sq = spec.view(np.float32)
-        np.multiply(sq, sq, out=sq)
-        feats = _mel_log(sq, self._mel2, self._mel, self._eps, self._dct)
+        if n == 1 and nfft == win and fft is not None:  # the 10 ms streaming case, inlined
+            spec = np.empty((1, nfreq), _C64)
+            # 1-D frame broadcast into the [1, n_freq] output (faster than a [1, win] input); the float32
+            # scale makes pocketfft run its float32 kernel without a per-call cast of a Python 1.0
+            fft(buffer[:win] * window, _ONE_F32, spec)
+            sq = spec.view(_F32)  # [1, 2 * n_freq]: re, im interleaved
+            np.multiply(sq, sq, sq)
+            feats = np.dot(sq, mel2)
+            np.add(feats, eps, feats)
+            np.log(feats, feats)
+            return (feats if dct is None else np.dot(feats, dct)), buffer[hop:]
+        frames = np.ndarray((n, win), _F32, buffer, strides=(hop * 4, 4))
+        feats = features_from_frames(frames, window, mel2, eps, nfft, dct, self._mel)
         # The new carry is a view of this call's own buffer (never of the caller's arrays); copied when the
         # buffer is large so a long chunk is not kept alive by its few hundred carried samples.
         rest = buffer[n * hop :]
