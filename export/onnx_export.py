@@ -290,9 +290,9 @@ def _trace(graph: StepGraph, info: ModelInfo, path: str) -> None:
     time_axis = {0: "batch", 1: "samples"} if info.input_kind == "audio" else {0: "batch", 1: "time"}
     dynamic = {ins[0]: time_axis, outs[0]: {0: "batch", 1: "time"}}
     dynamic.update({n: {0: "batch"} for n in ins[1:] + outs[1:]})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about Python bools in shape checks, RNN batch_first notes
-        with torch.no_grad():
+        try:
             torch.onnx.export(
                 graph,
                 tuple(example),
@@ -304,6 +304,10 @@ def _trace(graph: StepGraph, info: ModelInfo, path: str) -> None:
                 dynamo=False,
                 do_constant_folding=True,
             )
+        except RnnstreamError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as exc:  # torch.onnx errors derive from RuntimeError
+            raise ExportError(f"torch.onnx.export failed for this model: {type(exc).__name__}: {exc}") from None
 
 
 def _set_metadata(path: str, meta: dict[str, str], info: ModelInfo) -> None:

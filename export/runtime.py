@@ -82,6 +82,8 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.path = os.fspath(path)
+        self._options = {"provider": provider, "threads": threads, "inter_threads": inter_threads,
+                         "io_binding": io_binding}
         if not os.path.isfile(self.path):
             raise CheckpointError(f"ONNX model {self.path!r} does not exist")
         self.provider = resolve_provider(provider)
@@ -129,6 +131,13 @@ class OnnxBackend:
         if self._raw:
             shapes = {FRONTEND_STATE: (cfg.audio.context,), **shapes}  # type: ignore[union-attr]
         self._shapes = shapes
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles as its path and options (Beam ships DoFns pickled); the session is rebuilt on load."""
+        return {"path": self.path, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], **state["options"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return (f"OnnxBackend({self.path!r}, provider={self.provider!r}, input_kind={self.info.input_kind!r}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -234,3 +236,13 @@ def test_load_backend_dispatches_on_the_file(exported, tmp_path) -> None:
     for p in preds[1:]:
         assert p.label == preds[0].label and p.frames == sig.size // HOP
         np.testing.assert_allclose(p.scores, preds[0].scores, atol=1e-5)
+
+
+def test_onnx_backend_pickles_as_path_and_options(exported) -> None:
+    """Beam ships DoFns pickled: the backend travels as its path and options and rebuilds its session."""
+    _, path = exported("gru", "tag")
+    b = OnnxBackend(path, provider="cpu", threads=1, io_binding=True)
+    c = pickle.loads(pickle.dumps(b))
+    assert c.info == b.info and c.io_binding and c.session is not b.session
+    x = _x()
+    np.testing.assert_array_equal(c.step(x, c.info.initial_states(2))[0], b.step(x, b.info.initial_states(2))[0])
