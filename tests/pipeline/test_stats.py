@@ -115,3 +115,15 @@ def test_normalizer_standardizes():
     # works on any leading shape, e.g. [B, T, D]
     norm = Normalizer.from_stats(RunningStats.of(x))
     np.testing.assert_array_equal(norm(x.reshape(10, 100, 4).astype(np.float32)).reshape(1000, 4), norm(x.astype(np.float32)))
+
+
+def test_pickles_as_a_combine_fn_accumulator():
+    import pickle
+
+    acc = RunningStats.empty(3)
+    for part in np.array_split(_data(6, 40, 3), 4):
+        acc = acc.update(part)  # add_input returns the accumulator
+    again = pickle.loads(pickle.dumps(acc))
+    assert again == acc and again.dim == 3 and again is not acc
+    merged = RunningStats.merge_all([again, RunningStats.empty(3), RunningStats.of(_data(7, 5, 3))])
+    assert merged.count == 45
