@@ -731,14 +731,14 @@ class StreamServer:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_model(path: str, provider: str = "auto", threads: int | None = None) -> Backend:
+def load_model(path: str, provider: str = "auto", threads: int | None = None, raw_audio: bool = False) -> Backend:
     """A backend for ``path``: ``export.runtime.load_backend`` (ONNX or checkpoint) when available."""
     try:
         from export.runtime import load_backend
     except ImportError:
         load_backend = None
     if load_backend is not None:
-        return load_backend(path, provider=provider, threads=threads)
+        return load_backend(path, provider=provider, threads=threads, raw_audio=raw_audio)
     if path.endswith(".onnx"):
         raise ConfigError(f"{path}: serving an ONNX model needs export.runtime, which this installation lacks")
     from models.backend import TorchBackend
@@ -747,7 +747,7 @@ def load_model(path: str, provider: str = "auto", threads: int | None = None) ->
         import torch
 
         torch.set_num_threads(threads)
-    return TorchBackend.from_checkpoint(path)
+    return TorchBackend.from_checkpoint(path, raw_audio=raw_audio)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -768,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-dir", default=None, help="save evicted/abandoned streams here, resume from here")
     p.add_argument("--provider", default="auto", help="onnxruntime execution provider (auto, cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="backend intra-op threads")
+    p.add_argument("--raw-audio", action="store_true",
+                   help="checkpoints: featurize inside the backend (batched) instead of per stream in NumPy")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -804,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = config_from_args(args)
-        backend = load_model(args.model, args.provider, args.threads)
+        backend = load_model(args.model, args.provider, args.threads, args.raw_audio)
     except RnnstreamError as exc:
         print(f"rnnstream serve: {exc}", file=sys.stderr)
         return 2
