@@ -95,7 +95,10 @@ def validate_chunk(
             ``last_t``, the previous chunk's last time); names the offending times and index.
         NonNumericError: NaN/Inf values; names the channel and row.
     """
-    ts = np.asarray(timestamps, dtype=np.float64)
+    try:
+        ts = np.asarray(timestamps, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TimestampError(f"{where}: timestamps must be float seconds ({exc})") from None
     try:
         vals = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -157,6 +157,8 @@ def test_chunk_validation_errors():
         fz.step(np.array([0.0, 1.0]), np.array([[0.0, 0.0], [0.0, np.nan]]), init)
     with pytest.raises(ShapeError, match=r"values must be \[N=2, C=2\].*got shape \[2, 3\]"):
         fz.step(np.array([0.0, 1.0]), np.zeros((2, 3)), init)
+    with pytest.raises(TimestampError, match="float seconds"):
+        fz.step(np.array(["2020-01-01", "x"], dtype=object), np.zeros((2, 2)), init)
     with pytest.raises(StateError, match="float64 \\[5\\]"):
         fz.step(np.array([0.0]), np.zeros((1, 2)), np.zeros(4))
 
