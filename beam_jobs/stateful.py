@@ -5,7 +5,7 @@
 of JSON-ready dicts. Each element's *timestamp* is its event time (sources set it; see
 ``beam_jobs.stream_job``).
 
-State kept per stream id (Beam keyed state, so it moves with the key between workers):
+State kept per stream id (Beam keyed state, so it moves with the key between workers), in one cell:
 
 * ``snapshot``: the runtime's portable ``StreamSession.snapshot()`` bytes (RNN states, featurizer carry,
   stream time), absent before the first applied chunk;
@@ -45,7 +45,7 @@ from typing import Any, Literal
 import apache_beam as beam
 from apache_beam import typehints
 import numpy as np
-from apache_beam.coders import BytesCoder, PickleCoder
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
@@ -188,42 +188,35 @@ def _new_meta() -> dict[str, Any]:
 
 
 class _StreamState:
-    """One key's state, read once per callback, mutated in memory, written back once."""
+    """One key's state (a single Beam state cell), read once per callback, mutated in memory, written once.
 
-    def __init__(self, key: str, snap: Any, meta: Any, buf: Any):
+    One cell rather than one per field: the SDK harness's state cache measures every written cell with
+    ``objsize`` (about 10 ms per cell with torch imported), which would otherwise dominate the job.
+    """
+
+    def __init__(self, key: str, cell: Any):
         self.key = key
-        self._snap, self._meta, self._buf = snap, meta, buf
-        self.snapshot: bytes | None = snap.read()
-        m = meta.read()
-        self.fresh = m is None
-        self.meta: dict[str, Any] = _new_meta() if m is None else m
-        self.buffer: dict[int, tuple[ChunkMessage, float]] = buf.read() or {}
+        self._cell = cell
+        value = cell.read()
+        self.fresh = value is None
+        value = value or {}
+        self.snapshot: bytes | None = value.get("snapshot")
+        self.meta: dict[str, Any] = value.get("meta") or _new_meta()
+        self.buffer: dict[int, tuple[ChunkMessage, float]] = value.get("buffer") or {}
         self.session: Any = None  # a live StreamSession once touched
         self.dirty_session = False
 
     def write(self) -> None:
-        self._meta.write(self.meta)
-        if self.buffer:
-            self._buf.write(self.buffer)
-        else:
-            self._buf.clear()
-        if self.snapshot is None:
-            self._snap.clear()
-        else:
-            self._snap.write(self.snapshot)
+        self._cell.write({"snapshot": self.snapshot, "meta": self.meta, "buffer": self.buffer})
 
     def clear(self) -> None:
-        self._snap.clear()
-        self._meta.clear()
-        self._buf.clear()
+        self._cell.clear()
 
 
 class _StreamFnBase(beam.DoFn):
     """The work of the stateful DoFn; subclasses bind the timers to a time domain."""
 
-    SNAPSHOT = ReadModifyWriteStateSpec("snapshot", BytesCoder())
-    META = ReadModifyWriteStateSpec("meta", PickleCoder())
-    BUFFER = ReadModifyWriteStateSpec("buffer", PickleCoder())
+    STATE = ReadModifyWriteStateSpec("stream", PickleCoder())  # {"snapshot", "meta", "buffer"}
     DOMAIN = TimeDomain.WATERMARK
 
     def __init__(self, model_path: str, config: StreamJobConfig, shared_handle: shared.Shared,
@@ -414,11 +407,11 @@ class _StreamFnBase(beam.DoFn):
         return None
 
     # -- the callbacks ----------------------------------------------------------------------------
-    def _on_message(self, element: tuple[str, ChunkMessage], timestamp: Any, snap: Any, meta: Any, buf: Any,
+    def _on_message(self, element: tuple[str, ChunkMessage], timestamp: Any, state: Any,
                     gap_timer: Any, idle_timer: Any) -> list[Any]:
         t0 = time.perf_counter()
         key, msg = element
-        st = _StreamState(key, snap, meta, buf)
+        st = _StreamState(key, state)
         now = self._now(timestamp)
         out: list[Any] = []
         try:
@@ -495,8 +488,8 @@ class _StreamFnBase(beam.DoFn):
             out.append(self._dead(st, OrderingError(f"{early.describe()}: before the resume point seq {msg.seq}"), early))
         self._drain(st, out)
 
-    def _on_gap(self, key: str, timestamp: Any, snap: Any, meta: Any, buf: Any, gap_timer: Any) -> list[Any]:
-        st = _StreamState(key, snap, meta, buf)
+    def _on_gap(self, key: str, timestamp: Any, state: Any, gap_timer: Any) -> list[Any]:
+        st = _StreamState(key, state)
         if st.fresh:
             return []
         out: list[Any] = []
@@ -506,8 +499,8 @@ class _StreamFnBase(beam.DoFn):
         self._set(gap_timer, deadline)
         return out
 
-    def _on_idle(self, key: str, timestamp: Any, snap: Any, meta: Any, buf: Any, gap_timer: Any) -> list[Any]:
-        st = _StreamState(key, snap, meta, buf)
+    def _on_idle(self, key: str, timestamp: Any, state: Any, gap_timer: Any) -> list[Any]:
+        st = _StreamState(key, state)
         if st.fresh:
             return []
         out: list[Any] = []
@@ -543,28 +536,22 @@ class _EventTimeStreamFn(_StreamFnBase):
     IDLE = TimerSpec("idle", TimeDomain.WATERMARK)
 
     def process(self, element: tuple[str, ChunkMessage], timestamp: Any = beam.DoFn.TimestampParam,
-                snap: Any = beam.DoFn.StateParam(_StreamFnBase.SNAPSHOT),
-                meta: Any = beam.DoFn.StateParam(_StreamFnBase.META),
-                buf: Any = beam.DoFn.StateParam(_StreamFnBase.BUFFER),
+                state: Any = beam.DoFn.StateParam(_StreamFnBase.STATE),
                 gap_timer: Any = beam.DoFn.TimerParam(GAP),
                 idle_timer: Any = beam.DoFn.TimerParam(IDLE)) -> list[Any]:
-        return self._on_message(element, timestamp, snap, meta, buf, gap_timer, idle_timer)
+        return self._on_message(element, timestamp, state, gap_timer, idle_timer)
 
     @on_timer(GAP)
     def on_gap(self, key: Any = beam.DoFn.KeyParam, timestamp: Any = beam.DoFn.TimestampParam,
-               snap: Any = beam.DoFn.StateParam(_StreamFnBase.SNAPSHOT),
-               meta: Any = beam.DoFn.StateParam(_StreamFnBase.META),
-               buf: Any = beam.DoFn.StateParam(_StreamFnBase.BUFFER),
+               state: Any = beam.DoFn.StateParam(_StreamFnBase.STATE),
                gap_timer: Any = beam.DoFn.TimerParam(GAP)) -> list[Any]:
-        return self._on_gap(key, timestamp, snap, meta, buf, gap_timer)
+        return self._on_gap(key, timestamp, state, gap_timer)
 
     @on_timer(IDLE)
     def on_idle(self, key: Any = beam.DoFn.KeyParam, timestamp: Any = beam.DoFn.TimestampParam,
-                snap: Any = beam.DoFn.StateParam(_StreamFnBase.SNAPSHOT),
-                meta: Any = beam.DoFn.StateParam(_StreamFnBase.META),
-                buf: Any = beam.DoFn.StateParam(_StreamFnBase.BUFFER),
+                state: Any = beam.DoFn.StateParam(_StreamFnBase.STATE),
                 gap_timer: Any = beam.DoFn.TimerParam(GAP)) -> list[Any]:
-        return self._on_idle(key, timestamp, snap, meta, buf, gap_timer)
+        return self._on_idle(key, timestamp, state, gap_timer)
 
 
 class _ProcessingTimeStreamFn(_StreamFnBase):
@@ -573,28 +560,22 @@ class _ProcessingTimeStreamFn(_StreamFnBase):
     IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
 
     def process(self, element: tuple[str, ChunkMessage], timestamp: Any = beam.DoFn.TimestampParam,
-                snap: Any = beam.DoFn.StateParam(_StreamFnBase.SNAPSHOT),
-                meta: Any = beam.DoFn.StateParam(_StreamFnBase.META),
-                buf: Any = beam.DoFn.StateParam(_StreamFnBase.BUFFER),
+                state: Any = beam.DoFn.StateParam(_StreamFnBase.STATE),
                 gap_timer: Any = beam.DoFn.TimerParam(GAP),
                 idle_timer: Any = beam.DoFn.TimerParam(IDLE)) -> list[Any]:
-        return self._on_message(element, timestamp, snap, meta, buf, gap_timer, idle_timer)
+        return self._on_message(element, timestamp, state, gap_timer, idle_timer)
 
     @on_timer(GAP)
     def on_gap(self, key: Any = beam.DoFn.KeyParam, timestamp: Any = beam.DoFn.TimestampParam,
-               snap: Any = beam.DoFn.StateParam(_StreamFnBase.SNAPSHOT),
-               meta: Any = beam.DoFn.StateParam(_StreamFnBase.META),
-               buf: Any = beam.DoFn.StateParam(_StreamFnBase.BUFFER),
+               state: Any = beam.DoFn.StateParam(_StreamFnBase.STATE),
                gap_timer: Any = beam.DoFn.TimerParam(GAP)) -> list[Any]:
-        return self._on_gap(key, timestamp, snap, meta, buf, gap_timer)
+        return self._on_gap(key, timestamp, state, gap_timer)
 
     @on_timer(IDLE)
     def on_idle(self, key: Any = beam.DoFn.KeyParam, timestamp: Any = beam.DoFn.TimestampParam,
-                snap: Any = beam.DoFn.StateParam(_StreamFnBase.SNAPSHOT),
-                meta: Any = beam.DoFn.StateParam(_StreamFnBase.META),
-                buf: Any = beam.DoFn.StateParam(_StreamFnBase.BUFFER),
+                state: Any = beam.DoFn.StateParam(_StreamFnBase.STATE),
                 gap_timer: Any = beam.DoFn.TimerParam(GAP)) -> list[Any]:
-        return self._on_idle(key, timestamp, snap, meta, buf, gap_timer)
+        return self._on_idle(key, timestamp, state, gap_timer)
 
 
 # ----------------------------------------------------------------------------------------------
