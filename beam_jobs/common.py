@@ -119,9 +119,10 @@ class InputOptions(PipelineOptions):
         parser.add_argument(
             "--input",
             dest="inputs",
-            action="append",
+            action="extend",
+            nargs="+",
             default=None,
-            help="a file, a directory (all files under it) or a glob; local, gs:// or s3://. Repeatable.",
+            help="files, directories (all files under them) or globs; local, gs:// or s3://. Repeatable.",
         )
         parser.add_argument("--output", dest="output", default=None, help="output directory (created if absent)")
         parser.add_argument(
@@ -243,9 +244,8 @@ def reject_unknown_args(argv: Sequence[str]) -> None:
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)  # what PipelineOptions.get_all_options parses against
     _, unknown = parser.parse_known_args(list(argv))
-    flags = [a for a in unknown if a.startswith("-")]
-    if flags:
-        raise ConfigError(f"unknown option(s) {flags}; see --help")
+    if unknown:
+        raise ConfigError(f"unknown option(s) or stray argument(s) {unknown}; see --help")
 
 
 # --------------------------------------------------------------------------------------------

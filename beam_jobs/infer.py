@@ -1,0 +1,585 @@
+"""``rnnstream infer``: Beam batch inference with ``RunInference`` over a featurized dataset or raw files.
+
+::
+
+    rnnstream infer --model model.onnx --input out/fsdd --output out/preds             # a dataset DIR
+    rnnstream infer --model model.pt --input 'wavs/*.wav' --output out/preds \\
+        --label-pattern '(?P<label>\\d)_'                                                # raw files
+    rnnstream infer ... --format parquet                                                 # predictions.parquet
+
+The model is an exported ``.onnx`` file or a checkpoint (``export.runtime.load_backend`` picks the
+backend); its ``ModelInfo`` carries the feature config, so raw files are featurized exactly as in
+training and streaming, and a dataset must have been featurized with the same config (checked).
+
+Each input gives one prediction object (``predictions.jsonl``, or ``predictions.parquet`` with
+``--format parquet``): ``id``, ``path``, ``label`` (the prediction), ``scores``, ``frames``,
+``target`` (the known label, or null) and ``metadata``. An input is a dataset row, an audio file, or a
+sensor table; a table with several gap-separated segments is predicted segment by segment, each from
+a fresh state as the streaming runtime does, and the object carries the last segment's prediction
+(what ``StreamSession.final()`` returns at the end of the file) plus ``segments``, all of them.
+
+Inputs that fail (unreadable, wrong feature dimension, no frame, an error in the model) are written to
+``dead_letter.jsonl``; ``summary.json`` holds ``inputs``, ``outputs``, ``dead_letters`` (always
+``inputs == outputs + dead_letters``) and, when targets are known, ``accuracy``.
+
+Graph::
+
+    Create(records | shard paths) -> Featurize (FeaturizeFiles) | ReadShards -> CheckInputs
+        -> RunInference(RnnModelHandler).with_exception_handling() -> ToPredictions
+    predictions, dead letters (read / check / inference), input counts -> Gather -> Finalize
+
+``RnnModelHandler.load_model`` returns the runtime backend; ``run_inference`` runs whole-sequence mode
+(``pipeline.streaming.predict_features``) per example. ``--batch-size`` (default 1) sets how many
+examples one ``run_inference`` call gets; a failing call dead-letters all of its examples with the
+error. Beam's DaskRunner drops batches that ``BatchElements`` emits at bundle end, so there the batch
+size must stay 1 (checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.common import (
+    INPUT_ERRORS,
+    METRICS_NAMESPACE,
+    DeadLetter,
+    FeatureOptions,
+    Gather,
+    InputOptions,
+    InputRecord,
+    KeepType,
+    counter_values,
+    is_dask_runner,
+    list_inputs,
+    prepare_output_dir,
+    read_text,
+    reject_unknown_args,
+    resolve_runner_aliases,
+    run_pipeline,
+    write_jsonl,
+    write_text,
+)
+from beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
+from pipeline.config import FeatureConfig
+from pipeline.dataset import (
+    DEAD_LETTER_FILE,
+    FEATURE_CONFIG_FILE,
+    PARQUET_SCHEMA,
+    SHARD_PREFIX,
+    SUMMARY_FILE,
+    Example,
+)
+from pipeline.errors import ConfigError, DatasetError, RnnstreamError, ShapeError
+
+LOG = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = {"jsonl": "predictions.jsonl", "parquet": "predictions.parquet"}
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.string()),  # the predicted label; JSON text for forecast/generate outputs
+        ("scores", pa.list_(pa.float64())),
+        ("frames", pa.int64()),
+        ("target", pa.string()),
+        ("metadata", pa.string()),  # JSON object as text
+        ("segments", pa.string()),  # JSON list of per-segment predictions, or null
+    ]
+)
+COUNTERS = ("inputs", "predictions", "dead_letters")
+
+
+class InferOptions(PipelineOptions):
+    """Options of ``rnnstream infer`` besides :class:`InputOptions`.
+
+    The feature config comes from the model, so :class:`FeatureOptions` flags are refused.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--model", dest="model", default=None, help="an exported .onnx file or a checkpoint (.pt)")
+        parser.add_argument("--format", dest="format", choices=tuple(PREDICTIONS_FILE), default="jsonl")
+        parser.add_argument("--batch-size", dest="batch_size", type=int, default=1,
+                            help="examples per run_inference call (must be 1 on the DaskRunner)")
+        parser.add_argument("--threads", dest="threads", type=int, default=None,
+                            help="intra-op threads of each loaded model (default: the backend's)")
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferItem:
+    """One input for the model: its id, source, known label and feature segments (each ``[T, dim]``)."""
+
+    id: str
+    path: str
+    target: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    segments: tuple[np.ndarray, ...] = ()
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One output object (see the module docstring)."""
+
+    id: str
+    path: str
+    label: Any
+    scores: list[float]
+    frames: int
+    target: str | None
+    metadata: dict[str, Any]
+    segments: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"id": self.id, "path": self.path, "label": self.label, "scores": self.scores, "frames": self.frames,
+               "target": self.target, "metadata": self.metadata}
+        if self.segments is not None:
+            out["segments"] = self.segments
+        return out
+
+
+def _local_file(path: str) -> tuple[str, bool]:
+    """``path`` itself when local, else a temporary copy (same extension); returns ``(path, is_temporary)``."""
+    if "://" not in path:
+        return path, False
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+    with os.fdopen(fd, "wb") as out, FileSystems.open(path) as src:
+        out.write(src.read())
+    return tmp, True
+
+
+def load_model_backend(path: str, threads: int | None = None) -> Any:
+    """``export.runtime.load_backend`` for a local or remote (gs://, s3://) model file."""
+    from export.runtime import load_backend
+
+    local, temporary = _local_file(path)
+    try:
+        return load_backend(local, threads=threads)
+    finally:
+        if temporary:
+            os.unlink(local)
+
+
+# --------------------------------------------------------------------------------------------
+# The model handler
+# --------------------------------------------------------------------------------------------
+
+
+class RnnModelHandler(ModelHandler[InferItem, PredictionResult, Any]):
+    """``RunInference`` handler for rnnstream models: ``.onnx`` graphs or checkpoints.
+
+    ``load_model`` returns the runtime backend (``export.runtime.load_backend``); ``run_inference``
+    runs whole-sequence mode (``pipeline.streaming.predict_features``) on each segment of each item
+    and returns ``PredictionResult(item, [Prediction per segment], model_id=weights_hash)``.
+    """
+
+    def __init__(self, model_path: str, *, batch_size: int = 1, threads: int | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        self.model_path = model_path
+        self.batch_size = int(batch_size)
+        self.threads = threads
+
+    def load_model(self) -> Any:
+        return load_model_backend(self.model_path, self.threads)
+
+    def run_inference(self, batch: Sequence[InferItem], model: Any,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        from pipeline.streaming import predict_features
+
+        model_id = model.info.weights_hash
+        results = []
+        for item in batch:
+            preds = [predict_features(model, seg) for seg in item.segments]
+            if not preds or any(p is None for p in preds):
+                raise ShapeError(f"{item.id}: a segment has no frame; expected at least one frame per segment")
+            results.append(PredictionResult(item, preds, model_id))
+        return results
+
+    def get_num_bytes(self, batch: Sequence[InferItem]) -> int:
+        return int(sum(seg.nbytes for item in batch for seg in item.segments))
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return "rnnstream_infer"
+
+
+# --------------------------------------------------------------------------------------------
+# DoFns
+# --------------------------------------------------------------------------------------------
+
+
+class _ReadShardFn(beam.DoFn):
+    """A dataset shard -> its rows as :class:`InferItem` s, plus one :class:`InputCount`; bad rows -> dead letters."""
+
+    def __init__(self) -> None:
+        self.inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
+        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+
+    def process(self, shard: str) -> Iterator[Any]:
+        try:
+            with FileSystems.open(shard) as fh:
+                table = pq.read_table(pa.BufferReader(fh.read()), schema=PARQUET_SCHEMA)
+        except (*INPUT_ERRORS, pa.ArrowException) as err:
+            self.inputs.inc()
+            self.dead_letters.inc()
+            yield InputCount(1)
+            yield DeadLetter(path=shard, reason=f"{shard}: not a readable dataset shard ({err})", kind=type(err).__name__)
+            return
+        rows = table.to_pylist()
+        self.inputs.inc(len(rows))
+        yield InputCount(len(rows))
+        for row in rows:
+            try:
+                e = Example.from_row(row)
+            except (RnnstreamError, ValueError, TypeError) as err:
+                self.dead_letters.inc()
+                yield DeadLetter.of(str(row.get("id") or shard), err)
+                continue
+            yield InferItem(id=e.id, path=e.path, target=e.label, metadata=e.metadata, segments=(e.features,))
+
+
+def _group_examples(element: tuple[str, Iterable[Example]]) -> InferItem:
+    """All examples of one raw file (sensor segments, in order) -> one :class:`InferItem`."""
+    path, examples = element
+    examples = sorted(examples, key=lambda e: int(e.metadata.get("segment", 0)))
+    first = examples[0]
+    meta = {k: v for k, v in first.metadata.items() if k not in ("segment", "start_time")}
+    return InferItem(id=path, path=path, target=first.label, metadata=meta, segments=tuple(e.features for e in examples))
+
+
+class _CheckItemFn(beam.DoFn):
+    """Dead-letter items the model cannot take (feature dimension, no frames) with a typed reason."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+
+    def process(self, item: InferItem) -> Iterator[Any]:
+        for k, seg in enumerate(item.segments):
+            if seg.ndim != 2 or seg.shape[1] != self.dim or seg.shape[0] == 0:
+                err = ShapeError(
+                    f"{item.id}: segment {k} has features of shape {list(seg.shape)}; the model takes [T >= 1, {self.dim}]"
+                )
+                self.dead_letters.inc()
+                yield DeadLetter.of(item.id, err)
+                return
+        yield item
+
+
+def _to_prediction(result: PredictionResult) -> PredictionRecord:
+    item: InferItem = result.example
+    preds = result.inference
+    last = preds[-1]
+    segments = [p.to_dict() for p in preds] if len(preds) > 1 else None
+    return PredictionRecord(id=item.id, path=item.path, label=last.label, scores=list(last.scores),
+                            frames=int(sum(p.frames for p in preds)), target=item.target, metadata=item.metadata,
+                            segments=segments)
+
+
+def _is_failed_batch(x: Any) -> bool:
+    return isinstance(x, tuple) and not isinstance(x, PredictionResult) and len(x) == 2 and isinstance(x[1], tuple)
+
+
+def _failed_batch_letters(failed: Any) -> Iterator[DeadLetter]:
+    """``(batch, (exc_type, repr, traceback lines))`` from ``with_exception_handling`` -> a dead letter per item."""
+    if not _is_failed_batch(failed):  # on the DaskRunner this branch also sees the main output
+        return
+    batch, (exc_type, exc_repr, tb) = failed
+    last = (tb[-1] if tb else exc_repr).rstrip("\n")
+    reason = last.split(": ", 1)[1] if ": " in last else exc_repr
+    items = batch if isinstance(batch, (list, tuple)) else [batch]
+    for item in items:
+        yield DeadLetter(path=getattr(item, "id", str(item)), reason=reason, kind=getattr(exc_type, "__name__", str(exc_type)))
+
+
+class _FinalizeFn(beam.DoFn):
+    """Writes the predictions file, dead_letter.jsonl and (last) summary.json; emits the summary."""
+
+    def __init__(self, output_dir: str, fmt: str, model_path: str, weights_hash: str):
+        self.output_dir, self.fmt, self.model_path, self.weights_hash = output_dir, fmt, model_path, weights_hash
+
+    def process(self, element: tuple[None, Sequence[Any]]) -> Iterator[dict[str, Any]]:
+        _, items = element
+        items = list(items)
+        preds = sorted((x for x in items if isinstance(x, PredictionRecord)), key=lambda p: p.id)
+        dead = sorted((x for x in items if isinstance(x, DeadLetter)), key=lambda d: (d.path, d.kind))
+        inputs = sum(x.n for x in items if isinstance(x, InputCount))
+        join = FileSystems.join
+        pred_path = join(self.output_dir, PREDICTIONS_FILE[self.fmt])
+        if self.fmt == "jsonl":
+            write_jsonl(pred_path, (p.to_dict() for p in preds))
+        else:
+            rows = [{"id": p.id, "path": p.path, "label": p.label if isinstance(p.label, str) else json.dumps(p.label),
+                     "scores": p.scores, "frames": p.frames, "target": p.target,
+                     "metadata": json.dumps(p.metadata, sort_keys=True),
+                     "segments": json.dumps(p.segments) if p.segments is not None else None} for p in preds]
+            with FileSystems.create(pred_path) as fh:
+                pq.write_table(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), fh)
+        write_jsonl(join(self.output_dir, DEAD_LETTER_FILE), (d.to_dict() for d in dead))
+        labeled = [p for p in preds if p.target is not None and isinstance(p.label, str)]
+        summary = {
+            "inputs": inputs,
+            "outputs": len(preds),
+            "dead_letters": len(dead),
+            "predictions_file": PREDICTIONS_FILE[self.fmt],
+            "model": self.model_path,
+            "weights_hash": self.weights_hash,
+            "dead_letter_kinds": {k: sum(d.kind == k for d in dead) for k in sorted({d.kind for d in dead})},
+        }
+        if labeled:
+            summary["labeled"] = len(labeled)
+            summary["accuracy"] = sum(p.label == p.target for p in labeled) / len(labeled)
+        write_text(join(self.output_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if summary["inputs"] != summary["outputs"] + summary["dead_letters"]:
+            raise DatasetError(
+                f"infer lost inputs: {summary['inputs']} inputs but {summary['outputs']} predictions + "
+                f"{summary['dead_letters']} dead letters; see {join(self.output_dir, SUMMARY_FILE)}"
+            )
+        yield summary
+
+
+class _CountFn(beam.DoFn):
+    def __init__(self, name: str):
+        self.name = name
+        self.counter = Metrics.counter(METRICS_NAMESPACE, name)
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self.counter.inc()
+        yield element
+
+
+# --------------------------------------------------------------------------------------------
+# Public transforms
+# --------------------------------------------------------------------------------------------
+
+
+class ReadDatasetItems(beam.PTransform):
+    """Dataset shard paths -> a PCollection mixing :class:`InferItem`, :class:`DeadLetter`, :class:`InputCount`."""
+
+    def expand(self, shards: beam.PCollection) -> beam.PCollection:
+        return shards | "ReadShard" >> beam.ParDo(_ReadShardFn())
+
+
+class FeaturizeItems(beam.PTransform):
+    """Raw-file :class:`InputRecord` s -> :class:`InferItem` (one per file), dead letters, input counts (mixed)."""
+
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None):
+        super().__init__(label)
+        self.config, self.label_pattern = config, label_pattern
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        featurized = records | "FeaturizeFiles" >> FeaturizeFiles(self.config, self.label_pattern)
+        items = (
+            featurized[EXAMPLES]
+            | "KeyByFile" >> beam.Map(lambda e: (e.path, e))
+            | "GroupByFile" >> beam.GroupByKey()
+            | "ToItem" >> beam.Map(_group_examples)
+        )
+        count = (
+            records
+            | "CountInputs" >> beam.combiners.Count.Globally().without_defaults()
+            | "AsInputCount" >> beam.Map(InputCount)
+        )
+        return (items, featurized[DEAD_LETTERS], count) | "Merge" >> beam.Flatten()
+
+
+class PredictItems(beam.PTransform):
+    """:class:`InferItem` s -> :class:`PredictionRecord` s and :class:`DeadLetter` s (mixed), via RunInference."""
+
+    def __init__(self, handler: RnnModelHandler, dim: int, label: str | None = None):
+        super().__init__(label)
+        self.handler, self.dim = handler, dim
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        checked = items | "CheckInputs" >> beam.ParDo(_CheckItemFn(self.dim))
+        results, dlq = (
+            checked
+            | "OnlyItems" >> KeepType(InferItem)
+            | "RunInference" >> RunInference(self.handler).with_exception_handling()
+        )
+        preds = (
+            results
+            | "OnlyResults" >> KeepType(PredictionResult)
+            | "ToPredictions" >> beam.Map(_to_prediction)
+            | "CountPredictions" >> beam.ParDo(_CountFn("predictions"))
+        )
+        failed = (
+            dlq.failed_inferences
+            | "FailedBatches" >> beam.FlatMap(_failed_batch_letters)
+            | "CountFailed" >> beam.ParDo(_CountFn("dead_letters"))
+        )
+        rejected = checked | "OnlyRejected" >> KeepType(DeadLetter)
+        return (preds, failed, rejected) | "Merge" >> beam.Flatten()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+
+
+def is_dataset_dir(path: str) -> bool:
+    return FileSystems.exists(FileSystems.join(path.rstrip("/"), FEATURE_CONFIG_FILE))
+
+
+def dataset_shards(inputs: Sequence[str], config: FeatureConfig) -> list[str]:
+    """Shard paths of the dataset directories ``inputs``, checking each was featurized with ``config``.
+
+    Raises:
+        ConfigError: a dataset's feature config differs from the model's. DatasetError: no shards.
+    """
+    shards: list[str] = []
+    for root in inputs:
+        root = root.rstrip("/")
+        found = FeatureConfig.from_json(read_text(FileSystems.join(root, FEATURE_CONFIG_FILE)))
+        if found != config:
+            raise ConfigError(
+                f"dataset {root!r} was featurized with {found.to_json()}, but the model expects "
+                f"{config.to_json()}; re-run featurize with the model's feature config"
+            )
+        matched = FileSystems.match([FileSystems.join(root, f"{SHARD_PREFIX}-*.parquet")])[0].metadata_list
+        if not matched:
+            raise DatasetError(f"dataset {root!r} has no {SHARD_PREFIX}-*.parquet shards")
+        shards += sorted(m.path for m in matched)
+    return shards
+
+
+_STALE = (*PREDICTIONS_FILE.values(), DEAD_LETTER_FILE, SUMMARY_FILE)
+
+
+def infer_corpus(
+    model: str,
+    inputs: Sequence[str] | None,
+    output_dir: str,
+    *,
+    label_pattern: str | None = None,
+    manifest: str | None = None,
+    fmt: str = "jsonl",
+    batch_size: int = 1,
+    threads: int | None = None,
+    pipeline_args: Sequence[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any]:
+    """Run batch inference; returns ``summary.json`` plus ``"metrics"`` (None when the runner has none).
+
+    ``inputs``: dataset directories (all of them) or raw files/directories/globs (with ``manifest`` or
+    ``label_pattern`` for targets).
+
+    Raises:
+        ConfigError, DatasetError, CheckpointError: bad options, inputs or model file, before running.
+    """
+    if fmt not in PREDICTIONS_FILE:
+        raise ConfigError(f"--format must be one of {sorted(PREDICTIONS_FILE)}, got {fmt!r}")
+    options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or [])))
+    if batch_size != 1 and is_dask_runner(options):
+        raise ConfigError("--batch-size must be 1 on the DaskRunner (it drops batches emitted at bundle end)")
+    backend = load_model_backend(model, threads)  # fail early on a bad model file; gives the feature config
+    info = backend.info
+    if info.input_kind != "features":
+        raise ConfigError(f"{model!r} is a raw-audio graph; batch inference takes a features graph or a checkpoint")
+    handler = RnnModelHandler(model, batch_size=batch_size, threads=threads)
+    ins = list(inputs or [])
+    datasets = [p for p in ins if is_dataset_dir(p)]
+    if datasets and len(datasets) != len(ins):
+        raise ConfigError("--input: give either dataset directories or raw files, not both")
+    if datasets and (label_pattern or manifest):
+        raise ConfigError("--label-pattern/--manifest apply to raw files; a dataset already holds its labels")
+    records: list[InputRecord] = [] if datasets else list_inputs(ins, manifest, label_pattern)
+    shards = dataset_shards(datasets, info.feature_config) if datasets else []
+    prepare_output_dir(output_dir, _STALE)
+
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    if datasets:
+        mixed = (pipeline | "ListShards" >> beam.Create(shards, reshuffle=True)
+                 | "ReadDataset" >> ReadDatasetItems())
+    else:
+        mixed = (pipeline | "ListInputs" >> beam.Create(records, reshuffle=True)
+                 | "Featurize" >> FeaturizeItems(info.feature_config, label_pattern))
+    items = mixed | "OnlyItems" >> KeepType(InferItem)
+    early = mixed | "OnlyEarlyLetters" >> KeepType(DeadLetter, InputCount)
+    outcomes = items | "Predict" >> PredictItems(handler, info.feature_config.dim)
+    _ = (
+        (outcomes, early)
+        | "Gather" >> Gather()
+        | "Finalize" >> beam.ParDo(_FinalizeFn(output_dir, fmt, model, info.weights_hash))
+    )
+    result = run_pipeline(pipeline)
+    summary = json.loads(read_text(FileSystems.join(output_dir, SUMMARY_FILE)))
+    summary["metrics"] = counter_values(result, COUNTERS)
+    return summary
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
+    """Parse ``argv`` (job flags and Beam options together), run the job, return the summary dict."""
+    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]))
+    reject_unknown_args(argv)
+    options = PipelineOptions(argv)
+    io_opts = options.view_as(InputOptions)
+    opts = options.view_as(InferOptions)
+    if not opts.model:
+        raise ConfigError("--model MODEL(.onnx|.pt) is required")
+    feature_flags = sorted(k for k, v in options.view_as(FeatureOptions).get_all_options(current_only=True).items()
+                           if v not in (None, False))
+    if feature_flags:
+        raise ConfigError(f"feature options {feature_flags} do not apply to infer: the model's feature config is used")
+    if not io_opts.output:
+        raise ConfigError("--output DIR is required")
+    return infer_corpus(
+        opts.model, io_opts.inputs, io_opts.output, label_pattern=io_opts.label_pattern, manifest=io_opts.manifest,
+        fmt=opts.format, batch_size=opts.batch_size, threads=opts.threads, pipeline_args=argv,
+        test_pipeline=test_pipeline,
+    )
+
+
+def _help() -> str:
+    parser = argparse.ArgumentParser(
+        prog="rnnstream infer",
+        description="Beam batch inference (RunInference) over a featurized dataset or raw files. "
+        "Any Beam pipeline option passes through.",
+    )
+    InputOptions._add_argparse_args(parser)
+    InferOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(_help())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(argv)
+    except RnnstreamError as err:
+        print(f"rnnstream infer: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
