@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -178,10 +179,13 @@ def test_cli_client_streams_a_file_as_n_streams(tmp_path, capsys):
 
     async def main():
         async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
-            return await asyncio.to_thread(client_cli.main, ["--url", server.url, "--input", str(wav), "--streams", "3",
-                                                             "--chunk-ms", "100", "--connections", "2"])
+            start = time.monotonic()
+            rc = await asyncio.to_thread(client_cli.main, ["--url", server.url, "--input", str(wav), "--streams", "3",
+                                                           "--chunk-ms", "100", "--connections", "2", "--realtime"])
+            return rc, time.monotonic() - start
 
-    rc = run(main())
+    rc, elapsed = run(main())
+    assert elapsed >= 0.7  # --realtime: 0.75 s of audio takes 0.75 s to send
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0
     ended = [m for m in lines if m["type"] == "ended"]
@@ -191,6 +195,32 @@ def test_cli_client_streams_a_file_as_n_streams(tmp_path, capsys):
     offline = predict_signal(backend, x)
     for m in ended:
         np.testing.assert_allclose(m["scores"], offline.scores, atol=1e-4)
+
+
+def test_cli_client_streams_a_sensor_table(tmp_path, capsys):
+    backend = sensor_backend()
+    ts, vals = sensor_series(6)
+    csv = tmp_path / "imu.csv"
+    rows = ["timestamp,ax,ay,az"] + [f"{t!r},{a!r},{b!r},{c!r}" for t, (a, b, c) in zip(ts.tolist(), vals.tolist())]
+    csv.write_text("\n".join(rows) + "\n")
+
+    async def main():
+        async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
+            return await asyncio.to_thread(client_cli.main, ["--url", server.url, "--input", str(csv), "--streams", "2",
+                                                             "--chunk-ms", "250"])
+
+    rc = run(main())
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    from pipeline.streaming import SensorChunk
+
+    offline = predict_signal(backend, SensorChunk(ts, vals.astype(np.float32)))
+    ended = [m for m in lines if m["type"] == "ended"]
+    assert len(ended) == 2
+    for m in ended:
+        assert m["frames"] == offline.frames
+        np.testing.assert_allclose(m["scores"], offline.scores, atol=1e-4)
+    assert len([m for m in lines if m["type"] == "prediction"]) > 2 * 10  # ~4 s of rows in 250 ms windows
 
 
 def test_cli_reports_unreachable_server_and_bad_arguments(tmp_path, capsys):
