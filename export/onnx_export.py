@@ -118,10 +118,16 @@ class QuantizationReport:
     float_bytes: int
     int8_bytes: int
     inputs: str  # what the comparison ran on
+    quantized_ops: dict[str, int] = field(default_factory=dict)  # integer op types in the int8 graph
+    float_rnn_ops: list[str] = field(default_factory=list)  # RNN ops left in float (no int8 kernel)
 
     def lines(self) -> list[str]:
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.quantized_ops.items())) or "none"
         out = [
             f"int8 vs float on {self.frames} frames of {self.inputs}:",
+            f"  quantised ops         {ops}"
+            + (f"; left in float: {', '.join(self.float_rnn_ops)} (onnxruntime has no dynamic int8 kernel)"
+               if self.float_rnn_ops else ""),
             f"  max score difference  {self.max_score_diff:.3g} (mean {self.mean_score_diff:.3g})",
         ]
         if self.agreement is not None:
@@ -475,6 +481,16 @@ def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, strea
         pf, pq = yf.astype(np.float64), yq.astype(np.float64)
     diff = np.abs(pf - pq)
     agreement = float(np.mean(pf.argmax(-1) == pq.argmax(-1))) if classify else None
+    import onnx
+
+    qops: dict[str, int] = {}
+    float_rnn = []
+    for node in onnx.load(int8_path).graph.node:
+        if "Integer" in node.op_type or (node.op_type.startswith("DynamicQuantize")
+                                          and node.op_type != "DynamicQuantizeLinear"):
+            qops[node.op_type] = qops.get(node.op_type, 0) + 1
+        elif node.op_type in ("GRU", "RNN", "LSTM"):
+            float_rnn.append(node.op_type)
     what = "given inputs" if inputs is not None else (
         "random noise audio" if info.input_kind == "audio" else "random features 3*N(0,1)")
     return QuantizationReport(
@@ -485,6 +501,8 @@ def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, strea
         float_bytes=os.path.getsize(float_path),
         int8_bytes=os.path.getsize(int8_path),
         inputs=what,
+        quantized_ops=qops,
+        float_rnn_ops=float_rnn,
     )
 
 
