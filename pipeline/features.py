@@ -121,16 +121,42 @@ def features_from_frames(
     eps: np.float32,
     n_fft: int,
     dct: np.ndarray | None = None,
-    mel: np.ndarray | None = None,
 ) -> np.ndarray:
     """Log-mel (``log(|rfft(win * frame, n_fft)|^2 @ mel + eps)``) or its MFCC (``@ dct``).
 
     ``frames [T, win_length] -> [T, n_mels or n_mfcc]`` float32. ``mel2`` is the mel matrix with each row
-    repeated twice (``[2 * n_freq, n_mels]``), so the interleaved ``(re, im)`` view of the spectrum is
-    squared and reduced by one product; ``mel`` (``mel2[::2]``, contiguous) may be passed to save a copy.
+    repeated twice (``[2 * n_freq, n_mels]``), matching the interleaved ``(re, im)`` view of the spectrum.
     Arguments are precomputed arrays, not a config, because this runs once per chunk and per-call
-    overhead dominates 10 ms chunks.
+    overhead dominates 10 ms chunks (:class:`AudioFeaturizer` also precomputes the matrices' other layouts).
     """
+    return _features(frames, win, n_fft, _Mats.of(mel2, eps, dct))
+
+
+class _Mats:
+    """The mel/DCT matrices in the layouts the products below want, built once per featurizer."""
+
+    __slots__ = ("mel2", "mel", "mel_t", "dct", "dct_t", "eps")
+
+    def __init__(self, mel2: np.ndarray, mel: np.ndarray, eps: np.float32, dct: np.ndarray | None):
+        self.mel2 = mel2  # [2 * n_freq, n_mels]
+        self.mel = mel  # [n_freq, n_mels]
+        self.mel_t = np.ascontiguousarray(mel.T)  # [n_mels, n_freq]
+        self.dct = dct  # [n_mels, n_mfcc] or None
+        self.dct_t = None if dct is None else np.ascontiguousarray(dct.T)
+        self.eps = np.array(eps, dtype=_F32)  # 0-d: adding a NumPy scalar costs ~0.7 us more per call
+
+    @classmethod
+    def of(cls, mel2: np.ndarray, eps: np.float32, dct: np.ndarray | None) -> "_Mats":
+        return cls(mel2, np.ascontiguousarray(mel2[::2]), eps, dct)
+
+
+#: Up to this many frames the products run transposed (``mel.T @ power.T``): OpenBLAS's sgemm with a
+#: short left operand (few frames) is several times slower than with a short right one.
+_SMALL_T = 32
+
+
+def _features(frames: np.ndarray, win: np.ndarray, n_fft: int, m: _Mats) -> np.ndarray:
+    """``frames [T, win_length]`` -> features ``[T, dim]`` float32 (see :func:`features_from_frames`)."""
     n, width = frames.shape
     if n_fft == width:
         windowed = frames * win
@@ -139,25 +165,23 @@ def features_from_frames(
         np.multiply(frames, win, out=windowed[:, :width])
     sq = _rfft(windowed, n_fft).view(_F32)  # [T, 2 * n_freq]: re, im interleaved
     np.multiply(sq, sq, out=sq)
-    return _mel_log(sq, mel2, np.ascontiguousarray(mel2[::2]) if mel is None else mel, eps, dct)
-
-
-def _mel_log(
-    sq: np.ndarray, mel2: np.ndarray, mel: np.ndarray, eps: np.float32, dct: np.ndarray | None
-) -> np.ndarray:
-    """``sq [T, 2 * n_freq]`` squared interleaved spectrum -> log-mel (or MFCC) ``[T, dim]`` float32.
-
-    One frame: a single gemv with the doubled matrix. Several: ``re^2 + im^2`` first, then a gemm with the
-    plain ``[n_freq, n_mels]`` matrix (``mel2[::2]``), which halves the product; ``np.dot`` calls BLAS
-    directly where ``@`` goes through the matmul ufunc (about 2 us more per call).
-    """
-    if sq.shape[0] == 1:
-        feats = np.dot(sq, mel2)
-    else:
-        feats = np.dot(np.add(sq[:, 0::2], sq[:, 1::2]), mel)
-    feats += eps
-    np.log(feats, out=feats)
-    return feats if dct is None else np.dot(feats, dct)
+    if n == 1:  # one gemv with the doubled matrix, no re^2 + im^2 pass
+        feats = np.dot(sq, m.mel2)
+        np.add(feats, m.eps, feats)
+        np.log(feats, feats)
+        return feats if m.dct is None else np.dot(feats, m.dct)
+    power = np.add(sq[:, 0::2], sq[:, 1::2])  # [T, n_freq]
+    if n <= _SMALL_T:
+        feats_t = np.dot(m.mel_t, power.T)  # [n_mels, T]
+        np.add(feats_t, m.eps, feats_t)
+        np.log(feats_t, feats_t)
+        if m.dct_t is not None:
+            feats_t = np.dot(m.dct_t, feats_t)
+        return np.ascontiguousarray(feats_t.T)
+    feats = np.dot(power, m.mel)  # np.dot calls BLAS directly; `@` adds the matmul ufunc's overhead
+    np.add(feats, m.eps, feats)
+    np.log(feats, feats)
+    return feats if m.dct is None else np.dot(feats, m.dct)
 
 
 def as_samples(chunk: np.ndarray | list[float], *, where: str = "chunk") -> np.ndarray:
@@ -203,10 +227,10 @@ class AudioFeaturizer:
         self._eps = np.float32(cfg.log_eps)
         self._nfreq = self._nfft // 2 + 1
         self._fft = None if _POCKETFFT is None else (_POCKETFFT.rfft_n_even if self._nfft % 2 == 0 else _POCKETFFT.rfft_n_odd)
+        self._mats = _Mats(self._mel2, self._mel, self._eps, self._dct)
         # one attribute load in step() instead of ten
-        # (eps as a 0-d float32 array: adding a NumPy scalar costs ~0.7 us more in ufunc type resolution)
         self._hot = (self._ctx, self._hop, self._win, self._nfft, self._nfreq, self._window, self._fft,
-                     self._mel2, np.array(self._eps, dtype=_F32), self._dct)
+                     self._mel2, self._mats.eps, self._dct)
 
     def initial_state(self) -> np.ndarray:
         """Zero context, nothing pending: float32 ``[win - hop]``."""
@@ -249,7 +273,7 @@ class AudioFeaturizer:
             np.log(feats, feats)
             return (feats if dct is None else np.dot(feats, dct)), buffer[hop:]
         frames = np.ndarray((n, win), _F32, buffer, strides=(hop * 4, 4))
-        feats = features_from_frames(frames, window, mel2, eps, nfft, dct, self._mel)
+        feats = _features(frames, window, nfft, self._mats)
         # The new carry is a view of this call's own buffer (never of the caller's arrays); copied when the
         # buffer is large so a long chunk is not kept alive by its few hundred carried samples.
         rest = buffer[n * hop :]
