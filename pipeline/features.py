@@ -229,8 +229,10 @@ class AudioFeaturizer:
         self._fft = None if _POCKETFFT is None else (_POCKETFFT.rfft_n_even if self._nfft % 2 == 0 else _POCKETFFT.rfft_n_odd)
         self._mats = _Mats(self._mel2, self._mel, self._eps, self._dct)
         # one attribute load in step() instead of ten
+        mel2_eps = self._mel2.copy()
+        mel2_eps[1] = self._eps  # the row of Im(DC), which is 0 for real input (see step)
         self._hot = (self._ctx, self._hop, self._win, self._nfft, self._nfreq, self._window, self._fft,
-                     self._mel2, self._mats.eps, self._dct)
+                     mel2_eps, self._dct)
 
     def initial_state(self) -> np.ndarray:
         """Zero context, nothing pending: float32 ``[win - hop]``."""
@@ -248,7 +250,7 @@ class AudioFeaturizer:
         x = chunk if type(chunk) is np.ndarray and chunk.dtype is _F32 else np.asarray(chunk, dtype=_F32)
         if x.ndim != 1 or (x.shape[0] and not math.isfinite(x.dot(x))):
             as_samples(x)  # raises with a precise message (a finite x whose squares overflow passes)
-        ctx, hop, win, nfft, nfreq, window, fft, mel2, eps, dct = self._hot
+        ctx, hop, win, nfft, nfreq, window, fft, mel2_eps, dct = self._hot
         if type(carry) is not np.ndarray or carry.dtype is not _F32 or carry.ndim != 1 or carry.shape[0] < ctx:
             carry = np.asarray(carry)
             if not (carry.dtype == _F32 and carry.ndim == 1 and carry.shape[0] >= ctx):
@@ -267,9 +269,11 @@ class AudioFeaturizer:
             # scale makes pocketfft run its float32 kernel without a per-call cast of a Python 1.0
             fft(buffer[:win] * window, _ONE_F32, spec)
             sq = spec.view(_F32)  # [1, 2 * n_freq]: re, im interleaved
+            # Im(DC) of a real FFT is exactly 0; set to 1, with eps in its row of mel2_eps, the product
+            # adds log_eps itself and saves a ufunc call.
+            sq[0, 1] = 1.0
             np.multiply(sq, sq, sq)
-            feats = np.dot(sq, mel2)
-            np.add(feats, eps, feats)
+            feats = np.dot(sq, mel2_eps)
             np.log(feats, feats)
             return (feats if dct is None else np.dot(feats, dct)), buffer[hop:]
         frames = np.ndarray((n, win), _F32, buffer, strides=(hop * 4, 4))
