@@ -67,12 +67,20 @@ async def _loadgen(opts: dict[str, Any]) -> dict[str, Any]:
     def conn_of(i: int) -> int:
         return i // per_conn
 
+    dead: set[int] = set()
+
     async def send(i: int) -> None:
-        ws = conns[conn_of(i)]
+        c = conn_of(i)
+        if c in dead:
+            return
         seq = next_seq[i]
         next_seq[i] += 1
-        sent[conn_of(i)][(i, seq)] = time.perf_counter()
-        await ws.send(header.pack(i, seq) + payloads[(i + seq) % len(payloads)])
+        sent[c][(i, seq)] = time.perf_counter()
+        try:
+            await conns[c].send(header.pack(i, seq) + payloads[(i + seq) % len(payloads)])
+        except ConnectionClosed as exc:  # the server refused (e.g. queue_full 1013): counted, not fatal
+            dead.add(c)
+            errors.append(f"connection {c} closed: {exc}")
 
     async def reader(c: int) -> None:
         nonlocal received
@@ -130,7 +138,7 @@ async def _loadgen(opts: dict[str, Any]) -> dict[str, Any]:
     stop_sending.set()
     t_stop = time.perf_counter()
     drain_deadline = t_stop + 5.0
-    while any(sent) and time.perf_counter() < drain_deadline:
+    while any(s for c, s in enumerate(sent) if c not in dead) and time.perf_counter() < drain_deadline:
         await asyncio.sleep(0.01)
     measured_s = (t_stop if mode == "saturate" else time.perf_counter()) - measure_from
     lost = sum(len(s) for s in sent)
@@ -192,7 +200,8 @@ async def run_level(backend: Any, mode: str, streams: int, max_batch: int, args:
 
     cfg = ServerConfig(port=0, http_port=None, max_streams=max(streams, 1), max_batch=max_batch,
                        max_wait_ms=args.max_wait_ms, max_queue=max(32, 2 * args.window), idle_timeout_s=0,
-                       max_outbound=1 << 16, ping_interval_s=None)
+                       max_outbound=1 << 16, ping_interval_s=None,
+                       workers=args.workers)
     server = await StreamServer(backend, cfg).start()
     opts = {"url": server.url, "streams": streams, "seconds": args.seconds, "mode": mode, "window": args.window,
             "streams_per_connection": args.streams_per_connection}
@@ -211,6 +220,9 @@ async def run_level(backend: Any, mode: str, streams: int, max_batch: int, args:
     wall = time.perf_counter() - t0
     load = os.getloadavg()[0]
     m = server.metrics
+    predictions = m.value("rnnstream_serve_predictions_total")
+    worker_us = 1e6 * server.batcher.worker_cpu_s / predictions if predictions else float("nan")
+    server_us = 1e6 * server_cpu / predictions if predictions else float("nan")
     batches = m.value("rnnstream_serve_batch_size_count")
     mean_batch = m.value("rnnstream_serve_batch_size_sum") / batches if batches else float("nan")
     await server.shutdown()
@@ -218,7 +230,7 @@ async def run_level(backend: Any, mode: str, streams: int, max_batch: int, args:
         raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
     res = json.loads(out.decode().strip().splitlines()[-1])
     res.update(mode=mode, max_batch=max_batch, mean_batch=mean_batch, batches=int(batches),
-               server_cpu_share=server_cpu / wall, loadavg=load)
+               server_cpu_share=server_cpu / wall, loadavg=load, server_us=server_us, worker_us=worker_us)
     if mode == "realtime":
         res["keeps_up"] = bool(res["lost"] == 0 and res["n_errors"] == 0 and res["p99_ms"] < 100.0)
     return res
@@ -229,12 +241,13 @@ def _fmt(res: dict[str, Any]) -> list[Any]:
     keeps = {True: "yes", False: "no"}.get(res.get("keeps_up"), "-")
     return [res["mode"], res["streams"], res["connections"], res["max_batch"], offered, f"{res['throughput']:.0f}",
             f"{res['p50_ms']:.1f}", f"{res['p99_ms']:.1f}", f"{res['max_ms']:.1f}", f"{res['mean_batch']:.1f}",
-            f"{100 * res['server_cpu_share']:.0f}%", f"{100 * res['cpu_share']:.0f}%", res["lost"], res["n_errors"],
+            f"{100 * res['server_cpu_share']:.0f}%", f"{res['server_us']:.0f}", f"{res['worker_us']:.0f}",
+            f"{100 * res['cpu_share']:.0f}%", res["lost"], res["n_errors"],
             keeps, f"{res['loadavg']:.1f}"]
 
 
 HEADER = ["mode", "streams", "conns", "max batch", "offered chunks/s", "chunks/s", "p50 ms", "p99 ms", "max ms",
-          "mean batch", "server CPU", "loadgen CPU", "lost", "errors", "keeps up", "load avg"]
+          "mean batch", "server CPU", "server CPU us/chunk", "worker us/chunk", "loadgen CPU", "lost", "errors", "keeps up", "load avg"]
 
 
 async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -264,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--streams-per-connection", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1, help="server batch worker threads")
     p.add_argument("--quick", action="store_true", help="short smoke run: levels 1,64; 3 s each")
     p.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     return p
@@ -283,20 +297,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_info()}", flush=True)
     print(markdown_table(HEADER, []), flush=True)
     results = asyncio.run(run_all(args))
-    sat = {r["max_batch"]: r["throughput"] for r in results if r["mode"] == "saturate"}
-    gain = sat.get(args.max_batch, float("nan")) / sat[1] if sat.get(1) else float("nan")
+    sat = {r["max_batch"]: r for r in results if r["mode"] == "saturate"}
+    on, off = sat.get(args.max_batch), sat.get(1)
+    gain = on["throughput"] / off["throughput"] if on and off else float("nan")
+    cpu_gain = off["server_us"] / on["server_us"] if on and off else float("nan")
+    per_core = 1e6 / on["server_us"] if on else float("nan")
     rt = [r for r in results if r["mode"] == "realtime" and r["max_batch"] == args.max_batch]
     best = max((r["streams"] for r in rt if r["keeps_up"]), default=0)
     summary = (
-        f"Backend: {args.backend_kind}, 2-layer 128-unit GRU, 80 log-mel bins, 12 classes (untrained); one batch "
-        f"worker thread, 1 intra-op thread; max wait {args.max_wait_ms:g} ms; {args.streams_per_connection} streams "
+        f"Backend: {args.backend_kind}, 2-layer 128-unit GRU, 80 log-mel bins, 12 classes (untrained); "
+        f"{args.workers} batch worker thread(s), 1 intra-op thread; max wait {args.max_wait_ms:g} ms; {args.streams_per_connection} streams "
         f"per WebSocket connection; 100 ms chunks of float32 audio; {args.seconds:g} s per level; load generator in "
-        f"a separate process on the same machine (its CPU share in % of one core). \"load avg\" is the machine's "
-        f"1-minute load average after the level: above 2 on this 2-core machine, other jobs took CPU from both "
-        f"processes and the numbers understate the server.\n\n"
-        f"Largest real-time level kept up (every chunk answered, p99 < 100 ms): {best} streams. Batching gain at "
-        f"saturation ({args.saturate_streams} streams, {args.window} chunks outstanding each): {gain:.2f}x the "
-        f"throughput of max batch 1.\n"
+        f"a separate process on the same machine (its CPU share in % of one core). \"server CPU us/chunk\" is the "
+        f"server process's CPU time per prediction (event loop + batch worker), \"worker us/chunk\" the part spent "
+        f"in step_streams (featurize + onnxruntime). \"load avg\" is the machine's 1-minute load average after the "
+        f"level: above 2 on this 2-core machine, other jobs took CPU from both processes and the numbers understate "
+        f"the server.\n\n"
+        f"Largest real-time level kept up (every chunk answered, p99 < 100 ms): {best} streams. At saturation "
+        f"({args.saturate_streams} streams, {args.window} chunks outstanding each) batching gave {gain:.2f}x the "
+        f"throughput of max batch 1 and {cpu_gain:.2f}x less server CPU per chunk; at its CPU cost the batched "
+        f"server needs one core per {per_core:.0f} chunks/s (= {per_core / 10:.0f} real-time streams of 100 ms "
+        f"chunks per core).\n"
     )
     table = markdown_table(HEADER, [_fmt(r) for r in results])
     print("\n" + table + "\n\n" + summary)

@@ -63,6 +63,12 @@ class BatchStream:
         return bool(self.pending) or self.in_flight
 
 
+def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int) -> tuple[list[ChunkResult], float]:
+    start = time.thread_time()
+    results = step_streams(sessions, chunks, max_batch)
+    return results, time.thread_time() - start
+
+
 #: ``(stream, seq, result, received_at)`` for every chunk of a finished batch.
 Results = list[tuple[BatchStream, int, ChunkResult, float]]
 
@@ -102,6 +108,7 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.batches = 0
+        self.worker_cpu_s = 0.0  # CPU seconds spent in step_streams by the worker threads (featurize + backend)
 
     # -- producer side ---------------------------------------------------------------------------
     def submit(self, stream: BatchStream, seq: int, chunk: Any, received_at: float) -> None:
@@ -204,7 +211,8 @@ class Batcher:
         results: list[ChunkResult] | None = None
         error: BaseException | None = None
         try:
-            results = await loop.run_in_executor(self._executor, step_streams, sessions, chunks, self.max_batch)
+            results, cpu = await loop.run_in_executor(self._executor, _timed_step, sessions, chunks, self.max_batch)
+            self.worker_cpu_s += cpu
         except Exception as exc:  # a backend failure: reported to the affected streams, the others go on
             error = exc
         finally:

@@ -165,7 +165,8 @@ def decode_audio_payload(payload: memoryview | bytes, dtype: str, *, where: str)
     raw = np.frombuffer(payload, dtype=np_dtype)
     if dtype == "int16":
         return raw.astype(np.float32) * np.float32(1.0 / 32768.0)
-    x = raw.astype(np.float32)  # copy: the frame buffer is not ours to keep
+    # No copy: a read-only view that keeps the received (immutable) message alive; featurizing copies anyway.
+    x = raw if raw.dtype == np.float32 else raw.astype(np.float32)
     if x.size and not np.isfinite(x.dot(x)):
         bad = int((~np.isfinite(x)).sum())
         if bad:

@@ -16,4 +16,4 @@ def test_bench_serve_tiny_run(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| realtime") or line.startswith("| saturate")]
     assert len(rows) >= 3
     realtime = rows[0].split("|")
-    assert realtime[2].strip() == "4" and realtime[13].strip() == "0"  # 4 streams, nothing lost
+    assert realtime[2].strip() == "4" and realtime[15].strip() == "0"  # 4 streams, nothing lost
