@@ -452,9 +452,11 @@ class _StreamFnBase(beam.DoFn):
             self.c_dups.inc()
             self._bump(st, "duplicates")
         elif msg.seq - m["next"] >= self.config.max_buffer:
+            hint = (" This stream has no state here: if it was evicted, send a 'resume' message with its eviction "
+                    "snapshot first." if st.fresh else "")
             out.append(self._dead(st, OrderingError(
                 f"{msg.describe()}: {msg.seq - m['next']} seqs ahead of the next expected {m['next']}, beyond the "
-                f"reorder buffer bound {self.config.max_buffer}"), msg))
+                f"reorder buffer bound {self.config.max_buffer}.{hint}"), msg))
         elif msg.end and any(s > msg.seq for s in st.buffer):
             # An end marker before chunks already buffered after it: the marker is the odd one out.
             out.append(self._dead(st, OrderingError(

@@ -18,8 +18,8 @@ Sources (exactly one):
 * ``--input FILE.jsonl`` (repeatable; globs): a bounded replay, run in batch; element timestamps are the
   messages' ``event_time`` and the gap/idle timers are event-time timers, so the end of the input
   (final watermark) resolves every pending gap deterministically and evicts every stream that did not end.
-* ``--input-dir DIR``: watch ``DIR/*.jsonl`` while the job runs (``fileio.MatchContinuously``, streaming;
-  each new file is read once; ``--watch-seconds`` stops watching). Timers in processing time by default.
+* ``--input-dir DIR``: watch ``DIR/*.jsonl`` while the job runs (:class:`WatchDirectory`, streaming; each
+  new file is read once; ``--watch-seconds`` stops watching). Timers in processing time by default.
 * ``--pubsub-subscription``/``--pubsub-topic`` (``ReadFromPubSub``; ``--pubsub-timestamp-attribute`` for
   event time) and ``--kafka-bootstrap-servers`` + ``--kafka-topic`` (``apache_beam.io.kafka.ReadFromKafka``,
   a cross-language transform that needs Java) for real runners; not exercised by the tests here.
@@ -38,7 +38,9 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from beam_jobs.common import (
     InputOptions,
@@ -99,7 +101,8 @@ class StreamJobOptions(PipelineOptions):
         _add(parser, "--chunk-size", dest="chunk_size", type=int, default=None,
              help="exact samples (audio) or rows (sensor) per chunk; the last may be shorter (default: any)")
         _add(parser, "--time-domain", dest="time_domain", choices=("event", "processing"), default=None,
-             help="timer domain (default: event for --input, processing for live sources)")
+             help="timer domain (default: event; processing needs a runner with processing-time timers and, on "
+             "the DirectRunner, rules out --input-dir)")
         _add(parser, "--no-per-stream-metrics", dest="per_stream_metrics", action="store_false", default=True,
              help="keep only job-wide Beam counters (per-stream counters cost one metric per stream)")
 
@@ -156,8 +159,54 @@ def read_records(output_dir: str, kind: str) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _lines_of(readable: Any) -> Iterable[str]:
-    return (line for line in readable.read_utf8().splitlines() if line.strip())
+class _ListNewFilesFn(beam.DoFn):
+    """On each tick, the files matching the pattern that this key has not emitted yet (state: seen paths)."""
+
+    SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+
+    def process(self, element: Any, seen: Any = beam.DoFn.StateParam(SEEN)) -> Iterable[str]:
+        done: set[str] = seen.read() or set()
+        paths = sorted(m.path for m in FileSystems.match([self.pattern])[0].metadata_list)
+        new = [path for path in paths if path not in done]
+        if new:
+            seen.write(done | set(new))
+        yield from new
+
+
+def _read_lines(path: str) -> Iterable[str]:
+    return [line for line in read_text(path).splitlines() if line.strip()]
+
+
+class WatchDirectory(beam.PTransform):
+    """Lines of the ``*.jsonl`` files appearing in ``directory`` while the pipeline runs (streaming).
+
+    ``PeriodicImpulse`` lists the directory every ``interval`` seconds until ``stop`` (epoch seconds; None:
+    forever); each file is read once, when first seen (write files atomically: write elsewhere, then move
+    them in). ``fileio.MatchContinuously`` does the same but its ``Watch`` transform does not run on the
+    Python streaming DirectRunner of Beam 2.77; this one does, and runs on the other runners too.
+    """
+
+    def __init__(self, directory: str, interval: float = 2.0, stop: float | None = None, label: str | None = None):
+        super().__init__(label)
+        self.pattern = FileSystems.join(directory, "*.jsonl")
+        self.interval = float(interval)
+        self.stop = stop
+
+    def expand(self, p: beam.pvalue.PBegin) -> beam.PCollection:
+        from apache_beam.transforms.periodicsequence import PeriodicImpulse
+        from apache_beam.utils.timestamp import MAX_TIMESTAMP
+
+        stop = MAX_TIMESTAMP if self.stop is None else self.stop
+        return (
+            p
+            | "Tick" >> PeriodicImpulse(start_timestamp=time.time(), stop_timestamp=stop, fire_interval=self.interval)
+            | "OneKey" >> beam.Map(lambda _: ("dir", None))
+            | "NewFiles" >> beam.ParDo(_ListNewFilesFn(self.pattern))
+            | "ReadLines" >> beam.FlatMap(_read_lines)
+        )
 
 
 def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptions) -> tuple[beam.PCollection, bool]:
@@ -173,19 +222,8 @@ def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptio
         lines = reads[0] if len(reads) == 1 else reads | "MergeFiles" >> beam.Flatten()
         return lines | "SkipBlankLines" >> beam.Filter(lambda line: bool(line.strip())), True
     if opts.input_dir:
-        from apache_beam.io import fileio
-        from apache_beam.utils.timestamp import Timestamp
-
-        kwargs: dict[str, Any] = {"interval": float(opts.poll_interval)}
-        if opts.watch_seconds is not None:
-            kwargs["stop_timestamp"] = Timestamp.of(time.time() + float(opts.watch_seconds))
-        pattern = FileSystems.join(opts.input_dir, "*.jsonl")
-        return (
-            p
-            | "WatchDir" >> fileio.MatchContinuously(pattern, **kwargs)
-            | "ReadMatches" >> fileio.ReadMatches()
-            | "Lines" >> beam.FlatMap(_lines_of)
-        ), False
+        stop = time.time() + float(opts.watch_seconds) if opts.watch_seconds is not None else None
+        return p | "WatchDir" >> WatchDirectory(opts.input_dir, float(opts.poll_interval), stop), False
     if opts.pubsub_subscription or opts.pubsub_topic:
         return p | "ReadPubSub" >> beam.io.ReadFromPubSub(
             topic=opts.pubsub_topic if not opts.pubsub_subscription else None,
@@ -213,7 +251,7 @@ def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptio
 
 
 def config_from_options(opts: StreamJobOptions, bounded: bool) -> StreamJobConfig:
-    domain = opts.time_domain or ("event" if bounded else "processing")
+    domain = opts.time_domain or "event"
     if bounded and domain != "event":
         raise ConfigError("a bounded --input replay needs --time-domain event (the final watermark resolves gaps)")
     return StreamJobConfig(

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -286,3 +289,73 @@ def test_cli_reports_bad_options(tmp_path: Path, model_path: str, capsys: pytest
                             "--time-domain", "processing"]) == 2
     assert stream_job.main(["--model", model_path, "--output", str(tmp_path / "o")]) == 2
     assert "exactly one source" in capsys.readouterr().err
+
+
+def _run_teststream(model_path: str, ts: BeamTestStream, out: str, config: StreamJobConfig) -> None:
+    options = PipelineOptions([])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        _ = p | ts | StreamInference(model_path, config) | WriteRecords(out)
+
+
+def test_processing_time_gap_timer(tmp_path: Path, model_path: str, backend: Any) -> None:
+    """Processing-time timers: the gap is filled once (simulated) wall time passes the timeout; the missing
+    chunk arriving afterwards is a late dead letter."""
+    sig = signal(0)
+    ts = BeamTestStream()
+    ts.add_elements([TimestampedValue(*msg("s0", q, sig[q])) for q in (0, 1, 3)])
+    # The DirectRunner's TestStream clock starts at 0; timers are set from the wall clock: jump past them.
+    ts.advance_processing_time(time.time() + 60)
+    ts.add_elements([TimestampedValue(*msg("s0", 2, sig[2]))])
+    ts.advance_watermark_to_infinity()
+    out = str(tmp_path / "out")
+    _run_teststream(model_path, ts, out, StreamJobConfig(time_domain="processing", gap_timeout_s=5, idle_timeout_s=3600))
+    preds = by_stream(read_records(out, "predictions"))["s0"]
+    filled = [sig[0], sig[1], np.zeros(CHUNK, np.float32), sig[3]]
+    assert [(p["seq"], p.get("filled", False)) for p in preds] == [(0, False), (1, False), (2, True), (3, False)]
+    assert [strip(p) for p in preds] == offline(backend, filled)
+    (late,) = read_records(out, "dead_letters")
+    assert late["kind"] == "OrderingError" and late["seq"] == 2
+
+
+def test_resume_of_an_active_stream_is_refused(tmp_path: Path, model_path: str, backend: Any) -> None:
+    sig = signal(1)
+    snap = StreamSession(backend).snapshot()
+    ts = BeamTestStream()
+    ts.add_elements([TimestampedValue(*msg("s1", 0, sig[0]))])
+    ts.advance_watermark_to(T0 + 0.05)
+    ts.add_elements([TimestampedValue(encode_message(resume("s1", 0, T0 + 0.1, snap)), T0 + 0.1)])
+    ts.advance_watermark_to(T0 + 0.15)
+    ts.add_elements([TimestampedValue(*msg("s1", 1, sig[1]))])
+    ts.advance_watermark_to_infinity()
+    out = str(tmp_path / "out")
+    _run_teststream(model_path, ts, out, StreamJobConfig())
+    (dead,) = read_records(out, "dead_letters")
+    assert dead["kind"] == "ResumeError" and "active" in dead["reason"]
+    preds = by_stream(read_records(out, "predictions"))["s1"]
+    assert [strip(p) for p in preds] == offline(backend, sig[:2])  # the refused resume changed nothing
+
+
+def test_input_dir_picks_up_files_written_while_watching(tmp_path: Path, model_path: str, backend: Any) -> None:
+    sig = signal(2)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "a.jsonl").write_text("".join(msg("s2", q, sig[q])[0] + "\n" for q in (1, 0)))
+
+    def later() -> None:
+        time.sleep(1.5)
+        tmp = tmp_path / "b.part"
+        tmp.write_text("".join(msg("s2", q, sig[q])[0] + "\n" for q in (3, 2)))
+        os.replace(tmp, incoming / "b.jsonl")  # atomically, as documented
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    out = tmp_path / "out"
+    try:
+        stream_job.run(["--model", model_path, "--input-dir", str(incoming), "--output", str(out),
+                        "--watch-seconds", "4", "--poll-interval", "0.5"])
+    finally:
+        writer.join()
+    preds = by_stream(read_records(str(out), "predictions"))["s2"]
+    assert [strip(p) for p in preds] == offline(backend, sig[:4])
+    assert read_records(str(out), "dead_letters") == []
