@@ -31,8 +31,9 @@ Graph::
 ``RnnModelHandler.load_model`` returns the runtime backend; ``run_inference`` runs whole-sequence mode
 (``pipeline.streaming.predict_features``) per example. ``--batch-size`` (default 1) sets how many
 examples one ``run_inference`` call gets; a failing call dead-letters all of its examples with the
-error. Beam's DaskRunner drops batches that ``BatchElements`` emits at bundle end, so there the batch
-size must stay 1 (checked).
+error. Batches are made before ``RunInference`` (the handler skips Beam's batching): one-item lists at
+batch size 1, ``BatchElements`` above it. The DaskRunner drops what a ``DoFn`` emits at bundle end, which
+is where ``BatchElements`` emits its last batch, so there the batch size must stay 1 (checked).
 """
 
 from __future__ import annotations
@@ -223,6 +224,12 @@ class RnnModelHandler(ModelHandler[InferItem, PredictionResult, Any]):
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+
+    def should_skip_batching(self) -> bool:
+        """Batches are made before RunInference (:class:`PredictItems`): one-item lists at batch size 1,
+        which every runner keeps; Beam's ``BatchElements`` emits its last batch at bundle end, which the
+        DaskRunner drops."""
+        return True
 
     def get_metrics_namespace(self) -> str:
         return "rnnstream_infer"
@@ -417,11 +424,12 @@ class PredictItems(beam.PTransform):
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
         checked = items | "CheckInputs" >> beam.ParDo(_CheckItemFn(self.dim))
-        results, dlq = (
-            checked
-            | "OnlyItems" >> KeepType(InferItem)
-            | "RunInference" >> RunInference(self.handler).with_exception_handling()
-        )
+        items = checked | "OnlyItems" >> KeepType(InferItem)
+        if self.handler.batch_size == 1:
+            batches = items | "Batch" >> beam.Map(lambda item: [item])
+        else:
+            batches = items | "Batch" >> beam.BatchElements(**self.handler.batch_elements_kwargs())
+        results, dlq = batches | "RunInference" >> RunInference(self.handler).with_exception_handling()
         preds = (
             results
             | "OnlyResults" >> KeepType(PredictionResult)
