@@ -40,9 +40,7 @@ from torch import Tensor
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.data import (
     Batch,
-    SequenceData,
     TaskData,
-    WindowData,
     batch_order,
     channel_names,
     classify_data,
@@ -94,6 +92,9 @@ class TrainConfig:
         steps_per_epoch: cap on batches per epoch (``None``: all).
         bucket: batch sequences of similar length together (less padding).
         progress: show a tqdm progress bar.
+        level_shift: forecast/generate augmentation: add a random constant ``N(0, level_shift^2)`` (in units of
+            each channel's normalisation std) to a training window's inputs and targets alike, so the model
+            learns to forecast relative to the recent level (helps on drifting series such as ETTh1's OT).
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
     """
@@ -123,6 +124,7 @@ class TrainConfig:
     bucket: bool = True
     progress: bool = True
     num_threads: int | None = None
+    level_shift: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,6 +139,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1 or None, got {v}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not (self.level_shift >= 0 and math.isfinite(self.level_shift)):
+            raise ConfigError(f"level_shift must be >= 0, got {self.level_shift}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -459,6 +463,17 @@ def _primary(task: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _shift_levels(model: StreamingRNN, batch: Batch, sigma: float) -> Batch:
+    """Level-shift augmentation: one random offset per sequence and channel, added to inputs and targets."""
+    offset = torch.randn(batch.x.shape[0], 1, batch.x.shape[2], device=batch.x.device) * (sigma * model.feat_std)
+    x = batch.x + offset
+    if model.config.task == "forecast":
+        y = batch.y + offset[:, :, list(model.config.target_dims)].unsqueeze(2)  # [B, 1, 1, Dt]
+    else:
+        y = batch.y + offset
+    return Batch(x, batch.lengths, y, batch.mask)
+
+
 def _lr_factor(cfg: TrainConfig, epoch: int, plateau_scale: float) -> float:
     if cfg.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
@@ -626,6 +641,8 @@ def _train(train_data: TaskData, config: TrainConfig, *, val_data: TaskData | No
                    dynamic_ncols=True, file=sys.stderr)
         for step, idx in enumerate(bar, 1):
             batch = train_data.batch(idx).to(device)
+            if cfg.level_shift and task in ("forecast", "generate"):
+                batch = _shift_levels(model, batch, cfg.level_shift)
             frames += batch.frames
             T = batch.x.shape[1]
             window = cfg.tbptt or T
@@ -898,6 +915,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--vanish-threshold", type=float, default=1e-7)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    o.add_argument("--level-shift", type=float, default=0.0,
+                   help="forecast/generate: random level-offset augmentation, in normalisation stds")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
     d = p.add_argument_group("data")
     d.add_argument("--val-fraction", type=float, default=0.1)
@@ -938,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
             lr_step=args.lr_step, lr_gamma=args.lr_gamma, clip_norm=args.clip or None, tbptt=args.tbptt,
             patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
             vanish_threshold=args.vanish_threshold, steps_per_epoch=args.steps_per_epoch,
-            progress=not args.no_progress, num_threads=args.threads,
+            progress=not args.no_progress, num_threads=args.threads, level_shift=args.level_shift,
         )
         data = prepare_data(args.data, spec)
         init: Checkpoint | None = load_checkpoint(args.init) if args.init else None

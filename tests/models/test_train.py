@@ -241,3 +241,22 @@ def test_tag_and_generate_tasks_learn():
     res = train(gen, TrainConfig(epochs=8, **{**TINY, "batch_size": 8}))
     m = evaluate(res.model, gen)
     assert m["mse"] < 0.25 * m["persistence_mse"], m
+
+
+def test_level_shift_augmentation_moves_inputs_and_targets_together():
+    from models.train import _shift_levels
+
+    e = _sine(200)
+    data = forecast_data([e], window=10, horizon=3, target_dims=[1], feature_config=FC)
+    model = StreamingRNN(TrainConfig(**TINY).model_config(data), feat_std=torch.tensor([2.0, 3.0]))
+    b = data.batch(torch.arange(6))
+    torch.manual_seed(0)
+    s = _shift_levels(model, b, 1.0)
+    offset = s.x - b.x  # one constant per sequence and channel
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset)) and offset.abs().min() > 0
+    # targets are still the input series' own future rows: y[t, h] == x[t + 1 + h] of channel 1
+    for t in range(6):
+        for h in range(3):
+            torch.testing.assert_close(s.y[:, t, h, 0], s.x[:, t + 1 + h, 1])
+    with pytest.raises(ConfigError, match="level_shift must be >= 0"):
+        TrainConfig(level_shift=-1.0)
