@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench._report import markdown_table, single_thread, write_section
 
     single_thread()
+    load0 = os.getloadavg()[0]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     rows, ratios = run_benchmark(args.seconds, args.repeats, args.chunks_ms)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -158,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         "Ours: 25 ms Hann window, 400-point FFT, 80 HTK mel bins, log(x + 1e-6). knf: its defaults besides "
         "dither 0 / snip_edges False / 80 bins (povey window, pre-emphasis, DC removal, 512-point FFT), "
         "frames read with get_frame and popped. knf (list): chunks pre-converted to Python lists, conversion not timed. "
-        f"Whole run: {cpu:.1f} CPU-s in {wall:.1f} s wall (CPU time not above wall time: one busy thread)."
+        f"Whole run: {cpu:.1f} CPU-s in {wall:.1f} s wall (CPU time not above wall time: one busy thread); "
+        f"1-min load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores "
+        "(a loaded machine widens the spreads)."
     )
     print(table)
     print()

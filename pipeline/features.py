@@ -231,8 +231,8 @@ class AudioFeaturizer:
         # one attribute load in step() instead of ten
         mel2_eps = self._mel2.copy()
         mel2_eps[1] = self._eps  # the row of Im(DC), which is 0 for real input (see step)
-        self._hot = (self._ctx, self._hop, self._win, self._nfft, self._nfreq, self._window, self._fft,
-                     mel2_eps, self._dct)
+        fast = self._nfft == self._win and self._fft is not None  # the inlined one-frame path applies
+        self._hot = (self._ctx, self._hop, self._win, fast, self._nfreq, self._window, self._fft, mel2_eps, self._dct)
 
     def initial_state(self) -> np.ndarray:
         """Zero context, nothing pending: float32 ``[win - hop]``."""
@@ -248,9 +248,9 @@ class AudioFeaturizer:
         # (dtype objects are compared and passed pre-built), so work is skipped where it can be without
         # changing a result; bench/bench_featurize.py measures it.
         x = chunk if type(chunk) is np.ndarray and chunk.dtype is _F32 else np.asarray(chunk, dtype=_F32)
-        if x.ndim != 1 or (x.shape[0] and not math.isfinite(x.dot(x))):
-            as_samples(x)  # raises with a precise message (a finite x whose squares overflow passes)
-        ctx, hop, win, nfft, nfreq, window, fft, mel2_eps, dct = self._hot
+        if x.ndim != 1:
+            as_samples(x)  # raises ShapeError
+        ctx, hop, win, fast, nfreq, window, fft, mel2_eps, dct = self._hot
         if type(carry) is not np.ndarray or carry.dtype is not _F32 or carry.ndim != 1 or carry.shape[0] < ctx:
             carry = np.asarray(carry)
             if not (carry.dtype == _F32 and carry.ndim == 1 and carry.shape[0] >= ctx):
@@ -258,16 +258,13 @@ class AudioFeaturizer:
                     f"audio carry must be float32 [>= {ctx}] (context + pending samples), "
                     f"got {carry.dtype} {list(carry.shape)}"
                 )
-        n = (carry.shape[0] + x.shape[0] - ctx) // hop
-        if n <= 0:
-            buffer = np.concatenate((carry, x)) if x.shape[0] else np.ascontiguousarray(carry)
-            return np.zeros((0, self.dim), dtype=_F32), buffer
-        buffer = np.concatenate((carry, x))
-        if n == 1 and nfft == win and fft is not None:  # the 10 ms streaming case, inlined
+        total = carry.shape[0] + x.shape[0]
+        if total == win and fast:  # exactly one frame, nothing left pending: the 10 ms streaming case
+            buffer = np.concatenate((carry, x))
             spec = np.empty((1, nfreq), _C64)
             # 1-D frame broadcast into the [1, n_freq] output (faster than a [1, win] input); the float32
             # scale makes pocketfft run its float32 kernel without a per-call cast of a Python 1.0
-            fft(buffer[:win] * window, _ONE_F32, spec)
+            fft(buffer * window, _ONE_F32, spec)
             sq = spec.view(_F32)  # [1, 2 * n_freq]: re, im interleaved
             # Im(DC) of a real FFT is exactly 0; set to 1, with eps in its row of mel2_eps, the product
             # adds log_eps itself and saves a ufunc call.
@@ -275,7 +272,20 @@ class AudioFeaturizer:
             np.multiply(sq, sq, sq)
             feats = np.dot(sq, mel2_eps)
             np.log(feats, feats)
+            # All of x is in this frame, and NaN/Inf anywhere in a frame makes every feature NaN/Inf (NaN
+            # and Inf times any window weight or DFT twiddle, 0 included, stay non-finite): one look at
+            # the output replaces a pass over the input.
+            if not math.isfinite(feats[0, 0]):
+                as_samples(x)  # raises NonFiniteSamplesError (a finite x whose powers overflow passes)
             return (feats if dct is None else np.dot(feats, dct)), buffer[hop:]
+        if x.shape[0] and not math.isfinite(x.dot(x)):
+            as_samples(x)  # raises with a precise message (a finite x whose squares overflow passes)
+        n = (total - ctx) // hop
+        if n <= 0:
+            buffer = np.concatenate((carry, x)) if x.shape[0] else np.ascontiguousarray(carry)
+            return np.zeros((0, self.dim), dtype=_F32), buffer
+        buffer = np.concatenate((carry, x))
+        nfft = self._nfft
         frames = np.ndarray((n, win), _F32, buffer, strides=(hop * 4, 4))
         feats = _features(frames, window, nfft, self._mats)
         # The new carry is a view of this call's own buffer (never of the caller's arrays); copied when the

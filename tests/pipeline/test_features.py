@@ -132,3 +132,26 @@ def test_bad_chunks_and_carries_raise_typed_errors():
         fz.step(np.array([np.inf], np.float32), fz.initial_state())
     with pytest.raises(StateError, match="float32"):
         fz.step(np.zeros(10, np.float32), np.zeros(3, np.float64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(sorted(CONFIGS)),
+    seed=st.integers(0, 2**31 - 1),
+    pending=st.sampled_from([0, 0, 7]),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    data=st.data(),
+)
+def test_non_finite_samples_are_refused_in_every_streaming_path(name, seed, pending, bad, data):
+    """Hop-sized chunks after a full context take the one-frame fast path, which checks its output
+    instead of the input; a NaN/Inf anywhere in the chunk must still raise (and nothing else must)."""
+    fz = AudioFeaturizer(CONFIGS[name])
+    hop = fz.cfg.hop_length
+    rng = np.random.default_rng(seed)
+    _, carry = fz.step(rng.normal(0, 0.1, hop * 3 + pending).astype(np.float32), fz.initial_state())
+    chunk = rng.normal(0, 0.1, hop).astype(np.float32)
+    fz.step(chunk, carry)  # finite: fine
+    chunk[data.draw(st.integers(0, hop - 1))] = bad
+    with pytest.raises(NonFiniteSamplesError, match=f"1 of {hop} samples are NaN or Inf"):
+        with np.errstate(all="ignore"):
+            fz.step(chunk, carry)
