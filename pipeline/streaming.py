@@ -25,6 +25,7 @@ the first frame) and one array ``state.<name>`` per model state, without the bat
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Sequence
@@ -189,14 +190,23 @@ class ChunkResult:
 
     ``t``: seconds of stream consumed (audio: samples pushed / rate; sensors: last timestamp pushed).
     ``outputs``: float32 ``[T, output_dim]`` for the frames completed by this chunk (``T`` may be 0).
-    ``prediction``: the stream's current prediction (``None`` before its first frame).
+    ``prediction``: the stream's current prediction (``None`` before its first frame), computed on first
+    access: a caller that only needs ``outputs`` pays nothing for softmax and label lookup.
     ``segment_starts``: indices into ``outputs`` where model state was reset (sensor gaps, policy split).
     """
 
     t: float
     outputs: np.ndarray
-    prediction: Prediction | None
+    info: ModelInfo = field(repr=False)
+    last_output: np.ndarray | None = field(repr=False)
+    frames_seen: int = 0
     segment_starts: tuple[int, ...] = ()
+
+    @functools.cached_property
+    def prediction(self) -> Prediction | None:
+        if self.last_output is None:
+            return None
+        return interpret(self.info, self.last_output, self.frames_seen)
 
     @property
     def n_frames(self) -> int:
@@ -366,7 +376,8 @@ class StreamSession:
             outputs = np.asarray(y[0], dtype=np.float32)
             self.frames_seen += outputs.shape[0]
             self.last_output = outputs[-1]
-        return ChunkResult(t=self.t, outputs=outputs, prediction=self.final(), segment_starts=work.segment_starts)
+        return ChunkResult(t=self.t, outputs=outputs, info=self.info, last_output=self.last_output,
+                           frames_seen=self.frames_seen, segment_starts=work.segment_starts)
 
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
