@@ -12,7 +12,8 @@ grid does not depend on where a stream or chunk starts). Between two consecutive
 
 The first sample of a stream emits the grid point at its own time only if it lies exactly on the grid.
 Which interval owns a grid point is decided by ``floor(t * rate_hz)`` alone (interval ``(a, b]`` owns
-``k`` in ``floor(a * rate) + 1 .. floor(b * rate)``), so every grid point is emitted once and each
+``k`` in ``floor(a * rate) + 1 .. floor(b * rate)``, with the rate as a ratio of small integers where it
+is one, see :func:`rate_ratio`), so every grid point is emitted once and each
 frame depends only on its two neighbouring samples: streaming over any chunking equals offline
 exactly (the carry holds the last sample in float64).
 
@@ -25,8 +26,10 @@ exactly (the carry holds the last sample in float64).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -139,6 +142,19 @@ def validate_chunk(
     return ts, vals
 
 
+@functools.lru_cache(maxsize=64)
+def rate_ratio(rate_hz: float) -> tuple[float, float]:
+    """``rate_hz`` as ``(num, den)`` with ``num / den == rate_hz``, small integers when the rate is a simple fraction.
+
+    Grid index and time are ``floor(t * num / den)`` and ``k * den / num``: for rates such as 100 Hz or
+    1/3600 Hz (hourly) they are then exact for on-grid times (``k * 3600``, not ``k / 0.000277...``).
+    """
+    frac = Fraction(rate_hz).limit_denominator(10**6)
+    if frac.numerator > 0 and frac.numerator / frac.denominator == rate_hz:
+        return float(frac.numerator), float(frac.denominator)
+    return float(rate_hz), 1.0
+
+
 def grid_frames(
     prev_t: np.ndarray,
     prev_v: np.ndarray,
@@ -159,18 +175,18 @@ def grid_frames(
         ``times [T]`` float64, ``values [T, dim]`` float32, ``first [J]`` int64: index of the first output
         point owned by interval ``j`` or later (``T`` when none).
     """
-    rate = cfg.rate_hz
-    k_end = np.floor(ts * rate).astype(np.int64)
-    k_start = np.floor(prev_t * rate).astype(np.int64) + 1
+    num, den = rate_ratio(cfg.rate_hz)
+    k_end = np.floor(ts * num / den).astype(np.int64)
+    k_start = np.floor(prev_t * num / den).astype(np.int64) + 1
     # a segment start owns the grid point at its own time only if it is exactly on the grid
-    on_grid = (k_end / rate) == ts
+    on_grid = (k_end * den / num) == ts
     k_start = np.where(starts, np.where(on_grid, k_end, k_end + 1), k_start)
     counts = np.maximum(k_end - k_start + 1, 0)
     first = np.concatenate(([0], np.cumsum(counts)))[:-1]
     total = int(counts.sum())
     interval = np.repeat(np.arange(ts.shape[0]), counts)
     k = k_start[interval] + (np.arange(total) - first[interval])
-    g = k / rate
+    g = k * den / num
     a, b = prev_t[interval], ts[interval]
     is_start = starts[interval]
     span = np.where(is_start, 1.0, b - a)
