@@ -15,6 +15,10 @@ The NumPy path (real FFT) serves Python streaming, where per-call overhead domin
 :class:`AudioFrontend` computes the same features in PyTorch with a DFT as a strided ``conv1d`` over a
 fixed windowed basis, which exports to ONNX exactly. Both build their matrices from the same functions
 below (filterbank and DCT from torchaudio), and tests hold them equal.
+
+Precision: the NumPy path runs pocketfft's float32 kernel; its log-mel is within about 1.3e-5 of a
+float64 computation (torchaudio's float32 MelSpectrogram: about 2.8e-5). Chunkings differ from the
+offline result only by float32 rounding (one frame and several frames take different BLAS products).
 """
 
 from __future__ import annotations
