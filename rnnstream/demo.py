@@ -409,7 +409,7 @@ def _run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     _, test_examples = split_by(dataset.examples, spec.test_by, spec.test_match)  # type: ignore[arg-type]
-    onnx_backend = load_backend(onnx_path)
+    onnx_backend = load_backend(onnx_path, provider="cpu", threads=args.threads if args.threads > 0 else None)
     torch_backend = TorchBackend.from_checkpoint(ckpt)
     _log(f"[5/5] stream: {len(test_examples)} held-out recordings, {chunk_s:g} s chunks, onnxruntime session")
     report = stream_classification(onnx_backend, torch_backend, test_examples, chunk_s, progress=progress)

@@ -1,0 +1,99 @@
+"""Shared pieces of the experiment scripts: one classification run = train, export, stream, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def base_parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    p.add_argument("--out", default=os.path.join("out", "experiments", name), help="output folder (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch / onnxruntime intra-op threads (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def setup_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_json(path: str, obj: Any) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=_jsonable)
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test_examples: Sequence[Any],
+                       tcfg: Any, *, chunk_s: float, threads: int, progress: bool,
+                       trace_features: bool = False) -> dict[str, Any]:
+    """Train on ``train_d`` (model selection on ``val_d``), export to ONNX, stream ``test_examples``' files.
+
+    Returns the offline (PyTorch ``evaluate``) test accuracy, the streamed (onnxruntime, chunk by chunk from
+    the raw files) accuracy, and their agreement.
+    """
+    from export.onnx_export import export_onnx
+    from export.runtime import load_backend
+    from models import plots as P
+    from models.backend import TorchBackend
+    from models.train import train
+    from rnnstream.demo import plot_stream_trace, read_raw, stream_classification
+
+    os.makedirs(run_dir, exist_ok=True)
+    ckpt = os.path.join(run_dir, "model.pt")
+    t0 = time.perf_counter()
+    result = train(train_d, tcfg, val_data=val_d, test_data=test_d, stats=train_d.fit_stats(),
+                   feature_config=train_d.feature_config, checkpoint=ckpt, plots_dir=run_dir)
+    train_s = time.perf_counter() - t0
+    onnx_path = os.path.join(run_dir, "model.onnx")
+    export_onnx(ckpt, onnx_path)
+    onnx_b = load_backend(onnx_path, provider="cpu", threads=threads)
+    torch_b = TorchBackend.from_checkpoint(ckpt)
+    t0 = time.perf_counter()
+    rep = stream_classification(onnx_b, torch_b, test_examples, chunk_s, progress=progress)
+    stream_s = time.perf_counter() - t0
+    P.plot_confusion(rep.confusion("stream"), rep.labels, os.path.join(run_dir, "confusion_streaming.png"))
+    first = rep.items[0]
+    cfg = onnx_b.info.feature_config
+    plot_stream_trace(first, read_raw(first.path, cfg), cfg, rep.labels, os.path.join(run_dir, "stream_trace.png"),
+                      features=np.asarray(test_examples[0].features) if trace_features else None)
+    s = rep.summary()
+    out = {
+        "n_train": len(train_d), "n_val": len(val_d) if val_d is not None else 0, "n_test": len(test_d),
+        "offline_accuracy_torch": result.metrics["test"]["accuracy"],
+        "streaming_accuracy_onnx": s["accuracy_streaming_onnx"],
+        "streaming": s,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "train_seconds": train_s, "stream_seconds": stream_s,
+        "model": result.model.config.to_dict(),
+        "history": result.history,
+        "confusion_offline": result.metrics["test"]["confusion"],
+        "labels": list(rep.labels),
+    }
+    write_json(os.path.join(run_dir, "result.json"), out)
+    # the model files are large-ish and reproducible: keep the ONNX for inspection, drop nothing else
+    return out
