@@ -218,9 +218,12 @@ def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptio
                           "--pubsub-topic, or --kafka-bootstrap-servers with --kafka-topic")
     if io_opts.inputs:
         files = expand_paths(io_opts.inputs)
-        reads = [p | f"Read{i}" >> beam.io.ReadFromText(f) for i, f in enumerate(files)]
-        lines = reads[0] if len(reads) == 1 else reads | "MergeFiles" >> beam.Flatten()
-        return lines | "SkipBlankLines" >> beam.Filter(lambda line: bool(line.strip())), True
+        return (
+            p
+            | "ListFiles" >> beam.Create(files)
+            | "ReadFiles" >> beam.io.ReadAllFromText()
+            | "SkipBlankLines" >> beam.Filter(lambda line: bool(line.strip()))
+        ), True
     if opts.input_dir:
         stop = time.time() + float(opts.watch_seconds) if opts.watch_seconds is not None else None
         return p | "WatchDir" >> WatchDirectory(opts.input_dir, float(opts.poll_interval), stop), False
@@ -322,7 +325,9 @@ def _help() -> str:
         "gap handling and eviction. Any Beam pipeline option (--runner, --streaming, --direct_num_workers, "
         "...) passes through. See docs/stream_job.md.",
     )
-    InputOptions._add_argparse_args(parser)
+    parser.add_argument("--input", nargs="+", action="extend", metavar="FILE.jsonl",
+                        help="replay message files (bounded, batch): files, directories or globs. Repeatable.")
+    parser.add_argument("--output", metavar="DIR", help="where predictions/events/dead_letters-*.jsonl go")
     StreamJobOptions._add_argparse_args(parser)
     return parser.format_help()
 

@@ -289,6 +289,10 @@ def test_cli_reports_bad_options(tmp_path: Path, model_path: str, capsys: pytest
                             "--time-domain", "processing"]) == 2
     assert stream_job.main(["--model", model_path, "--output", str(tmp_path / "o")]) == 2
     assert "exactly one source" in capsys.readouterr().err
+    from rnnstream.cli import main as cli_main
+
+    assert cli_main(["stream-job", "--help"]) == 0
+    assert "--on-gap {fill,reset}" in capsys.readouterr().out
 
 
 def _run_teststream(model_path: str, ts: BeamTestStream, out: str, config: StreamJobConfig) -> None:
