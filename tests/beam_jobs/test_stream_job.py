@@ -22,13 +22,14 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import torch
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from beam_jobs import stream_job
 from beam_jobs.messages import chunk, encode_message, resume
-from beam_jobs.stateful import StreamInference, StreamJobConfig
+from beam_jobs.stateful import STREAM_NAMESPACE, StreamInference, StreamJobConfig
 from beam_jobs.stream_job import WriteRecords, read_records
 from export.runtime import load_backend
 from models.checkpoint import save_checkpoint
@@ -232,8 +233,12 @@ def test_reset_policy_equals_offline_after_the_gap(tmp_path: Path, model_path: s
     sig = signal(0)
     lines = [msg("s0", q, sig[q]) for q in (4, 0, 1, 3, 5)]  # seq 2 never arrives
     out = tmp_path / "out"
-    stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "in.jsonl", lines),
-                    "--output", str(out), "--on-gap", "reset"])
+    result = stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "in.jsonl", lines),
+                             "--output", str(out), "--on-gap", "reset"])
+    per_stream = result.metrics().query(MetricsFilter().with_namespace(STREAM_NAMESPACE))
+    counters = {c.key.metric.name: c.committed for c in per_stream["counters"]}
+    assert counters == {"s0/chunks": 5, "s0/gaps": 1, "s0/missing": 1, "s0/evictions": 1}
+    assert {g.key.metric.name for g in per_stream["gauges"]} == {"s0/buffer_depth"}
     preds = by_stream(read_records(str(out), "predictions"))["s0"]
     assert [p["seq"] for p in preds] == [0, 1, 3, 4, 5]
     assert [strip(p) for p in preds[:2]] == offline(backend, sig[:2])
