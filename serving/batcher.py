@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from typing import Any
 
 from pipeline.streaming import ChunkResult, StreamSession, step_streams
 from serving.metrics import ServerMetrics
+
+log = logging.getLogger("rnnstream.serve")
 
 
 def _same_torch_threads() -> Callable[[], None]:
@@ -68,6 +71,9 @@ def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int
     results = step_streams(sessions, chunks, max_batch)
     return results, time.thread_time() - start
 
+
+#: One scheduled chunk: ``(stream, seq, chunk, received_at)``.
+_Item = tuple["BatchStream", int, Any, float]
 
 #: ``(stream, seq, result, received_at)`` for every chunk of a finished batch.
 Results = list[tuple[BatchStream, int, ChunkResult, float]]
@@ -153,7 +159,7 @@ class Batcher:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _collect(self) -> list[BatchStream] | None:
+    async def _collect(self) -> list[_Item] | None:
         assert self._wake is not None
         while True:
             self._drop_stale()
@@ -178,39 +184,38 @@ class Batcher:
                 self._drop_stale()
                 if not self._heap:
                     return await self._collect()
-        batch: list[BatchStream] = []
-        while self._heap and len(batch) < self.max_batch:
+        # Take the chunks now, with no await before they are marked in flight: a stream closed between
+        # here and the batch's start must not leave the batch an empty queue to pop from.
+        items: list[_Item] = []
+        while self._heap and len(items) < self.max_batch:
             _, _, stream = heapq.heappop(self._heap)
             stream.in_heap = False
             if not stream.closed and stream.pending:
-                batch.append(stream)
-        if not batch:
+                seq, chunk, received = stream.pending.popleft()
+                stream.in_flight = True
+                stream.settled.clear()
+                items.append((stream, seq, chunk, received))
+        if not items:
             return await self._collect()
-        return batch
+        return items
 
     def _drop_stale(self) -> None:
         while self._heap and (self._heap[0][2].closed or not self._heap[0][2].pending):
             heapq.heappop(self._heap)[2].in_heap = False
 
-    async def _run_batch(self, batch: list[BatchStream]) -> None:
+    async def _run_batch(self, items: list[_Item]) -> None:
         assert self._free is not None
         start = time.monotonic()
-        items = []
-        for stream in batch:
-            seq, chunk, received = stream.pending.popleft()
-            stream.in_flight = True
-            stream.settled.clear()
-            items.append((stream, seq, chunk, received))
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(items))
-            for _, _, _, received in items:
-                self.metrics.queue_wait.observe(start - received)
-        sessions = [s.session for s, *_ in items]
-        chunks = [c for _, _, c, _ in items]
-        loop = asyncio.get_running_loop()
         results: list[ChunkResult] | None = None
         error: BaseException | None = None
         try:
+            if self.metrics is not None:
+                self.metrics.batch_size.observe(len(items))
+                for _, _, _, received in items:
+                    self.metrics.queue_wait.observe(start - received)
+            sessions = [s.session for s, *_ in items]
+            chunks = [c for _, _, c, _ in items]
+            loop = asyncio.get_running_loop()
             results, cpu = await loop.run_in_executor(self._executor, _timed_step, sessions, chunks, self.max_batch)
             self.worker_cpu_s += cpu
         except Exception as exc:  # a backend failure: reported to the affected streams, the others go on
@@ -225,11 +230,13 @@ class Batcher:
                 stream.settled.set()
                 if stream.pending and not stream.closed and not stream.in_heap:
                     self._ready(stream)
-        if error is not None:
-            self._on_failure([(s, seq) for s, seq, _, _ in items], error)
-        else:
-            assert results is not None
-            self._on_results([(s, seq, r, rec) for (s, seq, _, rec), r in zip(items, results)])
+        try:
+            if error is not None:
+                self._on_failure([(s, seq) for s, seq, _, _ in items], error)
+            elif results is not None:
+                self._on_results([(s, seq, r, rec) for (s, seq, _, rec), r in zip(items, results)])
+        except Exception:  # a bug in a callback must not stop the scheduler; say so loudly
+            log.exception("delivering the results of a batch of %d streams failed", len(items))
 
     # -- shutdown --------------------------------------------------------------------------------
     async def drain(self, streams: Sequence[BatchStream], timeout: float) -> bool:
