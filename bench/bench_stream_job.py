@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = ap.parse_args(argv)
     rows = []
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_stream_job_") as tmp:
         work = Path(tmp)
         t = time.perf_counter()
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "with p=0.3; GRU 2x64 over 40 log-mels (TorchBackend, 1 thread per process); wall includes pipeline "
         "start-up and model load. Model time is the Beam counter `model_step_us` (time in `backend.step`); "
         "the stateful DoFn time `stateful_fn_us` covers its element callbacks (restore/featurize/model/snapshot), "
-        "not its timer callbacks nor Beam's own overhead."
+        "not its timer callbacks nor Beam's own overhead. "
+        f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores "
+        "(other jobs were running: absolute numbers are pessimistic)."
     )
     if not args.no_write:
         write_section(SECTION, table + "\n\n" + note, command="python -m bench.bench_stream_job")
