@@ -9,9 +9,9 @@ What lives here:
   paths; ``gs://``/``s3://`` when those extras are installed) and attaches labels and metadata from a
   manifest or a file-name regex.
 * records: :class:`InputRecord`, :class:`DeadLetter`, :class:`ShardReport`.
-* transforms: :class:`KeepType`, :class:`WriteExampleShards` (Parquet shards + per-shard statistics),
-  :class:`Gather` (everything to one place, for the files written once at the end), and
-  :class:`StatsCombineFn`, the exact parallel merge of :class:`~pipeline.stats.RunningStats`.
+* transforms: :class:`KeepType`, :class:`Gather` (everything to one place, for the files written once
+  at the end), :class:`StatsCombineFn` (the exact parallel merge of :class:`~pipeline.stats.RunningStats`)
+  and :func:`write_shard` (one Parquet shard + its partial statistics).
 * running: :func:`run_pipeline` (runner aliases, Dask client cleanup, Beam metrics read back).
 
 Runner portability
@@ -26,9 +26,9 @@ limits that shape the jobs (all checked on this machine):
    :class:`KeepType`, which keeps the branch's own record type (a no-op on other runners);
 3. side inputs are recomputed from scratch for every consumer, and Beam's file sinks (``WriteToText``,
    ``WriteToParquet``) reach their output only through side inputs, so on Dask they would featurize the
-   corpus twice and their writes are not the last step. The jobs therefore write their Parquet shards with
-   :class:`WriteExampleShards` (``GroupByKey`` by shard, then pyarrow through ``FileSystems.create``),
-   which gives the same files as ``WriteToParquet(DIR/examples, file_name_suffix='.parquet')`` would.
+   corpus twice and their writes are not the last step. The jobs therefore write their Parquet shards
+   with :func:`write_shard` (pyarrow through ``FileSystems.create``, Beam's shard naming), which gives
+   the files ``WriteToParquet(DIR/examples, file_name_suffix='.parquet')`` would.
 
 Also: ``DaskRunnerResult.metrics()`` is not implemented, so summaries are computed from the data in the
 pipeline, not from metrics (metrics are still counted, for runners that report them).
@@ -261,6 +261,10 @@ class InputRecord:
     label: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __dask_tokenize__(self) -> tuple[str, str, str | None, str]:
+        """A cheap deterministic token (dask otherwise pickles every record of a ``Create`` to hash it)."""
+        return ("InputRecord", self.path, self.label, json.dumps(self.metadata, sort_keys=True, default=str))
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -280,11 +284,13 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class ShardReport:
-    """What one written shard holds: its path, example/input counts, and partial frame statistics."""
+    """What one shard's work gave: its file (None when no record of it gave an example), the records it
+    was given, the inputs that gave examples, examples, frames, and partial frame statistics."""
 
-    path: str
-    examples: int
+    path: str | None
+    records: int
     inputs: int
+    examples: int
     frames: int
     stats: RunningStats
 
@@ -308,6 +314,9 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
     """
     found: dict[str, None] = {}
     for pattern in patterns:
+        if not _GLOB_CHARS.search(pattern) and not _has_scheme(pattern) and os.path.isfile(pattern):
+            found.setdefault(pattern, None)  # a plain local file: no listing (matching compiles a regex per path)
+            continue
         query = pattern
         if not _GLOB_CHARS.search(pattern) and (
             pattern.endswith("/") or (not _has_scheme(pattern) and os.path.isdir(pattern))
@@ -539,56 +548,32 @@ def shard_of(example_id: str, num_shards: int) -> int:
     return zlib.crc32(example_id.encode("utf-8")) % num_shards
 
 
-class _WriteShardFn(beam.DoFn):
-    def __init__(self, prefix: str, num_shards: int, dim: int):
-        self.prefix = prefix
-        self.num_shards = num_shards
-        self.dim = dim
-        self.shards = Metrics.counter(METRICS_NAMESPACE, "shards")
+def write_shard(prefix: str, index: int, count: int, examples: Sequence[Example], dim: int,
+                records: int) -> ShardReport:
+    """Write ``examples`` (sorted by id) as shard ``index`` of ``count`` through ``FileSystems``.
 
-    def process(self, element: tuple[int, Iterable[Example]]) -> Iterator[ShardReport]:
-        index, group = element
-        examples = sorted(group, key=lambda e: e.id)
-        stats_fn = StatsCombineFn(self.dim)
-        acc = stats_fn.create_accumulator()
-        for e in examples:
-            acc = stats_fn.add_input(acc, e.features)
-        path = shard_path(self.prefix, index, self.num_shards)
-        table = examples_table(examples)
-        with FileSystems.create(path) as fh:
-            pq.write_table(table, fh)
-        self.shards.inc()
-        yield ShardReport(
-            path=path,
-            examples=len(examples),
-            inputs=len({e.path for e in examples}),
-            frames=int(sum(e.features.shape[0] for e in examples)),
-            stats=acc,
-        )
-
-
-class WriteExampleShards(beam.PTransform):
-    """Write :class:`Example` s as Parquet shards ``{prefix}-SSSSS-of-NNNNN.parquet`` (PARQUET_SCHEMA).
-
-    Examples go to shard ``crc32(id) % num_shards``; rows in a shard are sorted by id, so the output does
-    not depend on the runner or on bundle boundaries. Emits one :class:`ShardReport` per non-empty shard
-    with that shard's partial statistics (:class:`StatsCombineFn` accumulator).
+    ``records``: how many input records the shard was given (for the summary). Returns the shard's
+    :class:`ShardReport`, with its partial statistics accumulated by :class:`StatsCombineFn` (merged
+    across shards by ``CombineGlobally(StatsCombineFn)``). No examples: no file, ``path=None``.
+    Rewriting a shard (a retried bundle) gives the same file.
     """
-
-    def __init__(self, prefix: str, num_shards: int, dim: int, label: str | None = None):
-        super().__init__(label)
-        if num_shards < 1:
-            raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
-        self.prefix, self.num_shards, self.dim = prefix, int(num_shards), int(dim)
-
-    def expand(self, examples: beam.PCollection) -> beam.PCollection:
-        n = self.num_shards
-        return (
-            examples
-            | "KeyByShard" >> beam.Map(lambda e: (shard_of(e.id, n), e))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShardFn(self.prefix, n, self.dim))
-        )
+    examples = sorted(examples, key=lambda e: e.id)
+    stats_fn = StatsCombineFn(dim)
+    acc = stats_fn.create_accumulator()
+    for e in examples:
+        acc = stats_fn.add_input(acc, e.features)
+    path = shard_path(prefix, index, count) if examples else None
+    if path is not None:
+        with FileSystems.create(path) as fh:
+            pq.write_table(examples_table(examples), fh)
+    return ShardReport(
+        path=path,
+        records=int(records),
+        examples=len(examples),
+        inputs=len({e.path for e in examples}),
+        frames=int(sum(e.features.shape[0] for e in examples)),
+        stats=acc,
+    )
 
 
 class Gather(beam.PTransform):

@@ -19,13 +19,17 @@ loudly if that ever does not hold.
 
 Graph::
 
-    Create(records) -> Featurize (ParDo: read bytes via FileSystems, decode_audio / read_sensor_table,
-                                  AudioFeaturizer / SensorFeaturizer; dead letters on a tagged output)
-       examples     -> WriteShards (GroupByKey by shard, pyarrow Parquet) -> shard reports
-                       shard stats -> MergeStats (CombineGlobally(StatsCombineFn))
-       dead letters
-       CountInputs
-    all four -> Gather -> Finalize (dead_letter.jsonl, stats.json, feature_config.json, summary.json)
+    Create(records) -> KeyByShard -> GroupByShard (moves paths only)
+      -> FeaturizeShard (ParDo per shard: read bytes via FileSystems, decode_audio / read_sensor_table,
+                         AudioFeaturizer / SensorFeaturizer, write the Parquet shard; dead letters on a
+                         tagged output)
+           shard reports (records given, inputs that gave examples, examples, frames, partial stats)
+              -> MergeStats (CombineGlobally(StatsCombineFn) over the per-shard partial stats)
+           dead letters
+    all three -> Gather -> Finalize (dead_letter.jsonl, stats.json, feature_config.json, summary.json)
+
+:class:`FeaturizeFiles` is the per-file transform (examples + dead letters), for pipelines that want the
+examples themselves (``rnnstream infer`` on raw files uses it).
 
 Every Beam option passes through (``--runner``, ``--direct_num_workers=2
 --direct_running_mode=multi_processing``, ``--runner=DaskRunner --dask_client_address=tcp://...``); see
@@ -44,7 +48,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +68,6 @@ from beam_jobs.common import (
     KeepType,
     ShardReport,
     StatsCombineFn,
-    WriteExampleShards,
     apply_label_pattern,
     compile_label_pattern,
     counter_values,
@@ -75,7 +78,9 @@ from beam_jobs.common import (
     reject_unknown_args,
     resolve_runner_aliases,
     run_pipeline,
+    shard_of,
     write_jsonl,
+    write_shard,
     write_text,
 )
 from pipeline.config import FeatureConfig
@@ -93,9 +98,10 @@ from pipeline.stats import RunningStats
 LOG = logging.getLogger(__name__)
 
 EXAMPLES = "examples"
+SHARDS = "shards"
 DEAD_LETTERS = "dead_letters"
 #: Inputs per Parquet shard when ``--num-shards`` is not given.
-INPUTS_PER_SHARD = 500
+INPUTS_PER_SHARD = 250
 COUNTERS = ("inputs", "outputs", "dead_letters", "examples", "frames")
 
 
@@ -135,42 +141,30 @@ def _local_copy(path: str, data: bytes) -> str:
     return tmp
 
 
-class _FeaturizeFn(beam.DoFn):
-    """One input record -> its examples, or one dead letter (tagged output ``DEAD_LETTERS``)."""
+class FileFeaturizer:
+    """One input record -> its examples (one per audio file, one per sensor segment), or a typed error.
+
+    Plain Python (not a DoFn), shared by the per-file and per-shard DoFns. Decoding and featurizing are
+    :mod:`pipeline.audio_io` / :mod:`pipeline.features` / :mod:`pipeline.sensors`, the code offline and
+    streaming use.
+    """
 
     def __init__(self, config: FeatureConfig, label_pattern: str | None = None):
         self.config = config
-        self.label_pattern = label_pattern
-        self.inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
-        self.outputs = Metrics.counter(METRICS_NAMESPACE, "outputs")
-        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-        self.examples = Metrics.counter(METRICS_NAMESPACE, "examples")
-        self.frames = Metrics.counter(METRICS_NAMESPACE, "frames")
-
-    def setup(self) -> None:
-        self._regex = compile_label_pattern(self.label_pattern) if self.label_pattern else None
-        if self.config.kind == "audio":
+        self.regex = compile_label_pattern(label_pattern) if label_pattern else None
+        if config.kind == "audio":
             from pipeline.features import AudioFeaturizer
 
-            self._audio = AudioFeaturizer(self.config)
+            self.audio = AudioFeaturizer(config)
         else:
             from pipeline.sensors import SensorFeaturizer
 
-            self._sensor = SensorFeaturizer(self.config)
+            self.sensor = SensorFeaturizer(config)
 
-    def process(self, record: InputRecord) -> Iterator[Any]:
-        self.inputs.inc()
-        try:
-            record = apply_label_pattern(record, self._regex)
-            examples = self._audio_examples(record) if self.config.kind == "audio" else self._sensor_examples(record)
-        except INPUT_ERRORS as err:
-            self.dead_letters.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(record.path, err))
-            return
-        self.outputs.inc()
-        self.examples.inc(len(examples))
-        self.frames.inc(sum(int(e.features.shape[0]) for e in examples))
-        yield from examples
+    def __call__(self, record: InputRecord) -> list[Example]:
+        """Raises the errors of :data:`~beam_jobs.common.INPUT_ERRORS` for an input that cannot be used."""
+        record = apply_label_pattern(record, self.regex)
+        return self._audio_examples(record) if self.config.kind == "audio" else self._sensor_examples(record)
 
     @staticmethod
     def _read(path: str) -> bytes:
@@ -182,7 +176,7 @@ class _FeaturizeFn(beam.DoFn):
 
         check_extension(record.path)  # before reading the bytes
         samples = decode_audio(self._read(record.path), self.config, name=record.path)
-        feats = self._audio.featurize(samples)
+        feats = self.audio.featurize(samples)
         if feats.shape[0] == 0:
             audio = self.config.audio
             raise EmptyAudioError(
@@ -204,7 +198,7 @@ class _FeaturizeFn(beam.DoFn):
                 os.unlink(tmp)
         else:
             ts, values = read_sensor_table(record.path, self.config)
-        segments = self._sensor.segments(ts, values)
+        segments = self.sensor.segments(ts, values)
         if not segments:
             raise SensorError(
                 f"{record.path}: {ts.shape[0]} reading(s) from t={ts[0]:.6g} s to t={ts[-1]:.6g} s give no frame on "
@@ -222,6 +216,80 @@ class _FeaturizeFn(beam.DoFn):
         ]
 
 
+class _Counters:
+    def __init__(self) -> None:
+        self.inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
+        self.outputs = Metrics.counter(METRICS_NAMESPACE, "outputs")
+        self.dead_letters = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self.examples = Metrics.counter(METRICS_NAMESPACE, "examples")
+        self.frames = Metrics.counter(METRICS_NAMESPACE, "frames")
+
+    def ok(self, examples: list[Example]) -> None:
+        self.inputs.inc()
+        self.outputs.inc()
+        self.examples.inc(len(examples))
+        self.frames.inc(sum(int(e.features.shape[0]) for e in examples))
+
+    def dead(self) -> None:
+        self.inputs.inc()
+        self.dead_letters.inc()
+
+
+class _FeaturizeFn(beam.DoFn):
+    """One input record -> its examples, or one dead letter (tagged output ``DEAD_LETTERS``)."""
+
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None):
+        self.config = config
+        self.label_pattern = label_pattern
+        self.counters = _Counters()
+
+    def setup(self) -> None:
+        self._featurize = FileFeaturizer(self.config, self.label_pattern)
+
+    def process(self, record: InputRecord) -> Iterator[Any]:
+        try:
+            examples = self._featurize(record)
+        except INPUT_ERRORS as err:
+            self.counters.dead()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(record.path, err))
+            return
+        self.counters.ok(examples)
+        yield from examples
+
+
+class _FeaturizeShardFn(beam.DoFn):
+    """``(shard index, records)`` -> featurize each record, write the shard -> one :class:`ShardReport`
+    (main output; no file when every record failed) and a dead letter per failed record (tagged output)."""
+
+    def __init__(self, config: FeatureConfig, label_pattern: str | None, prefix: str, num_shards: int):
+        self.config = config
+        self.label_pattern = label_pattern
+        self.prefix = prefix
+        self.num_shards = num_shards
+        self.counters = _Counters()
+        self.shards = Metrics.counter(METRICS_NAMESPACE, "shards")
+
+    def setup(self) -> None:
+        self._featurize = FileFeaturizer(self.config, self.label_pattern)
+
+    def process(self, element: tuple[int, Iterable[InputRecord]]) -> Iterator[Any]:
+        index, group = element
+        records = list(group)
+        examples: list[Example] = []
+        for record in sorted(records, key=lambda r: r.path):
+            try:
+                found = self._featurize(record)
+            except INPUT_ERRORS as err:
+                self.counters.dead()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, DeadLetter.of(record.path, err))
+                continue
+            self.counters.ok(found)
+            examples += found
+        if examples:
+            self.shards.inc()
+        yield write_shard(self.prefix, index, self.num_shards, examples, self.config.dim, records=len(records))
+
+
 class _FinalizeFn(beam.DoFn):
     """Writes dead_letter.jsonl, stats.json, feature_config.json and (last) summary.json; emits the summary."""
 
@@ -232,10 +300,11 @@ class _FinalizeFn(beam.DoFn):
     def process(self, element: tuple[None, Sequence[Any]]) -> Iterator[dict[str, Any]]:
         _, items = element
         items = list(items)
-        shards = sorted((x for x in items if isinstance(x, ShardReport)), key=lambda r: r.path)
+        reports = [x for x in items if isinstance(x, ShardReport)]
+        shards = sorted((r for r in reports if r.path is not None), key=lambda r: r.path or "")
         dead = sorted((x for x in items if isinstance(x, DeadLetter)), key=lambda d: (d.path, d.kind))
         merged = [x for x in items if isinstance(x, RunningStats)]
-        inputs = sum(x.n for x in items if isinstance(x, InputCount))
+        inputs = sum(r.records for r in reports)  # records each shard was given, apart from their outcomes
         stats = StatsCombineFn(self.config.dim).merge_accumulators(merged or [RunningStats.empty(self.config.dim)])
         join = FileSystems.join
         write_jsonl(join(self.output_dir, DEAD_LETTER_FILE), (d.to_dict() for d in dead))
@@ -290,34 +359,43 @@ class FeaturizeFiles(beam.PTransform):
 
 
 class FeaturizeCorpus(beam.PTransform):
-    """:class:`InputRecord` s -> a dataset in ``output_dir``; returns a PCollection of one summary dict."""
+    """:class:`InputRecord` s -> a dataset in ``output_dir``; returns a PCollection of one summary dict.
+
+    Records (small) are grouped by shard (``crc32(path) % num_shards``); each shard's records are
+    featurized and written by one ``DoFn`` call, so feature matrices never cross a process boundary:
+    the only shuffle moves paths. Shards are the unit of parallelism (``default_num_shards``).
+    """
 
     def __init__(self, output_dir: str, config: FeatureConfig, *, label_pattern: str | None = None,
                  num_shards: int = 1, label: str | None = None):
         super().__init__(label)
+        if num_shards < 1:
+            raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
         self.output_dir = output_dir
         self.config = config
         self.label_pattern = label_pattern
         self.num_shards = num_shards
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        dim = self.config.dim
-        featurized = records | "FeaturizeFiles" >> FeaturizeFiles(self.config, self.label_pattern)
-        shards = featurized[EXAMPLES] | "WriteShards" >> WriteExampleShards(
-            FileSystems.join(self.output_dir, SHARD_PREFIX), self.num_shards, dim
+        n, dim = self.num_shards, self.config.dim
+        prefix = FileSystems.join(self.output_dir, SHARD_PREFIX)
+        outs = (
+            records
+            | "KeyByShard" >> beam.Map(lambda r: (shard_of(r.path, n), r))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "FeaturizeShard" >> beam.ParDo(_FeaturizeShardFn(self.config, self.label_pattern, prefix, n)).with_outputs(
+                DEAD_LETTERS, main=SHARDS
+            )
         )
+        shards = outs[SHARDS] | "OnlyShards" >> KeepType(ShardReport)
+        dead = outs[DEAD_LETTERS] | "OnlyDeadLetters" >> KeepType(DeadLetter)
         stats = (
             shards
             | "ShardStats" >> beam.Map(lambda r: r.stats)
             | "MergeStats" >> beam.CombineGlobally(StatsCombineFn(dim)).without_defaults()
         )
-        count = (
-            records
-            | "CountInputs" >> beam.combiners.Count.Globally().without_defaults()
-            | "AsInputCount" >> beam.Map(InputCount)
-        )
         return (
-            (shards, stats, featurized[DEAD_LETTERS], count)
+            (shards, stats, dead)
             | "Gather" >> Gather()
             | "Finalize" >> beam.ParDo(_FinalizeFn(self.output_dir, self.config))
         )

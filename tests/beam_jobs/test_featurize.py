@@ -165,3 +165,16 @@ def test_bad_command_lines_fail_with_typed_errors(tmp_path, capsys):
 def test_dead_letter_record_shape():
     err = ValueError("x.wav: broken")
     assert DeadLetter.of("x.wav", err).to_dict() == {"path": "x.wav", "reason": "x.wav: broken", "kind": "ValueError"}
+
+
+def test_all_bad_corpus_writes_no_shard_but_accounts_for_every_input(tmp_path):
+    corpus = tmp_path / "bad"
+    corpus.mkdir()
+    bad = write_bad_audio(corpus)
+    out = tmp_path / "out"
+    summary = featurize.featurize_corpus([str(corpus)], str(out), FeatureConfig.audio_default(sample_rate=RATE, n_mels=20,
+                                                                                               resample=False))
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"], summary["shards"]) == (5, 0, 5, [])
+    assert shard_paths(str(out)) == []
+    assert json.loads((out / "stats.json").read_text())["count"] == 0
+    assert {d["path"] for d in read_jsonl(out / "dead_letter.jsonl")} == {str(p) for p in bad}

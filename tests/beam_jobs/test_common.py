@@ -1,0 +1,105 @@
+"""Unit tests of the shared Beam pieces: stats CombineFn, Parquet table, inputs, options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs.common import (
+    DASK_RUNNER,
+    FeatureOptions,
+    InputRecord,
+    StatsCombineFn,
+    apply_label_pattern,
+    compile_label_pattern,
+    examples_table,
+    feature_config_from_options,
+    list_inputs,
+    read_manifest,
+    resolve_runner_aliases,
+    shard_of,
+)
+from pipeline.dataset import PARQUET_SCHEMA, Example
+from pipeline.errors import ConfigError, DatasetError
+from pipeline.stats import RunningStats
+
+from .conftest import LABEL_PATTERN
+
+
+def test_stats_combine_fn_merges_any_split_exactly():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(loc=3.0, scale=2.0, size=(n, 5)) for n in (1, 7, 30, 2, 11)]
+    fn = StatsCombineFn(5)
+    accs = []
+    for chunk in (parts[:2], parts[2:3], parts[3:]):  # three "bundles"
+        acc = fn.create_accumulator()
+        for x in chunk:
+            acc = fn.add_input(acc, x)
+        accs.append(acc)
+    merged = fn.extract_output(fn.merge_accumulators(accs))
+    allx = np.concatenate(parts)
+    assert merged.count == len(allx)
+    np.testing.assert_allclose(merged.mean, allx.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(merged.var, allx.var(axis=0), rtol=1e-12)
+    # partial RunningStats are inputs too (per-shard statistics)
+    again = fn.add_input(fn.create_accumulator(), RunningStats.of(allx))
+    np.testing.assert_allclose(again.var, merged.var, rtol=1e-12)
+
+
+def test_examples_table_equals_rows_from_to_row():
+    rng = np.random.default_rng(1)
+    examples = [Example(id=f"e{i}", path=f"p{i}.wav", features=rng.standard_normal((i + 1, 3)).astype(np.float32),
+                        label=None if i == 1 else str(i), metadata={"k": i}) for i in range(4)]
+    want = pa.Table.from_pylist([e.to_row() for e in examples], schema=PARQUET_SCHEMA)
+    assert examples_table(examples).equals(want)
+
+
+def test_runner_alias_and_stable_shards():
+    assert resolve_runner_aliases(["--runner=DaskRunner", "--x"]) == [f"--runner={DASK_RUNNER}", "--x"]
+    assert resolve_runner_aliases(["--runner", "DaskRunner"]) == ["--runner", DASK_RUNNER]
+    assert resolve_runner_aliases(["--runner=DirectRunner"]) == ["--runner=DirectRunner"]
+    assert shard_of("a/b.wav", 7) == shard_of("a/b.wav", 7) and 0 <= shard_of("a/b.wav", 7) < 7
+
+
+def test_feature_flags_override_a_config_file(tmp_path):
+    base = tmp_path / "fc.json"
+    from pipeline.config import FeatureConfig
+
+    FeatureConfig.audio_default(sample_rate=8000, n_mels=30, feature="mfcc").save(str(base))
+    opts = PipelineOptions(["--feature-config", str(base), "--n-mfcc", "10", "--no-resample"]).view_as(FeatureOptions)
+    cfg = feature_config_from_options(opts)
+    assert (cfg.audio.sample_rate, cfg.audio.n_mels, cfg.audio.feature, cfg.audio.n_mfcc, cfg.audio.resample) == (
+        8000, 30, "mfcc", 10, False)
+    sensor = feature_config_from_options(
+        PipelineOptions(["--sensor-columns", "a, b", "--rate-hz", "4", "--gap-policy", "flag"]).view_as(FeatureOptions))
+    assert sensor.kind == "sensor" and sensor.sensor.columns == ("a", "b") and sensor.dim == 3
+    with pytest.raises(ConfigError, match="do not apply to sensor"):
+        feature_config_from_options(PipelineOptions(["--sensor-columns", "a", "--n-mels", "4"]).view_as(FeatureOptions))
+
+
+def test_label_pattern_and_manifest(tmp_path):
+    regex = compile_label_pattern(LABEL_PATTERN)
+    rec = apply_label_pattern(InputRecord("/x/3_ann_12.wav", metadata={"split": "a"}), regex)
+    assert (rec.label, rec.metadata) == ("3", {"split": "a", "speaker": "ann", "take": "12"})
+    with pytest.raises(DatasetError, match="does not match"):
+        apply_label_pattern(InputRecord("/x/readme.wav"), regex)
+    with pytest.raises(ConfigError, match="not a valid regex"):
+        compile_label_pattern("(?P<label>")
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,yes,ann\n")
+    (rec,) = read_manifest(str(tmp_path / "m.csv"))
+    assert (rec.path, rec.label, rec.metadata) == (str(tmp_path / "a.wav"), "yes", {"speaker": "ann"})
+    # with --input, labels are joined from the manifest by path; unlisted files get none
+    (tmp_path / "b.wav").write_bytes(b"")
+    got = {r.path: r.label for r in list_inputs([str(tmp_path / "*.wav")], manifest=str(tmp_path / "m.csv"))}
+    assert got == {str(tmp_path / "a.wav"): "yes", str(tmp_path / "b.wav"): None}
+    (tmp_path / "dup.jsonl").write_text(json.dumps({"path": "a.wav"}) + "\n" + json.dumps({"path": "a.wav"}) + "\n")
+    with pytest.raises(DatasetError, match="listed twice"):
+        read_manifest(str(tmp_path / "dup.jsonl"))
+    with pytest.raises(DatasetError, match="no 'path' column"):
+        (tmp_path / "np.csv").write_text("file,label\na.wav,1\n")
+        read_manifest(str(tmp_path / "np.csv"))
