@@ -19,10 +19,13 @@ Sources (exactly one):
   messages' ``event_time`` and the gap/idle timers are event-time timers, so the end of the input
   (final watermark) resolves every pending gap deterministically and evicts every stream that did not end.
 * ``--input-dir DIR``: watch ``DIR/*.jsonl`` while the job runs (:class:`WatchDirectory`, streaming; each
-  new file is read once; ``--watch-seconds`` stops watching). Timers in processing time by default.
+  new file is read once; ``--watch-seconds`` stops watching); element timestamps are listing times.
 * ``--pubsub-subscription``/``--pubsub-topic`` (``ReadFromPubSub``; ``--pubsub-timestamp-attribute`` for
   event time) and ``--kafka-bootstrap-servers`` + ``--kafka-topic`` (``apache_beam.io.kafka.ReadFromKafka``,
   a cross-language transform that needs Java) for real runners; not exercised by the tests here.
+
+Timers are event-time timers unless ``--time-domain processing`` (see ``docs/stream_job.md`` for the
+DirectRunner's limits with processing time).
 """
 
 from __future__ import annotations
