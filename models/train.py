@@ -964,7 +964,12 @@ def main(argv: list[str] | None = None) -> int:
         stats = data.stats
         if init is not None:
             check_compatible(init.model, data.train, where=f"checkpoint {args.init!r}")
-            stats = RunningStats.from_dict(init.stats, where=f"checkpoint {args.init!r} stats")
+            if init.labels and tuple(init.labels) != tuple(data.train.labels):
+                raise DatasetError(
+                    f"checkpoint {args.init!r} was trained on labels {init.labels}, the training data has "
+                    f"{list(data.train.labels)}"
+                )
+            stats = RunningStats.from_dict(init.stats, where=f"checkpoint {args.init!r} stats") if init.stats else None
         out_dir = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(out_dir, exist_ok=True)
         result = train(

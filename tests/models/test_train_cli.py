@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from models.checkpoint import load_checkpoint
 from models.train import main
@@ -100,3 +101,26 @@ def test_cli_errors_name_the_problem(digits_dir, tmp_path, capsys):
 
     assert main(["--data", digits_dir, "--out", str(tmp_path / "m.pt"), "--task", "tag", *FAST]) == 1
     assert "metadata key 'frame_labels'" in capsys.readouterr().err
+
+
+def test_fine_tune_from_a_checkpoint_of_another_feature_dimension_is_refused(digits_dir, tmp_path, capsys):
+    from models.checkpoint import save_checkpoint
+    from models.rnn import rnn_classifier
+
+    other = tmp_path / "five.pt"
+    save_checkpoint(str(other), rnn_classifier(input_dim=5, num_classes=3, hidden_size=4, num_layers=1),
+                    FeatureConfig.sensor_default([f"x{i}" for i in range(5)]), labels=["0", "1", "2"])
+    assert main(["--data", digits_dir, "--out", str(tmp_path / "m.pt"), "--init", str(other), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {str(other)!r} takes 5 features per frame, but the data has feature dimension 3" in err
+    assert not (tmp_path / "m.pt").exists()
+
+    # the same dimension fine-tunes: the architecture and normalisation come from the initial checkpoint
+    three = tmp_path / "three.pt"
+    init = rnn_classifier(input_dim=3, num_classes=3, hidden_size=4, num_layers=1)
+    save_checkpoint(str(three), init, FeatureConfig.sensor_default(["c0", "c1", "c2"]), labels=["0", "1", "2"])
+    assert main(["--data", digits_dir, "--out", str(tmp_path / "m.pt"), "--init", str(three), "--epochs", "1",
+                 *FAST]) == 0
+    tuned = load_checkpoint(str(tmp_path / "m.pt"))
+    assert tuned.model.config.hidden_size == 4 and tuned.labels == ["0", "1", "2"]
+    assert not torch.equal(tuned.model.head.weight, init.head.weight)
