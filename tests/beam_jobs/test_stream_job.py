@@ -179,11 +179,16 @@ def write_lines(path: Path, lines: list[tuple[str, float]]) -> str:
     return str(path)
 
 
-def test_replay_equals_offline_per_stream(tmp_path: Path, model_path: str, backend: Any) -> None:
+@pytest.mark.parametrize("runner_args", [
+    [],
+    pytest.param(["--direct_num_workers=2", "--direct_running_mode=multi_processing"], marks=pytest.mark.slow,
+                 id="multi_processing"),
+])
+def test_replay_equals_offline_per_stream(tmp_path: Path, model_path: str, backend: Any, runner_args: list[str]) -> None:
     lines, expect = scenario(backend.info.weights_hash)
     out = tmp_path / "out"
     stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "in.jsonl", lines),
-                    "--output", str(out), "--chunk-size", str(CHUNK), "--max-buffer", "16"])
+                    "--output", str(out), "--chunk-size", str(CHUNK), "--max-buffer", "16", *runner_args])
     preds = read_records(str(out), "predictions")
     events = read_records(str(out), "events")
     dead = read_records(str(out), "dead_letters")
