@@ -373,3 +373,32 @@ def test_input_dir_picks_up_files_written_while_watching(tmp_path: Path, model_p
     preds = by_stream(read_records(str(out), "predictions"))["s2"]
     assert [strip(p) for p in preds] == offline(backend, sig[:4])
     assert read_records(str(out), "dead_letters") == []
+
+
+def test_teststream_idle_eviction_then_resume_in_one_run(tmp_path: Path, model_path: str, backend: Any) -> None:
+    """Streaming: the idle timer evicts s3 mid-run; its snapshot is the uninterrupted session's state, and a
+    resume with that state continues the stream exactly (the test computes the same state offline, since a
+    TestStream's elements are fixed before the run)."""
+    sig = signal(3)
+    reference = StreamSession(backend, stream_id="s3")
+    for c in sig[:3]:
+        reference.push(c)
+    ts = BeamTestStream()
+    ts.add_elements([TimestampedValue(*msg("s3", q, sig[q])) for q in (1, 0, 2)])
+    ts.advance_watermark_to(T0 + 0.2 + 30.0 + 1.0)  # past the idle timeout (30 s): evicted
+    resume_line = encode_message(resume("s3", 3, T0 + 40.0, reference.snapshot()))
+    ts.add_elements([TimestampedValue(resume_line, T0 + 40.0)])
+    ts.add_elements([TimestampedValue(msg("s3", q, sig[q])[0], T0 + 40.0 + q) for q in (4, 3, 5)])
+    ts.advance_watermark_to_infinity()
+    out = str(tmp_path / "out")
+    _run_teststream(model_path, ts, out, StreamJobConfig())
+    preds = by_stream(read_records(out, "predictions"))["s3"]
+    assert [strip(p) for p in preds] == offline(backend, sig)  # == uninterrupted
+    evictions = [e for e in read_records(out, "events") if e["type"] == "eviction"]
+    assert [e["next_seq"] for e in evictions] == [3, 6]  # mid-run, and at the end of the input
+    first = StreamSession.restore(backend, base64.b64decode(min(evictions, key=lambda e: e["next_seq"])["snapshot"]))
+    for name, value in reference.states.items():
+        np.testing.assert_array_equal(first.states[name], value)
+    np.testing.assert_array_equal(first.carry, reference.carry)
+    assert (first.samples_seen, first.frames_seen, first.t) == (reference.samples_seen, reference.frames_seen, reference.t)
+    assert read_records(out, "dead_letters") == []
