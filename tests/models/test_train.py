@@ -260,3 +260,21 @@ def test_level_shift_augmentation_moves_inputs_and_targets_together():
             torch.testing.assert_close(s.y[:, t, h, 0], s.x[:, t + 1 + h, 1])
     with pytest.raises(ConfigError, match="level_shift must be >= 0"):
         TrainConfig(level_shift=-1.0)
+
+
+def test_tbptt_steps_windows_and_carries_the_detached_state(cls_data, monkeypatch):
+    tr, _ = cls_data
+    calls = []
+    original = StreamingRNN.step
+
+    def spy(self, x, state):
+        calls.append((x.shape[1], float(state["h"].abs().sum()), state["h"].requires_grad))
+        return original(self, x, state)
+
+    monkeypatch.setattr(StreamingRNN, "step", spy)
+    n = 4
+    train(tr, TrainConfig(epochs=1, tbptt=n, steps_per_epoch=1, bucket=False, **{**TINY, "batch_size": len(tr)}))
+    T = int(tr.lengths.max())
+    assert [c[0] for c in calls] == [n] * (T // n) + ([T % n] if T % n else [])
+    assert calls[0][1] == 0.0  # each batch starts from the initial state...
+    assert all(h > 0 and not grad for _, h, grad in calls[1:])  # ...and later windows get the carried, detached one
