@@ -199,7 +199,8 @@ async def run_level(backend: Any, mode: str, streams: int, max_batch: int, args:
     from serving.server import ServerConfig, StreamServer
 
     cfg = ServerConfig(port=0, http_port=None, max_streams=max(streams, 1), max_batch=max_batch,
-                       max_wait_ms=args.max_wait_ms, max_queue=max(32, 2 * args.window), idle_timeout_s=0,
+                       max_wait_ms=args.max_wait_ms, max_queue=max(32, int(10 * args.seconds) + 2 * args.window),
+                       idle_timeout_s=0,
                        max_outbound=1 << 16, ping_interval_s=None,
                        workers=args.workers)
     server = await StreamServer(backend, cfg).start()
@@ -312,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         f"server process's CPU time per prediction (event loop + batch worker), \"worker us/chunk\" the part spent "
         f"in step_streams (featurize + onnxruntime). \"load avg\" is the machine's 1-minute load average after the "
         f"level: above 2 on this 2-core machine, other jobs took CPU from both processes and the numbers understate "
-        f"the server.\n\n"
+        f"the server. Each stream may queue a whole level's chunks (max queue {int(10 * args.seconds) + 2 * args.window}), "
+        f"so a server that falls behind shows growing latency instead of closing streams with 1013; \"lost\" counts "
+        f"chunks still unanswered 5 s after the load stopped. At 1 stream the CPU per chunk is mostly the server's "
+        f"fixed cost (event loop, keep-alive, level set-up) spread over few chunks.\n\n"
         f"Largest real-time level kept up (every chunk answered, p99 < 100 ms): {best} streams. At saturation "
         f"({args.saturate_streams} streams, {args.window} chunks outstanding each) batching gave {gain:.2f}x the "
         f"throughput of max batch 1 and {cpu_gain:.2f}x less server CPU per chunk; at its CPU cost the batched "
