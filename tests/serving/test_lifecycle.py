@@ -289,3 +289,49 @@ def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_onnx_model_served_equals_torch_offline(tmp_path):
+    """`serve --model x.onnx` path: load_model gives an OnnxBackend; streams equal offline PyTorch within 1e-4."""
+    from export.onnx_export import export_onnx
+    from serving.server import load_model
+
+    torch_backend = audio_backend(3)
+    path = export_onnx(torch_backend.model, tmp_path / "m.onnx", feature_config=torch_backend.info.feature_config,
+                       labels=list(torch_backend.info.labels))
+    backend = load_model(str(path), "cpu", 1)
+    assert type(backend).__name__ == "OnnxBackend"
+    x = signal(11, 0.8)
+
+    async def main():
+        async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
+            async with StreamClient(server.url) as client:
+                streams = [await client.start(f"o{i}") for i in range(4)]
+                for c in np.split(x, 8):
+                    for s in streams:
+                        await s.send(c)
+                return [await s.end() for s in streams]
+
+    offline = predict_signal(torch_backend, x)
+    for ended in run(main()):
+        assert ended["label"] == offline.label
+        np.testing.assert_allclose(ended["scores"], offline.scores, atol=1e-4)
+
+
+def test_client_that_does_not_keep_up_gets_slow_consumer_1008():
+    backend = RecordingBackend(audio_backend(), delay=0.05)
+
+    async def main():
+        cfg = ServerConfig(port=0, http_port=None, max_outbound=3, max_wait_ms=50.0)
+        async with StreamServer(backend, cfg) as server:
+            async with StreamClient(server.url) as client:
+                streams = [await client.start(f"c{i}") for i in range(8)]
+                for s in streams:  # one batch of 8 results lands at once: more than 3 messages waiting
+                    await s.send(signal(1, 0.1))
+                with pytest.raises(ServerError) as info:
+                    while True:
+                        await streams[0].recv(timeout=5)
+            return info.value
+
+    err = run(main())
+    assert err.code == "slow_consumer" and err.close_code == 1008 and "limit 3" in err.message
