@@ -178,3 +178,21 @@ def test_all_bad_corpus_writes_no_shard_but_accounts_for_every_input(tmp_path):
     assert shard_paths(str(out)) == []
     assert json.loads((out / "stats.json").read_text())["count"] == 0
     assert {d["path"] for d in read_jsonl(out / "dead_letter.jsonl")} == {str(p) for p in bad}
+
+
+@pytest.mark.slow
+def test_real_fsdd_recordings_equal_offline_features(fsdd_dir, tmp_path):
+    """200 real FSDD recordings (8 kHz): every row equals the offline featurizer; labels from the names."""
+    files = sorted(fsdd_dir.glob("*.wav"))[::10]
+    cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=40)
+    summary = featurize.featurize_corpus([str(p) for p in files], str(tmp_path / "out"), cfg,
+                                         label_pattern=LABEL_PATTERN)
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (len(files), len(files), 0)
+    ds = read_dataset(str(tmp_path / "out"))
+    fz = AudioFeaturizer(cfg)
+    for e in ds.examples:
+        np.testing.assert_array_equal(e.features, fz.featurize(load_audio(e.path, cfg)))
+        assert e.label == Path(e.path).name.split("_")[0]
+    frames = np.concatenate([e.features for e in ds.examples]).astype(np.float64)
+    np.testing.assert_allclose(ds.stats.mean, frames.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(ds.stats.var, frames.var(axis=0), rtol=1e-6)

@@ -147,3 +147,35 @@ def test_bad_invocations(setup, tmp_path):
     with pytest.raises(ConfigError, match="DaskRunner"):
         infer.infer_corpus(str(ckpt), [str(good[0])], str(tmp_path / "o"), batch_size=4,
                            pipeline_args=["--runner=DaskRunner"])
+
+
+def test_sensor_tables_one_prediction_per_file_equal_to_streaming(tmp_path):
+    """A table with a long gap: per-segment predictions from fresh states; the object's label/scores are the
+    last segment's, which is what the streaming runtime's final() says at the end of the file."""
+    from pipeline.sensors import read_sensor_table
+    from pipeline.streaming import SensorChunk
+
+    from .conftest import write_sensor_table
+
+    cfg = FeatureConfig.sensor_default(["ax", "ay"], timestamp_column="t", rate_hz=20.0, max_gap_s=1.0)
+    torch.manual_seed(2)
+    ckpt = tmp_path / "s.pt"
+    save_checkpoint(str(ckpt), rnn_classifier(input_dim=cfg.dim, num_classes=2, hidden_size=6, num_layers=1), cfg,
+                    labels=["still", "moving"])
+    corpus = tmp_path / "s"
+    corpus.mkdir()
+    write_sensor_table(corpus / "a.csv", gap_at=30, seed=1)
+    write_sensor_table(corpus / "b.csv", seed=2)
+    out = tmp_path / "out"
+    summary = infer.infer_corpus(str(ckpt), [str(corpus)], str(out))
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (2, 2, 0)
+    preds = {Path(p["path"]).name: p for p in read_jsonl(out / "predictions.jsonl")}
+    assert len(preds["a.csv"]["segments"]) == 2 and "segments" not in preds["b.csv"]
+    for name, pred in preds.items():
+        ts, vals = read_sensor_table(corpus / name, cfg)
+        session = StreamSession(load_backend(str(ckpt)))
+        for i in range(0, len(ts), 7):
+            session.push(SensorChunk(ts[i : i + 7], vals[i : i + 7]))
+        want = session.final()
+        assert pred["label"] == want.label
+        np.testing.assert_allclose(pred["scores"], want.scores, rtol=1e-5, atol=1e-6)
