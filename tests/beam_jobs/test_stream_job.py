@@ -402,3 +402,18 @@ def test_teststream_idle_eviction_then_resume_in_one_run(tmp_path: Path, model_p
     np.testing.assert_array_equal(first.carry, reference.carry)
     assert (first.samples_seen, first.frames_seen, first.t) == (reference.samples_seen, reference.frames_seen, reference.t)
     assert read_records(out, "dead_letters") == []
+
+
+def test_pubsub_source_is_wired_without_running(tmp_path: Path) -> None:
+    """Pub/Sub is not reachable here: check only that the option builds an unbounded ReadFromPubSub source."""
+    from beam_jobs.common import InputOptions
+
+    options = PipelineOptions(["--pubsub-subscription", "projects/my-project/subscriptions/chunks",
+                               "--pubsub-timestamp-attribute", "event_time"])
+    p = beam.Pipeline(options=options)
+    lines, bounded = stream_job._read_messages(p, options.view_as(InputOptions), options.view_as(stream_job.StreamJobOptions))
+    assert bounded is False
+    assert lines.producer.full_label.startswith("ReadPubSub/")
+    (source,) = [t.transform for t in p._root_transform().parts if t.full_label == "ReadPubSub"]
+    assert isinstance(source, beam.io.ReadFromPubSub)
+    assert source.with_attributes is False and source._source.timestamp_attribute == "event_time"
