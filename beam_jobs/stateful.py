@@ -585,7 +585,10 @@ class _ProcessingTimeStreamFn(_StreamFnBase):
 # ----------------------------------------------------------------------------------------------
 
 
-class StreamInference(beam.PTransform):
+Record = dict[str, Any]
+
+
+class StreamInference(beam.PTransform[beam.PCollection[str | bytes], dict[str, beam.PCollection[Record]]]):
     """Chunk messages (JSON lines, str or bytes) -> ``{"predictions", "events", "dead_letters"}``.
 
     Per stream id, chunks are applied in ``seq`` order through a ``pipeline.streaming.StreamSession`` whose
@@ -611,7 +614,7 @@ class StreamInference(beam.PTransform):
         self.loader = loader
         self._shared = shared.Shared()
 
-    def expand(self, lines: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, lines: beam.PCollection[str | bytes]) -> dict[str, beam.PCollection[Record]]:
         fn_cls = _EventTimeStreamFn if self.config.time_domain == "event" else _ProcessingTimeStreamFn
         parsed = lines | "ParseMessages" >> (
             beam.ParDo(_ParseFn(self.timestamps_from_messages)).with_output_types(typehints.Tuple[str, typehints.Any])

@@ -134,7 +134,7 @@ class _WriteJsonlFn(beam.DoFn):
             self._lines = []
 
 
-class WriteRecords(beam.PTransform):
+class WriteRecords(beam.PTransform[dict[str, beam.PCollection[dict[str, Any]]], beam.pvalue.PDone]):
     """Write the three outputs of :class:`StreamInference` as JSON lines under ``output_dir``."""
 
     def __init__(self, output_dir: str, label: str | None = None):
