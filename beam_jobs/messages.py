@@ -235,7 +235,7 @@ def validate_for_model(msg: ChunkMessage, info: Any, chunk_size: int | None = No
         if msg.audio is not None:
             raise PayloadError(f"{where}: audio payload for a sensor model; expected 'sensor'")
         n_channels = len(info.feature_config.sensor.columns)
-        if msg.values is not None and msg.values.shape[1] != n_channels:
+        if msg.values is not None and msg.values.shape[0] and msg.values.shape[1] != n_channels:
             raise PayloadError(
                 f"{where}: sensor values have {msg.values.shape[1]} channel(s); the model expects {n_channels} "
                 f"({', '.join(info.feature_config.sensor.columns)})"

@@ -293,7 +293,10 @@ class _StreamFnBase(beam.DoFn):
         from pipeline.streaming import SensorChunk
 
         if msg.timestamps is not None:
-            return SensorChunk(msg.timestamps, msg.values)
+            values = msg.values
+            if not values.shape[0]:  # an empty chunk: give it the model's channel count
+                values = np.zeros((0, len(self.backend.info.feature_config.sensor.columns)), np.float64)
+            return SensorChunk(msg.timestamps, values)
         if msg.audio is not None:
             return msg.audio
         if self.backend.info.feature_config.kind == "sensor":

@@ -116,3 +116,5 @@ def test_validate_for_model() -> None:
         validate_for_model(rows, sensor)
     with pytest.raises(PayloadError, match="sensor payload for an audio model"):
         validate_for_model(rows, audio)
+    empty = parse_message('{"stream": "s", "seq": 3, "event_time": 0, "end": true, "sensor": {"timestamps": [], "values": []}}')
+    validate_for_model(empty, sensor, chunk_size=10)  # an empty last chunk has no channels to check
