@@ -538,6 +538,16 @@ def examples_table(examples: Sequence[Example]) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=PARQUET_SCHEMA)
 
 
+#: ``pq.write_table`` options for example shards: dictionary encoding only for labels. Trying it on the
+#: float features (pyarrow's default) costs 5x the write time and gives larger files.
+PARQUET_WRITE_OPTIONS: dict[str, Any] = {"use_dictionary": ["label"]}
+
+
+def write_examples_parquet(where: Any, examples: Sequence[Example]) -> None:
+    """Write ``examples`` as one Parquet file (a path or a writable binary file object)."""
+    pq.write_table(examples_table(examples), where, **PARQUET_WRITE_OPTIONS)
+
+
 def shard_path(prefix: str, index: int, count: int, suffix: str = ".parquet") -> str:
     """``{prefix}-00003-of-00008{suffix}`` (Beam's default shard name template)."""
     return f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
@@ -565,7 +575,7 @@ def write_shard(prefix: str, index: int, count: int, examples: Sequence[Example]
     path = shard_path(prefix, index, count) if examples else None
     if path is not None:
         with FileSystems.create(path) as fh:
-            pq.write_table(examples_table(examples), fh)
+            write_examples_parquet(fh, examples)
     return ShardReport(
         path=path,
         records=int(records),
