@@ -31,19 +31,22 @@ def build_parser():
     p = base_parser("fsdd", "FSDD spoken digits: documented split + leave-one-speaker-out, streamed through ONNX")
     p.add_argument("--data-root", default=None, help="shared data folder (default: ../shared/data from the repo root)")
     p.add_argument("--splits", default="documented,loso", help="comma-separated: documented, loso, loso-<speaker>")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
     p.add_argument("--pooling", default="last", choices=["last", "mean"])
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--feature", default="logmel", choices=["logmel", "mfcc"])
+    p.add_argument("--f-min", type=float, default=100.0,
+                   help="lowest mel frequency (Hz); 100 drops the rumble band whose level differs most between "
+                        "FSDD's speakers' recordings")
     p.add_argument("--chunk-s", type=float, default=0.1)
     p.add_argument("--refeaturize", action="store_true", help="run the Beam job again even if OUT/features exists")
-    p.add_argument("--augment", type=int, default=0,
+    p.add_argument("--augment", type=int, default=2,
                    help="add this many augmented copies of each training file (random gain, random smooth "
                         "microphone-like EQ across mel bands, time stretch 0.85-1.15); test files are never augmented")
     return p
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     feat_dir = os.path.join(out, "features")
     cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=args.n_mels, win_ms=25.0, hop_ms=10.0,
-                                      feature=args.feature)
+                                      feature=args.feature, f_min=args.f_min)
     t0 = time.perf_counter()
     if args.refeaturize or not os.path.exists(os.path.join(feat_dir, "summary.json")):
         log(f"featurize (Beam): {rec} -> {feat_dir}")
