@@ -18,7 +18,7 @@ Runner portability
 ------------------
 The graphs are built so that they run unchanged on the DirectRunner (in memory or multi-processing),
 Dataflow, Flink, Spark and Beam's ``DaskRunner``. The DaskRunner of Beam 2.77 is a prototype with three
-limits that shape the jobs (all checked on this machine):
+limits that shape the jobs (each checked on this machine):
 
 1. it computes only the *last* transform of the pipeline, so every output must feed one final step
    through main inputs (the jobs end in :class:`Gather` + a finalize ``DoFn``);
@@ -30,41 +30,22 @@ limits that shape the jobs (all checked on this machine):
    with :func:`write_shard` (pyarrow through ``FileSystems.create``, Beam's shard naming), which gives
    the files ``WriteToParquet(DIR/examples, file_name_suffix='.parquet')`` would.
 
+4. what a ``DoFn`` emits in ``finish_bundle`` is dropped (outputs are collected before it runs), which
+   loses the last batch of ``BatchElements``; ``rnnstream infer`` batches before ``RunInference``.
+
 Also: ``DaskRunnerResult.metrics()`` is not implemented, so summaries are computed from the data in the
 pipeline, not from metrics (metrics are still counted, for runners that report them).
 
 Running elsewhere
 -----------------
-Every Beam option passes through the CLI. Ship the package to remote workers with ``--setup_file`` (the
-repository's ``pyproject.toml`` is built by ``pip``; a one-line ``setup.py`` calling ``setuptools.setup()``
-is enough) or a wheel (``pip wheel --no-deps . -w dist``, then ``--extra_package dist/rnnstream-*.whl``)::
-
-    # DirectRunner, 2 processes on this machine
-    rnnstream featurize --input data/*.wav --output out --direct_num_workers=2 \\
-        --direct_running_mode=multi_processing
-
-    # Dask: a multi-machine cluster (scheduler on host A, workers anywhere that can reach it and have
-    # rnnstream installed: pip install 'rnnstream[dask]')
-    dask scheduler --port 8786                          # host A
-    dask worker tcp://hostA:8786 --nworkers 4 --nthreads 1   # each worker host
-    rnnstream featurize --input /shared/wavs --output /shared/out \\
-        --runner=DaskRunner --dask_client_address=tcp://hostA:8786 --dask_npartitions=64
-
-    # Flink (portable runner; a Flink 1.18 cluster at flink-master:8081, Docker or process SDK harness)
-    rnnstream featurize --input gs://bucket/wavs --output gs://bucket/out --runner=FlinkRunner \\
-        --flink_master=flink-master:8081 --environment_type=DOCKER --setup_file=./setup.py
-
-    # Spark (portable job server for Spark 3)
-    rnnstream featurize --input s3://bucket/wavs --output s3://bucket/out --runner=SparkRunner \\
-        --spark_master_url=spark://spark-master:7077 --environment_type=DOCKER --setup_file=./setup.py
-
-    # Dataflow
-    rnnstream featurize --input 'gs://bucket/wavs/*.wav' --output gs://bucket/out --runner=DataflowRunner \\
-        --project=PROJECT --region=us-central1 --temp_location=gs://bucket/tmp \\
-        --extra_package=dist/rnnstream-0.1.0-py3-none-any.whl    # or --setup_file=./setup.py
-
-Inputs and outputs on ``gs://`` need ``apache-beam[gcp]``, on ``s3://`` ``apache-beam[aws]``; local paths
-on a multi-machine runner must be on a file system every worker mounts.
+Every Beam option passes through the CLI; ``docs/runners.md`` has the exact commands for the DirectRunner
+(``--direct_num_workers=2 --direct_running_mode=multi_processing``), Dask (``--runner=DaskRunner
+--dask_client_address=tcp://HOST:8786``, a local or multi-machine cluster), Flink (``--runner=FlinkRunner
+--flink_master=HOST:8081``), Spark (``--runner=SparkRunner --spark_master_url=spark://HOST:7077``) and
+Dataflow (``--runner=DataflowRunner --project --region --temp_location``), and for shipping the package
+to workers (a wheel via ``--extra_package dist/rnnstream-0.1.0-py3-none-any.whl``, ``--setup_file`` with
+a two-line ``setup.py``, or ``--sdk_container_image``). Inputs and outputs on ``gs://`` need
+``apache-beam[gcp]``, on ``s3://`` ``apache-beam[aws]``.
 """
 
 from __future__ import annotations
@@ -86,12 +67,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import AudioConfig, FeatureConfig, SensorConfig
-from pipeline.dataset import PARQUET_SCHEMA, SHARD_PREFIX, Example
+from pipeline.dataset import PARQUET_SCHEMA, Example
 from pipeline.errors import ConfigError, DatasetError, RnnstreamError
 from pipeline.stats import RunningStats
 

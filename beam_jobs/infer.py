@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO lines would bury the summary
     try:
         summary = run(argv)
     except RnnstreamError as err:
