@@ -7,7 +7,7 @@ Reads chunk messages (format: :mod:`beam_jobs.messages`, ``docs/stream_job.md``)
   stream consumed), ``frames``, ``label``, ``scores`` (and ``"filled": true`` for a gap filled with zeros);
 * ``events-*.jsonl``: ``gap``, ``end`` and ``eviction`` records (an eviction carries the snapshot);
 * ``dead_letters-*.jsonl``: ``kind``, ``reason``, ``stream``, ``seq``, ``message`` (the message again);
-* ``summary.json`` (bounded inputs only): the Beam counters and the balance
+* ``summary.json`` (when the run ends): the Beam counters and the balance
   ``messages_in == chunks + duplicates + dead_letters + resumes``.
 
 Each writer bundle writes its own ``{kind}-{uuid}.jsonl`` file (through ``FileSystems``, so ``gs://`` works),
@@ -183,22 +183,60 @@ def _read_lines(path: str) -> Iterable[str]:
     return [line for line in read_text(path).splitlines() if line.strip()]
 
 
-class WatchDirectory(beam.PTransform):
-    """Lines of the ``*.jsonl`` files appearing in ``directory`` while the pipeline runs (streaming).
+class _PollDirectoryFn(beam.DoFn):
+    """One element in; lists the pattern every ``interval`` s until ``stop`` and yields new files' lines."""
 
-    ``PeriodicImpulse`` lists the directory every ``interval`` seconds until ``stop`` (epoch seconds; None:
-    forever); each file is read once, when first seen (write files atomically: write elsewhere, then move
-    them in). ``fileio.MatchContinuously`` does the same but its ``Watch`` transform does not run on the
-    Python streaming DirectRunner of Beam 2.77; this one does, and runs on the other runners too.
+    def __init__(self, pattern: str, interval: float, stop: float):
+        self.pattern, self.interval, self.stop = pattern, interval, stop
+
+    def process(self, _: Any) -> Iterable[Any]:
+        from apache_beam.transforms.window import TimestampedValue
+
+        seen: set[str] = set()
+        while True:
+            listed_at = time.time()
+            for path in sorted(m.path for m in FileSystems.match([self.pattern])[0].metadata_list):
+                if path not in seen:
+                    seen.add(path)
+                    yield from (TimestampedValue(line, listed_at) for line in _read_lines(path))
+            if listed_at >= self.stop:
+                return
+            time.sleep(max(0.0, min(self.interval, self.stop - time.time())))
+
+
+class WatchDirectory(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[str]]):
+    """Lines of the ``*.jsonl`` files appearing in ``directory`` while the pipeline runs.
+
+    Lists the directory every ``interval`` seconds until ``stop`` (epoch seconds; None: forever); each file
+    is read once, when first seen (write files elsewhere, then move them in); element timestamps are the
+    listing times. Two forms:
+
+    * ``periodic=True`` (streaming runners): ``PeriodicImpulse`` ticks, a stateful DoFn remembering the
+      files seen; lines flow as files appear. ``fileio.MatchContinuously`` would do the same, but its
+      ``Watch`` transform does not run on the Python DirectRunner of Beam 2.77.
+    * ``periodic=False`` (the DirectRunner): one polling DoFn that returns at ``stop`` (required). On the
+      DirectRunner the periodic form runs on the FnApiRunner stage by stage, which fires the stream job's
+      event-time timers between polling rounds (beam#35168: gaps and evictions too early); the polling
+      form makes the watch one bounded input, so timers fire only after it, as in a replay.
     """
 
-    def __init__(self, directory: str, interval: float = 2.0, stop: float | None = None, label: str | None = None):
+    def __init__(self, directory: str, interval: float = 2.0, stop: float | None = None, *, periodic: bool = True,
+                 label: str | None = None):
         super().__init__(label)
+        if not periodic and stop is None:
+            raise ConfigError("watching a directory on the DirectRunner needs an end: give --watch-seconds")
         self.pattern = FileSystems.join(directory, "*.jsonl")
         self.interval = float(interval)
         self.stop = stop
+        self.periodic = periodic
 
-    def expand(self, p: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, p: beam.pvalue.PBegin) -> beam.PCollection[str]:
+        if not self.periodic:
+            return (
+                p
+                | "Start" >> beam.Impulse()
+                | "Poll" >> beam.ParDo(_PollDirectoryFn(self.pattern, self.interval, float(self.stop)))  # type: ignore[arg-type]
+            )
         from apache_beam.transforms.periodicsequence import PeriodicImpulse
         from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
@@ -210,6 +248,15 @@ class WatchDirectory(beam.PTransform):
             | "NewFiles" >> beam.ParDo(_ListNewFilesFn(self.pattern))
             | "ReadLines" >> beam.FlatMap(_read_lines)
         )
+
+
+_DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
+
+
+def _on_direct_runner(p: beam.Pipeline) -> bool:
+    runner = p.options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    return name in _DIRECT_RUNNERS or type(p.runner).__name__ in ("DirectRunner", "SwitchingDirectRunner")
 
 
 def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptions) -> tuple[beam.PCollection, bool]:
@@ -229,7 +276,8 @@ def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptio
         ), True
     if opts.input_dir:
         stop = time.time() + float(opts.watch_seconds) if opts.watch_seconds is not None else None
-        return p | "WatchDir" >> WatchDirectory(opts.input_dir, float(opts.poll_interval), stop), False
+        periodic = not _on_direct_runner(p)
+        return p | "WatchDir" >> WatchDirectory(opts.input_dir, float(opts.poll_interval), stop, periodic=periodic), False
     if opts.pubsub_subscription or opts.pubsub_topic:
         return p | "ReadPubSub" >> beam.io.ReadFromPubSub(
             topic=opts.pubsub_topic if not opts.pubsub_subscription else None,
@@ -270,8 +318,8 @@ def config_from_options(opts: StreamJobOptions, bounded: bool) -> StreamJobConfi
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Any:
     """Parse ``argv`` (job flags and Beam options), run the job; returns the PipelineResult.
 
-    For a bounded ``--input``, also writes ``summary.json`` and raises :class:`RnnstreamError` if the
-    counts do not balance (a message was lost).
+    When the run ends, also writes ``summary.json`` and raises :class:`RnnstreamError` if the counts do
+    not balance (a message was lost).
     """
     argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]))
     reject_unknown_args(argv)
@@ -295,16 +343,15 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     lines, bounded = _read_messages(p, io_opts, opts)
     outputs = lines | "StreamInference" >> StreamInference(opts.model, config, timestamps_from_messages=bounded)
     _ = outputs | "WriteOutputs" >> WriteRecords(io_opts.output)
-    result = run_pipeline(p)
-    if bounded:
-        summary = summarize(counter_values(result, COUNTERS))
-        write_text(FileSystems.join(io_opts.output, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if summary.get("balanced") is False:
-            raise RnnstreamError(
-                f"stream-job lost messages: {summary['messages_in']} in, but {summary['chunks']} applied + "
-                f"{summary['duplicates']} duplicates + {summary['dead_letters']} dead letters + "
-                f"{summary['resumes']} resumes"
-            )
+    result = run_pipeline(p)  # a streaming source returns only when it ends (--watch-seconds) or is drained
+    summary = summarize(counter_values(result, COUNTERS))
+    write_text(FileSystems.join(io_opts.output, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if summary.get("balanced") is False:
+        raise RnnstreamError(
+            f"stream-job lost messages: {summary['messages_in']} in, but {summary['chunks']} applied + "
+            f"{summary['duplicates']} duplicates + {summary['dead_letters']} dead letters + "
+            f"{summary['resumes']} resumes"
+        )
     return result
 
 
