@@ -35,6 +35,7 @@ from export.runtime import load_backend
 from models.checkpoint import save_checkpoint
 from models.rnn import rnn_classifier
 from pipeline.config import FeatureConfig
+from pipeline.errors import ConfigError
 from pipeline.streaming import StreamSession, predict_signal
 
 FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
@@ -419,3 +420,16 @@ def test_pubsub_source_is_wired_without_running(tmp_path: Path) -> None:
     (source,) = [t.transform for t in p._root_transform().parts if t.full_label == "ReadPubSub"]
     assert isinstance(source, beam.io.ReadFromPubSub)
     assert source.with_attributes is False and source._source.timestamp_attribute == "event_time"
+
+
+def test_watch_directory_forms(tmp_path: Path) -> None:
+    """The periodic form (streaming runners) builds on PeriodicImpulse; the DirectRunner form needs an end."""
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+    p = beam.Pipeline()
+    _ = p | "Periodic" >> stream_job.WatchDirectory(str(tmp_path), 1.0, None, periodic=True)
+    assert any(isinstance(t.transform, PeriodicImpulse) for t in p._root_transform().parts[0].parts)
+    with pytest.raises(ConfigError, match="--watch-seconds"):
+        stream_job.WatchDirectory(str(tmp_path), 1.0, None, periodic=False)
+    assert stream_job._on_direct_runner(beam.Pipeline())
+    assert not stream_job._on_direct_runner(beam.Pipeline(options=PipelineOptions(["--runner=FlinkRunner"])))
