@@ -46,7 +46,7 @@ def build_parser():
     p.add_argument("--settings", default="univariate,multivariate")
     p.add_argument("--horizons", default="24,48")
     p.add_argument("--window", type=int, default=96, help="input length (frames = hours)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=1)
