@@ -86,12 +86,10 @@ def stream_windows(onnx_backend: Any, ts: np.ndarray, values: np.ndarray, starts
 
 def run_setting(name: str, horizon: int, example: Any, fc: Any, ts: np.ndarray, raw: np.ndarray, args: Any,
                 out_dir: str) -> dict[str, Any]:
-    import torch
-
     from export.onnx_export import export_onnx
     from export.runtime import load_backend
     from models.data import forecast_data
-    from models.train import TrainConfig, evaluate, forecast_predictions, train
+    from models.train import TrainConfig, forecast_predictions, train
     from rnnstream.datasets import ETT_SPLITS
 
     dims = list(range(fc.dim))
@@ -124,7 +122,6 @@ def run_setting(name: str, horizon: int, example: Any, fc: Any, ts: np.ndarray, 
     stream_s = time.perf_counter() - t0
     mse_s = float(np.mean((pred_stream - truth) ** 2))
     mae_s = float(np.mean(np.abs(pred_stream - truth)))
-    del torch
     return {
         "setting": name, "horizon": horizon, "window": args.window, "channels": list(fc.sensor.columns),
         "n_train_windows": len(train_d), "n_val_windows": len(val_d), "n_test_windows": len(test_d),
