@@ -13,7 +13,8 @@ grid does not depend on where a stream or chunk starts). Between two consecutive
 The first sample of a stream emits the grid point at its own time only if it lies exactly on the grid.
 Which interval owns a grid point is decided by ``floor(t * rate_hz)`` alone (interval ``(a, b]`` owns
 ``k`` in ``floor(a * rate) + 1 .. floor(b * rate)``, with the rate as a ratio of small integers where it
-is one, see :func:`rate_ratio`), so every grid point is emitted once and each
+is one, see :func:`rate_ratio`, and a time within ``GRID_TOLERANCE`` grid periods of a grid point counted
+as on it), so every grid point is emitted once and each
 frame depends only on its two neighbouring samples: streaming over any chunking equals offline
 exactly (the carry holds the last sample in float64).
 
@@ -142,6 +143,9 @@ def validate_chunk(
     return ts, vals
 
 
+GRID_TOLERANCE = 1e-9  # in grid units (fractions of one grid period)
+
+
 @functools.lru_cache(maxsize=64)
 def rate_ratio(rate_hz: float) -> tuple[float, float]:
     """``rate_hz`` as ``(num, den)`` with ``num / den == rate_hz``, small integers when the rate is a simple fraction.
@@ -176,10 +180,13 @@ def grid_frames(
         point owned by interval ``j`` or later (``T`` when none).
     """
     num, den = rate_ratio(cfg.rate_hz)
-    k_end = np.floor(ts * num / den).astype(np.int64)
-    k_start = np.floor(prev_t * num / den).astype(np.int64) + 1
-    # a segment start owns the grid point at its own time only if it is exactly on the grid
-    on_grid = (k_end * den / num) == ts
+    # Grid positions in grid units; a time within GRID_TOLERANCE units of a grid point is on it, so
+    # timestamps written as k / rate in floating point (k / 156.25 * 156.25 = k - 1e-16) keep their frame.
+    x_end = ts * num / den
+    k_end = np.floor(x_end + GRID_TOLERANCE).astype(np.int64)
+    k_start = np.floor(prev_t * num / den + GRID_TOLERANCE).astype(np.int64) + 1
+    # a segment start owns the grid point at its own time only if it is on the grid
+    on_grid = np.abs(x_end - k_end) <= GRID_TOLERANCE
     k_start = np.where(starts, np.where(on_grid, k_end, k_end + 1), k_start)
     counts = np.maximum(k_end - k_start + 1, 0)
     first = np.concatenate(([0], np.cumsum(counts)))[:-1]

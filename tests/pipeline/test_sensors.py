@@ -243,3 +243,15 @@ def test_table_to_frames_end_to_end(tmp_path):
     segs = SensorFeaturizer(cfg).segments(ts, vals)
     assert [len(s.times) for s in segs] == [3, 2]
     np.testing.assert_array_equal(segs[1].values, [[3, 5], [4, 5]])
+
+
+@pytest.mark.parametrize("rate", [156.25, 100.0, 1 / 3600])
+def test_timestamps_computed_as_k_over_rate_keep_every_frame(rate):
+    """``k / rate`` in floating point can land a hair below the grid point (30 rows at 156.25 Hz used to give
+    29 frames); such times count as on the grid."""
+    k = np.arange(30)
+    ts = k / rate
+    values = np.arange(30, dtype=np.float64)[:, None]
+    frames = SensorFeaturizer(FeatureConfig.sensor_default(["a"], rate_hz=rate, max_gap_s=10 / rate)).featurize(ts, values)
+    assert frames.values.shape == (30, 1)
+    np.testing.assert_array_equal(frames.values[:, 0], values[:, 0].astype(np.float32))
