@@ -37,6 +37,8 @@ def build_parser():
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
     p.add_argument("--pooling", default="last", choices=["last", "mean"])
+    p.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
+                   help="causal_mean: subtract the running mean of the features so far (streamable CMN, in the model)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-mels", type=int, default=40)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     tcfg = TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
-                       pooling=args.pooling, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       pooling=args.pooling, input_norm=args.input_norm, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr,
                        lr_schedule="cosine", seed=args.seed, device="cpu", progress=not args.no_progress)
     results: dict[str, dict] = {}
     for name, key, pattern in splits:

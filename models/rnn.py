@@ -23,7 +23,9 @@ Outputs are per frame for every task; what a frame's output means depends on the
   feeds predictions back from a seed. ``one-to-one`` is any task over ``T = 1``.
 
 Input normalisation from fitted statistics is part of the model (buffers ``feat_mean``/``feat_std``), so
-every checkpoint and export carries it.
+every checkpoint and export carries it. ``input_norm="causal_mean"`` then subtracts the running mean of the
+normalised features over the stream so far (current frame included): causal cepstral mean normalisation,
+carried as state ``norm_sum``/``norm_count`` so it streams and exports like the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pipeline.errors import ConfigError, ShapeError, StateError
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Task = Literal["classify", "tag", "forecast", "generate"]
 Pooling = Literal["last", "mean"]
+InputNorm = Literal["none", "causal_mean"]
 State = dict[str, Tensor]
 
 _STREAMING_REFUSAL = (
@@ -67,6 +70,7 @@ class ModelConfig:
     pooling: Pooling = "last"
     horizon: int = 1
     target_dims: tuple[int, ...] = ()
+    input_norm: InputNorm = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +89,8 @@ class ModelConfig:
             raise ConfigError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
         if self.pooling == "mean" and self.task != "classify":
             raise ConfigError(f"pooling='mean' applies to task 'classify' only, not {self.task!r}")
+        if self.input_norm not in ("none", "causal_mean"):
+            raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
         if self.task == "forecast":
             if not self.target_dims:
                 raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
@@ -176,6 +182,8 @@ class StreamingRNN(nn.Module):
         specs = [StateSpec("h", (layers, c.hidden_size))]
         if c.cell == "lstm":
             specs.append(StateSpec("c", (layers, c.hidden_size)))
+        if c.input_norm == "causal_mean":
+            specs += [StateSpec("norm_sum", (c.input_dim,)), StateSpec("norm_count", (1,))]
         if c.pooling == "mean":
             specs += [StateSpec("pool_sum", (c.hidden_size,)), StateSpec("pool_count", (1,))]
         return specs
@@ -217,13 +225,20 @@ class StreamingRNN(nn.Module):
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         c = self.config
         z = (x - self.feat_mean) / self.feat_std
+        new_state: State = {}
+        if c.input_norm == "causal_mean":
+            zsum = torch.cumsum(z, dim=1) + state["norm_sum"].unsqueeze(1)
+            steps = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype).view(1, -1, 1)
+            zcount = state["norm_count"].unsqueeze(1) + steps  # [B, T, 1]
+            z = z - zsum / zcount
+            new_state.update(norm_sum=zsum[:, -1], norm_count=zcount[:, -1])
         h0 = state["h"].transpose(0, 1).contiguous()
         if c.cell == "lstm":
             out, (h, cc) = self.rnn(z, (h0, state["c"].transpose(0, 1).contiguous()))
-            new_state = {"h": h.transpose(0, 1), "c": cc.transpose(0, 1)}
+            new_state.update(h=h.transpose(0, 1), c=cc.transpose(0, 1))
         else:
             out, h = self.rnn(z, h0)
-            new_state = {"h": h.transpose(0, 1)}
+            new_state["h"] = h.transpose(0, 1)
         if c.pooling == "mean":
             csum = torch.cumsum(out, dim=1) + state["pool_sum"].unsqueeze(1)
             steps = torch.arange(1, out.shape[1] + 1, device=out.device, dtype=out.dtype).view(1, -1, 1)
@@ -249,6 +264,9 @@ class StreamingRNN(nn.Module):
         z = (x - self.feat_mean) / self.feat_std
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        if self.config.input_norm == "causal_mean":
+            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(z.dtype)
+            z = z - torch.cumsum(z * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
         packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])

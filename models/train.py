@@ -53,7 +53,7 @@ from models.data import (
     sub_config,
     tag_data,
 )
-from models.rnn import Cell, ModelConfig, Pooling, StreamingRNN
+from models.rnn import Cell, InputNorm, ModelConfig, Pooling, StreamingRNN
 from pipeline.config import FeatureConfig
 from pipeline.errors import (
     CheckpointError,
@@ -78,7 +78,7 @@ class TrainConfig:
     """Architecture and optimisation of one training run (the task and dimensions come from the data).
 
     Attributes:
-        cell, hidden_size, num_layers, dropout, bidirectional, pooling: the :class:`ModelConfig` fields.
+        cell, hidden_size, num_layers, dropout, bidirectional, pooling, input_norm: the :class:`ModelConfig` fields.
         epochs: total epochs (a resumed run continues up to this number).
         batch_size, lr, weight_decay, optimizer: optimisation (``adam``, ``adamw`` or ``sgd`` with momentum 0.9).
         lr_schedule: ``none``; ``cosine`` (to 0 over ``epochs``); ``step`` (x ``lr_gamma`` every ``lr_step``
@@ -105,6 +105,7 @@ class TrainConfig:
     dropout: float = 0.0
     bidirectional: bool = False
     pooling: Pooling = "last"
+    input_norm: InputNorm = "none"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -168,7 +169,7 @@ class TrainConfig:
             hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
             bidirectional=self.bidirectional, pooling=self.pooling if data.task == "classify" else "last",
             horizon=data.horizon if data.task == "forecast" else 1,
-            target_dims=data.target_dims if data.task == "forecast" else (),
+            target_dims=data.target_dims if data.task == "forecast" else (), input_norm=self.input_norm,
         )
 
 
@@ -898,6 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dropout", type=float, default=0.0)
     a.add_argument("--bidirectional", action="store_true", help="offline only: cannot stream or use --tbptt")
     a.add_argument("--pooling", default="last", choices=["last", "mean"], help="classify: last frame or running mean")
+    a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
+                   help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=10)
     o.add_argument("--batch-size", type=int, default=32)
@@ -952,7 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         cfg = TrainConfig(
             cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
-            bidirectional=args.bidirectional, pooling=args.pooling, epochs=args.epochs, batch_size=args.batch_size,
+            bidirectional=args.bidirectional, pooling=args.pooling, input_norm=args.input_norm,
+            epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
             lr_step=args.lr_step, lr_gamma=args.lr_gamma, clip_norm=args.clip or None, tbptt=args.tbptt,
             patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
