@@ -13,7 +13,9 @@ Model: a stateful GRU whose head predicts, at every frame, the next ``H`` values
 (``models.rnn`` task ``forecast``). Training windows are ``--window`` frames with the loss on every frame
 (``forecast_loss="all"``); validation and test score the forecast made at the window's last frame, i.e.
 from the stream's state after consuming the ``--window`` input rows. Model selection (best epoch) uses the
-validation loss only.
+validation loss only. ``--residual``: the head predicts the change from the current (normalised) value
+(``ModelConfig.residual``); ``--level-shift S``: training-only augmentation adding a random level
+``N(0, S^2)`` (in training standard deviations) to each window's inputs and targets.
 
 Streaming check: every test window is a stream of raw table rows (the CSV read by the sensor featurizer)
 pushed in 24-row chunks through an onnxruntime StreamSession (all windows batched with ``step_streams``);
@@ -54,6 +56,8 @@ def build_parser():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--residual", action="store_true", help="head predicts the change from the current value")
+    p.add_argument("--level-shift", type=float, default=0.0, help="level-shift augmentation sigma (training only)")
     p.add_argument("--forecast-loss", default="all", choices=["all", "last"])
     p.add_argument("--chunk-rows", type=int, default=24, help="rows per streamed chunk")
     return p
@@ -101,7 +105,7 @@ def run_setting(name: str, horizon: int, example: Any, fc: Any, ts: np.ndarray, 
     tcfg = TrainConfig(cell="gru", hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        lr_schedule="cosine", patience=args.patience, seed=args.seed, device="cpu",
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, residual=args.residual, level_shift=args.level_shift)
     os.makedirs(out_dir, exist_ok=True)
     ckpt = os.path.join(out_dir, "model.pt")
     t0 = time.perf_counter()
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         example = select_channels(ds.examples, dims)[0]
         fc = sub_config(ds.config, dims)
         for h in [int(x) for x in args.horizons.split(",") if x.strip()]:
-            log(f"== {setting} h{h}: window {args.window}, GRU {args.layers}x{args.hidden}")
+            log(f"== {setting} h{h}: window {args.window}, GRU {args.layers}x{args.hidden}, residual {args.residual}, "
+                f"level shift {args.level_shift}")
             r = run_setting(setting, h, example, fc, ts_all, raw_all[:, dims], args,
                             os.path.join(out, f"{setting}_h{h}"))
             log(f"   test MSE/MAE offline {r['test_mse_offline_torch']:.4f}/{r['test_mae_offline_torch']:.4f}  "

@@ -18,7 +18,9 @@ Outputs are per frame for every task; what a frame's output means depends on the
   output at its last frame.
 * ``tag`` (many-to-many): logits ``[C]`` for this frame (e.g. voice activity).
 * ``forecast`` (many-to-many, seq2seq): the next ``horizon`` values of the ``target_dims`` channels, flat
-  ``[horizon * len(target_dims)]``, in the *normalised* scale of those channels.
+  ``[horizon * len(target_dims)]``, in the *normalised* scale of those channels. With ``residual=True`` the
+  head predicts the change from the current frame: the output is ``head(out_t) + z_t[target_dims]`` repeated
+  over the horizon (``z_t`` the frame's normalised input; causal, so it streams and exports like the plain head).
 * ``generate`` (one-to-many): the next frame (all channels, normalised); :meth:`StreamingRNN.rollout`
   feeds predictions back from a seed. ``one-to-one`` is any task over ``T = 1``.
 
@@ -70,6 +72,7 @@ class ModelConfig:
     pooling: Pooling = "last"
     horizon: int = 1
     target_dims: tuple[int, ...] = ()
+    residual: bool = False
     input_norm: InputNorm = "none"
 
     def __post_init__(self) -> None:
@@ -91,6 +94,8 @@ class ModelConfig:
             raise ConfigError(f"pooling='mean' applies to task 'classify' only, not {self.task!r}")
         if self.input_norm not in ("none", "causal_mean"):
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
+        if self.residual and self.task != "forecast":
+            raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
         if self.task == "forecast":
             if not self.target_dims:
                 raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
@@ -246,7 +251,16 @@ class StreamingRNN(nn.Module):
             out = csum / count
             new_state["pool_sum"] = csum[:, -1]
             new_state["pool_count"] = count[:, -1]
-        return self.head(out), new_state
+        return self._residual(self.head(out), x), new_state
+
+    def _residual(self, y: Tensor, x: Tensor) -> Tensor:
+        """``residual`` forecasts: add each frame's normalised target values to every horizon step."""
+        c = self.config
+        if not c.residual:
+            return y
+        dims = list(c.target_dims)
+        level = (x[..., dims] - self.feat_mean[dims]) / self.feat_std[dims]  # [B, T, Dt]
+        return y + level.repeat(1, 1, c.horizon)  # flat [horizon * Dt], horizon-major like the head
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Offline: ``x [B, T, input_dim]`` -> ``y [B, T, output_dim]``.
@@ -273,7 +287,7 @@ class StreamingRNN(nn.Module):
         if self.config.pooling == "mean":
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(out.dtype)
             out = torch.cumsum(out * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
-        return self.head(out)
+        return self._residual(self.head(out), x)
 
     # ---------------------------------------------------------------------------------------
     # Task helpers

@@ -95,6 +95,8 @@ class TrainConfig:
         level_shift: forecast/generate augmentation: add a random constant ``N(0, level_shift^2)`` (in units of
             each channel's normalisation std) to a training window's inputs and targets alike, so the model
             learns to forecast relative to the recent level (helps on drifting series such as ETTh1's OT).
+        residual: forecast only: the head predicts the change from the current frame's target values
+            (:class:`ModelConfig` ``residual``).
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
     """
@@ -126,6 +128,7 @@ class TrainConfig:
     progress: bool = True
     num_threads: int | None = None
     level_shift: float = 0.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -170,6 +173,7 @@ class TrainConfig:
             bidirectional=self.bidirectional, pooling=self.pooling if data.task == "classify" else "last",
             horizon=data.horizon if data.task == "forecast" else 1,
             target_dims=data.target_dims if data.task == "forecast" else (), input_norm=self.input_norm,
+            residual=self.residual,
         )
 
 
@@ -898,6 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--hidden", type=int, default=128)
     a.add_argument("--dropout", type=float, default=0.0)
     a.add_argument("--bidirectional", action="store_true", help="offline only: cannot stream or use --tbptt")
+    a.add_argument("--residual", action="store_true", help="forecast: predict the change from the current value")
     a.add_argument("--pooling", default="last", choices=["last", "mean"], help="classify: last frame or running mean")
     a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
                    help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
@@ -962,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
             vanish_threshold=args.vanish_threshold, steps_per_epoch=args.steps_per_epoch,
             progress=not args.no_progress, num_threads=args.threads, level_shift=args.level_shift,
+            residual=args.residual,
         )
         data = prepare_data(args.data, spec)
         init: Checkpoint | None = load_checkpoint(args.init) if args.init else None
