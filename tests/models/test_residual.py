@@ -113,3 +113,13 @@ def test_residual_forecaster_exports_and_streams_through_onnx(tmp_path) -> None:
         y, states = backend.step(x[:, a:b], states)
         outs.append(y)
     np.testing.assert_allclose(np.concatenate(outs, axis=1), want, rtol=0, atol=1e-4)
+
+
+def test_cli_options_parse() -> None:
+    from experiments.etth1 import build_parser as etth1_parser
+    from models.train import build_parser
+
+    assert build_parser().parse_args(["--data", "d", "--out", "o", "--residual"]).residual is True
+    assert build_parser().parse_args(["--data", "d", "--out", "o"]).residual is False
+    args = etth1_parser().parse_args(["--residual", "--level-shift", "0.5"])
+    assert args.residual is True and args.level_shift == 0.5
