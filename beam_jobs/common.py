@@ -71,7 +71,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import AudioConfig, FeatureConfig, SensorConfig
-from pipeline.dataset import PARQUET_SCHEMA, Example
+from pipeline.dataset import PARQUET_SCHEMA, SUMMARY_FILE, Example
 from pipeline.errors import ConfigError, DatasetError, RnnstreamError
 from pipeline.stats import RunningStats
 
@@ -596,6 +596,21 @@ def write_text(path: str, text: str) -> None:
 def read_text(path: str) -> str:
     with FileSystems.open(path) as fh:
         return fh.read().decode("utf-8")
+
+
+def write_summary(output_dir: str, summary: dict[str, Any], job: str) -> dict[str, Any]:
+    """Write ``summary.json`` and enforce the accounting rule: inputs == outputs + dead letters.
+
+    Raises :class:`DatasetError` (after writing the file, so it can be inspected) when an input was lost.
+    """
+    path = FileSystems.join(output_dir, SUMMARY_FILE)
+    write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if summary["inputs"] != summary["outputs"] + summary["dead_letters"]:
+        raise DatasetError(
+            f"{job} lost inputs: {summary['inputs']} inputs but {summary['outputs']} outputs + "
+            f"{summary['dead_letters']} dead letters; see {path}"
+        )
+    return summary
 
 
 def write_jsonl(path: str, objects: Iterable[dict[str, Any]]) -> int:

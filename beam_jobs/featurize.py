@@ -82,6 +82,7 @@ from beam_jobs.common import (
     write_jsonl,
     write_shard,
     write_text,
+    write_summary,
 )
 from pipeline.config import FeatureConfig
 from pipeline.dataset import (
@@ -92,7 +93,7 @@ from pipeline.dataset import (
     SUMMARY_FILE,
     Example,
 )
-from pipeline.errors import ConfigError, DatasetError, EmptyAudioError, RnnstreamError, SensorError
+from pipeline.errors import ConfigError, EmptyAudioError, RnnstreamError, SensorError
 from pipeline.stats import RunningStats
 
 LOG = logging.getLogger(__name__)
@@ -321,13 +322,7 @@ class _FinalizeFn(beam.DoFn):
             "feature_kind": self.config.kind,
             "dim": self.config.dim,
         }
-        write_text(join(self.output_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if summary["inputs"] != summary["outputs"] + summary["dead_letters"]:
-            raise DatasetError(
-                f"featurize lost inputs: {summary['inputs']} inputs but {summary['outputs']} outputs + "
-                f"{summary['dead_letters']} dead letters; see {join(self.output_dir, SUMMARY_FILE)}"
-            )
-        yield summary
+        yield write_summary(self.output_dir, summary, "featurize")
 
 
 # --------------------------------------------------------------------------------------------

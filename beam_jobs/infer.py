@@ -75,7 +75,7 @@ from beam_jobs.common import (
     resolve_runner_aliases,
     run_pipeline,
     write_jsonl,
-    write_text,
+    write_summary,
 )
 from beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
 from pipeline.config import FeatureConfig
@@ -361,13 +361,7 @@ class _FinalizeFn(beam.DoFn):
         if labeled:
             summary["labeled"] = len(labeled)
             summary["accuracy"] = sum(p.label == p.target for p in labeled) / len(labeled)
-        write_text(join(self.output_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        if summary["inputs"] != summary["outputs"] + summary["dead_letters"]:
-            raise DatasetError(
-                f"infer lost inputs: {summary['inputs']} inputs but {summary['outputs']} predictions + "
-                f"{summary['dead_letters']} dead letters; see {join(self.output_dir, SUMMARY_FILE)}"
-            )
-        yield summary
+        yield write_summary(self.output_dir, summary, "infer")
 
 
 class _CountFn(beam.DoFn):
