@@ -58,7 +58,7 @@ def _ours(data, args):
 
     def run() -> int:
         with contextlib.redirect_stderr(io.StringIO()):
-            res = train(data, cfg)
+            train(data, cfg)
         return data.num_frames
 
     return run
