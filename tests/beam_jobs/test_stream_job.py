@@ -94,6 +94,20 @@ def strip(pred: dict[str, Any]) -> dict[str, Any]:
     return {k: pred[k] for k in ("t", "frames", "label", "scores")}
 
 
+def assert_matches(preds: list[dict[str, Any]], want: list[dict[str, Any]], what: str = "") -> None:
+    """Per-chunk predictions equal ``want``: positions and labels exactly, scores within 1e-6.
+
+    Exact in one process; a worker process (multi_processing) may round the last float32 bit
+    differently (seen: 7e-9), which is not a difference of behaviour.
+    """
+    got = [strip(p) for p in preds]
+    assert [{k: v for k, v in g.items() if k != "scores"} for g in got] == [
+        {k: v for k, v in w.items() if k != "scores"} for w in want
+    ], what
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g["scores"], w["scores"], rtol=0, atol=1e-6, err_msg=what)
+
+
 def scenario(model_hash: str) -> tuple[list[tuple[str, float]], dict[str, Any]]:
     """Six interleaved streams with every disorder, in arrival order, and what each must give.
 
@@ -145,20 +159,20 @@ def check_predictions(backend: Any, preds: dict[str, list[dict[str, Any]]], expe
     sig = expect["signals"]
     for s in ("s0", "s1", "s4", "s5"):
         assert [p["seq"] for p in preds[s]] == list(range(6)), s
-        assert [strip(p) for p in preds[s]] == offline(backend, sig[int(s[1])]), s
+        assert_matches(preds[s], offline(backend, sig[int(s[1])]), s)
         final = predict_signal(backend, np.concatenate(sig[int(s[1])]))
         assert preds[s][-1]["label"] == final.label
         np.testing.assert_allclose(preds[s][-1]["scores"], final.scores, rtol=1e-5, atol=1e-6)
     # s4 has s0's signal: identical predictions although interleaved with s0 (no state leaks).
-    assert [strip(p) for p in preds["s4"]] == [strip(p) for p in preds["s0"]]
+    assert_matches(preds["s4"], [strip(p) for p in preds["s0"]], "s4 vs s0")
     assert [strip(p) for p in preds["s1"]] != [strip(p) for p in preds["s0"]]
     # s2: chunk 2 filled with zeros == offline over the signal with silence in its place.
     filled = [c if q != 2 else np.zeros(CHUNK, np.float32) for q, c in enumerate(sig[2])]
     assert [p["seq"] for p in preds["s2"]] == list(range(6))
     assert [p.get("filled", False) for p in preds["s2"]] == [q == 2 for q in range(6)]
-    assert [strip(p) for p in preds["s2"]] == offline(backend, filled)
+    assert_matches(preds["s2"], offline(backend, filled), "s2")
     # s3: ended at seq 4 (a 300-sample last chunk).
-    assert [strip(p) for p in preds["s3"]] == offline(backend, sig[3][:4] + [sig[3][4][:300]])
+    assert_matches(preds["s3"], offline(backend, sig[3][:4] + [sig[3][4][:300]]), "s3")
 
 
 def check_counts(lines: list[tuple[str, float]], preds: list[dict[str, Any]], dead: list[dict[str, Any]],
