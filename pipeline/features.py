@@ -297,32 +297,6 @@ class AudioFeaturizer:
         rest = buffer[n * hop :]
         return feats, (rest.copy() if buffer.shape[0] > 8192 else rest)
 
-    def step_batch(self, chunks: np.ndarray, carries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`step` for ``B`` streams at once, in one FFT and one matrix product.
-
-        ``chunks [B, S]`` and ``carries [B, L]`` (every stream with the same carry length, e.g. all chunks
-        a multiple of the hop) -> ``(features [B, T, dim], new carries [B, L'])``; row ``b`` equals
-        ``step(chunks[b], carries[b])``. Raises like :meth:`step` (validated as one array).
-        """
-        x = np.asarray(chunks, dtype=_F32)
-        c = np.asarray(carries, dtype=_F32)
-        if x.ndim != 2 or c.ndim != 2 or x.shape[0] != c.shape[0] or c.shape[1] < self._ctx:
-            raise ShapeError(
-                f"step_batch takes chunks [B, S] and carries [B, >= {self._ctx}], got {list(x.shape)} and {list(c.shape)}"
-            )
-        if x.size and not np.isfinite(x).all():
-            raise NonFiniteSamplesError(
-                f"chunks: {int((~np.isfinite(x)).sum())} of {x.size} samples are NaN or Inf; expected finite samples"
-            )
-        buffer = np.concatenate((c, x), axis=1)  # [B, L + S], C-contiguous
-        batch, width = buffer.shape
-        n = (width - self._ctx) // self._hop
-        if n <= 0:
-            return np.zeros((batch, 0, self.dim), _F32), buffer
-        frames = np.ndarray((batch, n, self._win), _F32, buffer, strides=(width * 4, self._hop * 4, 4))
-        feats = _features(frames.reshape(batch * n, self._win), self._window, self._nfft, self._mats)
-        return feats.reshape(batch, n, self.dim), buffer[:, n * self._hop :].copy()
-
     def featurize(self, signal: np.ndarray) -> np.ndarray:
         """Offline features of a whole signal ``[N]`` -> ``[N // hop, dim]``: one streaming step."""
         return self.step(signal, self.initial_state())[0]

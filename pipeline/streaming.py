@@ -452,30 +452,6 @@ def scatter_states(states: dict[str, np.ndarray], sizes: Sequence[int]) -> list[
     return [{k: parts[k][i] for k in states} for i in range(len(sizes))]
 
 
-def _prepare_audio_batches(sessions: Sequence[StreamSession], chunks: Sequence[Any]) -> dict[int, _Work]:
-    """Featurize audio chunks of streams that share a featurizer config, chunk length and carry length in
-    one :meth:`AudioFeaturizer.step_batch` call per group (the per-stream NumPy overhead dominates
-    100 ms chunks). Returns prepared work by position; streams not covered use ``_prepare``."""
-    groups: dict[tuple[Any, int, int], list[int]] = {}
-    for i, (s, c) in enumerate(zip(sessions, chunks)):
-        if (s.info.input_kind == "features" and s._featurizer._audio is not None and type(c) is np.ndarray
-                and c.ndim == 1 and c.dtype == np.float32 and c.size):
-            groups.setdefault((s.info.feature_config, c.shape[0], s.carry.shape[0]), []).append(i)
-    prepared: dict[int, _Work] = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        chunk_batch = np.stack([chunks[i] for i in members])
-        if not np.isfinite(chunk_batch).all():
-            continue  # the per-stream path raises for the bad stream, naming it
-        featurizer = sessions[members[0]]._featurizer._audio
-        feats, carries = featurizer.step_batch(chunk_batch, np.stack([sessions[i].carry for i in members]))
-        for row, i in enumerate(members):
-            x = feats[row : row + 1] if feats.shape[1] else None
-            prepared[i] = _Work(x, carries[row], (), int(chunks[i].shape[0]), None)
-    return prepared
-
-
 def step_streams(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int = 256) -> list[ChunkResult]:
     """Advance each session by its chunk, batching streams whose chunks give the same input length.
 
@@ -488,9 +464,8 @@ def step_streams(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_b
         raise StateError("step_streams: a session appears twice in one call; its chunks must be applied in order")
     results: list[ChunkResult | None] = [None] * len(sessions)
     groups: dict[tuple[int, ...], list[tuple[int, _Work]]] = {}
-    prepared = _prepare_audio_batches(sessions, chunks)
     for i, (s, c) in enumerate(zip(sessions, chunks)):
-        work = prepared.get(i) or s._prepare(c)
+        work = s._prepare(c)
         if work.x is None or work.segment_starts:
             if work.x is None:
                 results[i] = s._commit(work, None, s.states)

@@ -155,21 +155,3 @@ def test_non_finite_samples_are_refused_in_every_streaming_path(name, seed, pend
     with pytest.raises(NonFiniteSamplesError, match=f"1 of {hop} samples are NaN or Inf"):
         with np.errstate(all="ignore"):
             fz.step(chunk, carry)
-
-
-def test_step_batch_equals_step_per_stream():
-    """``step_batch`` (one FFT for many streams) gives each stream what ``step`` gives it alone."""
-    fz = AudioFeaturizer(FeatureConfig.audio_default(n_mels=40))
-    rng = np.random.default_rng(3)
-    carries = np.stack([fz.step(rng.standard_normal(1600).astype(np.float32), fz.initial_state())[1]
-                        for _ in range(4)])
-    chunks = rng.standard_normal((4, 1600)).astype(np.float32)
-    feats, new = fz.step_batch(chunks, carries)
-    for b in range(4):
-        want, carry = fz.step(chunks[b], carries[b])
-        np.testing.assert_allclose(feats[b], want, atol=1e-5)
-        np.testing.assert_array_equal(new[b], carry)
-    bad = chunks.copy()
-    bad[2, 5] = np.nan
-    with pytest.raises(NonFiniteSamplesError, match="NaN or Inf"):
-        fz.step_batch(bad, carries)
