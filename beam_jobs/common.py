@@ -56,8 +56,9 @@ import json
 import logging
 import os
 import re
+import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -640,6 +641,28 @@ def prepare_output_dir(output: str, stale_patterns: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
+
+
+def job_main(name: str, argv: list[str] | None, help_text: Callable[[], str],
+             run_job: Callable[[list[str]], dict[str, Any] | None]) -> int:
+    """The shared ``main`` of the Beam job commands: ``--help``, logging, typed errors -> exit 2.
+
+    ``run_job(argv)`` runs the job and returns the summary to print as JSON (or ``None``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(help_text())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO lines would bury the summary
+    try:
+        summary = run_job(args)
+    except RnnstreamError as err:
+        print(f"rnnstream {name}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
 
 
 def run_pipeline(pipeline: beam.Pipeline) -> Any:

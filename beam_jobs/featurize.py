@@ -83,6 +83,7 @@ from beam_jobs.common import (
     write_shard,
     write_text,
     write_summary,
+    job_main,
 )
 from pipeline.config import FeatureConfig
 from pipeline.dataset import (
@@ -481,22 +482,11 @@ def _help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(_help())
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO lines would bury the summary
-    try:
-        run(argv)
-        output = PipelineOptions(argv).view_as(InputOptions).output
-        summary = read_summary(output)
-    except RnnstreamError as err:
-        print(f"rnnstream featurize: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
+    def run_job(args: list[str]) -> dict[str, Any]:
+        run(args)
+        return read_summary(PipelineOptions(args).view_as(InputOptions).output)
 
+    return job_main("featurize", argv, _help, run_job)
 
 if __name__ == "__main__":
     sys.exit(main())

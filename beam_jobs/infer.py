@@ -76,6 +76,7 @@ from beam_jobs.common import (
     run_pipeline,
     write_jsonl,
     write_summary,
+    job_main,
 )
 from beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
 from pipeline.config import FeatureConfig
@@ -569,20 +570,7 @@ def _help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(_help())
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO lines would bury the summary
-    try:
-        summary = run(argv)
-    except RnnstreamError as err:
-        print(f"rnnstream infer: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
-
+    return job_main("infer", argv, _help, run)
 
 if __name__ == "__main__":
     sys.exit(main())

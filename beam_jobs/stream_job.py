@@ -55,6 +55,7 @@ from beam_jobs.common import (
     resolve_runner_aliases,
     run_pipeline,
     write_text,
+    job_main,
 )
 from beam_jobs.stateful import DEAD_LETTERS, EVENTS, StreamInference, StreamJobConfig
 from pipeline.errors import ConfigError, RnnstreamError
@@ -383,22 +384,12 @@ def _help() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(_help())
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(argv)
-    except RnnstreamError as err:
-        print(f"rnnstream stream-job: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    output = PipelineOptions(argv).view_as(InputOptions).output
-    summary_path = FileSystems.join(output, SUMMARY_FILE)
-    if FileSystems.exists(summary_path):
-        print(read_text(summary_path), end="")
-    return 0
+    def run_job(args: list[str]) -> dict[str, Any] | None:
+        run(args)
+        summary_path = FileSystems.join(PipelineOptions(args).view_as(InputOptions).output, SUMMARY_FILE)
+        return json.loads(read_text(summary_path)) if FileSystems.exists(summary_path) else None
 
+    return job_main("stream-job", argv, _help, run_job)
 
 if __name__ == "__main__":
     sys.exit(main())
