@@ -3,14 +3,14 @@
 What lives here:
 
 * options: :class:`InputOptions` (``--input``, ``--output``, ``--manifest``, ``--label-pattern``) and
-  :class:`FeatureOptions` (every :class:`~pipeline.config.FeatureConfig` field as a flag). They are shared
+  :class:`FeatureOptions` (every :class:`~rnnstream.pipeline.config.FeatureConfig` field as a flag). They are shared
   so two jobs never register the same flag twice (Beam parses every ``PipelineOptions`` subclass at once).
 * inputs: :func:`list_inputs` expands files, directories and globs through Beam's ``FileSystems`` (local
   paths; ``gs://``/``s3://`` when those extras are installed) and attaches labels and metadata from a
   manifest or a file-name regex.
 * records: :class:`InputRecord`, :class:`DeadLetter`, :class:`ShardReport`.
 * transforms: :class:`KeepType`, :class:`Gather` (everything to one place, for the files written once
-  at the end), :class:`StatsCombineFn` (the exact parallel merge of :class:`~pipeline.stats.RunningStats`)
+  at the end), :class:`StatsCombineFn` (the exact parallel merge of :class:`~rnnstream.pipeline.stats.RunningStats`)
   and :func:`write_shard` (one Parquet shard + its partial statistics).
 * running: :func:`run_pipeline` (runner aliases, Dask client cleanup, Beam metrics read back).
 
@@ -71,10 +71,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import AudioConfig, FeatureConfig, SensorConfig
-from pipeline.dataset import PARQUET_SCHEMA, SUMMARY_FILE, Example
-from pipeline.errors import ConfigError, DatasetError, RnnstreamError
-from pipeline.stats import RunningStats
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig, SensorConfig
+from rnnstream.pipeline.dataset import PARQUET_SCHEMA, SUMMARY_FILE, Example
+from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError
+from rnnstream.pipeline.stats import RunningStats
 
 LOG = logging.getLogger(__name__)
 

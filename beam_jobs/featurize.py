@@ -9,10 +9,10 @@
     rnnstream featurize --input 'sensors/*.csv' --output out/sensors \\
         --sensor-columns ax,ay,az --timestamp-column t --rate-hz 50 --max-gap-s 0.5 --gap-policy split
 
-writes the dataset of :mod:`pipeline.dataset` into ``--output``: ``examples-SSSSS-of-NNNNN.parquet`` shards
+writes the dataset of :mod:`rnnstream.pipeline.dataset` into ``--output``: ``examples-SSSSS-of-NNNNN.parquet`` shards
 (PARQUET_SCHEMA; one row per audio file, one per gap-free segment of a sensor table with id
 ``path#segK``), ``feature_config.json``, ``stats.json`` (full-pass per-dimension count/mean/variance,
-merged exactly by :class:`~beam_jobs.common.StatsCombineFn`), ``dead_letter.jsonl`` (one
+merged exactly by :class:`~rnnstream.beam_jobs.common.StatsCombineFn`), ``dead_letter.jsonl`` (one
 ``{"path", "reason", "kind"}`` per input that failed) and ``summary.json`` (``inputs``, ``outputs``,
 ``dead_letters``, ...; printed at the end). ``inputs == outputs + dead_letters`` always: the job fails
 loudly if that ever does not hold.
@@ -33,7 +33,7 @@ examples themselves (``rnnstream infer`` on raw files uses it).
 
 Every Beam option passes through (``--runner``, ``--direct_num_workers=2
 --direct_running_mode=multi_processing``, ``--runner=DaskRunner --dask_client_address=tcp://...``); see
-:mod:`beam_jobs.common` for Flink, Spark, Dataflow and multi-machine Dask commands.
+:mod:`rnnstream.beam_jobs.common` for Flink, Spark, Dataflow and multi-machine Dask commands.
 
 Python API: :func:`featurize_corpus`.
 """
@@ -57,7 +57,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.common import (
+from rnnstream.beam_jobs.common import (
     INPUT_ERRORS,
     METRICS_NAMESPACE,
     DeadLetter,
@@ -85,8 +85,8 @@ from beam_jobs.common import (
     write_summary,
     job_main,
 )
-from pipeline.config import FeatureConfig
-from pipeline.dataset import (
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
     FEATURE_CONFIG_FILE,
     SHARD_PREFIX,
@@ -94,8 +94,8 @@ from pipeline.dataset import (
     SUMMARY_FILE,
     Example,
 )
-from pipeline.errors import ConfigError, EmptyAudioError, RnnstreamError, SensorError
-from pipeline.stats import RunningStats
+from rnnstream.pipeline.errors import ConfigError, EmptyAudioError, RnnstreamError, SensorError
+from rnnstream.pipeline.stats import RunningStats
 
 LOG = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class FileFeaturizer:
     """One input record -> its examples (one per audio file, one per sensor segment), or a typed error.
 
     Plain Python (not a DoFn), shared by the per-file and per-shard DoFns. Decoding and featurizing are
-    :mod:`pipeline.audio_io` / :mod:`pipeline.features` / :mod:`pipeline.sensors`, the code offline and
+    :mod:`rnnstream.pipeline.audio_io` / :mod:`rnnstream.pipeline.features` / :mod:`rnnstream.pipeline.sensors`, the code offline and
     streaming use.
     """
 
@@ -155,16 +155,16 @@ class FileFeaturizer:
         self.config = config
         self.regex = compile_label_pattern(label_pattern) if label_pattern else None
         if config.kind == "audio":
-            from pipeline.features import AudioFeaturizer
+            from rnnstream.pipeline.features import AudioFeaturizer
 
             self.audio = AudioFeaturizer(config)
         else:
-            from pipeline.sensors import SensorFeaturizer
+            from rnnstream.pipeline.sensors import SensorFeaturizer
 
             self.sensor = SensorFeaturizer(config)
 
     def __call__(self, record: InputRecord) -> list[Example]:
-        """Raises the errors of :data:`~beam_jobs.common.INPUT_ERRORS` for an input that cannot be used."""
+        """Raises the errors of :data:`~rnnstream.beam_jobs.common.INPUT_ERRORS` for an input that cannot be used."""
         record = apply_label_pattern(record, self.regex)
         return self._audio_examples(record) if self.config.kind == "audio" else self._sensor_examples(record)
 
@@ -174,7 +174,7 @@ class FileFeaturizer:
             return fh.read()
 
     def _audio_examples(self, record: InputRecord) -> list[Example]:
-        from pipeline.audio_io import check_extension, decode_audio
+        from rnnstream.pipeline.audio_io import check_extension, decode_audio
 
         check_extension(record.path)  # before reading the bytes
         samples = decode_audio(self._read(record.path), self.config, name=record.path)
@@ -188,7 +188,7 @@ class FileFeaturizer:
         return [Example(id=record.path, path=record.path, features=feats, label=record.label, metadata=record.metadata)]
 
     def _sensor_examples(self, record: InputRecord) -> list[Example]:
-        from pipeline.sensors import read_sensor_table
+        from rnnstream.pipeline.sensors import read_sensor_table
 
         if "://" in record.path:  # pandas reads local paths; copy remote tables first
             tmp = _local_copy(record.path, self._read(record.path))
@@ -335,8 +335,8 @@ class FeaturizeFiles(beam.PTransform):
     """:class:`InputRecord` s -> ``{"examples": Example, "dead_letters": DeadLetter}``.
 
     Each record yields its examples (one per audio file, one per sensor segment) or exactly one dead
-    letter. Decoding and featurizing are :mod:`pipeline.audio_io` / :mod:`pipeline.features` /
-    :mod:`pipeline.sensors`, the same code as offline and streaming.
+    letter. Decoding and featurizing are :mod:`rnnstream.pipeline.audio_io` / :mod:`rnnstream.pipeline.features` /
+    :mod:`rnnstream.pipeline.sensors`, the same code as offline and streaming.
     """
 
     def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None):
@@ -437,7 +437,7 @@ def featurize_corpus(
 ) -> dict[str, Any]:
     """Featurize files into a dataset in ``output_dir`` with Beam; returns the summary dict.
 
-    ``inputs``: files, directories, globs (see :func:`beam_jobs.common.list_inputs`); ``pipeline_args``:
+    ``inputs``: files, directories, globs (see :func:`rnnstream.beam_jobs.common.list_inputs`); ``pipeline_args``:
     Beam options such as ``["--direct_num_workers=2", "--direct_running_mode=multi_processing"]``.
     The returned dict is ``summary.json`` plus ``"metrics"`` (the Beam counters, or None when the runner
     does not report them).

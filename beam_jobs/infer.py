@@ -7,7 +7,7 @@
         --label-pattern '(?P<label>\\d)_'                                                # raw files
     rnnstream infer ... --format parquet                                                 # predictions.parquet
 
-The model is an exported ``.onnx`` file or a checkpoint (``export.runtime.load_backend`` picks the
+The model is an exported ``.onnx`` file or a checkpoint (``rnnstream.export.runtime.load_backend`` picks the
 backend); its ``ModelInfo`` carries the feature config, so raw files are featurized exactly as in
 training and streaming, and a dataset must have been featurized with the same config (checked).
 
@@ -29,7 +29,7 @@ Graph::
     predictions, dead letters (read / check / inference), input counts -> Gather -> Finalize
 
 ``RnnModelHandler.load_model`` returns the runtime backend; ``run_inference`` runs whole-sequence mode
-(``pipeline.streaming.predict_features``) per example. ``--batch-size`` (default 1) sets how many
+(``rnnstream.pipeline.streaming.predict_features``) per example. ``--batch-size`` (default 1) sets how many
 examples one ``run_inference`` call gets; a failing call dead-letters all of its examples with the
 error. Batches are made before ``RunInference`` (the handler skips Beam's batching): one-item lists at
 batch size 1, ``BatchElements`` above it. The DaskRunner drops what a ``DoFn`` emits at bundle end, which
@@ -57,7 +57,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.common import (
+from rnnstream.beam_jobs.common import (
     INPUT_ERRORS,
     METRICS_NAMESPACE,
     DeadLetter,
@@ -78,9 +78,9 @@ from beam_jobs.common import (
     write_summary,
     job_main,
 )
-from beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
-from pipeline.config import FeatureConfig
-from pipeline.dataset import (
+from rnnstream.beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
     FEATURE_CONFIG_FILE,
     PARQUET_SCHEMA,
@@ -88,7 +88,7 @@ from pipeline.dataset import (
     SUMMARY_FILE,
     Example,
 )
-from pipeline.errors import ConfigError, DatasetError, RnnstreamError, ShapeError
+from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError, ShapeError
 
 LOG = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def _local_file(path: str) -> tuple[str, bool]:
 
 
 def load_model_backend(path: str, threads: int | None = None) -> Any:
-    """``export.runtime.load_backend`` for a local or remote (gs://, s3://) model file."""
-    from export.runtime import load_backend
+    """``rnnstream.export.runtime.load_backend`` for a local or remote (gs://, s3://) model file."""
+    from rnnstream.export.runtime import load_backend
 
     local, temporary = _local_file(path)
     try:
@@ -191,8 +191,8 @@ def load_model_backend(path: str, threads: int | None = None) -> Any:
 class RnnModelHandler(ModelHandler[InferItem, PredictionResult, Any]):
     """``RunInference`` handler for rnnstream models: ``.onnx`` graphs or checkpoints.
 
-    ``load_model`` returns the runtime backend (``export.runtime.load_backend``); ``run_inference``
-    runs whole-sequence mode (``pipeline.streaming.predict_features``) on each segment of each item
+    ``load_model`` returns the runtime backend (``rnnstream.export.runtime.load_backend``); ``run_inference``
+    runs whole-sequence mode (``rnnstream.pipeline.streaming.predict_features``) on each segment of each item
     and returns ``PredictionResult(item, [Prediction per segment], model_id=weights_hash)``.
     """
 
@@ -209,7 +209,7 @@ class RnnModelHandler(ModelHandler[InferItem, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[InferItem], model: Any,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        from pipeline.streaming import predict_features
+        from rnnstream.pipeline.streaming import predict_features
 
         model_id = model.info.weights_hash
         results = []

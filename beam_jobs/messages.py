@@ -31,7 +31,7 @@ An *array* is either a JSON list of numbers (nested for ``[N, C]``) or an object
 required for ``[N, C]`` values and optional otherwise). Nothing else is accepted: other dtypes, NaN or
 Inf, a ragged list or a wrong shape are errors naming the field.
 
-Errors are :class:`MessageError` (a :class:`pipeline.errors.RnnstreamError`), so the pipeline turns them
+Errors are :class:`MessageError` (a :class:`rnnstream.pipeline.errors.RnnstreamError`), so the pipeline turns them
 into dead letters whose ``kind`` is the class name.
 """
 
@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import RnnstreamError
+from rnnstream.pipeline.errors import RnnstreamError
 
 MessageKind = Literal["chunk", "resume"]
 
@@ -212,7 +212,7 @@ def parse_message(line: str | bytes) -> ChunkMessage:
 
 
 def validate_for_model(msg: ChunkMessage, info: Any, chunk_size: int | None = None) -> None:
-    """Model-dependent checks of a chunk against ``info`` (a ``pipeline.streaming.ModelInfo``).
+    """Model-dependent checks of a chunk against ``info`` (a ``rnnstream.pipeline.streaming.ModelInfo``).
 
     ``chunk_size``: when given, every chunk but the last (``end``) must hold exactly that many samples
     (audio) or rows (sensor); the last may hold fewer.

@@ -1,9 +1,9 @@
 """Per-stream stateful inference in Beam: :class:`StreamInference` over a private stateful ``DoFn``.
 
 ``lines | StreamInference(model_path, StreamJobConfig(...))`` takes chunk messages (JSON lines, see
-:mod:`beam_jobs.messages`) and returns ``{"predictions", "events", "dead_letters"}``, three PCollections
+:mod:`rnnstream.beam_jobs.messages`) and returns ``{"predictions", "events", "dead_letters"}``, three PCollections
 of JSON-ready dicts. Each element's *timestamp* is its event time (sources set it; see
-``beam_jobs.stream_job``).
+``rnnstream.beam_jobs.stream_job``).
 
 State kept per stream id (Beam keyed state, so it moves with the key between workers), in one cell:
 
@@ -54,8 +54,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_jobs.messages import ChunkMessage, MessageError, encode_message, parse_message, validate_for_model
-from pipeline.errors import ConfigError, RnnstreamError, StateError
+from rnnstream.beam_jobs.messages import ChunkMessage, MessageError, encode_message, parse_message, validate_for_model
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError, StateError
 
 NAMESPACE = "rnnstream"
 STREAM_NAMESPACE = "rnnstream.stream"
@@ -111,8 +111,8 @@ class StreamJobConfig:
 
 
 def load_model(path: str) -> Any:
-    """The backend for ``path``: ``export.runtime.load_backend`` (ONNX or checkpoint), CPU."""
-    from export.runtime import load_backend
+    """The backend for ``path``: ``rnnstream.export.runtime.load_backend`` (ONNX or checkpoint), CPU."""
+    from rnnstream.export.runtime import load_backend
 
     return load_backend(path, provider="cpu")
 
@@ -258,7 +258,7 @@ class _StreamFnBase(beam.DoFn):
             Metrics.counter(STREAM_NAMESPACE, f"{st.key}/{name}").inc(n)
 
     def _session(self, st: _StreamState) -> Any:
-        from pipeline.streaming import StreamSession
+        from rnnstream.pipeline.streaming import StreamSession
 
         if st.session is None:
             cached = self._sessions.pop(st.key, None)
@@ -290,7 +290,7 @@ class _StreamFnBase(beam.DoFn):
         return TaggedOutput(DEAD_LETTERS, dead_letter(error, stream=msg.stream, seq=msg.seq, message=encode_message(msg)))
 
     def _payload(self, msg: ChunkMessage) -> Any:
-        from pipeline.streaming import SensorChunk
+        from rnnstream.pipeline.streaming import SensorChunk
 
         if msg.timestamps is not None:
             values = msg.values
@@ -477,7 +477,7 @@ class _StreamFnBase(beam.DoFn):
                 f"{msg.describe()}: resume for a stream that is active here (next seq {m['next']}); "
                 "evict it first or use another stream id"), msg))
             return
-        from pipeline.streaming import StreamSession
+        from rnnstream.pipeline.streaming import StreamSession
 
         try:
             session = StreamSession.restore(self.backend, msg.snapshot, stream_id=st.key)
@@ -594,12 +594,12 @@ Record = dict[str, Any]
 class StreamInference(beam.PTransform[beam.PCollection[str | bytes], dict[str, beam.PCollection[Record]]]):
     """Chunk messages (JSON lines, str or bytes) -> ``{"predictions", "events", "dead_letters"}``.
 
-    Per stream id, chunks are applied in ``seq`` order through a ``pipeline.streaming.StreamSession`` whose
+    Per stream id, chunks are applied in ``seq`` order through a ``rnnstream.pipeline.streaming.StreamSession`` whose
     portable snapshot lives in Beam state, so the predictions equal offline inference over the stream's
     signal whatever the arrival order, duplication and interleaving. See the module docstring.
 
     Args:
-        model_path: an ``.onnx`` export or a checkpoint (``export.runtime.load_backend``), loaded once per
+        model_path: an ``.onnx`` export or a checkpoint (``rnnstream.export.runtime.load_backend``), loaded once per
             worker process through ``apache_beam.utils.shared.Shared``.
         config: ordering, gap and eviction settings.
         timestamps_from_messages: set each element's timestamp to its message's ``event_time`` (bounded

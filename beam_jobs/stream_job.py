@@ -1,7 +1,7 @@
 """``rnnstream stream-job``: the Beam streaming job (per-stream state, ordering, gaps, eviction).
 
-Reads chunk messages (format: :mod:`beam_jobs.messages`, ``docs/stream_job.md``), runs them through
-:class:`beam_jobs.stateful.StreamInference` and writes JSON lines under ``--output DIR``:
+Reads chunk messages (format: :mod:`rnnstream.beam_jobs.messages`, ``docs/stream_job.md``), runs them through
+:class:`rnnstream.beam_jobs.stateful.StreamInference` and writes JSON lines under ``--output DIR``:
 
 * ``predictions-*.jsonl``: one per applied chunk: ``stream``, ``seq``, ``event_time``, ``t`` (seconds of
   stream consumed), ``frames``, ``label``, ``scores`` (and ``"filled": true`` for a gap filled with zeros);
@@ -45,7 +45,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from beam_jobs.common import (
+from rnnstream.beam_jobs.common import (
     InputOptions,
     counter_values,
     expand_paths,
@@ -57,8 +57,8 @@ from beam_jobs.common import (
     write_text,
     job_main,
 )
-from beam_jobs.stateful import DEAD_LETTERS, EVENTS, StreamInference, StreamJobConfig
-from pipeline.errors import ConfigError, RnnstreamError
+from rnnstream.beam_jobs.stateful import DEAD_LETTERS, EVENTS, StreamInference, StreamJobConfig
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 
 LOG = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if not bounded:
         options.view_as(StandardOptions).streaming = True
     config = config_from_options(opts, bounded)
-    from beam_jobs.stateful import load_model
+    from rnnstream.beam_jobs.stateful import load_model
 
     info = load_model(opts.model).info  # fail fast (before the pipeline) on a bad model file
     LOG.info("stream-job: model %s (%s), %s", opts.model, info.weights_hash, config)

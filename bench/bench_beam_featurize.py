@@ -38,11 +38,11 @@ SECTION = "Beam featurize (FSDD)"
 
 def _loop(files: list[str], cfg, out_dir: str) -> dict:
     """The plain loop: the same decode/featurize/stats code, one Parquet file."""
-    from beam_jobs.common import InputRecord, apply_label_pattern, compile_label_pattern, write_examples_parquet
-    from pipeline.audio_io import decode_audio
-    from pipeline.dataset import Example
-    from pipeline.features import AudioFeaturizer
-    from pipeline.stats import RunningStats
+    from rnnstream.beam_jobs.common import InputRecord, apply_label_pattern, compile_label_pattern, write_examples_parquet
+    from rnnstream.pipeline.audio_io import decode_audio
+    from rnnstream.pipeline.dataset import Example
+    from rnnstream.pipeline.features import AudioFeaturizer
+    from rnnstream.pipeline.stats import RunningStats
 
     fz = AudioFeaturizer(cfg)
     regex = compile_label_pattern(LABEL_PATTERN)
@@ -63,8 +63,8 @@ def _loop(files: list[str], cfg, out_dir: str) -> dict:
 def _warm_worker() -> bool:
     """Run in each Dask worker before timing: the imports a long-lived worker has already done."""
     single_thread()
-    import beam_jobs.featurize  # noqa: F401
-    import pipeline.features  # noqa: F401
+    import rnnstream.beam_jobs.featurize  # noqa: F401
+    import rnnstream.pipeline.features  # noqa: F401
 
     return True
 
@@ -72,7 +72,7 @@ def _warm_worker() -> bool:
 def _check(name: str, summary: dict, ref: dict, out_dir: str) -> None:
     import numpy as np
 
-    from pipeline.stats import RunningStats
+    from rnnstream.pipeline.stats import RunningStats
 
     got = (summary["inputs"], summary["outputs"], summary["dead_letters"], summary["frames"])
     want = (ref["inputs"], ref["outputs"], ref["dead_letters"], ref["frames"])
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     single_thread()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    from beam_jobs.featurize import featurize_corpus
-    from pipeline.config import FeatureConfig
+    from rnnstream.beam_jobs.featurize import featurize_corpus
+    from rnnstream.pipeline.config import FeatureConfig
 
     files = sorted(str(p) for p in data.glob("*.wav"))
     if args.limit:

@@ -3,7 +3,7 @@
 Throughput is seconds of audio featurized per CPU-second (``time.process_time``) when a 16 kHz signal
 is streamed in 10 ms, 100 ms and 1 s chunks through
 
-* ours: :class:`pipeline.features.AudioFeaturizer` (80 log-mel bins, 25 ms Hann windows, 10 ms hops),
+* ours: :class:`rnnstream.pipeline.features.AudioFeaturizer` (80 log-mel bins, 25 ms Hann windows, 10 ms hops),
   ``step(chunk, carry)`` per chunk, features returned as a ``[T, 80]`` array;
 * knf: ``kaldi_native_fbank.OnlineFbank`` (80 bins, dither 0, snip_edges False, other options at
   knf's defaults), ``accept_waveform`` per chunk, then ``get_frame`` for each new frame and ``pop``.
@@ -96,8 +96,8 @@ def run_benchmark(seconds: float, repeats: int, chunks_ms: list[int]) -> tuple[l
     import numpy as np
 
     from bench._report import median_spread
-    from pipeline.config import AudioConfig
-    from pipeline.features import AudioFeaturizer
+    from rnnstream.pipeline.config import AudioConfig
+    from rnnstream.pipeline.features import AudioFeaturizer
 
     cfg = AudioConfig(sample_rate=16000, win_ms=25.0, hop_ms=10.0, n_mels=80)
     rate = cfg.sample_rate

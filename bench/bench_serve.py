@@ -176,27 +176,27 @@ def build_backend(workdir: str) -> tuple[Any, str]:
     """A 2x128 GRU over 80 log-mel bins, exported to ONNX (falls back to PyTorch if export fails)."""
     import torch
 
-    from models.rnn import rnn_classifier
-    from pipeline.config import FeatureConfig
+    from rnnstream.models.rnn import rnn_classifier
+    from rnnstream.pipeline.config import FeatureConfig
 
     torch.manual_seed(0)
     fc = FeatureConfig.audio_default(n_mels=80)
     model = rnn_classifier(input_dim=80, num_classes=len(LABELS), hidden_size=128, num_layers=2, cell="gru")
     try:
-        from export.onnx_export import export_onnx
-        from export.runtime import load_backend
+        from rnnstream.export.onnx_export import export_onnx
+        from rnnstream.export.runtime import load_backend
 
         path = export_onnx(model, os.path.join(workdir, "gru2x128.onnx"), feature_config=fc, labels=LABELS)
         return load_backend(path, provider="cpu", threads=1), "onnxruntime"
     except ImportError:
-        from models.backend import TorchBackend
+        from rnnstream.models.backend import TorchBackend
 
         torch.set_num_threads(1)
         return TorchBackend(model, fc, LABELS), "torch"
 
 
 async def run_level(backend: Any, mode: str, streams: int, max_batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    from serving.server import ServerConfig, StreamServer
+    from rnnstream.serving.server import ServerConfig, StreamServer
 
     cfg = ServerConfig(port=0, http_port=None, max_streams=max(streams, 1), max_batch=max_batch,
                        max_wait_ms=args.max_wait_ms, max_queue=max(32, int(10 * args.seconds) + 2 * args.window),

@@ -1,7 +1,7 @@
 """Streaming latency on one thread: PyTorch vs onnxruntime (features / raw-audio graph) vs Silero VAD.
 
 A 2-layer, 128-unit GRU tagger on 80 log-mel bands (16 kHz, 25 ms window, 10 ms hop) streams 100 ms
-chunks of audio (10 frames each) through :class:`pipeline.streaming.StreamSession` over
+chunks of audio (10 frames each) through :class:`rnnstream.pipeline.streaming.StreamSession` over
 
 * (a) ``TorchBackend`` (PyTorch eager; features from the Python featurizer),
 * (b) ``OnnxBackend`` on the features graph (Python featurizer + onnxruntime),
@@ -85,12 +85,12 @@ def build_backends(tmp: str) -> dict[str, object]:
     """The GRU (random weights, plausible statistics) as TorchBackend and both ONNX graphs."""
     import torch
 
-    from export.onnx_export import export_onnx
-    from export.runtime import OnnxBackend
-    from models.backend import TorchBackend
-    from models.rnn import rnn_tagger
-    from pipeline.config import FeatureConfig
-    from pipeline.features import AudioFeaturizer
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.export.runtime import OnnxBackend
+    from rnnstream.models.backend import TorchBackend
+    from rnnstream.models.rnn import rnn_tagger
+    from rnnstream.pipeline.config import FeatureConfig
+    from rnnstream.pipeline.features import AudioFeaturizer
 
     fc = FeatureConfig.audio_default(sample_rate=RATE, n_mels=80)
     feats = AudioFeaturizer(fc).featurize(bench_signal(5.0, seed=1))
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = p.parse_args(argv)
     single_thread()
-    from pipeline.streaming import StreamSession
+    from rnnstream.pipeline.streaming import StreamSession
 
     signal = bench_signal(args.seconds)
     chunk = RATE * CHUNK_MS // 1000

@@ -41,10 +41,10 @@ def make_inputs(workdir: Path, streams: int, chunks: int, seed: int = 0) -> tupl
     import numpy as np
     import torch
 
-    from beam_jobs.messages import chunk, encode_message
-    from models.checkpoint import save_checkpoint
-    from models.rnn import rnn_classifier
-    from pipeline.config import FeatureConfig
+    from rnnstream.beam_jobs.messages import chunk, encode_message
+    from rnnstream.models.checkpoint import save_checkpoint
+    from rnnstream.models.rnn import rnn_classifier
+    from rnnstream.pipeline.config import FeatureConfig
 
     torch.manual_seed(seed)
     cfg = FeatureConfig.audio_default(sample_rate=RATE, n_mels=40)
@@ -76,7 +76,7 @@ def run_mode(model: str, input_path: str, out: str, beam_args: list[str]) -> dic
     import logging
 
     from bench._report import single_thread
-    from beam_jobs import stream_job
+    from rnnstream.beam_jobs import stream_job
 
     single_thread()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -1,4 +1,4 @@
-"""Training throughput: ``models.train.train`` (the ``rnnstream train`` code path) vs a bare PyTorch loop.
+"""Training throughput: ``rnnstream.models.train.train`` (the ``rnnstream train`` code path) vs a bare PyTorch loop.
 
 Both train a 2-layer, 128-unit GRU classifier (40 input features, 10 classes) on the same tensors, with
 the same batch size, the same optimizer (Adam, lr 1e-3) and the same number of steps, on one thread:
@@ -41,8 +41,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def _data(n: int, frames: int):
     import numpy as np
 
-    from models.data import tensor_data
-    from pipeline.config import FeatureConfig
+    from rnnstream.models.data import tensor_data
+    from rnnstream.pipeline.config import FeatureConfig
 
     rng = np.random.default_rng(0)
     seqs = [rng.normal(size=(frames, 40)).astype(np.float32) for _ in range(n)]
@@ -51,7 +51,7 @@ def _data(n: int, frames: int):
 
 
 def _ours(data, args):
-    from models.train import TrainConfig, train
+    from rnnstream.models.train import TrainConfig, train
 
     cfg = TrainConfig(cell="gru", hidden_size=128, num_layers=2, epochs=1, batch_size=args.batch_size, lr=1e-3,
                       optimizer="adam", seed=0, device="cpu", progress=True)
@@ -68,7 +68,7 @@ def _bare(data, args):
     import torch
     from torch import nn
 
-    from models.data import batch_order
+    from rnnstream.models.data import batch_order
 
     batches = batch_order(data, args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(1))
 
@@ -95,7 +95,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[list[object]], float]:
     from bench._report import median_spread
 
     data = _data(args.steps * args.batch_size, args.frames)
-    impls = {"ours (models.train.train)": _ours(data, args), "bare PyTorch loop": _bare(data, args)}
+    impls = {"ours (rnnstream.models.train.train)": _ours(data, args), "bare PyTorch loop": _bare(data, args)}
     for fn in impls.values():  # warm-up: lazy imports, allocator, oneDNN kernels
         fn()
     tput: dict[str, list[float]] = {name: [] for name in impls}

@@ -56,11 +56,11 @@ def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test
     Returns the offline (PyTorch ``evaluate``) test accuracy, the streamed (onnxruntime, chunk by chunk from
     the raw files) accuracy, and their agreement.
     """
-    from export.onnx_export import export_onnx
-    from export.runtime import load_backend
-    from models import plots as P
-    from models.backend import TorchBackend
-    from models.train import train
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.export.runtime import load_backend
+    from rnnstream.models import plots as P
+    from rnnstream.models.backend import TorchBackend
+    from rnnstream.models.train import train
     from rnnstream.demo import plot_stream_trace, read_raw, stream_classification
 
     os.makedirs(run_dir, exist_ok=True)

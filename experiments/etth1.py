@@ -10,7 +10,7 @@ rows; stride-1 windows; MSE/MAE on the normalised scale. ``univariate``: OT in, 
 all 7 columns in and out. Horizons 24 and 48.
 
 Model: a stateful GRU whose head predicts, at every frame, the next ``H`` values of the targets
-(``models.rnn`` task ``forecast``). Training windows are ``--window`` frames with the loss on every frame
+(``rnnstream.models.rnn`` task ``forecast``). Training windows are ``--window`` frames with the loss on every frame
 (``forecast_loss="all"``); validation and test score the forecast made at the window's last frame, i.e.
 from the stream's state after consuming the ``--window`` input rows. Model selection (best epoch) uses the
 validation loss only. ``--residual``: the head predicts the change from the current (normalised) value
@@ -71,7 +71,7 @@ def stream_windows(onnx_backend: Any, ts: np.ndarray, values: np.ndarray, starts
     """
     from tqdm.auto import tqdm
 
-    from pipeline.streaming import SensorChunk, StreamSession, step_streams
+    from rnnstream.pipeline.streaming import SensorChunk, StreamSession, step_streams
 
     info = onnx_backend.info
     h, d = info.model_config.horizon, len(info.model_config.target_dims)
@@ -90,10 +90,10 @@ def stream_windows(onnx_backend: Any, ts: np.ndarray, values: np.ndarray, starts
 
 def run_setting(name: str, horizon: int, example: Any, fc: Any, ts: np.ndarray, raw: np.ndarray, args: Any,
                 out_dir: str) -> dict[str, Any]:
-    from export.onnx_export import export_onnx
-    from export.runtime import load_backend
-    from models.data import forecast_data
-    from models.train import TrainConfig, forecast_predictions, train
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.export.runtime import load_backend
+    from rnnstream.models.data import forecast_data
+    from rnnstream.models.train import TrainConfig, forecast_predictions, train
     from rnnstream.datasets import ETT_SPLITS
 
     dims = list(range(fc.dim))
@@ -144,9 +144,9 @@ def run_setting(name: str, horizon: int, example: Any, fc: Any, ts: np.ndarray, 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
-    from models.data import select_channels, sub_config
-    from pipeline.dataset import read_dataset
-    from pipeline.sensors import read_sensor_table
+    from rnnstream.models.data import select_channels, sub_config
+    from rnnstream.pipeline.dataset import read_dataset
+    from rnnstream.pipeline.sensors import read_sensor_table
     from rnnstream import datasets as D
     from rnnstream.demo import featurize_dataset, format_table
 

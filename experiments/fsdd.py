@@ -8,7 +8,7 @@
 2. Splits: ``documented`` (takes 0-4 test, 5-49 train; FSDD's README) and ``loso-<speaker>`` for each of
    the four speakers (train on the other three). Validation (model selection) is a seeded 10% of the
    training files; the test files are never seen in training or selection.
-3. Each split: a GRU classifier trained with :func:`models.train.train`, exported to ONNX, and every test
+3. Each split: a GRU classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and every test
    file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy, streamed
    accuracy and their agreement are reported.
 
@@ -88,10 +88,10 @@ def augment_examples(examples, copies: int, seed: int):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
-    from models.data import classify_data, split_by, split_fraction
-    from models.train import TrainConfig
-    from pipeline.config import FeatureConfig
-    from pipeline.dataset import read_dataset
+    from rnnstream.models.data import classify_data, split_by, split_fraction
+    from rnnstream.models.train import TrainConfig
+    from rnnstream.pipeline.config import FeatureConfig
+    from rnnstream.pipeline.dataset import read_dataset
     from rnnstream import datasets as D
     from rnnstream.demo import featurize_dataset, format_table
 

@@ -37,8 +37,8 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
-    from models.data import classify_data, split_by, split_fraction
-    from models.train import TrainConfig
+    from rnnstream.models.data import classify_data, split_by, split_fraction
+    from rnnstream.models.train import TrainConfig
     from rnnstream import datasets as D
     from rnnstream.demo import featurize_dataset, format_table
 

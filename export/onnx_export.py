@@ -1,4 +1,4 @@
-"""Export a :class:`models.rnn.StreamingRNN` to a self-describing streaming ONNX graph.
+"""Export a :class:`rnnstream.models.rnn.StreamingRNN` to a self-describing streaming ONNX graph.
 
 The graph is one *streaming step* (see ``docs/onnx.md`` for the full signature)::
 
@@ -10,7 +10,7 @@ The graph is one *streaming step* (see ``docs/onnx.md`` for the full signature):
 ``B``, ``T`` and ``S`` are dynamic (``S`` a multiple of the hop, ``T = S // hop``); the state tensors
 are batch-first with the per-stream shapes of ``ModelInfo.state_specs``, in that order. The file's
 ``metadata_props`` hold ``ModelInfo.to_metadata()`` (feature config, labels, task, state names and
-shapes, weights and statistics hashes, version), so :class:`export.runtime.OnnxBackend` needs nothing
+shapes, weights and statistics hashes, version), so :class:`rnnstream.export.runtime.OnnxBackend` needs nothing
 but the ``.onnx`` file.
 
 Export verifies itself before the file appears at ``out``: ``onnx.checker.check_model``, then
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.rnn import StreamingRNN
-from pipeline.config import FeatureConfig
-from pipeline.errors import ConfigError, ExportError, RnnstreamError
-from pipeline.streaming import FRONTEND_STATE, ModelInfo
+from rnnstream.models.rnn import StreamingRNN
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import ConfigError, ExportError, RnnstreamError
+from rnnstream.pipeline.streaming import FRONTEND_STATE, ModelInfo
 
 #: Relative tolerance of the export self-check: ``max|onnx - torch| <= TOLERANCE * max(1, max|torch|)``.
 TOLERANCE = 1e-4
@@ -213,13 +213,13 @@ def export_with_report(
         model.step(torch.zeros(1, 0, model.config.input_dim), {})  # raises the explanatory StateError
     if raw_audio and feature_config.kind != "audio":
         raise ConfigError(f"raw_audio needs an audio feature config; this model's features are {feature_config.kind!r}")
-    from models.backend import TorchBackend
+    from rnnstream.models.backend import TorchBackend
 
     model = model.cpu().eval()
     TorchBackend(model, feature_config, labels)  # checks input_dim against the feature config (ShapeError)
     frontend = None
     if raw_audio:
-        from pipeline.features import AudioFrontend
+        from rnnstream.pipeline.features import AudioFrontend
 
         frontend = AudioFrontend(feature_config).eval()
     info = ModelInfo.from_model(model, feature_config, labels, input_kind="audio" if raw_audio else "features")
@@ -257,7 +257,7 @@ def _resolve(model_or_ckpt: Any, feature_config: FeatureConfig | None,
             raise ConfigError("export_onnx(model, ...) needs the model's feature_config (or pass a checkpoint path)")
         return model_or_ckpt, feature_config, list(labels or [])
     if isinstance(model_or_ckpt, (str, os.PathLike)):
-        from models.checkpoint import load_checkpoint
+        from rnnstream.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(os.fspath(model_or_ckpt))
         return ckpt.model, feature_config or ckpt.feature_config, list(ckpt.labels if labels is None else labels)
@@ -401,7 +401,7 @@ def _verify(graph: StepGraph, info: ModelInfo, path: str, tol: float, seed: int)
     total = sum(chunks)
     full = example_inputs(info, 1, total, rng, random_states=False)
     if info.input_kind == "audio":
-        from pipeline.features import AudioFeaturizer
+        from rnnstream.pipeline.features import AudioFeaturizer
 
         audio = full[0]
         feats = AudioFeaturizer(info.feature_config).featurize(audio[0])[None]
@@ -474,7 +474,7 @@ def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, strea
     yq = sq.run(outs[:1], dict(zip(ins, args)))[0]
     classify = info.task in ("classify", "tag")
     if classify:
-        from pipeline.streaming import softmax
+        from rnnstream.pipeline.streaming import softmax
 
         pf, pq = softmax(yf.astype(np.float64)), softmax(yq.astype(np.float64))
     else:

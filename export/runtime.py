@@ -3,11 +3,11 @@
 ::
 
     backend = load_backend("model.onnx")        # OnnxBackend (the file describes itself)
-    backend = load_backend("model.pt")          # models.backend.TorchBackend, same interface
-    session = StreamSession(backend)            # pipeline.streaming: push chunks, final(), snapshots
+    backend = load_backend("model.pt")          # rnnstream.models.backend.TorchBackend, same interface
+    session = StreamSession(backend)            # rnnstream.pipeline.streaming: push chunks, final(), snapshots
 
-:class:`OnnxBackend` implements ``pipeline.streaming.Backend`` over a graph written by
-:mod:`export.onnx_export` (signature in ``docs/onnx.md``). It is stateless: ``step(x, states)`` maps a
+:class:`OnnxBackend` implements ``rnnstream.pipeline.streaming.Backend`` over a graph written by
+:mod:`rnnstream.export.onnx_export` (signature in ``docs/onnx.md``). It is stateless: ``step(x, states)`` maps a
 batch of streams' input and states to outputs and new states; sessions own the states.
 
 Input policy (checked on every call, typed errors naming the value and what was expected):
@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
-from pipeline.streaming import FRONTEND_STATE, Backend, ModelInfo
+from rnnstream.pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
+from rnnstream.pipeline.streaming import FRONTEND_STATE, Backend, ModelInfo
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -66,7 +66,7 @@ def resolve_provider(provider: str) -> str:
 
 
 class OnnxBackend:
-    """``pipeline.streaming.Backend`` over an rnnstream ``.onnx`` graph, run by onnxruntime.
+    """``rnnstream.pipeline.streaming.Backend`` over an rnnstream ``.onnx`` graph, run by onnxruntime.
 
     ``info`` is rebuilt from the file's metadata (``ModelInfo.from_metadata``). ``step(x, states)``:
     ``x [B, T, F]`` features (or ``[B, S]`` audio for a raw-audio graph), ``states {name: [B, *shape]}``
@@ -116,7 +116,7 @@ class OnnxBackend:
         self.quantization = meta.get("rnnstream.quantization", "none")
         self.io_binding = (self.provider == PROVIDERS["cuda"]) if io_binding is None else bool(io_binding)
 
-        from export.onnx_export import input_names, output_names, state_names
+        from rnnstream.export.onnx_export import input_names, output_names, state_names
 
         self._in = input_names(self.info)
         self._out = output_names(self.info)
@@ -225,14 +225,14 @@ class OnnxBackend:
 def load_backend(path: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
                  raw_audio: bool = False) -> Backend:
     """A backend for ``path``, whichever kind it is: :class:`OnnxBackend` for ``.onnx`` files,
-    ``models.backend.TorchBackend`` for checkpoints (anything else).
+    ``rnnstream.models.backend.TorchBackend`` for checkpoints (anything else).
 
     ``provider``: ``"auto"``/``"cpu"``/``"cuda"`` (for a checkpoint: the torch device; ``"auto"`` picks
     CUDA when ``torch.cuda.is_available()``). ``threads``: onnxruntime's intra-op threads, or for a
     checkpoint ``torch.set_num_threads`` (process-wide). ``raw_audio``: for a checkpoint, put the audio
     front end in the backend (input ``[B, S]`` audio); for an ``.onnx`` file the graph decides, and
     ``raw_audio=True`` with a features graph raises :class:`ConfigError` (export with ``--raw-audio``).
-    A :class:`pipeline.streaming.StreamSession` hides the difference either way.
+    A :class:`rnnstream.pipeline.streaming.StreamSession` hides the difference either way.
     """
     p = os.fspath(path)
     if p.lower().endswith(".onnx"):
@@ -240,7 +240,7 @@ def load_backend(path: str | os.PathLike[str], *, provider: str = "auto", thread
         if raw_audio and backend.info.input_kind != "audio":
             raise ConfigError(f"raw_audio=True, but {p!r} is a features graph; export it with --raw-audio")
         return backend
-    from models.backend import TorchBackend
+    from rnnstream.models.backend import TorchBackend
 
     if provider not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")

@@ -5,11 +5,11 @@
     rnnstream stream --model MODEL.onnx|CKPT.pt --input FILE --chunk-ms 100 [--provider auto|cpu|cuda]
                      [--threads N] [--raw-audio] [--final-only]
 
-An audio file (``pipeline.audio_io.load_audio``, resampled to the model's rate) is cut into chunks of
-``round(chunk_ms * rate / 1000)`` samples; a sensor table (``pipeline.sensors.read_sensor_table``) into
+An audio file (``rnnstream.pipeline.audio_io.load_audio``, resampled to the model's rate) is cut into chunks of
+``round(chunk_ms * rate / 1000)`` samples; a sensor table (``rnnstream.pipeline.sensors.read_sensor_table``) into
 chunks of consecutive rows whose timestamps fall in the same ``chunk_ms`` window, counted from the first
 row. ``--chunk-ms 0`` pushes the whole file as one chunk. Each chunk goes through one
-:class:`pipeline.streaming.StreamSession` over ``export.runtime.load_backend(MODEL)`` and prints
+:class:`rnnstream.pipeline.streaming.StreamSession` over ``rnnstream.export.runtime.load_backend(MODEL)`` and prints
 ``ChunkResult.to_dict()`` (``t``, ``frames``, ``label``, ``scores``, and ``segment_starts`` after sensor
 gaps). The last line is the final prediction: ``{"final": true, "t", "label", "scores", "frames"}``
 (``label`` null and ``scores`` empty when the file gave no frame). Any chunking prints the same final
@@ -28,8 +28,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from pipeline.errors import ConfigError, RnnstreamError
-from pipeline.streaming import Backend, SensorChunk, StreamSession
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError
+from rnnstream.pipeline.streaming import Backend, SensorChunk, StreamSession
 
 
 def audio_chunks(samples: np.ndarray, rate: int, chunk_ms: float) -> Iterator[np.ndarray]:
@@ -62,12 +62,12 @@ def stream_file(backend: Backend, path: str, chunk_ms: float, out: TextIO = sys.
     session = StreamSession(backend, stream_id=stream_id or path)
     chunks: Iterator[Any]
     if cfg.kind == "audio":
-        from pipeline.audio_io import load_audio
+        from rnnstream.pipeline.audio_io import load_audio
 
         samples = load_audio(path, cfg)
         chunks = audio_chunks(samples, cfg.audio.sample_rate, chunk_ms)  # type: ignore[union-attr]
     else:
-        from pipeline.sensors import read_sensor_table
+        from rnnstream.pipeline.sensors import read_sensor_table
 
         ts, vals = read_sensor_table(path, cfg)
         chunks = sensor_chunks(ts, vals, chunk_ms)
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from export.runtime import load_backend
+    from rnnstream.export.runtime import load_backend
 
     try:
         backend = load_backend(args.model, provider=args.provider, threads=args.threads, raw_audio=args.raw_audio)

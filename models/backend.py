@@ -1,4 +1,4 @@
-"""The PyTorch backend of the streaming runtime (see ``pipeline.streaming.Backend``)."""
+"""The PyTorch backend of the streaming runtime (see ``rnnstream.pipeline.streaming.Backend``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.rnn import StreamingRNN
-from pipeline.config import FeatureConfig
-from pipeline.errors import ShapeError, StateError
-from pipeline.features import AudioFrontend
-from pipeline.streaming import FRONTEND_STATE, ModelInfo
+from rnnstream.models.rnn import StreamingRNN
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import ShapeError, StateError
+from rnnstream.pipeline.features import AudioFrontend
+from rnnstream.pipeline.streaming import FRONTEND_STATE, ModelInfo
 
 
 class TorchBackend:
@@ -37,7 +37,7 @@ class TorchBackend:
 
     @classmethod
     def from_checkpoint(cls, path: str, *, raw_audio: bool = False, device: str = "cpu") -> "TorchBackend":
-        from models.checkpoint import load_checkpoint
+        from rnnstream.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
         return cls(ckpt.model, ckpt.feature_config, ckpt.labels, raw_audio=raw_audio, device=device)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.rnn import ModelConfig, StreamingRNN, build_model
-from pipeline.config import FeatureConfig
-from pipeline.errors import CheckpointError
+from rnnstream.models.rnn import ModelConfig, StreamingRNN, build_model
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "rnnstream.checkpoint/1"
 

@@ -1,7 +1,7 @@
 """Training data: featurized examples -> per-task tensors, splits and batches.
 
 Every task is one shape of supervision over per-frame model outputs ``y [B, T, O]``
-(see :mod:`models.rnn`); a :class:`Batch` carries the inputs and which frames have a target::
+(see :mod:`rnnstream.models.rnn`); a :class:`Batch` carries the inputs and which frames have a target::
 
     x       float32 [B, T, D]  right-padded inputs in the *raw* feature scale (the model normalises)
     lengths int64   [B]        valid frames per sequence
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.config import FeatureConfig
-from pipeline.dataset import Example
-from pipeline.errors import ConfigError, DatasetError, ShapeError
-from pipeline.stats import RunningStats
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import Example
+from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError
+from rnnstream.pipeline.stats import RunningStats
 
 Task = Literal["classify", "tag", "forecast", "generate"]
 IGNORE = -100  # tag targets of padded frames (never read: the mask excludes them)

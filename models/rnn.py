@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError, ShapeError, StateError
+from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Task = Literal["classify", "tag", "forecast", "generate"]

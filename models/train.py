@@ -2,7 +2,7 @@
 
 ::
 
-    data = classify_data(train_examples)                       # models.data builds per-task tensors
+    data = classify_data(train_examples)                       # rnnstream.models.data builds per-task tensors
     val = classify_data(val_examples, labels=data.labels)
     result = train(data, TrainConfig(cell="gru", hidden_size=64, epochs=10), val_data=val, checkpoint="m.pt")
     metrics = evaluate(result.model, val)                      # accuracy + confusion / MSE + MAE
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.data import (
+from rnnstream.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from rnnstream.models.data import (
     Batch,
     TaskData,
     batch_order,
@@ -53,9 +53,9 @@ from models.data import (
     sub_config,
     tag_data,
 )
-from models.rnn import Cell, InputNorm, ModelConfig, Pooling, StreamingRNN
-from pipeline.config import FeatureConfig
-from pipeline.errors import (
+from rnnstream.models.rnn import Cell, InputNorm, ModelConfig, Pooling, StreamingRNN
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import (
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -64,7 +64,7 @@ from pipeline.errors import (
     StateError,
     TrainingDivergedError,
 )
-from pipeline.stats import RunningStats
+from rnnstream.pipeline.stats import RunningStats
 
 METRICS_FILE = "metrics.json"
 
@@ -729,7 +729,7 @@ def _train(train_data: TaskData, config: TrainConfig, *, val_data: TaskData | No
     plots: list[str] = []
     out_dir = plots_dir or (os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else None)
     if out_dir is not None and history:
-        from models import plots as P
+        from rnnstream.models import plots as P
 
         os.makedirs(out_dir, exist_ok=True)
         plots.append(P.plot_curves(history, os.path.join(out_dir, "curves.png"), metric=f"val_{_primary(task)}"))
@@ -807,7 +807,7 @@ class PreparedData:
 
 def prepare_data(root: str, spec: DataSpec) -> PreparedData:
     """Read the dataset at ``root`` and split/shape it per ``spec`` (see :class:`DataSpec`)."""
-    from pipeline.dataset import read_dataset
+    from rnnstream.pipeline.dataset import read_dataset
 
     ds = read_dataset(root)
     examples = list(ds.examples)

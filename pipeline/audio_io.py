@@ -10,7 +10,7 @@ Multi-channel audio is averaged to mono, or ``cfg.channel`` is picked. A rate ot
 ``cfg.sample_rate`` is resampled with ``torchaudio.functional.resample`` when ``cfg.resample`` is
 true, refused otherwise.
 
-Every failure is a typed error from :mod:`pipeline.errors` whose message names the file:
+Every failure is a typed error from :mod:`rnnstream.pipeline.errors` whose message names the file:
 :class:`EmptyAudioError` (0 bytes or 0 frames), :class:`CorruptAudioError` (truncated, corrupt, not
 audio), :class:`UnsupportedFormatError` (unknown extension or container),
 :class:`NonFiniteSamplesError` (NaN/Inf in a float file), :class:`ChannelError` (no such channel),
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.config import AudioConfig, FeatureConfig
-from pipeline.errors import (
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig
+from rnnstream.pipeline.errors import (
     ChannelError,
     ConfigError,
     CorruptAudioError,

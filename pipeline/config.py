@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.errors import ConfigError
+from rnnstream.pipeline.errors import ConfigError
 
 FEATURE_CONFIG_VERSION = 1
 

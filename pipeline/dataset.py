@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import FeatureConfig
-from pipeline.errors import DatasetError
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import DatasetError
 
 FEATURE_CONFIG_FILE = "feature_config.json"
 STATS_FILE = "stats.json"
@@ -90,7 +90,7 @@ class Example:
 
 @dataclass
 class FeatureDataset:
-    """A loaded dataset: config, statistics (``pipeline.stats.RunningStats``) and examples."""
+    """A loaded dataset: config, statistics (``rnnstream.pipeline.stats.RunningStats``) and examples."""
 
     config: FeatureConfig
     stats: Any
@@ -109,7 +109,7 @@ def shard_paths(root: str) -> list[str]:
 
 def read_dataset(root: str) -> FeatureDataset:
     """Load a dataset directory; raises :class:`DatasetError` naming what is missing or empty."""
-    from pipeline.stats import RunningStats
+    from rnnstream.pipeline.stats import RunningStats
 
     if not os.path.isdir(root):
         raise DatasetError(f"dataset directory {root!r} does not exist")
@@ -135,7 +135,7 @@ def read_dataset(root: str) -> FeatureDataset:
 
 def write_dataset(root: str, examples: list[Example], config: FeatureConfig, stats: Any | None = None) -> str:
     """Write a dataset without Beam (tests, small tools): one shard, config, and stats (computed if None)."""
-    from pipeline.stats import RunningStats
+    from rnnstream.pipeline.stats import RunningStats
 
     os.makedirs(root, exist_ok=True)
     if stats is None:

@@ -6,7 +6,7 @@ Offline featurization *is* streaming over one chunk::
     frames, carry = fz.step(chunk, fz.initial_state())    # any chunk length, 0 included
     fz.featurize(signal) == fz.step(signal, fz.initial_state())[0]
 
-Framing is causal (see :mod:`pipeline.config`): ``N`` samples give ``N // hop`` frames. The carry is a
+Framing is causal (see :mod:`rnnstream.pipeline.config`): ``N`` samples give ``N // hop`` frames. The carry is a
 1-D float32 array of the samples not yet consumed: ``win - hop`` samples of context followed by
 ``0 .. hop - 1`` pending samples. Its first ``context`` samples are the ONNX graph's carry state
 (:class:`AudioFrontend`); the pending tail is held by the runtime.
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-from pipeline.config import AudioConfig, FeatureConfig
-from pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeError, StateError
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig
+from rnnstream.pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeError, StateError
 
 # --------------------------------------------------------------------------------------------
 # Matrices (pure, cached per config)

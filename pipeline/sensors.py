@@ -34,8 +34,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from pipeline.config import FeatureConfig, SensorConfig
-from pipeline.errors import (
+from rnnstream.pipeline.config import FeatureConfig, SensorConfig
+from rnnstream.pipeline.errors import (
     ConfigError,
     MissingColumnsError,
     NonNumericError,

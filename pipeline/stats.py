@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DatasetError, ShapeError
+from rnnstream.pipeline.errors import DatasetError, ShapeError
 
 #: ``std`` never goes below this, so constant dimensions normalize to 0 instead of dividing by 0.
 STD_FLOOR = 1e-8

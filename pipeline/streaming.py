@@ -1,7 +1,7 @@
 """The streaming runtime: per-stream sessions over a stateless model backend.
 
-One small abstraction, :class:`Backend`, has two implementations: ``models.backend.TorchBackend``
-(PyTorch) and ``export.runtime.OnnxBackend`` (onnxruntime). A backend is stateless; it maps
+One small abstraction, :class:`Backend`, has two implementations: ``rnnstream.models.backend.TorchBackend``
+(PyTorch) and ``rnnstream.export.runtime.OnnxBackend`` (onnxruntime). A backend is stateless; it maps
 ``(x, states) -> (y, states)`` for a *batch* of streams. Everything stateful lives here:
 
 * :class:`StreamSession` holds one stream's featurizer carry, model states and position, and turns raw
@@ -34,10 +34,10 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.rnn import ModelConfig, StateSpec
-from pipeline.config import FeatureConfig
-from pipeline.errors import ShapeError, StateError
-from pipeline.features import AudioFeaturizer, as_samples
+from rnnstream.models.rnn import ModelConfig, StateSpec
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import ShapeError, StateError
+from rnnstream.pipeline.features import AudioFeaturizer, as_samples
 
 SNAPSHOT_FORMAT = "rnnstream.snapshot/1"
 FRONTEND_STATE = "frontend_carry"
@@ -69,7 +69,7 @@ class ModelInfo:
     @classmethod
     def from_model(cls, model: Any, feature_config: FeatureConfig, labels: Sequence[str] = (),
                    input_kind: InputKind = "features") -> "ModelInfo":
-        """From a ``models.rnn.StreamingRNN``."""
+        """From a ``rnnstream.models.rnn.StreamingRNN``."""
         from rnnstream import __version__
 
         return cls(
@@ -245,7 +245,7 @@ class _Featurizer:
             self._audio = AudioFeaturizer(cfg)
             self._sensor = None
         else:
-            from pipeline.sensors import SensorFeaturizer
+            from rnnstream.pipeline.sensors import SensorFeaturizer
 
             self._audio = None
             self._sensor = SensorFeaturizer(cfg)

@@ -2,7 +2,7 @@
 
 Each stream queues its chunks in order. The scheduler takes the streams whose *oldest* queued chunk is
 oldest, at most ``max_batch`` of them and at most one chunk per stream, and advances them together with
-:func:`pipeline.streaming.step_streams` (featurizing included) in a worker thread, so the event loop keeps
+:func:`rnnstream.pipeline.streaming.step_streams` (featurizing included) in a worker thread, so the event loop keeps
 accepting. A batch starts as soon as ``max_batch`` streams are ready, or when the oldest ready chunk has
 waited ``max_wait_s``, or at once when ``max_wait_s`` is 0. A stream with a chunk in flight is not
 eligible until that chunk is committed, so one stream's chunks are applied in order and never two in a
@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.streaming import ChunkResult, StreamSession, step_streams
-from serving.metrics import ServerMetrics
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession, step_streams
+from rnnstream.serving.metrics import ServerMetrics
 
 log = logging.getLogger("rnnstream.serve")
 

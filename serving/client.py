@@ -1,4 +1,4 @@
-"""Client library and ``rnnstream client`` command for the streaming server (:mod:`serving.protocol`).
+"""Client library and ``rnnstream client`` command for the streaming server (:mod:`rnnstream.serving.protocol`).
 
 ::
 
@@ -33,11 +33,11 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.config import FeatureConfig
-from pipeline.errors import RnnstreamError
-from pipeline.streaming import SensorChunk
-from serving import protocol as P
-from serving.protocol import ServerError
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import RnnstreamError
+from rnnstream.pipeline.streaming import SensorChunk
+from rnnstream.serving import protocol as P
+from rnnstream.serving.protocol import ServerError
 
 
 class Stream:
@@ -261,10 +261,10 @@ def split_signal(signal: Any, fc: FeatureConfig, chunk_ms: float) -> list[tuple[
 
 def read_input(path: str, fc: FeatureConfig) -> Any:
     if fc.kind == "audio":
-        from pipeline.audio_io import load_audio
+        from rnnstream.pipeline.audio_io import load_audio
 
         return load_audio(path, fc)
-    from pipeline.sensors import read_sensor_table
+    from rnnstream.pipeline.sensors import read_sensor_table
 
     return read_sensor_table(path, fc)
 

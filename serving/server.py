@@ -6,9 +6,9 @@
                     [--max-batch 64] [--max-wait-ms 5] [--max-streams 1024] [--idle-timeout 60]
                     [--snapshot-dir DIR]
 
-* WebSocket (``ws://HOST:PORT/``): the protocol of :mod:`serving.protocol`. Each stream is a
-  :class:`~pipeline.streaming.StreamSession` held here; chunks from all streams are batched by
-  :class:`~serving.batcher.Batcher` into ``step_streams`` calls in a worker thread.
+* WebSocket (``ws://HOST:PORT/``): the protocol of :mod:`rnnstream.serving.protocol`. Each stream is a
+  :class:`~rnnstream.pipeline.streaming.StreamSession` held here; chunks from all streams are batched by
+  :class:`~rnnstream.serving.batcher.Batcher` into ``step_streams`` calls in a worker thread.
   ``GET /health`` and ``GET /metrics`` are answered on the same port too.
 * HTTP (``http://HOST:HTTP_PORT``): ``GET /health``, ``GET /metrics`` (Prometheus text) and
   ``POST /predict`` with a whole file as the body (audio models: an audio file, or raw samples with
@@ -48,11 +48,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from pipeline.errors import ConfigError, RnnstreamError
-from pipeline.streaming import Backend, SensorChunk, StreamSession, predict_signal
-from serving import protocol as P
-from serving.batcher import Batcher, BatchStream, QueueFull, Results
-from serving.metrics import ServerMetrics
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError
+from rnnstream.pipeline.streaming import Backend, SensorChunk, StreamSession, predict_signal
+from rnnstream.serving import protocol as P
+from rnnstream.serving.batcher import Batcher, BatchStream, QueueFull, Results
+from rnnstream.serving.metrics import ServerMetrics
 
 log = logging.getLogger("rnnstream.serve")
 
@@ -539,7 +539,7 @@ class StreamServer:
         try:
             if self._sensor_channels:
                 ts, vals = P.decode_sensor_payload(payload, self._sensor_channels, where=where)
-                from pipeline.sensors import validate_chunk
+                from rnnstream.pipeline.sensors import validate_chunk
 
                 ts, vals = validate_chunk(ts, vals, self._sensor_channels, stream.last_t, where=where)
                 chunk: Any = SensorChunk(ts, vals)
@@ -697,7 +697,7 @@ class StreamServer:
         if fc.kind == "audio":
             dtype = query.get("dtype", "file")
             if dtype == "file":
-                from pipeline.audio_io import decode_audio
+                from rnnstream.pipeline.audio_io import decode_audio
 
                 signal: Any = decode_audio(body, fc, name=query.get("name", "<request body>"))
             elif dtype in P.AUDIO_DTYPES:
@@ -709,7 +709,7 @@ class StreamServer:
                 raise ConfigError(f"dtype must be 'file' (an audio file), 'float32' or 'int16', got {dtype!r}")
             t = signal.shape[0] / fc.audio.sample_rate  # type: ignore[union-attr]
         else:
-            from pipeline.sensors import read_sensor_table
+            from rnnstream.pipeline.sensors import read_sensor_table
 
             fmt = query.get("format", "csv")
             if fmt not in ("csv", "parquet"):
@@ -732,16 +732,16 @@ class StreamServer:
 
 
 def load_model(path: str, provider: str = "auto", threads: int | None = None, raw_audio: bool = False) -> Backend:
-    """A backend for ``path``: ``export.runtime.load_backend`` (ONNX or checkpoint) when available."""
+    """A backend for ``path``: ``rnnstream.export.runtime.load_backend`` (ONNX or checkpoint) when available."""
     try:
-        from export.runtime import load_backend
+        from rnnstream.export.runtime import load_backend
     except ImportError:
         load_backend = None
     if load_backend is not None:
         return load_backend(path, provider=provider, threads=threads, raw_audio=raw_audio)
     if path.endswith(".onnx"):
-        raise ConfigError(f"{path}: serving an ONNX model needs export.runtime, which this installation lacks")
-    from models.backend import TorchBackend
+        raise ConfigError(f"{path}: serving an ONNX model needs rnnstream.export.runtime, which this installation lacks")
+    from rnnstream.models.backend import TorchBackend
 
     if threads:
         import torch

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.sensors import SensorFeaturizer, read_sensor_table
+from rnnstream.pipeline.sensors import SensorFeaturizer, read_sensor_table
 from rnnstream import datasets as D
 from rnnstream import demo
 
@@ -71,7 +71,7 @@ def test_demo_basicmotions_tiny(tmp_path, capsys):
 
 def test_demo_audio_dir(tmp_path):
     """The same job on a folder of labelled WAVs (synthetic tones here; FSDD in the experiments)."""
-    from pipeline.audio_io import write_audio
+    from rnnstream.pipeline.audio_io import write_audio
 
     audio = tmp_path / "wavs"
     audio.mkdir()

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs.common import (
+from rnnstream.beam_jobs.common import (
     DASK_RUNNER,
     FeatureOptions,
     InputRecord,
@@ -23,9 +23,9 @@ from beam_jobs.common import (
     resolve_runner_aliases,
     shard_of,
 )
-from pipeline.dataset import PARQUET_SCHEMA, Example
-from pipeline.errors import ConfigError, DatasetError
-from pipeline.stats import RunningStats
+from rnnstream.pipeline.dataset import PARQUET_SCHEMA, Example
+from rnnstream.pipeline.errors import ConfigError, DatasetError
+from rnnstream.pipeline.stats import RunningStats
 
 from .conftest import LABEL_PATTERN
 
@@ -67,7 +67,7 @@ def test_runner_alias_and_stable_shards():
 
 def test_feature_flags_override_a_config_file(tmp_path):
     base = tmp_path / "fc.json"
-    from pipeline.config import FeatureConfig
+    from rnnstream.pipeline.config import FeatureConfig
 
     FeatureConfig.audio_default(sample_rate=8000, n_mels=30, feature="mfcc").save(str(base))
     opts = PipelineOptions(["--feature-config", str(base), "--n-mfcc", "10", "--no-resample"]).view_as(FeatureOptions)

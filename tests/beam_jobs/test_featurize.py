@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import featurize
-from beam_jobs.common import DeadLetter
-from pipeline.audio_io import load_audio
-from pipeline.config import FeatureConfig
-from pipeline.dataset import PARQUET_SCHEMA, read_dataset, shard_paths
-from pipeline.errors import ConfigError, DatasetError
-from pipeline.features import AudioFeaturizer
-from pipeline.sensors import SensorFeaturizer, read_sensor_table
+from rnnstream.beam_jobs import featurize
+from rnnstream.beam_jobs.common import DeadLetter
+from rnnstream.pipeline.audio_io import load_audio
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import PARQUET_SCHEMA, read_dataset, shard_paths
+from rnnstream.pipeline.errors import ConfigError, DatasetError
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.sensors import SensorFeaturizer, read_sensor_table
 
 from .conftest import AUDIO_FLAGS, LABEL_PATTERN, RATE, label_of, read_jsonl, write_bad_audio, write_good_audio, write_sensor_table
 

@@ -10,15 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from beam_jobs import featurize, infer
-from beam_jobs.infer import RnnModelHandler
-from export.runtime import load_backend
-from models.checkpoint import save_checkpoint
-from models.rnn import rnn_classifier
-from pipeline.audio_io import load_audio
-from pipeline.config import FeatureConfig
-from pipeline.errors import CheckpointError, ConfigError
-from pipeline.streaming import StreamSession
+from rnnstream.beam_jobs import featurize, infer
+from rnnstream.beam_jobs.infer import RnnModelHandler
+from rnnstream.export.runtime import load_backend
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.audio_io import load_audio
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import CheckpointError, ConfigError
+from rnnstream.pipeline.streaming import StreamSession
 
 from .conftest import AUDIO_FLAGS, LABEL_PATTERN, RATE, label_of, read_jsonl, write_bad_audio, write_good_audio
 
@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
     model = rnn_classifier(input_dim=CFG.dim, num_classes=len(LABELS), hidden_size=12, num_layers=1)
     ckpt = root / "model.pt"
     save_checkpoint(str(ckpt), model, CFG, labels=LABELS)
-    from export.onnx_export import export_onnx
+    from rnnstream.export.onnx_export import export_onnx
 
     onnx_path = export_onnx(str(ckpt), str(root / "model.onnx"))
     corpus = root / "corpus"
@@ -152,8 +152,8 @@ def test_bad_invocations(setup, tmp_path):
 def test_sensor_tables_one_prediction_per_file_equal_to_streaming(tmp_path):
     """A table with a long gap: per-segment predictions from fresh states; the object's label/scores are the
     last segment's, which is what the streaming runtime's final() says at the end of the file."""
-    from pipeline.sensors import read_sensor_table
-    from pipeline.streaming import SensorChunk
+    from rnnstream.pipeline.sensors import read_sensor_table
+    from rnnstream.pipeline.streaming import SensorChunk
 
     from .conftest import write_sensor_table
 

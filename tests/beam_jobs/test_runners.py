@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from beam_jobs import featurize, infer
-from models.checkpoint import save_checkpoint
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
-from pipeline.dataset import read_dataset
+from rnnstream.beam_jobs import featurize, infer
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import read_dataset
 
 from .conftest import LABEL_PATTERN, RATE, read_jsonl, write_bad_audio, write_good_audio
 

@@ -27,16 +27,16 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from beam_jobs import stream_job
-from beam_jobs.messages import chunk, encode_message, resume
-from beam_jobs.stateful import STREAM_NAMESPACE, StreamInference, StreamJobConfig
-from beam_jobs.stream_job import WriteRecords, read_records
-from export.runtime import load_backend
-from models.checkpoint import save_checkpoint
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
-from pipeline.errors import ConfigError
-from pipeline.streaming import StreamSession, predict_signal
+from rnnstream.beam_jobs import stream_job
+from rnnstream.beam_jobs.messages import chunk, encode_message, resume
+from rnnstream.beam_jobs.stateful import STREAM_NAMESPACE, StreamInference, StreamJobConfig
+from rnnstream.beam_jobs.stream_job import WriteRecords, read_records
+from rnnstream.export.runtime import load_backend
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.streaming import StreamSession, predict_signal
 
 FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
 CHUNK = 800  # 100 ms at 8 kHz
@@ -423,7 +423,7 @@ def test_teststream_idle_eviction_then_resume_in_one_run(tmp_path: Path, model_p
 
 def test_pubsub_source_is_wired_without_running(tmp_path: Path) -> None:
     """Pub/Sub is not reachable here: check only that the option builds an unbounded ReadFromPubSub source."""
-    from beam_jobs.common import InputOptions
+    from rnnstream.beam_jobs.common import InputOptions
 
     options = PipelineOptions(["--pubsub-subscription", "projects/my-project/subscriptions/chunks",
                                "--pubsub-timestamp-attribute", "event_time"])

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from beam_jobs.messages import (
+from rnnstream.beam_jobs.messages import (
     MessageError,
     ModelMismatchError,
     PayloadError,
@@ -19,7 +19,7 @@ from beam_jobs.messages import (
     resume,
     validate_for_model,
 )
-from pipeline.config import FeatureConfig
+from rnnstream.pipeline.config import FeatureConfig
 
 
 def b64(arr: np.ndarray) -> str:

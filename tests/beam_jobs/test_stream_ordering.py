@@ -20,12 +20,12 @@ from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beam_jobs.messages import chunk, encode_message, parse_message
-from beam_jobs.stateful import StreamJobConfig, _EventTimeStreamFn
-from models.backend import TorchBackend
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
-from pipeline.streaming import StreamSession
+from rnnstream.beam_jobs.messages import chunk, encode_message, parse_message
+from rnnstream.beam_jobs.stateful import StreamJobConfig, _EventTimeStreamFn
+from rnnstream.models.backend import TorchBackend
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.streaming import StreamSession
 
 FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
 CHUNK = 240  # 30 ms at 8 kHz: 3 frames per chunk

@@ -15,15 +15,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from beam_jobs import stream_job
-from beam_jobs.messages import chunk, encode_message
-from beam_jobs.stateful import StreamInference, StreamJobConfig
-from beam_jobs.stream_job import WriteRecords, read_records
-from export.runtime import load_backend
-from models.checkpoint import save_checkpoint
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
-from pipeline.streaming import SensorChunk, StreamSession, predict_signal
+from rnnstream.beam_jobs import stream_job
+from rnnstream.beam_jobs.messages import chunk, encode_message
+from rnnstream.beam_jobs.stateful import StreamInference, StreamJobConfig
+from rnnstream.beam_jobs.stream_job import WriteRecords, read_records
+from rnnstream.export.runtime import load_backend
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.streaming import SensorChunk, StreamSession, predict_signal
 
 FC = FeatureConfig.sensor_default(["temp", "load"], rate_hz=10.0, max_gap_s=0.5, gap_policy="split")
 ROWS = 12  # rows per chunk, ~0.6 s of irregular samples

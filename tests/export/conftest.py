@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.rnn import StreamingRNN, rnn_classifier, rnn_forecaster, rnn_generator, rnn_tagger
-from pipeline.config import FeatureConfig
+from rnnstream.models.rnn import StreamingRNN, rnn_classifier, rnn_forecaster, rnn_generator, rnn_tagger
+from rnnstream.pipeline.config import FeatureConfig
 
 # 8 kHz, 25 ms window / 10 ms hop: win 200, hop 80, 8 log-mel bands. Small and fast.
 FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
@@ -53,7 +53,7 @@ def labels_for(head: str) -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[StreamingRNN, str]]:
     """``exported(cell, head, raw_audio=False) -> (model, path)``, each combination exported once."""
-    from export.onnx_export import export_onnx
+    from rnnstream.export.onnx_export import export_onnx
 
     cache: dict[tuple[str, str, bool], tuple[StreamingRNN, str]] = {}
     root = tmp_path_factory.mktemp("onnx")

@@ -9,15 +9,15 @@ import onnx
 import pytest
 import torch
 
-import export.onnx_export as ox
-from export.onnx_export import compare_quantized, export_onnx, export_with_report
-from export.runtime import OnnxBackend
-from models.checkpoint import save_checkpoint
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
-from pipeline.errors import ConfigError, ExportError, ShapeError, StateError
-from pipeline.features import AudioFeaturizer
-from pipeline.streaming import ModelInfo, StreamSession
+import rnnstream.export.onnx_export as ox
+from rnnstream.export.onnx_export import compare_quantized, export_onnx, export_with_report
+from rnnstream.export.runtime import OnnxBackend
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import ConfigError, ExportError, ShapeError, StateError
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.streaming import ModelInfo, StreamSession
 from rnnstream import cli
 from tests.export.conftest import DIM, FC, LABELS, make_model, noise
 

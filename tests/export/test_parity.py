@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.runtime import OnnxBackend
-from models.backend import TorchBackend
-from pipeline.features import AudioFeaturizer
-from pipeline.streaming import StreamSession, predict_features, predict_signal, step_streams
+from rnnstream.export.runtime import OnnxBackend
+from rnnstream.models.backend import TorchBackend
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.streaming import StreamSession, predict_features, predict_signal, step_streams
 from tests.export.conftest import CELLS, FC, HEADS, HOP, labels_for, noise
 
 SIGNAL = noise(0.37, seed=3)  # 2960 samples = 37 frames

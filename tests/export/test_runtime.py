@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.runtime import OnnxBackend, load_backend
-from models.backend import TorchBackend
-from models.checkpoint import save_checkpoint
-from pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
-from pipeline.streaming import StreamSession
+from rnnstream.export.runtime import OnnxBackend, load_backend
+from rnnstream.models.backend import TorchBackend
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
+from rnnstream.pipeline.streaming import StreamSession
 from tests.export.conftest import DIM, FC, HOP, LABELS, make_model, noise
 
 

@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from export import stream_cli
-from export.onnx_export import export_onnx
-from models.checkpoint import save_checkpoint
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
+from rnnstream.export import stream_cli
+from rnnstream.export.onnx_export import export_onnx
+from rnnstream.models.checkpoint import save_checkpoint
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
 from rnnstream import cli
 from tests.export.conftest import FC, LABELS, noise
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import (
+from rnnstream.models.data import (
     batch_order,
     channel_names,
     classify_data,
@@ -18,9 +18,9 @@ from models.data import (
     sub_config,
     tag_data,
 )
-from pipeline.config import FeatureConfig
-from pipeline.dataset import Example
-from pipeline.errors import ConfigError, DatasetError
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import Example
+from rnnstream.pipeline.errors import ConfigError, DatasetError
 
 
 def ex(i: int, n: int, d: int = 2, label: str | None = "a", **meta) -> Example:

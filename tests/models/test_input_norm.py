@@ -13,11 +13,11 @@ from torch import Tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.backend import TorchBackend
-from models.rnn import ModelConfig, StreamingRNN, rnn_classifier
-from pipeline.errors import ConfigError
-from pipeline.features import AudioFeaturizer
-from pipeline.streaming import StreamSession
+from rnnstream.models.backend import TorchBackend
+from rnnstream.models.rnn import ModelConfig, StreamingRNN, rnn_classifier
+from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.streaming import StreamSession
 from tests.export.conftest import FC, LABELS, noise
 
 DIM = FC.dim
@@ -132,8 +132,8 @@ def test_snapshot_restore_continues_identically() -> None:
 
 
 def test_onnx_export_streams_like_torch(tmp_path) -> None:
-    from export.onnx_export import export_onnx
-    from export.runtime import load_backend
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.export.runtime import load_backend
 
     model = cmn_model(cell="gru", pooling="mean")
     path = export_onnx(model, tmp_path / "cmn.onnx", feature_config=FC, labels=LABELS)  # self-verifies

@@ -7,7 +7,7 @@
   last input value). OT drifts (the test period sits lower than the training one), so training uses the
   level-shift augmentation (``--level-shift 1``); without it the GRU loses to persistence.
 
-Both go through ``rnnstream train`` on a dataset directory written with ``pipeline.dataset.write_dataset``.
+Both go through ``rnnstream train`` on a dataset directory written with ``rnnstream.pipeline.dataset.write_dataset``.
 Run with ``pytest -m slow -s tests/models/test_real_data.py`` to see the numbers.
 """
 
@@ -21,10 +21,10 @@ import time
 import numpy as np
 import pytest
 
-from models.checkpoint import load_checkpoint
-from models.train import main
-from pipeline.config import FeatureConfig
-from pipeline.dataset import Example, write_dataset
+from rnnstream.models.checkpoint import load_checkpoint
+from rnnstream.models.train import main
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import Example, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ FSDD_NAME = re.compile(r"(?P<digit>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav")
 
 
 def build_fsdd(recordings: str, out: str) -> str:
-    from pipeline.audio_io import load_audio
-    from pipeline.features import AudioFeaturizer
+    from rnnstream.pipeline.audio_io import load_audio
+    from rnnstream.pipeline.features import AudioFeaturizer
 
     cfg = FeatureConfig.audio_default(sample_rate=8000, win_ms=25.0, hop_ms=10.0, n_mels=40, feature="logmel")
     fz = AudioFeaturizer(cfg)
@@ -50,7 +50,7 @@ def build_fsdd(recordings: str, out: str) -> str:
 
 
 def build_etth1(csv: str, out: str) -> str:
-    from pipeline.sensors import SensorFeaturizer, read_sensor_table
+    from rnnstream.pipeline.sensors import SensorFeaturizer, read_sensor_table
 
     cfg = FeatureConfig.sensor_default(("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"), timestamp_column="date",
                                        rate_hz=1.0 / 3600.0, max_gap_s=2 * 3600.0)

@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.rnn import ModelConfig, StreamingRNN, build_model
-from pipeline.errors import ConfigError
+from rnnstream.models.rnn import ModelConfig, StreamingRNN, build_model
+from rnnstream.pipeline.errors import ConfigError
 
 D, H, TARGETS = 4, 3, (0, 2)
 
@@ -77,7 +77,7 @@ def test_residual_config_round_trips_and_is_forecast_only() -> None:
 
 
 def test_trainconfig_passes_residual_to_the_model_config() -> None:
-    from models.train import TrainConfig
+    from rnnstream.models.train import TrainConfig
 
     class _Data:
         input_dim, output_dim, task, horizon, target_dims = D, H * len(TARGETS), "forecast", H, TARGETS
@@ -87,9 +87,9 @@ def test_trainconfig_passes_residual_to_the_model_config() -> None:
 
 
 def test_residual_forecaster_exports_and_streams_through_onnx(tmp_path) -> None:
-    from export.onnx_export import export_with_report
-    from export.runtime import OnnxBackend
-    from pipeline.config import FeatureConfig
+    from rnnstream.export.onnx_export import export_with_report
+    from rnnstream.export.runtime import OnnxBackend
+    from rnnstream.pipeline.config import FeatureConfig
 
     fc = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
     dim = fc.dim
@@ -117,7 +117,7 @@ def test_residual_forecaster_exports_and_streams_through_onnx(tmp_path) -> None:
 
 def test_cli_options_parse() -> None:
     from experiments.etth1 import build_parser as etth1_parser
-    from models.train import build_parser
+    from rnnstream.models.train import build_parser
 
     assert build_parser().parse_args(["--data", "d", "--out", "o", "--residual"]).residual is True
     assert build_parser().parse_args(["--data", "d", "--out", "o"]).residual is False

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.rnn import ModelConfig, StreamingRNN
-from pipeline.errors import StateError
+from rnnstream.models.rnn import ModelConfig, StreamingRNN
+from rnnstream.pipeline.errors import StateError
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 # (task, pooling): the five task heads

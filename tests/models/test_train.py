@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.data import SequenceData, forecast_data, tensor_data
-from models.rnn import ModelConfig, StreamingRNN
-from models.train import GradientWarning, TrainConfig, evaluate, train
-from pipeline.config import FeatureConfig
-from pipeline.dataset import Example
-from pipeline.errors import CheckpointError, ConfigError, DatasetError, ShapeError, TrainingDivergedError
+from rnnstream.models.checkpoint import load_checkpoint
+from rnnstream.models.data import SequenceData, forecast_data, tensor_data
+from rnnstream.models.rnn import ModelConfig, StreamingRNN
+from rnnstream.models.train import GradientWarning, TrainConfig, evaluate, train
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import Example
+from rnnstream.pipeline.errors import CheckpointError, ConfigError, DatasetError, ShapeError, TrainingDivergedError
 
 D = 4
 FC = FeatureConfig.sensor_default([f"c{i}" for i in range(D)])
@@ -244,7 +244,7 @@ def test_tag_and_generate_tasks_learn():
 
 
 def test_level_shift_augmentation_moves_inputs_and_targets_together():
-    from models.train import _shift_levels
+    from rnnstream.models.train import _shift_levels
 
     e = _sine(200)
     data = forecast_data([e], window=10, horizon=3, target_dims=[1], feature_config=FC)

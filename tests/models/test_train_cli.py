@@ -1,4 +1,4 @@
-"""``rnnstream train`` end to end on small datasets written with ``pipeline.dataset.write_dataset``."""
+"""``rnnstream train`` end to end on small datasets written with ``rnnstream.pipeline.dataset.write_dataset``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.train import main
-from pipeline.config import FeatureConfig
-from pipeline.dataset import FEATURE_CONFIG_FILE, PARQUET_SCHEMA, STATS_FILE, Example, read_dataset, write_dataset
-from pipeline.stats import RunningStats
+from rnnstream.models.checkpoint import load_checkpoint
+from rnnstream.models.train import main
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import FEATURE_CONFIG_FILE, PARQUET_SCHEMA, STATS_FILE, Example, read_dataset, write_dataset
+from rnnstream.pipeline.stats import RunningStats
 from rnnstream.cli import main as cli_main
 
 FAST = ["--hidden", "8", "--layers", "1", "--batch-size", "16", "--lr", "0.01", "--no-progress", "--threads", "1"]
@@ -104,8 +104,8 @@ def test_cli_errors_name_the_problem(digits_dir, tmp_path, capsys):
 
 
 def test_fine_tune_from_a_checkpoint_of_another_feature_dimension_is_refused(digits_dir, tmp_path, capsys):
-    from models.checkpoint import save_checkpoint
-    from models.rnn import rnn_classifier
+    from rnnstream.models.checkpoint import save_checkpoint
+    from rnnstream.models.rnn import rnn_classifier
 
     other = tmp_path / "five.pt"
     save_checkpoint(str(other), rnn_classifier(input_dim=5, num_classes=3, hidden_size=4, num_layers=1),

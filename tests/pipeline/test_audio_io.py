@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio_io import decode_audio, load_audio, write_audio
-from pipeline.config import AudioConfig, FeatureConfig
-from pipeline.errors import (
+from rnnstream.pipeline.audio_io import decode_audio, load_audio, write_audio
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig
+from rnnstream.pipeline.errors import (
     ChannelError,
     CorruptAudioError,
     EmptyAudioError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import AudioConfig, FeatureConfig, SensorConfig
-from pipeline.errors import ConfigError
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig, SensorConfig
+from rnnstream.pipeline.errors import ConfigError
 
 
 @pytest.mark.parametrize(

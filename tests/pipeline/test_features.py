@@ -9,9 +9,9 @@ import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import AudioConfig, FeatureConfig
-from pipeline.errors import NonFiniteSamplesError, ShapeError, StateError
-from pipeline.features import AudioFeaturizer, AudioFrontend
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig
+from rnnstream.pipeline.errors import NonFiniteSamplesError, ShapeError, StateError
+from rnnstream.pipeline.features import AudioFeaturizer, AudioFrontend
 
 CONFIGS = {
     "logmel": AudioConfig(),

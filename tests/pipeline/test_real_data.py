@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.audio_io import load_audio
-from pipeline.config import AudioConfig, SensorConfig
-from pipeline.features import AudioFeaturizer
-from pipeline.sensors import SensorFeaturizer, read_sensor_table
+from rnnstream.pipeline.audio_io import load_audio
+from rnnstream.pipeline.config import AudioConfig, SensorConfig
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.sensors import SensorFeaturizer, read_sensor_table
 
 ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import FeatureConfig, SensorConfig
-from pipeline.errors import MissingColumnsError, NonNumericError, SensorError, ShapeError, StateError, TimestampError
-from pipeline.sensors import SensorFeaturizer, read_sensor_table
+from rnnstream.pipeline.config import FeatureConfig, SensorConfig
+from rnnstream.pipeline.errors import MissingColumnsError, NonNumericError, SensorError, ShapeError, StateError, TimestampError
+from rnnstream.pipeline.sensors import SensorFeaturizer, read_sensor_table
 
 
 def _series(seed: int, n: int, c: int, *, start: float, long_gaps: int, max_gap: float):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import DatasetError, ShapeError
-from pipeline.stats import STD_FLOOR, Normalizer, RunningStats, normalize
+from rnnstream.pipeline.errors import DatasetError, ShapeError
+from rnnstream.pipeline.stats import STD_FLOOR, Normalizer, RunningStats, normalize
 
 
 def _data(seed: int, n: int, d: int) -> np.ndarray:

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.backend import TorchBackend
-from models.rnn import rnn_classifier
-from pipeline.config import FeatureConfig
-from pipeline.streaming import ChunkResult, SensorChunk, StreamSession
+from rnnstream.models.backend import TorchBackend
+from rnnstream.models.rnn import rnn_classifier
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.streaming import ChunkResult, SensorChunk, StreamSession
 
 LABELS = ["yes", "no", "up", "down"]
 SENSOR_COLUMNS = ["ax", "ay", "az"]

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.streaming import StreamSession
-from serving.batcher import Batcher, BatchStream, QueueFull
+from rnnstream.pipeline.streaming import StreamSession
+from rnnstream.serving.batcher import Batcher, BatchStream, QueueFull
 from tests.serving._helpers import audio_backend, run, session_results, signal
 
 

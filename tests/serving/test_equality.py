@@ -6,10 +6,10 @@ import asyncio
 
 import numpy as np
 
-from pipeline.streaming import SensorChunk, predict_signal
-from serving.client import StreamClient
-from serving.protocol import audio_payload
-from serving.server import ServerConfig, StreamServer
+from rnnstream.pipeline.streaming import SensorChunk, predict_signal
+from rnnstream.serving.client import StreamClient
+from rnnstream.serving.protocol import audio_payload
+from rnnstream.serving.server import ServerConfig, StreamServer
 from tests.serving._helpers import (
     RecordingBackend,
     assert_matches,

@@ -11,10 +11,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.streaming import predict_signal
-from serving.client import StreamClient
-from serving.protocol import ServerError
-from serving.server import ServerConfig, StreamServer
+from rnnstream.pipeline.streaming import predict_signal
+from rnnstream.serving.client import StreamClient
+from rnnstream.serving.protocol import ServerError
+from rnnstream.serving.server import ServerConfig, StreamServer
 from tests.serving._helpers import (
     RecordingBackend,
     assert_matches,

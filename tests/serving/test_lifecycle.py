@@ -14,13 +14,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from pipeline.audio_io import write_audio
-from pipeline.errors import ConfigError
-from pipeline.streaming import predict_signal
-from serving import client as client_cli
-from serving.client import StreamClient
-from serving.protocol import ServerError
-from serving.server import ServerConfig, StreamServer
+from rnnstream.pipeline.audio_io import write_audio
+from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.streaming import predict_signal
+from rnnstream.serving import client as client_cli
+from rnnstream.serving.client import StreamClient
+from rnnstream.serving.protocol import ServerError
+from rnnstream.serving.server import ServerConfig, StreamServer
 from tests.serving._helpers import RecordingBackend, audio_backend, run, sensor_backend, sensor_series, signal
 
 
@@ -135,7 +135,7 @@ def test_http_predict_sensor_csv(tmp_path):
             return good, bad
 
     (status, data, _), (bad_status, bad_body, _) = run(main())
-    from pipeline.streaming import SensorChunk
+    from rnnstream.pipeline.streaming import SensorChunk
 
     offline = predict_signal(backend, SensorChunk(ts, vals))
     assert status == 200
@@ -211,7 +211,7 @@ def test_cli_client_streams_a_sensor_table(tmp_path, capsys):
     rc = run(main())
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0
-    from pipeline.streaming import SensorChunk
+    from rnnstream.pipeline.streaming import SensorChunk
 
     offline = predict_signal(backend, SensorChunk(ts, vals.astype(np.float32)))
     ended = [m for m in lines if m["type"] == "ended"]
@@ -239,7 +239,7 @@ def test_serve_loop_stops_on_sigterm():
     import signal as sig
     import threading
 
-    from serving import server as server_mod
+    from rnnstream.serving import server as server_mod
 
     seen = {}
 
@@ -261,7 +261,7 @@ def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
     import socket
     import time
 
-    from models.checkpoint import save_checkpoint
+    from rnnstream.models.checkpoint import save_checkpoint
 
     backend = audio_backend()
     ckpt = tmp_path / "model.pt"
@@ -292,8 +292,8 @@ def test_serve_command_runs_and_stops_on_sigterm(tmp_path):
 
 def test_onnx_model_served_equals_torch_offline(tmp_path):
     """`serve --model x.onnx` path: load_model gives an OnnxBackend; streams equal offline PyTorch within 1e-4."""
-    from export.onnx_export import export_onnx
-    from serving.server import load_model
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.serving.server import load_model
 
     torch_backend = audio_backend(3)
     path = export_onnx(torch_backend.model, tmp_path / "m.onnx", feature_config=torch_backend.info.feature_config,

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from serving import protocol as P
+from rnnstream.serving import protocol as P
 
 
 def test_audio_frames_round_trip_float32_and_int16():

@@ -11,14 +11,14 @@ import sys
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "featurize": ("beam_jobs.featurize", "Beam batch job: featurize audio/sensor corpora to Parquet + stats"),
-    "train": ("models.train", "train a stateful RNN on a featurized dataset"),
-    "export": ("export.onnx_export", "export a checkpoint to a self-describing streaming ONNX graph"),
-    "stream": ("export.stream_cli", "stream a file through the runtime, one JSON line per chunk"),
-    "infer": ("beam_jobs.infer", "Beam batch inference (RunInference) over files or features"),
-    "stream-job": ("beam_jobs.stream_job", "Beam streaming job: per-stream state, ordering, gaps, eviction"),
-    "serve": ("serving.server", "WebSocket/HTTP streaming server with cross-stream batching"),
-    "client": ("serving.client", "stream files to a running server and print predictions"),
+    "featurize": ("rnnstream.beam_jobs.featurize", "Beam batch job: featurize audio/sensor corpora to Parquet + stats"),
+    "train": ("rnnstream.models.train", "train a stateful RNN on a featurized dataset"),
+    "export": ("rnnstream.export.onnx_export", "export a checkpoint to a self-describing streaming ONNX graph"),
+    "stream": ("rnnstream.export.stream_cli", "stream a file through the runtime, one JSON line per chunk"),
+    "infer": ("rnnstream.beam_jobs.infer", "Beam batch inference (RunInference) over files or features"),
+    "stream-job": ("rnnstream.beam_jobs.stream_job", "Beam streaming job: per-stream state, ordering, gaps, eviction"),
+    "serve": ("rnnstream.serving.server", "WebSocket/HTTP streaming server with cross-stream batching"),
+    "client": ("rnnstream.serving.client", "stream files to a running server and print predictions"),
     "demo": ("rnnstream.demo", "the main job end to end on embedded real data"),
 }
 

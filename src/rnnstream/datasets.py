@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import FeatureConfig
-from pipeline.errors import DatasetError
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import DatasetError
 
 #: Channel names of the embedded UEA sets, in the ``.ts`` files' dimension order.
 UEA_CHANNELS: dict[str, tuple[str, ...]] = {

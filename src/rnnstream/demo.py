@@ -4,9 +4,9 @@ Stages (each prints its progress)::
 
     1. data       aeon's embedded BasicMotions (smart-watch accelerometer + gyroscope, 10 Hz) written as
                   sensor tables (CSV with a timestamp column), or a folder of labelled WAV files (--audio-dir)
-    2. featurize  the Beam featurize job (beam_jobs.featurize) -> Parquet dataset + stats
-    3. train      a stateful GRU classifier (models.train) -> checkpoint, training curves, confusion matrix
-    4. export     the streaming ONNX graph (export.onnx_export), verified against PyTorch at export
+    2. featurize  the Beam featurize job (rnnstream.beam_jobs.featurize) -> Parquet dataset + stats
+    3. train      a stateful GRU classifier (rnnstream.models.train) -> checkpoint, training curves, confusion matrix
+    4. export     the streaming ONNX graph (rnnstream.export.onnx_export), verified against PyTorch at export
     5. stream     every held-out recording, read from its file and pushed chunk by chunk through an
                   onnxruntime StreamSession; compared with offline PyTorch over the Beam features
 
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import FeatureConfig
-from pipeline.errors import RnnstreamError
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.errors import RnnstreamError
 
 DEFAULT_OUT = "demo_out"
 FSDD_LABEL_PATTERN = r"(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav"
@@ -59,10 +59,10 @@ def featurize_dataset(inputs: Sequence[str], output_dir: str, feature_config: Fe
                       label_pattern: str | None = None, pipeline_args: Sequence[str] | None = None) -> Any:
     """Run the Beam featurize job over ``inputs`` into ``output_dir`` and load the result.
 
-    Returns the :class:`pipeline.dataset.FeatureDataset`.
+    Returns the :class:`rnnstream.pipeline.dataset.FeatureDataset`.
     """
-    from beam_jobs.featurize import featurize_corpus
-    from pipeline.dataset import read_dataset
+    from rnnstream.beam_jobs.featurize import featurize_corpus
+    from rnnstream.pipeline.dataset import read_dataset
 
     featurize_corpus(list(inputs), output_dir, feature_config, label_pattern=label_pattern,
                      pipeline_args=list(pipeline_args) if pipeline_args is not None else None)
@@ -72,17 +72,17 @@ def featurize_dataset(inputs: Sequence[str], output_dir: str, feature_config: Fe
 def read_raw(path: str, cfg: FeatureConfig) -> Any:
     """A recording as the runtime's raw input: audio samples ``[N]`` or ``(timestamps [N], values [N, C])``."""
     if cfg.kind == "audio":
-        from pipeline.audio_io import load_audio
+        from rnnstream.pipeline.audio_io import load_audio
 
         return load_audio(path, cfg)
-    from pipeline.sensors import read_sensor_table
+    from rnnstream.pipeline.sensors import read_sensor_table
 
     return read_sensor_table(path, cfg)
 
 
 def raw_chunks(raw: Any, cfg: FeatureConfig, chunk_s: float) -> Iterator[tuple[Any, float]]:
     """Cut a raw recording into chunks of ``chunk_s`` seconds: yields ``(chunk, seconds of stream in it)``."""
-    from pipeline.streaming import SensorChunk
+    from rnnstream.pipeline.streaming import SensorChunk
 
     if cfg.kind == "audio":
         n = max(1, int(round(chunk_s * cfg.audio.sample_rate)))  # type: ignore[union-attr]
@@ -160,7 +160,7 @@ def stream_classification(onnx_backend: Any, torch_backend: Any, examples: Seque
     """
     from tqdm.auto import tqdm
 
-    from pipeline.streaming import StreamSession, interpret
+    from rnnstream.pipeline.streaming import StreamSession, interpret
 
     cfg = onnx_backend.info.feature_config
     labels = tuple(onnx_backend.info.labels)
@@ -204,7 +204,7 @@ def plot_stream_trace(item: StreamedItem, raw: Any, cfg: FeatureConfig, labels: 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from pipeline.streaming import softmax
+    from rnnstream.pipeline.streaming import softmax
 
     probs = softmax(np.asarray(item.stream_outputs, dtype=np.float64))
     t_frames = (np.arange(probs.shape[0]) + 1) / cfg.frame_rate
@@ -373,8 +373,8 @@ def _run(args: argparse.Namespace) -> int:
          f"{sum(e.features.shape[0] for e in dataset.examples)} frames ({timings['featurize_s']:.1f} s)")
 
     # 3. train --------------------------------------------------------------------------------
-    from models.data import split_by
-    from models.train import DataSpec, TrainConfig, prepare_data, train
+    from rnnstream.models.data import split_by
+    from rnnstream.models.train import DataSpec, TrainConfig, prepare_data, train
 
     t0 = time.perf_counter()
     spec = DataSpec(task="classify", val_fraction=args.val_fraction, test_by=test_by, test_match=test_match,
@@ -394,7 +394,7 @@ def _run(args: argparse.Namespace) -> int:
     timings["train_s"] = time.perf_counter() - t0
 
     # 4. export -------------------------------------------------------------------------------
-    from export.onnx_export import export_onnx
+    from rnnstream.export.onnx_export import export_onnx
 
     t0 = time.perf_counter()
     onnx_path = os.path.join(out, "model.onnx")
@@ -404,8 +404,8 @@ def _run(args: argparse.Namespace) -> int:
     timings["export_s"] = time.perf_counter() - t0
 
     # 5. stream -------------------------------------------------------------------------------
-    from export.runtime import load_backend
-    from models.backend import TorchBackend
+    from rnnstream.export.runtime import load_backend
+    from rnnstream.models.backend import TorchBackend
 
     t0 = time.perf_counter()
     _, test_examples = split_by(dataset.examples, spec.test_by, spec.test_match)  # type: ignore[arg-type]
@@ -416,7 +416,7 @@ def _run(args: argparse.Namespace) -> int:
     timings["stream_s"] = time.perf_counter() - t0
 
     # plots + report --------------------------------------------------------------------------
-    from models import plots as P
+    from rnnstream.models import plots as P
 
     labels = report.labels
     plots = list(result.plots)
