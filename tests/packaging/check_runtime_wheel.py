@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         final = lines[-1] if lines else {}
         check(final.get("final") is True and len(lines) > 1,
               f"rnnstream stream ({name}): {len(lines)} JSON lines, the last final, {wall:.2f} s")
-        compare(f"rnnstream stream ({name}): final line", final.get("label"),
+        label = final["label"] if "label" in final else final.get("predicted")
+        compare(f"rnnstream stream ({name}): final line", label,
                 scores_dict(final.get("scores", {}), labels), cases[f"{name}/stream_float32"], tol)
 
     print("imports:")
