@@ -86,7 +86,7 @@ def build_backends(tmp: str) -> dict[str, object]:
     import torch
 
     from rnnstream.export.onnx_export import export_onnx
-    from rnnstream.export.runtime import OnnxBackend
+    from rnnstream.pipeline.onnx_backend import OnnxBackend
     from rnnstream.models.backend import TorchBackend
     from rnnstream.models.rnn import rnn_tagger
     from rnnstream.pipeline.config import FeatureConfig
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_rtf: dict[str, list[float]] = {k: [] for k in names}
         # Warm-up, then rounds with the variants interleaved so drift hits all alike.
         for key in ("torch", "onnx", "onnx_raw"):
-            time_chunks(StreamSession(backends[key]).push, chunks[:20])
+            time_chunks(StreamSession(backends[key], sample_rate=RATE).push, chunks[:20])
         time_chunks(silero, silero_chunks[:20])
         for _ in range(args.rounds):
             for key in ("torch", "onnx", "onnx_raw", "silero"):
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     wall, cpu = time_chunks(silero, silero_chunks)
                     seconds = silero_s
                 else:
-                    wall, cpu = time_chunks(StreamSession(backends[key]).push, chunks)
+                    wall, cpu = time_chunks(StreamSession(backends[key], sample_rate=RATE).push, chunks)
                     seconds = audio_s
                 rtf[key].append(float(cpu.sum()) / seconds)
                 wall_rtf[key].append(float(wall.sum()) / seconds)

@@ -57,7 +57,7 @@ def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test
     the raw files) accuracy, and their agreement.
     """
     from rnnstream.export.onnx_export import export_onnx
-    from rnnstream.export.runtime import load_backend
+    from rnnstream.api import load_backend
     from rnnstream.models import plots as P
     from rnnstream.models.backend import TorchBackend
     from rnnstream.models.train import train

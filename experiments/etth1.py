@@ -91,7 +91,7 @@ def stream_windows(onnx_backend: Any, ts: np.ndarray, values: np.ndarray, starts
 def run_setting(name: str, horizon: int, example: Any, fc: Any, ts: np.ndarray, raw: np.ndarray, args: Any,
                 out_dir: str) -> dict[str, Any]:
     from rnnstream.export.onnx_export import export_onnx
-    from rnnstream.export.runtime import load_backend
+    from rnnstream.api import load_backend
     from rnnstream.models.data import forecast_data
     from rnnstream.models.train import TrainConfig, forecast_predictions, train
     from rnnstream.datasets import ETT_SPLITS

@@ -10,8 +10,8 @@ import torch
 from rnnstream.models.rnn import StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ShapeError, StateError
-from rnnstream.pipeline.features import AudioFrontend
-from rnnstream.pipeline.streaming import FRONTEND_STATE, ModelInfo
+from rnnstream.models.frontend import AudioFrontend
+from rnnstream.pipeline.model_info import FRONTEND_STATE, ModelInfo
 
 
 class TorchBackend:

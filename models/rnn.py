@@ -32,22 +32,16 @@ carried as state ``norm_sum``/``norm_count`` so it streams and exports like the 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
+from rnnstream.pipeline.model_config import Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
 
-Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
-Task = Literal["classify", "tag", "forecast", "generate"]
-Pooling = Literal["last", "mean"]
-InputNorm = Literal["none", "causal_mean"]
 State = dict[str, Tensor]
 
 _STREAMING_REFUSAL = (
@@ -55,91 +49,6 @@ _STREAMING_REFUSAL = (
     "chunk by chunk; a bidirectional one reads each sequence backwards from its end, which a stream does not have "
     "yet. Train with bidirectional=False to stream or export for streaming."
 )
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture and task of a :class:`StreamingRNN` (JSON-serialisable, stored in checkpoints and ONNX)."""
-
-    input_dim: int
-    output_dim: int
-    task: Task = "classify"
-    cell: Cell = "gru"
-    hidden_size: int = 128
-    num_layers: int = 2
-    dropout: float = 0.0
-    bidirectional: bool = False
-    pooling: Pooling = "last"
-    horizon: int = 1
-    target_dims: tuple[int, ...] = ()
-    residual: bool = False
-    input_norm: InputNorm = "none"
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        if self.cell not in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
-            raise ConfigError(f"cell must be one of rnn_tanh, rnn_relu, lstm, gru; got {self.cell!r}")
-        if self.task not in ("classify", "tag", "forecast", "generate"):
-            raise ConfigError(f"task must be one of classify, tag, forecast, generate; got {self.task!r}")
-        for name in ("input_dim", "output_dim", "hidden_size", "num_layers", "horizon"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.pooling not in ("last", "mean"):
-            raise ConfigError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
-        if self.pooling == "mean" and self.task != "classify":
-            raise ConfigError(f"pooling='mean' applies to task 'classify' only, not {self.task!r}")
-        if self.input_norm not in ("none", "causal_mean"):
-            raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
-        if self.residual and self.task != "forecast":
-            raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
-        if self.task == "forecast":
-            if not self.target_dims:
-                raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
-            bad = [d for d in self.target_dims if not 0 <= d < self.input_dim]
-            if bad:
-                raise ConfigError(f"target_dims {bad} out of range for input_dim={self.input_dim}")
-            if self.output_dim != self.horizon * len(self.target_dims):
-                raise ConfigError(
-                    f"forecast output_dim must be horizon*len(target_dims) = {self.horizon * len(self.target_dims)}, "
-                    f"got {self.output_dim}"
-                )
-        if self.task == "generate" and self.output_dim != self.input_dim:
-            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
-
-    @property
-    def streamable(self) -> bool:
-        return not self.bidirectional
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["target_dims"] = list(self.target_dims)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model config keys {sorted(unknown)}")
-        data = dict(data)
-        data["target_dims"] = tuple(data.get("target_dims", ()))
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """One state tensor: its name and per-stream shape (the full tensor is ``[batch, *shape]``)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
 
 
 class StreamingRNN(nn.Module):
@@ -181,17 +90,8 @@ class StreamingRNN(nn.Module):
     # State API
     # ---------------------------------------------------------------------------------------
     def state_spec(self) -> list[StateSpec]:
-        """Names and per-stream shapes of the state tensors, in graph order."""
-        c = self.config
-        layers = c.num_layers * self.num_directions
-        specs = [StateSpec("h", (layers, c.hidden_size))]
-        if c.cell == "lstm":
-            specs.append(StateSpec("c", (layers, c.hidden_size)))
-        if c.input_norm == "causal_mean":
-            specs += [StateSpec("norm_sum", (c.input_dim,)), StateSpec("norm_count", (1,))]
-        if c.pooling == "mean":
-            specs += [StateSpec("pool_sum", (c.hidden_size,)), StateSpec("pool_count", (1,))]
-        return specs
+        """Names and per-stream shapes of the state tensors, in graph order (:meth:`ModelConfig.state_specs`)."""
+        return list(self.config.state_specs())
 
     def initial_state(self, batch_size: int) -> State:
         """Zeros for every state tensor: ``{name: [batch_size, *shape]}``."""
@@ -396,9 +296,13 @@ def build_model(config: ModelConfig, *, feat_mean: np.ndarray | None = None,
 
 
 __all__ = [
+    "Cell",
+    "InputNorm",
     "ModelConfig",
+    "Pooling",
     "StateSpec",
     "StreamingRNN",
+    "Task",
     "build_model",
     "rnn_classifier",
     "rnn_forecaster",

@@ -7,8 +7,9 @@
 
 Containers: WAV (PCM 16/24/32-bit, float), FLAC and OGG (Vorbis/Opus), read with ``soundfile``.
 Multi-channel audio is averaged to mono, or ``cfg.channel`` is picked. A rate other than
-``cfg.sample_rate`` is resampled with ``torchaudio.functional.resample`` when ``cfg.resample`` is
-true, refused otherwise.
+``cfg.sample_rate`` is resampled with :func:`rnnstream.pipeline.resample.resample` (``scipy.signal.resample_poly``;
+a stream at that rate gives the same samples through :class:`~rnnstream.pipeline.resample.StreamResampler`) when
+``cfg.resample`` is true, refused otherwise.
 
 Every failure is a typed error from :mod:`rnnstream.pipeline.errors` whose message names the file:
 :class:`EmptyAudioError` (0 bytes or 0 frames), :class:`CorruptAudioError` (truncated, corrupt, not
@@ -25,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig
 from rnnstream.pipeline.errors import (
     ChannelError,
@@ -37,6 +37,7 @@ from rnnstream.pipeline.errors import (
     ShapeError,
     UnsupportedFormatError,
 )
+from rnnstream.pipeline.resample import resample
 
 #: File extensions read, and the soundfile container each means.
 EXTENSIONS: dict[str, str] = {".wav": "WAV", ".wave": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG"}
@@ -136,15 +137,27 @@ def to_mono(samples: np.ndarray, channel: int | None, *, name: str = "audio") ->
     return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
-def resample(samples: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited resampling ``[N] -> [round(N * new / orig)]`` float32 (``torchaudio.functional.resample``)."""
-    if orig_rate == new_rate:
-        return samples
-    import torch
-    import torchaudio.functional as AF
+def decode_native(data: bytes, *, name: str = "<bytes>", channel: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode an audio file's bytes into float32 mono samples ``[N]`` at the file's own rate: ``(samples, rate)``.
 
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)), orig_rate, new_rate)
-    return out.numpy().astype(np.float32, copy=False)
+    Multi-channel audio is averaged, or ``channel`` picked. Raises as :func:`decode_audio` (no rate errors).
+    """
+    check_extension(name)
+    samples, rate = _decode(bytes(data), name)
+    if not np.isfinite(samples).all():
+        bad = ~np.isfinite(samples)
+        first = int(np.argmax(bad.any(axis=1)))
+        raise NonFiniteSamplesError(
+            f"{name}: {int(bad.sum())} samples are NaN or Inf (first at frame {first}); expected finite samples"
+        )
+    return to_mono(samples, channel, name=name), int(rate)
+
+
+def read_native(path: str | os.PathLike[str], *, channel: int | None = None) -> tuple[np.ndarray, int]:
+    """Read an audio file into float32 mono samples at its own rate: ``(samples [N], rate)``."""
+    name = os.fspath(path)
+    check_extension(name)
+    return decode_native(Path(name).read_bytes(), name=name, channel=channel)
 
 
 def decode_audio(data: bytes, cfg: AudioConfig | FeatureConfig, name: str = "<bytes>") -> np.ndarray:
@@ -157,15 +170,7 @@ def decode_audio(data: bytes, cfg: AudioConfig | FeatureConfig, name: str = "<by
         ChannelError, SampleRateError: see the module docstring; each message names ``name``.
     """
     audio_cfg = _audio_config(cfg)
-    check_extension(name)
-    samples, rate = _decode(bytes(data), name)
-    if not np.isfinite(samples).all():
-        bad = ~np.isfinite(samples)
-        first = int(np.argmax(bad.any(axis=1)))
-        raise NonFiniteSamplesError(
-            f"{name}: {int(bad.sum())} samples are NaN or Inf (first at frame {first}); expected finite samples"
-        )
-    mono = to_mono(samples, audio_cfg.channel, name=name)
+    mono, rate = decode_native(data, name=name, channel=audio_cfg.channel)
     if rate != audio_cfg.sample_rate:
         if not audio_cfg.resample:
             raise SampleRateError(

@@ -46,7 +46,7 @@ class AudioConfig:
         window: ``"hann"`` or ``"hamming"`` (periodic, as torch's window functions).
         log_eps: added before the log: ``log(mel_power + log_eps)`` (torchaudio MFCC's ``log_mels``).
         channel: ``None`` downmixes multi-channel audio by averaging; an int picks that channel.
-        resample: resample files whose rate differs (torchaudio), or refuse them.
+        resample: resample files whose rate differs (``scipy.signal.resample_poly``), or refuse them.
     """
 
     sample_rate: int = 16000

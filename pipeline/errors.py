@@ -82,3 +82,22 @@ class TrainingDivergedError(RnnstreamError):
 
 class ExportError(RnnstreamError):
     """An exported graph disagrees with the PyTorch model beyond the tolerance (the message names both)."""
+
+
+class MissingExtraError(RnnstreamError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Raise :class:`MissingExtraError` unless ``module`` can be imported.
+
+    ``what`` says what needed it, e.g. ``require("torch", "train", "loading a .pt checkpoint")``.
+    """
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{what} needs {module!r}, which is not installed: pip install 'rnnstream[{extra}]'"
+        ) from None

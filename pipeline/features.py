@@ -9,12 +9,13 @@ Offline featurization *is* streaming over one chunk::
 Framing is causal (see :mod:`rnnstream.pipeline.config`): ``N`` samples give ``N // hop`` frames. The carry is a
 1-D float32 array of the samples not yet consumed: ``win - hop`` samples of context followed by
 ``0 .. hop - 1`` pending samples. Its first ``context`` samples are the ONNX graph's carry state
-(:class:`AudioFrontend`); the pending tail is held by the runtime.
+(:class:`rnnstream.models.frontend.AudioFrontend`); the pending tail is held by the runtime.
 
 The NumPy path (real FFT) serves Python streaming, where per-call overhead dominates small chunks;
-:class:`AudioFrontend` computes the same features in PyTorch with a DFT as a strided ``conv1d`` over a
-fixed windowed basis, which exports to ONNX exactly. Both build their matrices from the same functions
-below (filterbank and DCT from torchaudio), and tests hold them equal.
+:class:`rnnstream.models.frontend.AudioFrontend` computes the same features in PyTorch with a DFT as a strided
+``conv1d`` over a fixed windowed basis, which exports to ONNX exactly. Both build their matrices from the same
+functions below (NumPy; tests hold the filterbank and DCT equal to torchaudio's, and the two paths equal).
+This module imports no PyTorch.
 
 Precision: the NumPy path runs pocketfft's float32 kernel; its log-mel is within about 1.3e-5 of a
 float64 computation (torchaudio's float32 MelSpectrogram: about 2.8e-5). Chunkings differ from the
@@ -27,11 +28,10 @@ import functools
 import math
 
 import numpy as np
-import torch
-import torchaudio.functional as AF
 
+from rnnstream.pipeline.codec import to_float32
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig
-from rnnstream.pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeError, StateError
+from rnnstream.pipeline.errors import ConfigError, StateError
 
 # --------------------------------------------------------------------------------------------
 # Matrices (pure, cached per config)
@@ -40,30 +40,47 @@ from rnnstream.pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeE
 
 @functools.lru_cache(maxsize=32)
 def window(cfg: AudioConfig) -> np.ndarray:
-    """Periodic analysis window, shape ``[win_length]``, float32."""
-    fn = torch.hann_window if cfg.window == "hann" else torch.hamming_window
-    return fn(cfg.win_length, periodic=True, dtype=torch.float64).numpy().astype(np.float32)
+    """Periodic analysis window (``torch.hann_window``/``hamming_window(periodic=True)``), ``[win_length]`` float32."""
+    phase = 2.0 * np.pi * np.arange(cfg.win_length, dtype=np.float64) / cfg.win_length
+    a0 = 0.5 if cfg.window == "hann" else 0.54
+    return (a0 - (1.0 - a0) * np.cos(phase)).astype(np.float32)
+
+
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
 
 
 @functools.lru_cache(maxsize=32)
 def mel_matrix(cfg: AudioConfig) -> np.ndarray:
-    """HTK mel filterbank (torchaudio ``melscale_fbanks``, no norm), shape ``[n_fft // 2 + 1, n_mels]``."""
-    fb = AF.melscale_fbanks(
-        n_freqs=cfg.fft_size // 2 + 1,
-        f_min=cfg.f_min,
-        f_max=cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2,
-        n_mels=cfg.n_mels,
-        sample_rate=cfg.sample_rate,
-        norm=None,
-        mel_scale="htk",
-    )
-    return fb.numpy().astype(np.float32)
+    """HTK mel filterbank without norm, shape ``[n_fft // 2 + 1, n_mels]`` float32.
+
+    The same triangles as torchaudio's ``melscale_fbanks(..., norm=None, mel_scale="htk")`` (a test holds them
+    equal), computed in float64 with NumPy so the runtime needs no PyTorch.
+    """
+    f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
+    all_freqs = np.linspace(0.0, cfg.sample_rate // 2, cfg.fft_size // 2 + 1)
+    m_pts = np.linspace(_hz_to_mel(cfg.f_min), _hz_to_mel(f_max), cfg.n_mels + 2)
+    f_pts = _mel_to_hz(m_pts)
+    f_diff = np.diff(f_pts)  # [n_mels + 1]
+    slopes = f_pts[None, :] - all_freqs[:, None]  # [n_freqs, n_mels + 2]
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return np.maximum(0.0, np.minimum(down, up)).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=32)
 def dct_matrix(cfg: AudioConfig) -> np.ndarray:
-    """Orthonormal DCT-II (torchaudio ``create_dct``), shape ``[n_mels, n_mfcc]``."""
-    return AF.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho").numpy().astype(np.float32)
+    """Orthonormal DCT-II (as torchaudio's ``create_dct(norm="ortho")``), shape ``[n_mels, n_mfcc]`` float32."""
+    n = np.arange(cfg.n_mels, dtype=np.float64)
+    k = np.arange(cfg.n_mfcc, dtype=np.float64)[:, None]
+    dct = np.cos(np.pi / cfg.n_mels * (n + 0.5) * k)  # [n_mfcc, n_mels]
+    dct[0] *= 1.0 / math.sqrt(2.0)
+    dct *= math.sqrt(2.0 / cfg.n_mels)
+    return np.ascontiguousarray(dct.T).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=32)
@@ -189,19 +206,15 @@ def _features(frames: np.ndarray, win: np.ndarray, n_fft: int, m: _Mats) -> np.n
 
 
 def as_samples(chunk: np.ndarray | list[float], *, where: str = "chunk") -> np.ndarray:
-    """Validate one chunk of mono samples and return it as float32 ``[S]``.
+    """Validate one chunk of mono samples and return it as float32 ``[S]`` (:func:`rnnstream.pipeline.codec.to_float32`).
+
+    Floats are taken as they are, int16 PCM is scaled by ``1 / 32768``, other dtypes are refused.
 
     Raises:
-        ShapeError: not one-dimensional.
+        ShapeError: not one-dimensional, or not float/int16 samples.
         NonFiniteSamplesError: NaN or Inf present (the message counts them).
     """
-    x = np.asarray(chunk, dtype=np.float32)
-    if x.ndim != 1:
-        raise ShapeError(f"{where}: expected mono samples of shape [samples], got shape {list(x.shape)}")
-    if x.size and not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise NonFiniteSamplesError(f"{where}: {bad} of {x.size} samples are NaN or Inf; expected finite samples")
-    return x
+    return to_float32(chunk, where=where)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ class AudioFeaturizer:
         # The hot path of 10 ms streaming: each NumPy call costs ~0.3-3 us and argument conversions add up
         # (dtype objects are compared and passed pre-built), so work is skipped where it can be without
         # changing a result; bench/bench_featurize.py measures it.
-        x = chunk if type(chunk) is np.ndarray and chunk.dtype is _F32 else np.asarray(chunk, dtype=_F32)
+        x = chunk if type(chunk) is np.ndarray and chunk.dtype is _F32 else to_float32(chunk)
         if x.ndim != 1:
             as_samples(x)  # raises ShapeError
         ctx, hop, win, fast, nfreq, window, fft, mel2_eps, dct = self._hot
@@ -300,44 +313,3 @@ class AudioFeaturizer:
     def featurize(self, signal: np.ndarray) -> np.ndarray:
         """Offline features of a whole signal ``[N]`` -> ``[N // hop, dim]``: one streaming step."""
         return self.step(signal, self.initial_state())[0]
-
-
-# --------------------------------------------------------------------------------------------
-# The graph module (PyTorch, exportable)
-# --------------------------------------------------------------------------------------------
-
-
-class AudioFrontend(torch.nn.Module):
-    """The featurizer as a stateless PyTorch step, for ONNX graphs that take raw audio.
-
-    ``forward(audio [B, S], carry [B, context]) -> (features [B, S // hop, dim], carry [B, context])``.
-    ``S`` must be a multiple of ``hop_length``; the runtime holds the ``< hop`` remainder (the pending
-    tail of :class:`AudioFeaturizer`'s carry).
-    """
-
-    def __init__(self, config: FeatureConfig | AudioConfig):
-        super().__init__()
-        cfg = config.audio if isinstance(config, FeatureConfig) else config
-        if cfg is None:
-            raise ConfigError("AudioFrontend needs a feature config of kind 'audio'")
-        cfg.validate()
-        self.cfg = cfg
-        self.n_freq = cfg.fft_size // 2 + 1
-        self.register_buffer("basis", torch.from_numpy(dft_basis(cfg)).unsqueeze(1), persistent=False)
-        self.register_buffer("mel", torch.from_numpy(mel_matrix(cfg)), persistent=False)
-        dct = dct_matrix(cfg) if cfg.feature == "mfcc" else np.zeros((0, 0), np.float32)
-        self.register_buffer("dct", torch.from_numpy(dct), persistent=False)
-
-    def initial_state(self, batch_size: int) -> torch.Tensor:
-        return torch.zeros(batch_size, self.cfg.context)
-
-    def forward(self, audio: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        buffer = torch.cat((carry, audio), dim=1)  # [B, context + S]
-        spec = torch.nn.functional.conv1d(buffer.unsqueeze(1), self.basis, stride=self.cfg.hop_length)
-        re, im = spec[:, : self.n_freq], spec[:, self.n_freq :]  # [B, n_freq, T]
-        power = (re * re + im * im).transpose(1, 2)  # [B, T, n_freq]
-        feats = torch.log(torch.matmul(power, self.mel) + self.cfg.log_eps)
-        if self.cfg.feature == "mfcc":
-            feats = torch.matmul(feats, self.dct)
-        new_carry = buffer[:, audio.shape[1] :]
-        return feats, new_carry

@@ -1,143 +1,47 @@
 """The streaming runtime: per-stream sessions over a stateless model backend.
 
-One small abstraction, :class:`Backend`, has two implementations: ``rnnstream.models.backend.TorchBackend``
-(PyTorch) and ``rnnstream.export.runtime.OnnxBackend`` (onnxruntime). A backend is stateless; it maps
-``(x, states) -> (y, states)`` for a *batch* of streams. Everything stateful lives here:
+A backend (:class:`~rnnstream.pipeline.model_info.Backend`: ``rnnstream.models.backend.TorchBackend`` or
+:class:`rnnstream.pipeline.onnx_backend.OnnxBackend`) maps ``(x, states) -> (y, states)`` for a *batch* of streams.
+Everything stateful lives here:
 
-* :class:`StreamSession` holds one stream's featurizer carry, model states and position, and turns raw
-  chunks (audio samples, or sensor rows) into predictions. Offline prediction is a session fed one chunk.
+* :class:`StreamSession` holds one stream's resampler, featurizer carry, model states and position, and turns raw
+  chunks (audio samples at the rate the stream declared, or sensor rows) into predictions. Offline prediction is
+  a session fed one chunk and ended.
 * :func:`step_streams` advances many sessions in one backend call (states gathered along axis 0 and
   scattered back), which the Beam streaming job and the server use to batch across streams.
 * :meth:`StreamSession.snapshot` / :meth:`StreamSession.restore` move one stream's whole state between
-  processes and between backends (ONNX <-> PyTorch, features graph <-> raw-audio graph).
+  processes and between backends (ONNX <-> PyTorch, features graph <-> raw-audio graph); the format is
+  :mod:`rnnstream.pipeline.snapshot`.
+
+**Sample rates are explicit.** An audio stream is opened with the rate of the samples it will receive
+(``StreamSession(backend, sample_rate=8000)``); there is no default. Another rate than the model's is converted by
+a :class:`~rnnstream.pipeline.resample.StreamResampler` whose output equals offline resampling of the whole signal
+(it holds back about a millisecond until :meth:`StreamSession.end`), or refused with ``resample=False``. Samples
+are float in ``[-1, 1]`` or int16 PCM (:mod:`rnnstream.pipeline.codec`, one scale everywhere).
 
 Backends take either features (``input_kind == "features"``: ``x [B, T, F]``) or raw audio
 (``input_kind == "audio"``: ``x [B, S]`` with ``S`` a multiple of the hop, plus a ``frontend_carry``
 state ``[B, win - hop]``). The session hides the difference: its carry is always the featurizer's carry
 (context + pending samples), whose first ``win - hop`` samples are the graph's ``frontend_carry``.
-
-Snapshot format (``rnnstream.snapshot/1``): an uncompressed NumPy ``.npz`` (loaded with
-``allow_pickle=False``) holding ``header`` (a JSON string as a 0-d unicode array: ``format``,
-``weights_hash``, ``stats_hash``, ``feature_config`` JSON, ``stream_id``, ``samples_seen``,
-``frames_seen``, ``t``), ``carry`` (the featurizer carry), ``last_output`` (``[O]``, or ``[0]`` before
-the first frame) and one array ``state.<name>`` per model state, without the batch axis.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
-from rnnstream.models.rnn import ModelConfig, StateSpec
+from rnnstream.pipeline.codec import to_float32
 from rnnstream.pipeline.config import FeatureConfig
-from rnnstream.pipeline.errors import ShapeError, StateError
-from rnnstream.pipeline.features import AudioFeaturizer, as_samples
-
-SNAPSHOT_FORMAT = "rnnstream.snapshot/1"
-FRONTEND_STATE = "frontend_carry"
-InputKind = Literal["features", "audio"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Model identity and the backend abstraction
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Everything a runtime needs to know about a model; stored as ONNX ``metadata_props``.
-
-    ``state_specs`` are the *model* states (``h``, ``c``, ``pool_sum``, ``pool_count``); a raw-audio graph
-    has one more input/output state, ``frontend_carry`` ``[win - hop]``, not listed here.
-    """
-
-    feature_config: FeatureConfig
-    model_config: ModelConfig
-    labels: tuple[str, ...]
-    weights_hash: str
-    stats_hash: str
-    state_specs: tuple[StateSpec, ...]
-    input_kind: InputKind = "features"
-    version: str = ""
-
-    @classmethod
-    def from_model(cls, model: Any, feature_config: FeatureConfig, labels: Sequence[str] = (),
-                   input_kind: InputKind = "features") -> "ModelInfo":
-        """From a ``rnnstream.models.rnn.StreamingRNN``."""
-        from rnnstream import __version__
-
-        return cls(
-            feature_config=feature_config,
-            model_config=model.config,
-            labels=tuple(labels),
-            weights_hash=model.weights_hash(),
-            stats_hash=model.stats_hash(),
-            state_specs=tuple(model.state_spec()),
-            input_kind=input_kind,
-            version=__version__,
-        )
-
-    @property
-    def task(self) -> str:
-        return self.model_config.task
-
-    def to_metadata(self) -> dict[str, str]:
-        """String key/values for ONNX ``metadata_props`` (keys prefixed ``rnnstream.``)."""
-        return {
-            "rnnstream.version": self.version,
-            "rnnstream.feature_config": self.feature_config.to_json(),
-            "rnnstream.model_config": self.model_config.to_json(),
-            "rnnstream.labels": json.dumps(list(self.labels)),
-            "rnnstream.task": self.model_config.task,
-            "rnnstream.weights_hash": self.weights_hash,
-            "rnnstream.stats_hash": self.stats_hash,
-            "rnnstream.input_kind": self.input_kind,
-            "rnnstream.states": json.dumps([{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
-                                            for s in self.state_specs]),
-        }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> "ModelInfo":
-        missing = [k for k in ("rnnstream.feature_config", "rnnstream.model_config", "rnnstream.weights_hash",
-                               "rnnstream.states") if k not in meta]
-        if missing:
-            raise StateError(f"model metadata lacks {missing}; was it exported by rnnstream?")
-        return cls(
-            feature_config=FeatureConfig.from_json(meta["rnnstream.feature_config"]),
-            model_config=ModelConfig.from_dict(json.loads(meta["rnnstream.model_config"])),
-            labels=tuple(json.loads(meta.get("rnnstream.labels", "[]"))),
-            weights_hash=meta["rnnstream.weights_hash"],
-            stats_hash=meta.get("rnnstream.stats_hash", ""),
-            state_specs=tuple(StateSpec(s["name"], tuple(s["shape"]), s.get("dtype", "float32"))
-                              for s in json.loads(meta["rnnstream.states"])),
-            input_kind=meta.get("rnnstream.input_kind", "features"),  # type: ignore[arg-type]
-            version=meta.get("rnnstream.version", ""),
-        )
-
-    def initial_states(self, batch_size: int) -> dict[str, np.ndarray]:
-        """Zero model states ``{name: [batch_size, *shape]}`` (no ``frontend_carry``)."""
-        return {s.name: np.zeros((batch_size, *s.shape), dtype=np.float32) for s in self.state_specs}
-
-
-class Backend(Protocol):
-    """A stateless streaming step over a batch of streams.
-
-    ``step(x, states) -> (y, new_states)`` where, for ``info.input_kind == "features"``, ``x`` is float32
-    ``[B, T, F]``; for ``"audio"``, ``x`` is float32 ``[B, S]`` (``S`` a multiple of the hop) and ``states``
-    also holds ``frontend_carry [B, win - hop]``. ``y`` is float32 ``[B, T, output_dim]``; every state is
-    float32 with the batch on axis 0. Backends must not keep per-stream state.
-    """
-
-    info: ModelInfo
-
-    def step(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        ...
+from rnnstream.pipeline.errors import ConfigError, SampleRateError, ShapeError, StateError
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.model_info import FRONTEND_STATE, Backend, ModelInfo
+from rnnstream.pipeline.resample import StreamResampler
+from rnnstream.pipeline.snapshot import read_snapshot, write_snapshot
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,18 +58,35 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Prediction:
     """The current prediction of a stream, from the output of its latest frame.
 
-    ``classify``/``tag``: ``label`` is the arg-max label name (or index as a string when the model has no
-    label names) and ``scores`` the softmax probabilities. ``forecast``: ``label`` is the forecast
-    ``[horizon][len(target_dims)]`` (normalised scale) and ``scores`` the same values flat. ``generate``:
-    ``label`` is the predicted next frame, ``scores`` the same.
+    * ``classify``/``tag``: ``label`` is the arg-max label name (the class index as a string when the model has
+      no label names) and ``scores`` the softmax probability of every label, keyed by label name.
+    * ``forecast``: ``label`` is the forecast ``[horizon][len(target_dims)]`` (normalised scale); ``scores``
+      is empty.
+    * ``generate``: ``label`` is the predicted next frame; ``scores`` is empty.
+
+    ``values`` is the frame's output as floats (probabilities for classify/tag, the flat forecast otherwise) and
+    ``frames`` the number of frames the stream has produced.
     """
 
     label: Any
-    scores: list[float]
+    scores: dict[str, float]
+    values: list[float]
     frames: int
 
+    @property
+    def forecast(self) -> np.ndarray:
+        """The forecast as float64 ``[horizon, n_targets]`` (forecasting models; ``[1, n]`` otherwise)."""
+        return np.atleast_2d(np.asarray(self.label, dtype=np.float64))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "scores": self.scores, "frames": self.frames}
+        """The JSON record: ``predicted`` (the model's answer), ``scores`` (classify/tag) or ``values``, ``frames``."""
+        d: dict[str, Any] = {"predicted": self.label}
+        if self.scores:
+            d["scores"] = self.scores
+        else:
+            d["values"] = self.values
+        d["frames"] = self.frames
+        return d
 
 
 def interpret(info: ModelInfo, output: np.ndarray, frames: int) -> Prediction:
@@ -173,22 +94,29 @@ def interpret(info: ModelInfo, output: np.ndarray, frames: int) -> Prediction:
     out = np.asarray(output, dtype=np.float64)
     task = info.model_config.task
     if task in ("classify", "tag"):
-        probs = softmax(out)
+        probs = [float(p) for p in softmax(out)]
+        names = label_names(info)
         k = int(np.argmax(probs))
-        label = info.labels[k] if k < len(info.labels) else str(k)
-        return Prediction(label=label, scores=[float(p) for p in probs], frames=frames)
+        return Prediction(label=names[k], scores=dict(zip(names, probs)), values=probs, frames=frames)
     values = [float(v) for v in out]
     if task == "forecast":
         d = len(info.model_config.target_dims)
-        return Prediction(label=[values[i : i + d] for i in range(0, len(values), d)], scores=values, frames=frames)
-    return Prediction(label=values, scores=values, frames=frames)
+        return Prediction(label=[values[i : i + d] for i in range(0, len(values), d)], scores={}, values=values,
+                          frames=frames)
+    return Prediction(label=values, scores={}, values=values, frames=frames)
+
+
+def label_names(info: ModelInfo) -> list[str]:
+    """The model's label names, or the class indices as strings where it has none."""
+    n = info.model_config.output_dim
+    return [info.labels[k] if k < len(info.labels) else str(k) for k in range(n)]
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     """What one pushed chunk produced.
 
-    ``t``: seconds of stream consumed (audio: samples pushed / rate; sensors: last timestamp pushed).
+    ``t``: seconds of stream consumed (audio: samples pushed / the stream's rate; sensors: last timestamp pushed).
     ``outputs``: float32 ``[T, output_dim]`` for the frames completed by this chunk (``T`` may be 0).
     ``prediction``: the stream's current prediction (``None`` before its first frame), computed on first
     access: a caller that only needs ``outputs`` pays nothing for softmax and label lookup.
@@ -212,12 +140,20 @@ class ChunkResult:
     def n_frames(self) -> int:
         return int(self.outputs.shape[0])
 
+    def frame_predictions(self) -> list[Prediction]:
+        """One :class:`Prediction` per output frame of this chunk (tagging: the label of every frame)."""
+        first = self.frames_seen - self.n_frames
+        return [interpret(self.info, y, first + i + 1) for i, y in enumerate(self.outputs)]
+
     def to_dict(self) -> dict[str, Any]:
+        """The JSON record: ``t``, ``frames`` (this chunk's), then the prediction (``predicted: null`` before one)."""
         d: dict[str, Any] = {"t": round(self.t, 6), "frames": self.n_frames}
         if self.prediction is not None:
-            d.update(label=self.prediction.label, scores=self.prediction.scores)
+            pred = self.prediction.to_dict()
+            pred.pop("frames")
+            d.update(pred)
         else:
-            d.update(label=None, scores=[])
+            d["predicted"] = None
         if self.segment_starts:
             d["segment_starts"] = list(self.segment_starts)
         return d
@@ -281,18 +217,48 @@ class _Work:
     x: np.ndarray | None  # [1, T, F] or [1, S]; None when no frame completes
     carry: np.ndarray
     segment_starts: tuple[int, ...]
-    samples: int
+    samples: int  # samples of the stream's own rate consumed
     t: float | None
+    resampler: StreamResampler | None = None
     extra_states: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class StreamSession:
-    """One stream's state over a backend: ``push(chunk) -> ChunkResult``; ``final() -> Prediction``."""
+def _stream_rate(info: ModelInfo, sample_rate: int | None, resample: bool) -> tuple[int | None, bool]:
+    """Check a stream's declared rate against the model: ``(rate, needs_resampling)``."""
+    audio = info.feature_config.audio
+    if audio is None:
+        if sample_rate is not None:
+            raise ConfigError(f"sample_rate={sample_rate!r} was given for a sensor model; sensor chunks carry "
+                              "their own timestamps (leave sample_rate unset)")
+        return None, False
+    if sample_rate is None:
+        raise ConfigError(f"an audio stream must declare the sample rate of the samples it will receive "
+                          f"(sample_rate=...); this model runs at {audio.sample_rate} Hz")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ConfigError(f"sample_rate must be a positive integer in Hz, got {sample_rate!r}")
+    if int(sample_rate) != audio.sample_rate and not resample:
+        raise SampleRateError(f"the stream's sample rate {int(sample_rate)} Hz differs from the model's "
+                              f"{audio.sample_rate} Hz and resampling is off")
+    return int(sample_rate), int(sample_rate) != audio.sample_rate
 
-    def __init__(self, backend: Backend, stream_id: str = ""):
+
+class StreamSession:
+    """One stream's state over a backend: ``push(chunk) -> ChunkResult``, ``end()``, ``final() -> Prediction``.
+
+    Args:
+        backend: the model (a :class:`~rnnstream.pipeline.model_info.Backend`).
+        sample_rate: for audio models, the rate (Hz) of the samples this stream will push — required; another
+            rate than the model's is resampled (see the module docstring). Must be ``None`` for sensor models.
+        stream_id: a name carried into snapshots.
+        resample: ``False`` refuses a rate other than the model's with :class:`SampleRateError` naming both.
+    """
+
+    def __init__(self, backend: Backend, *, sample_rate: int | None = None, stream_id: str = "",
+                 resample: bool = True):
         self.backend = backend
         self.info = backend.info
         self.stream_id = stream_id
+        self.sample_rate, self._resamples = _stream_rate(self.info, sample_rate, resample)
         self._featurizer = _Featurizer(self.info.feature_config)
         acfg = self.info.feature_config.audio
         self._ctx = acfg.context if acfg is not None else 0
@@ -301,23 +267,27 @@ class StreamSession:
 
     # -- state ---------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything: initial featurizer carry and model states, position zero."""
+        """Forget everything: initial resampler, featurizer carry and model states, position zero."""
+        acfg = self.info.feature_config.audio
+        self.resampler = StreamResampler(self.sample_rate, acfg.sample_rate) if self._resamples else None  # type: ignore[union-attr,arg-type]
         self.carry = self._featurizer.initial_state()
         self.states = self.info.initial_states(1)
         self.samples_seen = 0
         self.frames_seen = 0
         self.t = 0.0
         self.last_output: np.ndarray | None = None
+        self.ended = False
 
     def final(self) -> Prediction | None:
-        """The current (after the last chunk: final) prediction; ``None`` before the first frame."""
+        """The current prediction (after :meth:`end`: the final one); ``None`` before the first frame."""
         if self.last_output is None:
             return None
         return interpret(self.info, self.last_output, self.frames_seen)
 
     # -- stepping ------------------------------------------------------------------------------
     def push(self, chunk: Any) -> ChunkResult:
-        """Consume one chunk: audio samples ``[S]`` (float, any ``S >= 0``) or a :class:`SensorChunk`."""
+        """Consume one chunk: audio samples ``[S]`` (float in [-1, 1] or int16, any ``S >= 0``, at the stream's
+        rate) or a :class:`SensorChunk`. Returns the outputs of the frames it completed."""
         work = self._prepare(chunk)
         if work.x is None or not work.segment_starts:
             y, states = self._run(work)
@@ -334,26 +304,51 @@ class StreamSession:
         y = np.concatenate(ys, axis=1) if ys else np.zeros((1, 0, self.info.model_config.output_dim), np.float32)
         return self._commit(work, y, states)
 
+    def end(self) -> ChunkResult:
+        """End the stream: flush the resampler's last samples through the model (nothing to flush without
+        resampling). Afterwards :meth:`final` equals offline prediction over the whole signal, and pushes are refused."""
+        work = self._prepare(_END)
+        y, states = self._run(work)
+        result = self._commit(work, y, states)
+        self.ended = True
+        return result
+
     def _prepare(self, chunk: Any) -> _Work:
+        if self.ended:
+            raise StateError(f"stream {self.stream_id!r} has ended; open a new stream to push more")
+        if self.info.feature_config.kind != "audio":
+            if chunk is _END:
+                return _Work(None, self.carry, (), 0, None)
+            frames, carry, segs, t = self._featurizer.step(chunk, self.carry)
+            if frames.shape[0] == 0:
+                return _Work(None, carry, (), 0, t)
+            return _Work(frames[None], carry, tuple(s for s in segs if 0 <= s < frames.shape[0]), 0, t)
+        x, samples, resampler = self._resample(chunk)
         if self.info.input_kind == "audio":
-            x = as_samples(chunk)
-            buf = np.concatenate((self.carry, x))
-            n = (buf.shape[0] - self._ctx) // self._hop
-            if n <= 0:
-                return _Work(None, buf, (), x.size, None)
-            return _Work(
-                buf[self._ctx : self._ctx + n * self._hop][None],
-                buf[n * self._hop :].copy(),
-                (),
-                x.size,
-                None,
-                {FRONTEND_STATE: buf[None, : self._ctx]},
-            )
-        frames, carry, segs, t = self._featurizer.step(chunk, self.carry)
-        samples = int(np.asarray(chunk).shape[0]) if self.info.feature_config.kind == "audio" else 0
-        if frames.shape[0] == 0:
-            return _Work(None, carry, (), samples, t)
-        return _Work(frames[None], carry, tuple(s for s in segs if 0 <= s < frames.shape[0]), samples, t)
+            return self._prepare_raw(x, samples, resampler)
+        frames, carry = self._featurizer.step(x, self.carry)[:2]
+        return _Work(frames[None] if frames.shape[0] else None, carry, (), samples, None, resampler)
+
+    def _resample(self, chunk: Any) -> tuple[np.ndarray, int, StreamResampler | None]:
+        """``(samples at the model's rate, samples consumed at the stream's rate, the resampler afterwards)``."""
+        if chunk is _END:
+            if self.resampler is None:
+                return np.zeros(0, np.float32), 0, None
+            rs = copy.copy(self.resampler)  # pushing replaces its arrays, never writes into them
+            return rs.end(), 0, rs
+        x = to_float32(chunk)
+        if self.resampler is None:
+            return x, x.shape[0], None
+        rs = copy.copy(self.resampler)
+        return rs.push(x), x.shape[0], rs
+
+    def _prepare_raw(self, x: np.ndarray, samples: int, resampler: StreamResampler | None) -> _Work:
+        buf = np.concatenate((self.carry, x))
+        n = (buf.shape[0] - self._ctx) // self._hop
+        if n <= 0:
+            return _Work(None, buf, (), samples, None, resampler)
+        return _Work(buf[self._ctx : self._ctx + n * self._hop][None], buf[n * self._hop :].copy(), (), samples,
+                     None, resampler, {FRONTEND_STATE: buf[None, : self._ctx]})
 
     def _run(self, work: _Work) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         if work.x is None:
@@ -365,9 +360,11 @@ class StreamSession:
     def _commit(self, work: _Work, y: np.ndarray | None, states: dict[str, np.ndarray]) -> ChunkResult:
         self.carry = work.carry
         self.states = states
+        if work.resampler is not None:
+            self.resampler = work.resampler
         self.samples_seen += work.samples
-        if self.info.feature_config.kind == "audio":
-            self.t = self.samples_seen / self.info.feature_config.audio.sample_rate  # type: ignore[union-attr]
+        if self.sample_rate is not None:
+            self.t = self.samples_seen / self.sample_rate
         elif work.t is not None:
             self.t = work.t
         if y is None or y.shape[1] == 0:
@@ -381,58 +378,55 @@ class StreamSession:
 
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """This stream's whole state in the portable ``rnnstream.snapshot/1`` format (see module doc)."""
+        """This stream's whole state in the portable format of :mod:`rnnstream.pipeline.snapshot`."""
+        rs_buf, rs_counters = self.resampler.state() if self.resampler is not None else (None, None)
         header = {
-            "format": SNAPSHOT_FORMAT,
             "weights_hash": self.info.weights_hash,
             "stats_hash": self.info.stats_hash,
             "feature_config": self.info.feature_config.to_json(),
             "stream_id": self.stream_id,
+            "sample_rate": self.sample_rate,
             "samples_seen": self.samples_seen,
             "frames_seen": self.frames_seen,
             "t": self.t,
+            "ended": self.ended,
+            "resampler": rs_counters,
         }
-        arrays = {
-            "header": np.array(json.dumps(header)),
-            "carry": np.asarray(self.carry),
-            "last_output": np.zeros(0, np.float32) if self.last_output is None else self.last_output,
-        }
-        arrays.update({f"state.{k}": np.asarray(v[0]) for k, v in self.states.items()})
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return write_snapshot(header, self.carry, self.last_output, self.states, rs_buf)
 
     @classmethod
-    def restore(cls, backend: Backend, blob: bytes, stream_id: str | None = None) -> "StreamSession":
-        """A session continuing exactly where the snapshot left off; refuses another model's snapshot."""
-        try:
-            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            header = json.loads(str(arrays.pop("header")))
-        except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
-            raise StateError(f"not an rnnstream snapshot ({type(exc).__name__}: {exc})") from None
-        if header.get("format") != SNAPSHOT_FORMAT:
-            raise StateError(f"snapshot format {header.get('format')!r} is not supported (expected {SNAPSHOT_FORMAT!r})")
+    def restore(cls, backend: Backend, blob: bytes, *, sample_rate: int | None = None,
+                stream_id: str | None = None) -> "StreamSession":
+        """A session continuing exactly where the snapshot left off.
+
+        The snapshot carries the stream's sample rate; ``sample_rate``, when given, must equal it. Refuses
+        (:class:`StateError`) another model's snapshot and any array that does not fit this model.
+        """
         info = backend.info
-        if header["weights_hash"] != info.weights_hash or header["stats_hash"] != info.stats_hash:
-            raise StateError(
-                f"snapshot belongs to model {header['weights_hash']} (stats {header['stats_hash']}), "
-                f"not to this model {info.weights_hash} (stats {info.stats_hash}); refusing to restore"
-            )
-        if FeatureConfig.from_json(header["feature_config"]) != info.feature_config:
-            raise StateError("snapshot was taken with another feature config; refusing to restore")
-        session = cls(backend, stream_id=header.get("stream_id", "") if stream_id is None else stream_id)
-        states = {k[len("state."):]: v[None].astype(np.float32) for k, v in arrays.items() if k.startswith("state.")}
-        expected = {s.name: (1, *s.shape) for s in info.state_specs}
-        if {k: v.shape for k, v in states.items()} != expected:
-            raise StateError(f"snapshot states {sorted(states)} do not match the model's {expected}")
-        session.states = states
-        session.carry = arrays["carry"]
-        session.samples_seen = int(header["samples_seen"])
-        session.frames_seen = int(header["frames_seen"])
-        session.t = float(header["t"])
-        session.last_output = arrays["last_output"] if arrays["last_output"].size else None
+        data = read_snapshot(blob, info, _Featurizer(info.feature_config).initial_state())
+        rate = data.header.get("sample_rate")
+        if sample_rate is not None and rate != sample_rate:
+            raise StateError(f"the snapshot's stream runs at {rate} Hz, not at the declared {sample_rate} Hz")
+        try:
+            session = cls(backend, sample_rate=rate, stream_id=data.header["stream_id"] if stream_id is None else stream_id)
+        except ConfigError as exc:
+            raise StateError(f"snapshot sample rate: {exc}") from None
+        if (data.resampler is None) != (session.resampler is None):
+            raise StateError("the snapshot's resampler state does not match its sample rate")
+        if data.resampler is not None:
+            session.resampler = StreamResampler.from_state(data.resampler, data.header["resampler"])
+            if (session.resampler.orig_rate, session.resampler.new_rate) != (rate, info.feature_config.audio.sample_rate):  # type: ignore[union-attr]
+                raise StateError("the snapshot's resampler converts other rates than the stream's")
+        session.states, session.carry, session.last_output = data.states, data.carry, data.last_output
+        session.samples_seen = data.header["samples_seen"]
+        session.frames_seen = data.header["frames_seen"]
+        session.t = float(data.header["t"])
+        session.ended = bool(data.header.get("ended", False))
         return session
+
+
+#: Marks the end of a stream in :meth:`StreamSession._prepare`.
+_END = object()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,8 +493,25 @@ def predict_features(backend: Backend, features: np.ndarray) -> Prediction | Non
     return interpret(backend.info, y[0, -1], feats.shape[0])
 
 
-def predict_signal(backend: Backend, signal: Any) -> Prediction | None:
-    """Whole-sequence mode over a raw signal (audio samples or a SensorChunk): one chunk, one call."""
-    session = StreamSession(backend)
+def predict_signal(backend: Backend, signal: Any, *, sample_rate: int | None = None) -> Prediction | None:
+    """Whole-sequence mode over a raw signal (audio samples at ``sample_rate``, or a SensorChunk): one chunk, ended."""
+    session = StreamSession(backend, sample_rate=sample_rate)
     session.push(signal)
+    session.end()
     return session.final()
+
+
+__all__ = [
+    "ChunkResult",
+    "Prediction",
+    "SensorChunk",
+    "StreamSession",
+    "gather_states",
+    "interpret",
+    "label_names",
+    "predict_features",
+    "predict_signal",
+    "scatter_states",
+    "softmax",
+    "step_streams",
+]

@@ -15,6 +15,7 @@ from rnnstream.pipeline.config import FeatureConfig
 FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
 DIM = FC.dim
 HOP = FC.audio.hop_length  # type: ignore[union-attr]
+RATE = FC.audio.sample_rate  # type: ignore[union-attr]
 LABELS = ("yes", "no", "maybe")
 
 CELLS = ("rnn_tanh", "lstm", "gru")

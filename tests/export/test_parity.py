@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnstream.export.runtime import OnnxBackend
+from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.models.backend import TorchBackend
 from rnnstream.pipeline.features import AudioFeaturizer
 from rnnstream.pipeline.streaming import StreamSession, predict_features, predict_signal, step_streams
-from tests.export.conftest import CELLS, FC, HEADS, HOP, labels_for, noise
+from tests.export.conftest import CELLS, FC, HEADS, HOP, RATE, labels_for, noise
 
 SIGNAL = noise(0.37, seed=3)  # 2960 samples = 37 frames
 TOL = 1e-4
@@ -28,7 +28,7 @@ def offline(model: torch.nn.Module, signal: np.ndarray) -> np.ndarray:
 
 
 def stream(backend: object, signal: np.ndarray, cuts: list[int]) -> np.ndarray:
-    session = StreamSession(backend)  # type: ignore[arg-type]
+    session = StreamSession(backend, sample_rate=RATE)  # type: ignore[arg-type]
     outs = [session.push(chunk).outputs for chunk in np.split(signal, cuts)]
     return np.concatenate(outs)
 
@@ -78,8 +78,8 @@ def test_step_streams_batching_equals_per_stream(exported, raw_audio: bool, data
     # Per-step chunk sizes; several streams share a size so they batch, others do not.
     sizes = data.draw(st.lists(st.lists(st.sampled_from([0, 37, 80, 160, 333]), min_size=4, max_size=4),
                                min_size=3, max_size=5))
-    batched = [StreamSession(backend, stream_id=str(i)) for i in range(4)]
-    single = [StreamSession(backend, stream_id=str(i)) for i in range(4)]
+    batched = [StreamSession(backend, sample_rate=RATE, stream_id=str(i)) for i in range(4)]
+    single = [StreamSession(backend, sample_rate=RATE, stream_id=str(i)) for i in range(4)]
     pos = [0] * 4
     for step in sizes:
         chunks = []
@@ -105,8 +105,8 @@ def test_whole_sequence_mode_equals_streaming(exported, head: str) -> None:
     raw = OnnxBackend(raw_path, threads=1)
     feats = AudioFeaturizer(FC).featurize(SIGNAL)
     whole = predict_features(backend, feats)
-    whole_raw = predict_signal(raw, SIGNAL)
-    session = StreamSession(backend)
+    whole_raw = predict_signal(raw, SIGNAL, sample_rate=RATE)
+    session = StreamSession(backend, sample_rate=RATE)
     for chunk in np.array_split(SIGNAL, 9):
         session.push(chunk)
     streamed = session.final()
@@ -114,9 +114,9 @@ def test_whole_sequence_mode_equals_streaming(exported, head: str) -> None:
     for p in (whole, whole_raw, streamed):
         assert p is not None and p.frames == feats.shape[0]
         assert p.label == streamed.label or head in ("forecast", "generate")
-        np.testing.assert_allclose(p.scores, streamed.scores, rtol=0, atol=TOL)
+        np.testing.assert_allclose(p.values, streamed.values, rtol=0, atol=TOL)
     if head in ("forecast", "generate"):
-        np.testing.assert_allclose(streamed.scores, want, rtol=0, atol=TOL)
+        np.testing.assert_allclose(streamed.values, want, rtol=0, atol=TOL)
     else:
         assert whole.label == labels_for(head)[int(np.argmax(want))]
 

@@ -9,12 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from rnnstream.export.runtime import OnnxBackend, load_backend
+from rnnstream.api import load_backend
+from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.models.backend import TorchBackend
 from rnnstream.models.checkpoint import save_checkpoint
 from rnnstream.pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
 from rnnstream.pipeline.streaming import StreamSession
-from tests.export.conftest import DIM, FC, HOP, LABELS, make_model, noise
+from tests.export.conftest import DIM, FC, HOP, LABELS, RATE, make_model, noise
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +188,11 @@ def test_snapshot_moves_between_torch_onnx_and_raw_graphs(exported) -> None:
                 TorchBackend(model, FC, LABELS, raw_audio=True)]
     sig = noise(0.6, seed=5)
     first, rest = sig[:1234], np.array_split(sig[1234:], 3)
-    ref = StreamSession(backends[0])
+    ref = StreamSession(backends[0], sample_rate=RATE)
     ref.push(first)
     want = _continue(ref, rest)
     for src in backends:
-        s = StreamSession(src, stream_id="mic-1")
+        s = StreamSession(src, sample_rate=RATE, stream_id="mic-1")
         s.push(first)
         blob = s.snapshot()
         for dst in backends:
@@ -203,7 +204,7 @@ def test_snapshot_moves_between_torch_onnx_and_raw_graphs(exported) -> None:
 def test_snapshot_from_another_model_refused(exported) -> None:
     _, gru_path = exported("gru", "classify_last")
     other = make_model("gru", "classify_last", seed=1)  # same architecture, other weights
-    s = StreamSession(TorchBackend(other, FC, LABELS))
+    s = StreamSession(TorchBackend(other, FC, LABELS), sample_rate=RATE)
     s.push(noise(0.1))
     with pytest.raises(StateError, match=r"snapshot belongs to model .* not to this model .* refusing to restore"):
         StreamSession.restore(OnnxBackend(gru_path), s.snapshot())
@@ -229,13 +230,13 @@ def test_load_backend_dispatches_on_the_file(exported, tmp_path) -> None:
     sig = noise(0.3, seed=2)
     preds = []
     for b in (onnx_b, torch_b, raw_torch, load_backend(raw_path)):
-        s = StreamSession(b)
+        s = StreamSession(b, sample_rate=RATE)
         for c in np.array_split(sig, 4):
             s.push(c)
         preds.append(s.final())
     for p in preds[1:]:
         assert p.label == preds[0].label and p.frames == sig.size // HOP
-        np.testing.assert_allclose(p.scores, preds[0].scores, atol=1e-5)
+        np.testing.assert_allclose(p.values, preds[0].values, atol=1e-5)
 
 
 def test_onnx_backend_pickles_as_path_and_options(exported) -> None:

@@ -43,16 +43,18 @@ def test_same_final_prediction_for_any_chunk_length(exported, wav: str, capsys, 
         expected_chunks = 1 if ms == 0 else int(np.ceil(9840 / (ms * 8)))
         assert len(chunks) == expected_chunks
         assert sum(c["frames"] for c in chunks) == 123
-        assert chunks[-1]["label"] == final["label"] and chunks[-1]["scores"] == final["scores"]
+        assert chunks[-1]["predicted"] == final["predicted"] and chunks[-1]["scores"] == final["scores"]
         assert chunks[0]["t"] == pytest.approx(min(9840, ms * 8 if ms else 9840) / 8000)
         finals[ms] = final
     for ms in (10, 100, 370):
-        assert finals[ms]["label"] == finals[0]["label"] in LABELS
-        np.testing.assert_allclose(finals[ms]["scores"], finals[0]["scores"], rtol=0, atol=1e-5)
+        assert finals[ms]["predicted"] == finals[0]["predicted"] in LABELS
+        assert list(finals[ms]["scores"]) == list(LABELS)
+        np.testing.assert_allclose(list(finals[ms]["scores"].values()), list(finals[0]["scores"].values()),
+                                   rtol=0, atol=1e-5)
     if raw_audio:  # before the first full hop there is no prediction yet
         stream_cli.main(["--model", model, "--input", wav, "--chunk-ms", "5"])
         first = _lines(capsys.readouterr().out)[0]
-        assert first == {"t": 0.005, "frames": 0, "label": None, "scores": []}
+        assert first == {"t": 0.005, "frames": 0, "predicted": None}
 
 
 def test_checkpoint_and_onnx_print_the_same_final(exported, wav: str, tmp_path, capsys) -> None:
@@ -65,8 +67,8 @@ def test_checkpoint_and_onnx_print_the_same_final(exported, wav: str, tmp_path, 
         lines = _lines(capsys.readouterr().out)
         assert len(lines) == 1
         finals.append(lines[0])
-    assert finals[0]["label"] == finals[1]["label"]
-    np.testing.assert_allclose(finals[0]["scores"], finals[1]["scores"], atol=1e-5)
+    assert finals[0]["predicted"] == finals[1]["predicted"]
+    np.testing.assert_allclose(list(finals[0]["scores"].values()), list(finals[1]["scores"].values()), atol=1e-5)
 
 
 def test_sensor_table_streams_by_time_windows(tmp_path, capsys) -> None:
@@ -94,23 +96,24 @@ def test_sensor_table_streams_by_time_windows(tmp_path, capsys) -> None:
     # The whole table in one chunk crosses the gap: that chunk says where the new segment starts.
     assert "segment_starts" in chunks[0] and len(chunks) == 1
     for f in finals[:-1]:
-        assert f["label"] == finals[-1]["label"] and f["frames"] == finals[-1]["frames"]
-        np.testing.assert_allclose(f["scores"], finals[-1]["scores"], rtol=0, atol=1e-5)
+        assert f["predicted"] == finals[-1]["predicted"] and f["frames"] == finals[-1]["frames"]
+        np.testing.assert_allclose(list(f["scores"].values()), list(finals[-1]["scores"].values()), rtol=0, atol=1e-5)
 
 
 def test_bad_input_file_reports_typed_error(exported, tmp_path, capsys) -> None:
     _, model = exported("gru", "tag")
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF\x00\x00")
-    assert stream_cli.main(["--model", model, "--input", str(bad)]) == 1
+    assert stream_cli.main(["--model", model, "--input", str(bad)]) == 2  # an input error
     err = capsys.readouterr().err
-    assert "broken.wav" in err and "Error:" in err
-    assert stream_cli.main(["--model", str(tmp_path / "missing.onnx"), "--input", str(bad)]) == 1
-    assert "CheckpointError" in capsys.readouterr().err
+    assert err.startswith("rnnstream stream: error: ") and "broken.wav" in err and "Traceback" not in err
+    assert stream_cli.main(["--model", str(tmp_path / "missing.onnx"), "--input", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "rnnstream stream: error: " in err and "missing.onnx" in err and "Traceback" not in err
 
 
 def test_chunk_shorter_than_a_sample_refused(exported, wav: str, capsys) -> None:
     _, model = exported("gru", "tag")
-    assert stream_cli.main(["--model", model, "--input", wav, "--chunk-ms", "0.01"]) == 1
-    assert "ConfigError: --chunk-ms 0.01 is less than one sample at 8000 Hz" in capsys.readouterr().err
+    assert stream_cli.main(["--model", model, "--input", wav, "--chunk-ms", "0.01"]) == 2
+    assert "error: --chunk-ms 0.01 is less than one sample at 8000 Hz" in capsys.readouterr().err
 

@@ -118,9 +118,9 @@ def test_snapshot_restore_continues_identically() -> None:
     assert [s.name for s in backend.info.state_specs] == [s.name for s in model.state_spec()]
     signal = noise(0.41, seed=5)
     chunks = np.split(signal, [700, 1500, 2300, 2900])
-    ref = StreamSession(backend)
+    ref = StreamSession(backend, sample_rate=FC.audio.sample_rate)
     ref_out = [ref.push(c).outputs for c in chunks]
-    first = StreamSession(backend)
+    first = StreamSession(backend, sample_rate=FC.audio.sample_rate)
     for c in chunks[:2]:
         first.push(c)
     assert float(first.states["norm_count"][0, 0]) == first.frames_seen > 0
@@ -133,7 +133,7 @@ def test_snapshot_restore_continues_identically() -> None:
 
 def test_onnx_export_streams_like_torch(tmp_path) -> None:
     from rnnstream.export.onnx_export import export_onnx
-    from rnnstream.export.runtime import load_backend
+    from rnnstream.api import load_backend
 
     model = cmn_model(cell="gru", pooling="mean")
     path = export_onnx(model, tmp_path / "cmn.onnx", feature_config=FC, labels=LABELS)  # self-verifies
@@ -143,6 +143,6 @@ def test_onnx_export_streams_like_torch(tmp_path) -> None:
     signal = noise(0.37, seed=3)
     want = _offline(model, signal)
     for cuts in ([], [1], [81, 82, 1000], [333, 2000, 2100]):
-        session = StreamSession(backend)
+        session = StreamSession(backend, sample_rate=FC.audio.sample_rate)
         got = np.concatenate([session.push(c).outputs for c in np.split(signal, cuts)])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

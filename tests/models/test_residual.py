@@ -88,7 +88,7 @@ def test_trainconfig_passes_residual_to_the_model_config() -> None:
 
 def test_residual_forecaster_exports_and_streams_through_onnx(tmp_path) -> None:
     from rnnstream.export.onnx_export import export_with_report
-    from rnnstream.export.runtime import OnnxBackend
+    from rnnstream.pipeline.onnx_backend import OnnxBackend
     from rnnstream.pipeline.config import FeatureConfig
 
     fc = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig
 from rnnstream.pipeline.errors import NonFiniteSamplesError, ShapeError, StateError
-from rnnstream.pipeline.features import AudioFeaturizer, AudioFrontend
+from rnnstream.models.frontend import AudioFrontend
+from rnnstream.pipeline.features import AudioFeaturizer
 
 CONFIGS = {
     "logmel": AudioConfig(),
@@ -155,3 +156,26 @@ def test_non_finite_samples_are_refused_in_every_streaming_path(name, seed, pend
     with pytest.raises(NonFiniteSamplesError, match=f"1 of {hop} samples are NaN or Inf"):
         with np.errstate(all="ignore"):
             fz.step(chunk, carry)
+
+
+@pytest.mark.parametrize("sample_rate,n_fft,n_mels,f_min,f_max", [
+    (16000, None, 64, 0.0, None), (8000, 256, 40, 20.0, 3800.0), (22050, 1024, 64, 0.0, 8000.0),
+    (16000, 512, 13, 125.0, 7600.0),
+])
+def test_numpy_matrices_equal_torchaudio(sample_rate, n_fft, n_mels, f_min, f_max):
+    """The runtime's NumPy filterbank, DCT and windows equal torchaudio's/torch's (the runtime imports neither)."""
+    import torchaudio.functional as AF
+
+    from rnnstream.pipeline.features import dct_matrix, mel_matrix, window
+
+    cfg = AudioConfig(sample_rate=sample_rate, win_ms=20.0, hop_ms=10.0, n_fft=n_fft, n_mels=n_mels,
+                      f_min=f_min, f_max=f_max, feature="mfcc", n_mfcc=min(13, n_mels))
+    ref = AF.melscale_fbanks(n_freqs=cfg.fft_size // 2 + 1, f_min=f_min, f_max=f_max or sample_rate / 2, n_mels=n_mels,
+                             sample_rate=sample_rate, norm=None, mel_scale="htk").numpy()
+    # torchaudio builds the triangles in float32 (differences up to ~5e-6 on weights <= 1); ours in float64.
+    np.testing.assert_allclose(mel_matrix(cfg), ref, atol=1e-5)
+    np.testing.assert_allclose(dct_matrix(cfg), AF.create_dct(cfg.n_mfcc, n_mels, norm="ortho").numpy(), atol=1e-6)
+    for kind, fn in (("hann", torch.hann_window), ("hamming", torch.hamming_window)):
+        wcfg = AudioConfig(sample_rate=sample_rate, win_ms=20.0, hop_ms=10.0, window=kind)
+        ref_w = fn(wcfg.win_length, periodic=True, dtype=torch.float64).numpy()
+        np.testing.assert_allclose(window(wcfg), ref_w, atol=1e-7)

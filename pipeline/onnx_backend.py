@@ -1,10 +1,12 @@
-"""The onnxruntime backend of the streaming runtime, and one loader for both backends.
+"""The onnxruntime backend of the streaming runtime (torch-free).
 
 ::
 
-    backend = load_backend("model.onnx")        # OnnxBackend (the file describes itself)
-    backend = load_backend("model.pt")          # rnnstream.models.backend.TorchBackend, same interface
-    session = StreamSession(backend)            # rnnstream.pipeline.streaming: push chunks, final(), snapshots
+    backend = OnnxBackend("model.onnx", provider="cpu", threads=1)   # the file describes itself
+    session = StreamSession(backend, sample_rate=16000)             # rnnstream.pipeline.streaming
+
+``rnnstream.load`` / ``rnnstream.api.load_backend`` pick this backend for ``.onnx`` files and PyTorch's for
+checkpoints.
 
 :class:`OnnxBackend` implements ``rnnstream.pipeline.streaming.Backend`` over a graph written by
 :mod:`rnnstream.export.onnx_export` (signature in ``docs/onnx.md``). It is stateless: ``step(x, states)`` maps a
@@ -23,7 +25,8 @@ Input policy (checked on every call, typed errors naming the value and what was 
 
 Execution providers: ``provider="auto"`` picks CUDA when onnxruntime offers ``CUDAExecutionProvider``
 (the ``onnxruntime-gpu`` build) and CPU otherwise; ``"cuda"`` without it raises :class:`ConfigError`.
-``threads``/``inter_threads`` set onnxruntime's intra-/inter-op thread pools (``None``: onnxruntime's
+``threads``/``inter_threads`` set onnxruntime's intra-/inter-op thread pools (default: one intra-op thread, which costs 2-4x
+less CPU per small batch than onnxruntime's default on few cores; ``None``: onnxruntime's
 default). ``io_binding`` (default: on for CUDA) binds inputs and outputs through an ``IOBinding`` so
 onnxruntime copies host arrays once per call instead of per run; untested here (no GPU on the
 development machine).
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from rnnstream.pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
-from rnnstream.pipeline.streaming import FRONTEND_STATE, Backend, ModelInfo
+from rnnstream.pipeline.model_info import FRONTEND_STATE, ModelInfo
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -77,7 +80,7 @@ class OnnxBackend:
     :class:`ConfigError` for an unavailable provider.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
+    def __init__(self, path: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = 1,
                  inter_threads: int | None = None, io_binding: bool | None = None):
         import onnxruntime as ort
 
@@ -116,11 +119,9 @@ class OnnxBackend:
         self.quantization = meta.get("rnnstream.quantization", "none")
         self.io_binding = (self.provider == PROVIDERS["cuda"]) if io_binding is None else bool(io_binding)
 
-        from rnnstream.export.onnx_export import input_names, output_names, state_names
-
-        self._in = input_names(self.info)
-        self._out = output_names(self.info)
-        self._states = state_names(self.info)
+        self._in = self.info.graph_inputs()
+        self._out = self.info.graph_outputs()
+        self._states = self.info.graph_states()
         self._check_graph()
         cfg = self.info.feature_config
         self._raw = self.info.input_kind == "audio"
@@ -222,38 +223,4 @@ class OnnxBackend:
         return out
 
 
-def load_backend(path: str | os.PathLike[str], *, provider: str = "auto", threads: int | None = None,
-                 raw_audio: bool = False) -> Backend:
-    """A backend for ``path``, whichever kind it is: :class:`OnnxBackend` for ``.onnx`` files,
-    ``rnnstream.models.backend.TorchBackend`` for checkpoints (anything else).
-
-    ``provider``: ``"auto"``/``"cpu"``/``"cuda"`` (for a checkpoint: the torch device; ``"auto"`` picks
-    CUDA when ``torch.cuda.is_available()``). ``threads``: onnxruntime's intra-op threads, or for a
-    checkpoint ``torch.set_num_threads`` (process-wide). ``raw_audio``: for a checkpoint, put the audio
-    front end in the backend (input ``[B, S]`` audio); for an ``.onnx`` file the graph decides, and
-    ``raw_audio=True`` with a features graph raises :class:`ConfigError` (export with ``--raw-audio``).
-    A :class:`rnnstream.pipeline.streaming.StreamSession` hides the difference either way.
-    """
-    p = os.fspath(path)
-    if p.lower().endswith(".onnx"):
-        backend = OnnxBackend(p, provider=provider, threads=threads)
-        if raw_audio and backend.info.input_kind != "audio":
-            raise ConfigError(f"raw_audio=True, but {p!r} is a features graph; export it with --raw-audio")
-        return backend
-    from rnnstream.models.backend import TorchBackend
-
-    if provider not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}")
-    import torch
-
-    if provider == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("provider 'cuda' asked for, but torch.cuda.is_available() is False; use provider='cpu'")
-    device = "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu"
-    if threads is not None:
-        if int(threads) < 1:
-            raise ConfigError(f"threads must be >= 1 (or None), got {threads}")
-        torch.set_num_threads(int(threads))
-    return TorchBackend.from_checkpoint(p, raw_audio=raw_audio, device=device)
-
-
-__all__: Sequence[str] = ["OnnxBackend", "available_providers", "load_backend", "resolve_provider"]
+__all__: Sequence[str] = ["OnnxBackend", "PROVIDERS", "available_providers", "resolve_provider"]
