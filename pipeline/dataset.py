@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from rnnstream.pipeline.config import FeatureConfig
-from rnnstream.pipeline.errors import DatasetError
+from rnnstream.pipeline.errors import DatasetError, MissingExtraError
+
+try:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+except ImportError:  # the runtime-only install reads no Parquet
+    raise MissingExtraError("featurized datasets (Parquet) need pyarrow: pip install 'rnnstream[tables]'") from None
 
 FEATURE_CONFIG_FILE = "feature_config.json"
 STATS_FILE = "stats.json"

@@ -43,6 +43,7 @@ from rnnstream.pipeline.errors import (
     ShapeError,
     StateError,
     TimestampError,
+    require,
 )
 
 # carry layout (float64): [has_prev, last_t, pending_segment_start, last_row (C values)]
@@ -312,6 +313,8 @@ def _plain(value: object) -> object:
 
 
 def _read_frame(path: str):
+    require("pandas", "tables", "reading sensor tables")
+    require("pyarrow", "tables", "reading sensor tables")
     import pandas as pd
     import pyarrow as pa
 
