@@ -15,6 +15,9 @@ Every task is one shape of supervision over per-frame model outputs ``y [B, T, O
 Right-padding is harmless for unidirectional models (they are causal: frames after a sequence's end
 never change its earlier outputs), and padded frames never carry a loss.
 
+Splits of examples live in :mod:`rnnstream.models.splits` (re-exported here); per-task behaviour (loss,
+metrics, output width) in :mod:`rnnstream.models.tasks`.
+
 Two containers implement :class:`TaskData`: :class:`SequenceData` (padded example tensors: classify,
 tag, generate) and :class:`WindowData` (stride-1 forecasting windows over long series, gathered per batch,
 so 8k overlapping windows cost no more memory than the series).
@@ -22,7 +25,6 @@ so 8k overlapping windows cost no more memory than the series).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnstream.models.splits import example_field, split_by, split_fraction  # noqa: F401  (re-exported)
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import Example
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError
@@ -94,11 +97,10 @@ class TaskData:
 
     @property
     def output_dim(self) -> int:
-        if self.task in ("classify", "tag"):
-            return len(self.labels)
-        if self.task == "forecast":
-            return self.horizon * len(self.target_dims)
-        return self.input_dim
+        """Width of the model output these targets need (the task decides: classes, ``H * Dt``, ``D``)."""
+        from rnnstream.models.tasks import task_for  # tasks builds on this module
+
+        return task_for(self.task).output_dim(self)
 
     def fit_stats(self) -> RunningStats:
         """Statistics of this data's own frames (the split's rows), for the model's normalisation."""
@@ -135,7 +137,7 @@ class SequenceData(TaskData):
         lengths = self.lengths[idx]
         t = int(lengths.max())
         y = self.y[idx]
-        if self.task in ("tag", "generate"):
+        if y.dim() > 1:  # per-frame targets (tag [N, T], generate [N, T, D]) are trimmed with x
             y = y[:, :t]
         return Batch(self.x[idx, :t], lengths, y, self.mask[idx, :t])
 
@@ -192,49 +194,6 @@ class WindowData(TaskData):
         out.__dict__.update(self.__dict__)
         out.last_only = last_only
         return out
-
-
-# --------------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------------
-
-
-def example_field(example: Example, key: str) -> str:
-    """``metadata[key]``, or the ``id``/``path``/``label`` field, as a string (for split regexes)."""
-    if key in example.metadata:
-        return str(example.metadata[key])
-    if key in ("id", "path", "label"):
-        return str(getattr(example, key))
-    raise DatasetError(
-        f"example {example.id!r} has no metadata key {key!r} (it has {sorted(example.metadata)}); "
-        "split keys name a metadata key or one of id, path, label"
-    )
-
-
-def split_by(examples: Sequence[Example], key: str, pattern: str) -> tuple[list[Example], list[Example]]:
-    """``(rest, matched)``: examples whose field ``key`` fully matches the regex ``pattern`` go to ``matched``.
-
-    E.g. FSDD's documented test split is ``split_by(ex, "index", r"[0-4]")`` and leave-one-speaker-out is
-    ``split_by(ex, "speaker", "george")``.
-    """
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"split pattern {pattern!r} is not a valid regex: {exc}") from None
-    rest, matched = [], []
-    for e in examples:
-        (matched if rx.fullmatch(example_field(e, key)) else rest).append(e)
-    return rest, matched
-
-
-def split_fraction(examples: Sequence[Example], fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """``(rest, held_out)`` with ``round(fraction * N)`` examples held out, chosen by a seeded permutation."""
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
-    n_val = int(round(fraction * len(examples)))
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:n_val])
-    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,17 +417,10 @@ def tensor_data(task: Task, sequences: Sequence[np.ndarray | Tensor], targets: S
     ``targets``: classify: one label per sequence; tag: one label list per sequence; generate: None.
     (Forecasting windows come from :func:`forecast_data` over :class:`Example` series.)
     """
-    examples = [Example(id=str(i), path="", features=np.asarray(s, dtype=np.float32),
-                        label=None if task != "classify" or targets is None else str(targets[i]),
-                        metadata={} if task != "tag" or targets is None else {"frame_labels": list(targets[i])})
-                for i, s in enumerate(sequences)]
-    if task == "classify":
-        return classify_data(examples, labels, feature_config=feature_config)
-    if task == "tag":
-        return tag_data(examples, "frame_labels", labels, feature_config=feature_config)
-    if task == "generate":
-        return generate_data(examples, feature_config=feature_config)
-    raise ConfigError(f"tensor_data supports classify, tag and generate; use forecast_data for {task!r}")
+    from rnnstream.models.tasks import task_for  # tasks builds on this module
+
+    return task_for(task).from_sequences(sequences, targets, labels=labels,  # type: ignore[return-value]
+                                         feature_config=feature_config)
 
 
 def batch_order(data: TaskData, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,

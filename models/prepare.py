@@ -1,0 +1,128 @@
+"""A featurized dataset -> training / validation / test :class:`TaskData` (what ``rnnstream train`` does).
+
+::
+
+    data = prepare_data("features/", DataSpec(task="classify", val_by="speaker", val_match="george"))
+    data.train, data.val, data.test, data.feature_config, data.stats
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rnnstream.models.data import TaskData, channel_names, resolve_channels, select_channels, sub_config
+from rnnstream.models.splits import split_examples
+from rnnstream.models.tasks import TaskSpec, task_for
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import Example
+from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.stats import RunningStats
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to turn a featurized dataset into training/validation/test data.
+
+    Attributes:
+        task: classify (``Example.label``), tag (per-frame labels in metadata ``frame_labels``),
+            forecast (windows: ``window`` input frames, ``horizon``, ``targets``), generate (next frame).
+        val_fraction: random share of examples held out for validation (when ``val_by`` is not set).
+        val_by, val_match: validation = examples whose field ``val_by`` fully matches regex ``val_match``.
+        test_by, test_match: a held-out test split, the same way (taken out first).
+        channels: input channels (names or indices; forecast/generate on sensor data), default all.
+        targets: forecast target channels (names or indices of the data's channels, included in ``channels``).
+        split_rows: forecast row ranges ``((a, b), (c, d)[, (e, f)])`` for train/val[/test] within each series.
+        forecast_loss: ``all`` frames of a training window or its ``last`` frame only.
+        stats: ``train`` (fit on the training split) or ``dataset`` (the dataset's stats.json).
+    """
+
+    task: str = "classify"
+    val_fraction: float = 0.1
+    val_by: str | None = None
+    val_match: str | None = None
+    test_by: str | None = None
+    test_match: str | None = None
+    frame_labels: str = "frame_labels"
+    channels: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    window: int = 96
+    horizon: int = 24
+    split_rows: tuple[tuple[int, int], ...] = ()
+    forecast_loss: Literal["all", "last"] = "all"
+    stats: Literal["train", "dataset"] = "train"
+    seed: int = 0
+
+
+@dataclass
+class PreparedData:
+    train: TaskData
+    val: TaskData | None
+    test: TaskData | None
+    feature_config: FeatureConfig
+    stats: RunningStats
+
+
+def prepare_data(root: str, spec: DataSpec) -> PreparedData:
+    """Read the dataset at ``root`` and split/shape it per ``spec`` (see :class:`DataSpec`).
+
+    Raises:
+        ConfigError: an unknown task or channel, a forecast without targets, malformed splits.
+        DatasetError: the dataset is missing/empty, a split matched nothing, targets are missing.
+    """
+    from rnnstream.pipeline.dataset import read_dataset
+
+    ds = read_dataset(root)
+    examples = list(ds.examples)
+    fc = ds.config
+    names = channel_names(fc)
+    dims = resolve_channels(list(spec.channels), names) if spec.channels else list(range(fc.dim))
+    if dims != list(range(fc.dim)):
+        fc = sub_config(fc, dims)
+        examples = select_channels(examples, dims)
+    task = task_for(spec.task)
+    target_dims = task.target_channels(spec, [names[d] for d in dims])
+    if spec.split_rows and task.row_splits:
+        train, val, test = _by_rows(task, examples, spec, fc, target_dims)
+    else:
+        train, val, test = _by_examples(task, examples, spec, fc, target_dims, where=repr(root))
+    if spec.stats == "dataset":
+        stats = RunningStats(ds.stats.count, ds.stats.mean[dims], ds.stats.m2[dims])
+    else:
+        stats = train.fit_stats()
+    return PreparedData(train, val, test, fc, stats)
+
+
+def _by_rows(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: FeatureConfig,
+             target_dims: list[int]) -> tuple[TaskData, TaskData, TaskData | None]:
+    """Row ranges within each series (the Informer protocol): train, val[, test]."""
+    if len(spec.split_rows) not in (2, 3):
+        raise ConfigError(f"split_rows needs 2 or 3 row ranges (train, val[, test]), got {len(spec.split_rows)}")
+
+    def part(i: int, last_only: bool) -> TaskData:
+        return task.make_data(examples, spec, labels=None, last_only=last_only, feature_config=fc,
+                              target_dims=target_dims, rows=spec.split_rows[i])
+
+    train, val = part(0, spec.forecast_loss == "last"), part(1, True)
+    return train, val, part(2, True) if len(spec.split_rows) == 3 else None
+
+
+def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: FeatureConfig, target_dims: list[int],
+                 where: str) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Whole examples to train / val / test; val and test use the training labels."""
+    train_ex, val_ex, test_ex = split_examples(
+        examples, val_fraction=spec.val_fraction, val_by=spec.val_by, val_match=spec.val_match,
+        test_by=spec.test_by, test_match=spec.test_match, seed=spec.seed, where=where,
+    )
+
+    def build(ex: list[Example], labels: tuple[str, ...] | None, last_only: bool) -> TaskData:
+        return task.make_data(ex, spec, labels=labels, last_only=last_only, feature_config=fc, target_dims=target_dims)
+
+    train = build(train_ex, None, spec.forecast_loss == "last")
+    labels = train.labels or None
+    val = build(val_ex, labels, True) if val_ex else None
+    test = build(test_ex, labels, True) if test_ex else None
+    return train, val, test
+
+
+__all__ = ["DataSpec", "PreparedData", "prepare_data"]

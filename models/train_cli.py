@@ -1,0 +1,168 @@
+"""The ``rnnstream train`` command: parse the options, then import the training code (torch) and run it.
+
+Nothing heavy is imported at module level, so ``rnnstream train --help`` answers at once.
+Exit status: 0 on success, 1 on a typed input error (the message goes to stderr), 2 on bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError
+
+
+def _rows(text: str) -> tuple[tuple[int, int], ...]:
+    out = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", part)
+        if not m:
+            raise ConfigError(f"--split-rows expects START:STOP[,START:STOP...], got {text!r}")
+        out.append((int(m.group(1)), int(m.group(2))))
+    return tuple(out)
+
+
+def _architecture(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument_group("architecture")
+    a.add_argument("--cell", default="gru", choices=["rnn_tanh", "rnn_relu", "lstm", "gru"])
+    a.add_argument("--layers", type=int, default=2)
+    a.add_argument("--hidden", type=int, default=128)
+    a.add_argument("--dropout", type=float, default=0.0)
+    a.add_argument("--bidirectional", action="store_true", help="offline only: cannot stream or use --tbptt")
+    a.add_argument("--residual", action="store_true", help="forecast: predict the change from the current value")
+    a.add_argument("--pooling", default="last", choices=["last", "mean"], help="classify: last frame or running mean")
+    a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
+                   help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
+
+
+def _optimisation(p: argparse.ArgumentParser) -> None:
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=10)
+    o.add_argument("--batch-size", type=int, default=32)
+    o.add_argument("--lr", type=float, default=1e-3)
+    o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    o.add_argument("--lr-schedule", default="none", choices=["none", "cosine", "step", "plateau"])
+    o.add_argument("--lr-step", type=int, default=10)
+    o.add_argument("--lr-gamma", type=float, default=0.5)
+    o.add_argument("--clip", type=float, default=1.0, help="max total gradient norm (0: no clipping)")
+    o.add_argument("--tbptt", type=int, default=None, help="truncated BPTT window in frames")
+    o.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
+    o.add_argument("--steps-per-epoch", type=int, default=None)
+    o.add_argument("--explode-threshold", type=float, default=1e3)
+    o.add_argument("--vanish-threshold", type=float, default=1e-7)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    o.add_argument("--level-shift", type=float, default=0.0,
+                   help="forecast/generate: random level-offset augmentation, in normalisation stds")
+    o.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument("--val-by", help="metadata key (or id/path/label) for the validation split")
+    d.add_argument("--val-match", help="regex: examples whose --val-by field fully matches are validation")
+    d.add_argument("--test-by", help="metadata key for a held-out test split")
+    d.add_argument("--test-match", help="regex for the test split (e.g. --test-by index --test-match '[0-4]')")
+    d.add_argument("--frame-labels", default="frame_labels", help="tag: metadata key of the per-frame label list")
+    d.add_argument("--channels", default="", help="input channels (names or indices, comma-separated)")
+    d.add_argument("--targets", default="", help="forecast target channels (names or indices)")
+    d.add_argument("--window", type=int, default=96, help="forecast input window (frames)")
+    d.add_argument("--horizon", type=int, default=24, help="forecast horizon (frames)")
+    d.add_argument("--split-rows", type=_rows, default=(),
+                   help="forecast train,val[,test] rows, e.g. 0:8640,8640:11520,11520:14400")
+    d.add_argument("--forecast-loss", default="all", choices=["all", "last"])
+    d.add_argument("--stats", default="train", choices=["train", "dataset"], help="normalisation statistics source")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rnnstream train`` options (every default matches :class:`~rnnstream.models.train.TrainConfig`)."""
+    p = argparse.ArgumentParser(prog="rnnstream train", description="Train a stateful RNN on a featurized dataset.")
+    p.add_argument("--data", required=True, help="featurized dataset directory (rnnstream featurize output)")
+    p.add_argument("--out", required=True, help="checkpoint path (best weights + resume state)")
+    p.add_argument("--task", default="classify", choices=["classify", "tag", "forecast", "generate"])
+    _architecture(p)
+    _optimisation(p)
+    _data(p)
+    r = p.add_argument_group("output")
+    r.add_argument("--plots", default=None, help="directory for PNG plots (default: beside the checkpoint)")
+    r.add_argument("--resume", action="store_true", help="continue from --out's saved epoch")
+    r.add_argument("--init", default=None, help="fine-tune: start from this checkpoint's weights")
+    shown = r.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="show progress bars even when stderr is not a terminal (default: only on a terminal)")
+    shown.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rnnstream train``: returns the exit status (0 ok, 1 a typed input error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = _run(args)
+    except RnnstreamError as exc:
+        print(f"rnnstream train: error: {exc}", file=sys.stderr)
+        return 1
+    summary = {"checkpoint": args.out, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early}
+    for split, m in result.metrics.items():
+        summary[split] = {k: v for k, v in m.items() if k not in ("confusion", "labels")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
+    from rnnstream.models.train import DataSpec, TrainConfig
+
+    spec = DataSpec(
+        task=args.task, val_fraction=args.val_fraction, val_by=args.val_by, val_match=args.val_match,
+        test_by=args.test_by, test_match=args.test_match, frame_labels=args.frame_labels,
+        channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
+        window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
+        stats=args.stats, seed=args.seed,
+    )
+    cfg = TrainConfig(
+        cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
+        bidirectional=args.bidirectional, pooling=args.pooling, input_norm=args.input_norm,
+        epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+        lr_step=args.lr_step, lr_gamma=args.lr_gamma, clip_norm=args.clip or None, tbptt=args.tbptt,
+        patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
+        vanish_threshold=args.vanish_threshold, steps_per_epoch=args.steps_per_epoch,
+        progress=True if args.progress else False if args.no_progress else None, num_threads=args.threads, level_shift=args.level_shift, residual=args.residual,
+    )
+    return spec, cfg
+
+
+def _run(args: argparse.Namespace):  # -> TrainResult
+    """Prepare the data, load ``--init`` (checked against the data), train; typed errors propagate."""
+    from rnnstream.models.checkpoint import load_checkpoint
+    from rnnstream.models.evaluate import check_compatible
+    from rnnstream.models.train import prepare_data, train
+    from rnnstream.pipeline.errors import DatasetError
+    from rnnstream.pipeline.stats import RunningStats
+
+    spec, cfg = _specs(args)
+    data = prepare_data(args.data, spec)
+    init = load_checkpoint(args.init) if args.init else None
+    stats = data.stats
+    if init is not None:
+        check_compatible(init.model, data.train, where=f"checkpoint {args.init!r}")
+        if init.labels and tuple(init.labels) != tuple(data.train.labels):
+            raise DatasetError(
+                f"checkpoint {args.init!r} was trained on labels {init.labels}, the training data has "
+                f"{list(data.train.labels)}"
+            )
+        stats = RunningStats.from_dict(init.stats, where=f"checkpoint {args.init!r} stats") if init.stats else None
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    return train(data.train, cfg, val_data=data.val, test_data=data.test, model=init.model if init else None,
+                 stats=stats, feature_config=data.feature_config, checkpoint=args.out, resume=args.resume,
+                 plots_dir=args.plots)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
