@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnstream.models.conv_frontend import CausalConvFrontend
 from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
 from rnnstream.pipeline.model_config import Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
 
@@ -59,8 +60,9 @@ class StreamingRNN(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        self.frontend = CausalConvFrontend(c) if c.conv_channels else None
         rnn_kwargs = dict(
-            input_size=c.input_dim,
+            input_size=c.rnn_input_size,
             hidden_size=c.hidden_size,
             num_layers=c.num_layers,
             dropout=c.dropout if c.num_layers > 1 else 0.0,
@@ -137,6 +139,9 @@ class StreamingRNN(nn.Module):
             zcount = state["norm_count"].unsqueeze(1) + steps  # [B, T, 1]
             z = z - zsum / zcount
             new_state.update(norm_sum=zsum[:, -1], norm_count=zcount[:, -1])
+        if self.frontend is not None:
+            z, conv_state = self.frontend(z, state)
+            new_state.update(conv_state)
         h0 = state["h"].transpose(0, 1).contiguous()
         if c.cell == "lstm":
             out, (h, cc) = self.rnn(z, (h0, state["c"].transpose(0, 1).contiguous()))
@@ -181,6 +186,8 @@ class StreamingRNN(nn.Module):
         if self.config.input_norm == "causal_mean":
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(z.dtype)
             z = z - torch.cumsum(z * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
+        if self.frontend is not None:
+            z = self.frontend(z, self.initial_state(x.shape[0]))[0]
         packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
@@ -264,6 +271,18 @@ def rnn_classifier(*, input_dim: int, num_classes: int, cell: Cell = "gru", hidd
                   pooling=pooling)
 
 
+def crnn_classifier(*, input_dim: int, num_classes: int, conv_channels: tuple[int, ...] = (16, 32),
+                    conv_kernel: tuple[int, int] = (3, 3), conv_pool: int = 2, cell: Cell = "gru",
+                    hidden_size: int = 64, num_layers: int = 1, dropout: float = 0.0, pooling: Pooling = "last",
+                    input_norm: InputNorm = "none", stats: Any | None = None) -> StreamingRNN:
+    """Many-to-one classifier with a causal convolutional front end (CRNN, kws_streaming's strongest streaming
+    family): ``[B, T, input_dim]`` -> conv layers over (time, frequency) -> RNN -> head. Streams like the RNNs."""
+    return _build(stats, input_dim=input_dim, output_dim=num_classes, task="classify", cell=cell,
+                  hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, pooling=pooling,
+                  input_norm=input_norm, conv_channels=tuple(conv_channels), conv_kernel=tuple(conv_kernel),
+                  conv_pool=conv_pool)
+
+
 def rnn_tagger(*, input_dim: int, num_classes: int, cell: Cell = "gru", hidden_size: int = 128,
                num_layers: int = 2, dropout: float = 0.0, bidirectional: bool = False,
                stats: Any | None = None) -> StreamingRNN:
@@ -303,6 +322,7 @@ __all__ = [
     "StateSpec",
     "StreamingRNN",
     "Task",
+    "crnn_classifier",
     "build_model",
     "rnn_classifier",
     "rnn_forecaster",

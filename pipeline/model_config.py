@@ -23,7 +23,13 @@ InputNorm = Literal["none", "causal_mean"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and task of a :class:`StreamingRNN` (JSON-serialisable, stored in checkpoints and ONNX)."""
+    """Architecture and task of a :class:`StreamingRNN` (JSON-serialisable, stored in checkpoints and ONNX).
+
+    ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
+    frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
+    count), ReLU, and max-pooling over frequency by ``conv_pool``. Each layer carries its last
+    ``conv_kernel[0] - 1`` input frames as state ``conv<i>`` ``[kt - 1, channels_in, bands_in]``, so it streams.
+    """
 
     input_dim: int
     output_dim: int
@@ -38,6 +44,9 @@ class ModelConfig:
     target_dims: tuple[int, ...] = ()
     residual: bool = False
     input_norm: InputNorm = "none"
+    conv_channels: tuple[int, ...] = ()
+    conv_kernel: tuple[int, int] = (3, 3)
+    conv_pool: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,6 +65,7 @@ class ModelConfig:
             raise ConfigError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
         if self.pooling == "mean" and self.task != "classify":
             raise ConfigError(f"pooling='mean' applies to task 'classify' only, not {self.task!r}")
+        self._validate_conv()
         if self.input_norm not in ("none", "causal_mean"):
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
         if self.residual and self.task != "forecast":
@@ -74,6 +84,30 @@ class ModelConfig:
         if self.task == "generate" and self.output_dim != self.input_dim:
             raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
 
+    def _validate_conv(self) -> None:
+        if any(int(c) < 1 for c in self.conv_channels):
+            raise ConfigError(f"conv_channels must be positive, got {list(self.conv_channels)}")
+        if len(self.conv_kernel) != 2 or min(self.conv_kernel) < 1 or self.conv_kernel[1] % 2 == 0:
+            raise ConfigError(f"conv_kernel is (time, frequency), both >= 1 and the frequency size odd; got "
+                              f"{list(self.conv_kernel)}")
+        if self.conv_pool < 1:
+            raise ConfigError(f"conv_pool must be >= 1, got {self.conv_pool}")
+        if self.conv_channels and self.conv_bands()[-1] < 1:
+            raise ConfigError(f"{len(self.conv_channels)} conv layers pooling frequency by {self.conv_pool} leave no "
+                              f"band of input_dim={self.input_dim}")
+
+    def conv_bands(self) -> list[int]:
+        """Frequency bands entering each conv layer, then leaving the last: ``[input_dim, ..., F_out]``."""
+        bands = [self.input_dim]
+        for _ in self.conv_channels:
+            bands.append(bands[-1] // self.conv_pool)
+        return bands
+
+    @property
+    def rnn_input_size(self) -> int:
+        """Width of the RNN's input: ``input_dim``, or channels x bands after the conv front end."""
+        return self.conv_channels[-1] * self.conv_bands()[-1] if self.conv_channels else self.input_dim
+
     @property
     def streamable(self) -> bool:
         return not self.bidirectional
@@ -82,6 +116,10 @@ class ModelConfig:
         """Names and per-stream shapes of the state tensors, in graph order."""
         layers = self.num_layers * (2 if self.bidirectional else 1)
         specs = [StateSpec("h", (layers, self.hidden_size))]
+        bands, chans = self.conv_bands(), (1, *self.conv_channels)
+        if self.conv_kernel[0] > 1:  # each conv layer carries its last kernel-1 input frames
+            specs += [StateSpec(f"conv{i}", (self.conv_kernel[0] - 1, chans[i], bands[i]))
+                      for i in range(len(self.conv_channels))]
         if self.cell == "lstm":
             specs.append(StateSpec("c", (layers, self.hidden_size)))
         if self.input_norm == "causal_mean":
@@ -93,6 +131,12 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["target_dims"] = list(self.target_dims)
+        if self.conv_channels:
+            d["conv_channels"] = list(self.conv_channels)
+            d["conv_kernel"] = list(self.conv_kernel)
+        else:  # configs (and so weights hashes) of models without a conv front end read as before it existed
+            for key in ("conv_channels", "conv_kernel", "conv_pool"):
+                d.pop(key)
         return d
 
     @classmethod
@@ -103,6 +147,8 @@ class ModelConfig:
             raise ConfigError(f"unknown model config keys {sorted(unknown)}")
         data = dict(data)
         data["target_dims"] = tuple(data.get("target_dims", ()))
+        data["conv_channels"] = tuple(data.get("conv_channels", ()))
+        data["conv_kernel"] = tuple(data.get("conv_kernel", (3, 3)))
         return cls(**data)
 
     def to_json(self) -> str:

@@ -69,3 +69,42 @@ def test_bidirectional_forwards_but_refuses_to_stream(cell):
     torch.testing.assert_close(model(x[1:, :4]), y[1:, :4], rtol=1e-5, atol=1e-5)
     with pytest.raises(StateError, match="bidirectional models are offline only.*future frames"):
         model.step(x, model.initial_state(2))
+
+
+@pytest.mark.parametrize("kernel,pool,channels", [((3, 3), 2, (4, 6)), ((5, 1), 1, (3,)), ((1, 3), 2, (2, 2)),
+                                                  ((2, 5), 3, (4,))])
+@pytest.mark.parametrize("input_norm,pooling", [("none", "last"), ("causal_mean", "mean")])
+@settings(max_examples=10)
+@given(chunks=chunkings(), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_crnn_front_end_streams_like_offline(kernel, pool, channels, input_norm, pooling, chunks, batch, seed):
+    """The causal conv front end carries its left context as state: step over any chunking == forward."""
+    total, sizes = chunks
+    dim = 9
+    cfg = ModelConfig(input_dim=dim, output_dim=3, cell="gru", hidden_size=8, num_layers=1, pooling=pooling,
+                      input_norm=input_norm, conv_channels=channels, conv_kernel=kernel, conv_pool=pool)
+    torch.manual_seed(seed)
+    model = StreamingRNN(cfg).eval()
+    conv_states = [s for s in model.state_spec() if s.name.startswith("conv")]
+    assert len(conv_states) == (len(channels) if kernel[0] > 1 else 0)
+    x = torch.randn(batch, total, dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = model(x)
+        state, outs, t = model.initial_state(batch), [], 0
+        for n in sizes:
+            y, state = model.step(x[:, t: t + n], state)
+            outs.append(y)
+            t += n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_crnn_config_is_validated_and_round_trips():
+    from rnnstream.pipeline.errors import ConfigError
+
+    cfg = ModelConfig(input_dim=8, output_dim=2, conv_channels=(4, 8), conv_kernel=(3, 3), conv_pool=2)
+    assert cfg.conv_bands() == [8, 4, 2] and cfg.rnn_input_size == 16
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert "conv_channels" not in ModelConfig(input_dim=8, output_dim=2).to_dict()  # old configs read the same
+    for bad in (dict(conv_channels=(4,), conv_kernel=(3, 2)), dict(conv_channels=(0,)),
+                dict(conv_channels=(4, 4, 4, 4), conv_pool=2)):
+        with pytest.raises(ConfigError):
+            ModelConfig(input_dim=8, output_dim=2, **bad)

@@ -1,0 +1,48 @@
+"""The CRNN front end exports with its conv states as graph inputs/outputs and streams in onnxruntime == PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rnnstream.export.onnx_export import export_onnx
+from rnnstream.models.rnn import crnn_classifier
+from rnnstream.pipeline.features import AudioFeaturizer
+from rnnstream.pipeline.onnx_backend import OnnxBackend
+from rnnstream.pipeline.streaming import StreamSession
+from tests.export.conftest import DIM, FC, LABELS, RATE, noise
+
+SIGNAL = noise(0.41, seed=8)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["features", "raw-audio"])
+def crnn(request, tmp_path_factory):
+    torch.manual_seed(3)
+    model = crnn_classifier(input_dim=DIM, num_classes=len(LABELS), conv_channels=(4, 6), conv_kernel=(3, 3),
+                            conv_pool=2, hidden_size=10, pooling="mean").eval()
+    with torch.no_grad():
+        model.feat_mean.fill_(-5.0)
+        model.feat_std.fill_(2.0)
+    path = export_onnx(model, tmp_path_factory.mktemp("crnn") / "m.onnx", FC, LABELS, raw_audio=request.param)
+    return model, OnnxBackend(path, provider="cpu", threads=1)
+
+
+def test_graph_carries_the_conv_states(crnn):
+    _, backend = crnn
+    names = [i.name for i in backend.session.get_inputs()]
+    assert {"conv0_in", "conv1_in"} <= set(names)
+    assert {s.name: s.shape for s in backend.info.state_specs}["conv1"] == (2, 4, DIM // 2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(0, SIGNAL.size), max_size=8).map(sorted))
+def test_onnx_streaming_equals_torch_offline(crnn, cuts):
+    model, backend = crnn
+    with torch.no_grad():
+        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
+    session = StreamSession(backend, sample_rate=RATE)
+    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
