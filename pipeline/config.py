@@ -30,6 +30,9 @@ WindowKind = Literal["hann", "hamming"]
 GapPolicy = Literal["split", "flag"]
 
 
+#: Calendar covariates of sensor frames: name -> period in seconds (each becomes a sin/cos pair).
+TIME_FEATURES: dict[str, float] = {"hour_of_day": 86400.0, "day_of_week": 7 * 86400.0, "day_of_year": 365.2425 * 86400.0}
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Log-mel / MFCC features of audio sampled at ``sample_rate``.
@@ -133,6 +136,9 @@ class SensorConfig:
         gap_policy: ``"split"`` ends the segment at a long gap and starts a new one after it;
             ``"flag"`` interpolates across it and sets an extra ``gap`` feature to 1 on the grid points
             inside it.
+        time_features: calendar covariates derived from each grid point's time (seconds since the Unix epoch,
+            UTC): any of ``"hour_of_day"``, ``"day_of_week"``, ``"day_of_year"``, each as a (sin, cos) pair
+            appended after the channels (and ``gap``). They depend on the frame's time alone, so they stream.
     """
 
     columns: tuple[str, ...] = ()
@@ -140,10 +146,11 @@ class SensorConfig:
     rate_hz: float = 1.0
     max_gap_s: float = 5.0
     gap_policy: GapPolicy = "split"
+    time_features: tuple[str, ...] = ()
 
     @property
     def dim(self) -> int:
-        return len(self.columns) + (1 if self.gap_policy == "flag" else 0)
+        return len(self.columns) + (1 if self.gap_policy == "flag" else 0) + 2 * len(self.time_features)
 
     @property
     def frame_rate(self) -> float:
@@ -162,6 +169,10 @@ class SensorConfig:
             raise ConfigError(f"sensor.max_gap_s must be > 0, got {self.max_gap_s}")
         if self.gap_policy not in ("split", "flag"):
             raise ConfigError(f"sensor.gap_policy must be 'split' or 'flag', got {self.gap_policy!r}")
+        bad = [f for f in self.time_features if f not in TIME_FEATURES]
+        if bad or len(set(self.time_features)) != len(self.time_features):
+            raise ConfigError(f"sensor.time_features must be distinct names from {list(TIME_FEATURES)}, "
+                              f"got {list(self.time_features)}")
 
 
 @dataclass(frozen=True)
@@ -215,7 +226,10 @@ class FeatureConfig:
 
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["sensor"] is not None and not d["sensor"]["time_features"]:
+            del d["sensor"]["time_features"]  # configs without covariates read (and hash) as before they existed
+        return d
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -233,7 +247,9 @@ class FeatureConfig:
         try:
             audio_cfg = AudioConfig(**audio) if audio is not None else None
             sensor_cfg = (
-                SensorConfig(**{**sensor, "columns": tuple(sensor.get("columns", ()))}) if sensor is not None else None
+                SensorConfig(**{**sensor, "columns": tuple(sensor.get("columns", ())),
+                                "time_features": tuple(sensor.get("time_features", ()))})
+                if sensor is not None else None
             )
         except TypeError as exc:  # unknown or missing keys inside a section
             raise ConfigError(f"bad feature config section: {exc}") from None

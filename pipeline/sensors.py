@@ -34,7 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from rnnstream.pipeline.config import FeatureConfig, SensorConfig
+from rnnstream.pipeline.config import TIME_FEATURES, FeatureConfig, SensorConfig
 from rnnstream.pipeline.errors import (
     ConfigError,
     MissingColumnsError,
@@ -277,6 +277,8 @@ class SensorFeaturizer:
         new_carry[_LAST_T] = ts[-1]
         new_carry[_PENDING] = 1.0 if pending else 0.0
         new_carry[_ROW:] = vals[-1]
+        if self.cfg.time_features:
+            frames = np.concatenate((frames, time_features(times, self.cfg.time_features)), axis=1)
         return SensorFrames(times, frames, tuple(sorted(seg))), new_carry
 
     def featurize(self, timestamps: np.ndarray, values: np.ndarray) -> SensorFrames:
@@ -289,6 +291,21 @@ class SensorFeaturizer:
 
     def _empty(self) -> SensorFrames:
         return SensorFrames(np.zeros(0, np.float64), np.zeros((0, self.dim), np.float32), ())
+
+
+def time_features(times: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Calendar covariates of grid times ``[T]`` (seconds since the epoch, UTC) -> float32 ``[T, 2 * len(names)]``.
+
+    Each name (see :data:`rnnstream.pipeline.config.TIME_FEATURES`) gives ``sin`` and ``cos`` of its phase. The Unix
+    epoch fell on a Thursday, so ``day_of_week`` is shifted by three days to start its cycle on Monday.
+    """
+    cols = []
+    for name in names:
+        period = TIME_FEATURES[name]
+        shift = 3 * 86400.0 if name == "day_of_week" else 0.0
+        phase = 2.0 * np.pi * np.mod(np.asarray(times, np.float64) + shift, period) / period
+        cols += [np.sin(phase), np.cos(phase)]
+    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(times), 0), np.float32)
 
 
 def split_segments(frames: SensorFrames) -> list[Segment]:

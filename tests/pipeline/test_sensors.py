@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnstream.pipeline.config import FeatureConfig, SensorConfig
-from rnnstream.pipeline.errors import MissingColumnsError, NonNumericError, SensorError, ShapeError, StateError, TimestampError
+from rnnstream.pipeline.errors import (
+    ConfigError,
+    MissingColumnsError,
+    NonNumericError,
+    SensorError,
+    ShapeError,
+    StateError,
+    TimestampError,
+)
 from rnnstream.pipeline.sensors import SensorFeaturizer, read_sensor_table
 
 
@@ -48,9 +56,11 @@ def _stream(fz: SensorFeaturizer, ts, vals, sizes):
     start=st.sampled_from([0.0, 123.456, 1.7e9]),
     long_gaps=st.integers(0, 4),
     sizes=st.lists(st.one_of(st.just(0), st.just(1), st.integers(0, 20)), max_size=15),
+    covariates=st.sampled_from([(), ("hour_of_day",), ("day_of_week", "hour_of_day", "day_of_year")]),
 )
-def test_streaming_equals_offline(seed, n, c, policy, rate, start, long_gaps, sizes):
-    cfg = SensorConfig(columns=tuple(f"c{i}" for i in range(c)), rate_hz=rate, max_gap_s=2.0, gap_policy=policy)
+def test_streaming_equals_offline(seed, n, c, policy, rate, start, long_gaps, sizes, covariates):
+    cfg = SensorConfig(columns=tuple(f"c{i}" for i in range(c)), rate_hz=rate, max_gap_s=2.0, gap_policy=policy,
+                       time_features=covariates)
     fz = SensorFeaturizer(cfg)
     ts, vals = _series(seed, n, c, start=start, long_gaps=long_gaps, max_gap=2.0)
     offline = fz.featurize(ts, vals)
@@ -255,3 +265,17 @@ def test_timestamps_computed_as_k_over_rate_keep_every_frame(rate):
     frames = SensorFeaturizer(FeatureConfig.sensor_default(["a"], rate_hz=rate, max_gap_s=10 / rate)).featurize(ts, values)
     assert frames.values.shape == (30, 1)
     np.testing.assert_array_equal(frames.values[:, 0], values[:, 0].astype(np.float32))
+
+
+def test_time_features_are_calendar_phases():
+    from rnnstream.pipeline.sensors import time_features
+
+    monday_6am = 4 * 86400.0 + 6 * 3600.0  # 1970-01-05 was a Monday
+    feats = time_features(np.array([monday_6am]), ("hour_of_day", "day_of_week"))
+    np.testing.assert_allclose(feats[0], [1.0, 0.0, np.sin(2 * np.pi * 0.25 / 7), np.cos(2 * np.pi * 0.25 / 7)],
+                               atol=1e-6)
+    cfg = FeatureConfig.sensor_default(["x"], rate_hz=1 / 3600, time_features=("hour_of_day",))
+    assert cfg.dim == 3 and FeatureConfig.from_json(cfg.to_json()) == cfg
+    assert "time_features" not in FeatureConfig.sensor_default(["x"]).to_json()
+    with pytest.raises(ConfigError, match="time_features"):
+        FeatureConfig.sensor_default(["x"], time_features=("minute",))
