@@ -138,3 +138,18 @@ def test_channel_selection_on_sensor_configs():
     assert sub_config(fc, [2]).sensor.columns == ("OT",)
     with pytest.raises(ConfigError, match=r"unknown channel 'XX'"):
         resolve_channels("XX", names)
+
+
+def test_splits_module_holds_the_split_functions_data_reexports_them():
+    from rnnstream.models import data, splits
+
+    assert data.split_by is splits.split_by and data.split_fraction is splits.split_fraction
+    examples = [ex(i, 2, spk="ann" if i % 2 else "bob", take=i) for i in range(8)]
+    train, val, test = splits.split_examples(examples, val_by="spk", val_match="bob", test_by="take",
+                                             test_match="[01]")
+    assert [e.id for e in test] == ["e0", "e1"]
+    assert [e.id for e in val] == ["e2", "e4", "e6"] and [e.id for e in train] == ["e3", "e5", "e7"]
+    with pytest.raises(ConfigError, match="validation split needs both val_by"):
+        splits.split_examples(examples, val_by="spk")
+    with pytest.raises(DatasetError, match=r"test split take='9' matched no example in 'here'"):
+        splits.split_examples(examples, test_by="take", test_match="9", where="'here'")

@@ -124,3 +124,25 @@ def test_fine_tune_from_a_checkpoint_of_another_feature_dimension_is_refused(dig
     tuned = load_checkpoint(str(tmp_path / "m.pt"))
     assert tuned.model.config.hidden_size == 4 and tuned.labels == ["0", "1", "2"]
     assert not torch.equal(tuned.model.head.weight, init.head.weight)
+
+
+def test_the_cli_module_imports_nothing_heavy_and_help_is_quick():
+    import subprocess
+    import sys
+
+    code = ("import sys, time; t = time.perf_counter(); import rnnstream.models.train_cli as c; "
+            "heavy = [m for m in ('torch', 'matplotlib', 'tqdm', 'pyarrow') if m in sys.modules]; "
+            "print(heavy, time.perf_counter() - t)")
+    heavy, seconds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.rsplit(" ", 1)
+    assert heavy == "[]" and float(seconds) < 1.0
+
+
+def test_train_main_is_the_cli_main_and_progress_flags_exclude_each_other(capsys):
+    from rnnstream.models import train, train_cli
+
+    assert train.main is train_cli.main and train.build_parser is train_cli.build_parser
+    args = train_cli.build_parser().parse_args(["--data", "d", "--out", "o"])
+    assert (args.progress, args.no_progress) == (False, False)
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main(["--data", "d", "--out", "o", "--progress", "--no-progress"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
