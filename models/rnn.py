@@ -156,16 +156,34 @@ class StreamingRNN(nn.Module):
             out = csum / count
             new_state["pool_sum"] = csum[:, -1]
             new_state["pool_count"] = count[:, -1]
-        return self._residual(self.head(out), x), new_state
+        y = self.head(out)
+        if c.seasonal_period:
+            y, new_state["season"] = self._seasonal(y, x, state["season"])
+            return y, new_state
+        return self._residual(y, x), new_state
+
+    def _level(self, x: Tensor) -> Tensor:
+        """The normalised target channels of each frame: ``x [B, T, input_dim] -> [B, T, Dt]``."""
+        dims = list(self.config.target_dims)
+        return (x[..., dims] - self.feat_mean[dims]) / self.feat_std[dims]
 
     def _residual(self, y: Tensor, x: Tensor) -> Tensor:
         """``residual`` forecasts: add each frame's normalised target values to every horizon step."""
         c = self.config
         if not c.residual:
             return y
-        dims = list(c.target_dims)
-        level = (x[..., dims] - self.feat_mean[dims]) / self.feat_std[dims]  # [B, T, Dt]
-        return y + level.repeat(1, 1, c.horizon)  # flat [horizon * Dt], horizon-major like the head
+        return y + self._level(x).repeat(1, 1, c.horizon)  # flat [horizon * Dt], horizon-major like the head
+
+    def _seasonal(self, y: Tensor, x: Tensor, season: Tensor) -> tuple[Tensor, Tensor]:
+        """Seasonal residuals: step ``k`` of frame ``t`` adds the target values of frame ``t + k - P``.
+
+        ``season [B, P, Dt]`` holds the last ``P`` frames' normalised targets (zeros before the stream began).
+        Returns ``(y [B, T, horizon * Dt], new season)``.
+        """
+        c, steps = self.config, x.shape[1]
+        buf = torch.cat((season, self._level(x)), dim=1)  # [B, P + T, Dt]; frame t sits at P + t
+        naive = torch.cat([buf[:, k : k + steps] for k in range(1, c.horizon + 1)], dim=2)  # [B, T, H * Dt]
+        return y + naive, buf[:, buf.shape[1] - c.seasonal_period :]
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Offline: ``x [B, T, input_dim]`` -> ``y [B, T, output_dim]``.
@@ -194,7 +212,10 @@ class StreamingRNN(nn.Module):
         if self.config.pooling == "mean":
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(out.dtype)
             out = torch.cumsum(out * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
-        return self._residual(self.head(out), x)
+        y = self.head(out)
+        if self.config.seasonal_period:
+            return self._seasonal(y, x, self.initial_state(x.shape[0])["season"])[0]
+        return self._residual(y, x)
 
     # ---------------------------------------------------------------------------------------
     # Task helpers
@@ -293,12 +314,15 @@ def rnn_tagger(*, input_dim: int, num_classes: int, cell: Cell = "gru", hidden_s
 
 def rnn_forecaster(*, input_dim: int, horizon: int, target_dims: tuple[int, ...] | list[int],
                    cell: Cell = "gru", hidden_size: int = 128, num_layers: int = 2, dropout: float = 0.0,
-                   stats: Any | None = None) -> StreamingRNN:
-    """Many-to-many seq2seq forecaster: at every frame, the next ``horizon`` values of ``target_dims``."""
+                   residual: bool = False, seasonal_period: int = 0, stats: Any | None = None) -> StreamingRNN:
+    """Many-to-many seq2seq forecaster: at every frame, the next ``horizon`` values of ``target_dims``.
+
+    ``residual``: predict the change from persistence (the current values), or with ``seasonal_period=P`` from
+    seasonal-naive (the values ``P`` frames before each forecast step)."""
     target_dims = tuple(int(d) for d in target_dims)
     return _build(stats, input_dim=input_dim, output_dim=horizon * len(target_dims), task="forecast", cell=cell,
                   hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, horizon=horizon,
-                  target_dims=target_dims)
+                  target_dims=target_dims, residual=residual, seasonal_period=seasonal_period)
 
 
 def rnn_generator(*, input_dim: int, cell: Cell = "gru", hidden_size: int = 128, num_layers: int = 2,

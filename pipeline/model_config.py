@@ -25,6 +25,10 @@ InputNorm = Literal["none", "causal_mean"]
 class ModelConfig:
     """Architecture and task of a :class:`StreamingRNN` (JSON-serialisable, stored in checkpoints and ONNX).
 
+    ``residual`` forecasts predict the change from a naive forecast: from the current frame's target values
+    (persistence), or with ``seasonal_period=P`` from the values ``P`` frames before each forecast step
+    (seasonal-naive; the last ``P`` frames are carried as state ``season``; needs ``horizon <= P``).
+
     ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
     frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
     count), ReLU, and max-pooling over frequency by ``conv_pool``. Each layer carries its last
@@ -43,6 +47,7 @@ class ModelConfig:
     horizon: int = 1
     target_dims: tuple[int, ...] = ()
     residual: bool = False
+    seasonal_period: int = 0
     input_norm: InputNorm = "none"
     conv_channels: tuple[int, ...] = ()
     conv_kernel: tuple[int, int] = (3, 3)
@@ -70,6 +75,12 @@ class ModelConfig:
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
         if self.residual and self.task != "forecast":
             raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
+        if self.seasonal_period:
+            if not self.residual or self.seasonal_period < 0:
+                raise ConfigError(f"seasonal_period={self.seasonal_period} needs residual=True and a positive period")
+            if self.horizon > self.seasonal_period:
+                raise ConfigError(f"seasonal residuals need horizon <= seasonal_period, got horizon={self.horizon} "
+                                  f"and seasonal_period={self.seasonal_period}")
         if self.task == "forecast":
             if not self.target_dims:
                 raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
@@ -126,6 +137,8 @@ class ModelConfig:
             specs += [StateSpec("norm_sum", (self.input_dim,)), StateSpec("norm_count", (1,))]
         if self.pooling == "mean":
             specs += [StateSpec("pool_sum", (self.hidden_size,)), StateSpec("pool_count", (1,))]
+        if self.seasonal_period:
+            specs.append(StateSpec("season", (self.seasonal_period, len(self.target_dims))))
         return tuple(specs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +150,8 @@ class ModelConfig:
         else:  # configs (and so weights hashes) of models without a conv front end read as before it existed
             for key in ("conv_channels", "conv_kernel", "conv_pool"):
                 d.pop(key)
+        if not self.seasonal_period:
+            d.pop("seasonal_period")
         return d
 
     @classmethod

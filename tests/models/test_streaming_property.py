@@ -108,3 +108,38 @@ def test_crnn_config_is_validated_and_round_trips():
                 dict(conv_channels=(4, 4, 4, 4), conv_pool=2)):
         with pytest.raises(ConfigError):
             ModelConfig(input_dim=8, output_dim=2, **bad)
+
+
+@settings(max_examples=15)
+@given(chunks=chunkings(), period=st.integers(2, 7), seed=st.integers(0, 2**16))
+def test_seasonal_residual_forecasts_stream_like_offline(chunks, period, seed):
+    """Forecasts relative to seasonal-naive carry the last ``period`` frames as state: streaming == offline."""
+    from rnnstream.models.rnn import rnn_forecaster
+
+    total, sizes = chunks
+    torch.manual_seed(seed)
+    model = rnn_forecaster(input_dim=D, horizon=2, target_dims=(0, 2), hidden_size=6, num_layers=1, residual=True,
+                           seasonal_period=period).eval()
+    x = torch.randn(1, total, D, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = model(x)
+        state, outs, t = model.initial_state(1), [], 0
+        for n in sizes:
+            y, state = model.step(x[:, t: t + n], state)
+            outs.append(y)
+            t += n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_seasonal_residual_adds_the_value_one_period_before_each_step():
+    from rnnstream.models.rnn import rnn_forecaster
+
+    model = rnn_forecaster(input_dim=1, horizon=3, target_dims=(0,), hidden_size=4, num_layers=1, residual=True,
+                           seasonal_period=4).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        y = model(torch.arange(1.0, 11.0).view(1, 10, 1))[0]  # frames 1..10, head outputs zero
+    # frame t=5 (value 6): steps k=1..3 look at frames t+k-4 = 2, 3, 4 (values 3, 4, 5)
+    assert y[5].tolist() == [3.0, 4.0, 5.0]
+    assert y[0].tolist() == [0.0, 0.0, 0.0]  # before the stream began: zeros (the normalised mean)

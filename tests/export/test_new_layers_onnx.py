@@ -1,4 +1,4 @@
-"""The CRNN front end exports with its conv states as graph inputs/outputs and streams in onnxruntime == PyTorch."""
+"""New state-carrying layers in ONNX: the CRNN front end and the seasonal residual head stream == PyTorch."""
 
 from __future__ import annotations
 
@@ -45,4 +45,28 @@ def test_onnx_streaming_equals_torch_offline(crnn, cuts):
         want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
     session = StreamSession(backend, sample_rate=RATE)
     got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_seasonal_forecaster_exports_and_streams(tmp_path):
+    """The seasonal-naive residual head carries its ``season`` buffer through the ONNX graph."""
+    from rnnstream.models.rnn import rnn_forecaster
+    from rnnstream.pipeline.config import FeatureConfig
+    from rnnstream.pipeline.streaming import SensorChunk
+
+    torch.manual_seed(5)
+    fc = FeatureConfig.sensor_default(["a", "b"], rate_hz=1.0, time_features=("hour_of_day",))
+    model = rnn_forecaster(input_dim=fc.dim, horizon=5, target_dims=(1,), hidden_size=8, num_layers=1,
+                           residual=True, seasonal_period=6).eval()
+    backend = OnnxBackend(export_onnx(model, tmp_path / "s.onnx", fc), provider="cpu", threads=1)
+    assert "season_in" in [i.name for i in backend.session.get_inputs()]
+    ts = np.arange(50, dtype=np.float64) * 1.0 + 3600.0
+    vals = np.stack([np.sin(ts / 5), np.cos(ts / 7)], axis=1).astype(np.float32)
+    from rnnstream.pipeline.sensors import SensorFeaturizer
+
+    with torch.no_grad():
+        want = model(torch.from_numpy(SensorFeaturizer(fc).featurize(ts, vals).values)[None])[0].numpy()
+    session = StreamSession(backend)
+    got = np.concatenate([session.push(SensorChunk(ts[a:b], vals[a:b])).outputs
+                          for a, b in ((0, 7), (7, 8), (8, 31), (31, 50))])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
