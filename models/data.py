@@ -15,7 +15,8 @@ Every task is one shape of supervision over per-frame model outputs ``y [B, T, O
 Right-padding is harmless for unidirectional models (they are causal: frames after a sequence's end
 never change its earlier outputs), and padded frames never carry a loss.
 
-Splits of examples live in :mod:`rnnstream.models.splits` (re-exported here); per-task behaviour (loss,
+Splits of examples live in :mod:`rnnstream.models.splits`, channel selection in
+:mod:`rnnstream.models.channels` (both re-exported here); per-task behaviour (loss,
 metrics, output width) in :mod:`rnnstream.models.tasks`.
 
 Two containers implement :class:`TaskData`: :class:`SequenceData` (padded example tensors: classify,
@@ -26,13 +27,14 @@ so 8k overlapping windows cost no more memory than the series).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rnnstream.models.channels import channel_names, resolve_channels, select_channels, sub_config  # noqa: F401
 from rnnstream.models.splits import example_field, split_by, split_fraction  # noqa: F401  (re-exported)
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import Example
@@ -352,62 +354,6 @@ def forecast_data(examples: Sequence[Example], *, window: int, horizon: int, tar
         stats_rows=torch.cat(stats_rows) if stats_rows else torch.zeros(0, dim), feature_config=feature_config,
         ids=[e.id for e in examples],
     )
-
-
-def select_channels(examples: Sequence[Example], dims: Sequence[int]) -> list[Example]:
-    """The examples with only feature columns ``dims`` (in that order)."""
-    dims = list(dims)
-    out = []
-    for e in examples:
-        bad = [d for d in dims if not 0 <= d < e.features.shape[1]]
-        if bad:
-            raise ConfigError(f"channels {bad} out of range for example {e.id!r} with {e.features.shape[1]} features")
-        out.append(replace(e, features=np.ascontiguousarray(e.features[:, dims])))
-    return out
-
-
-def channel_names(config: FeatureConfig) -> list[str]:
-    """Names of the feature columns: sensor columns (+ ``gap``), or ``mel0..``/``mfcc0..`` for audio."""
-    if config.kind == "sensor":
-        names = list(config.sensor.columns)  # type: ignore[union-attr]
-        return names + (["gap"] if config.sensor.gap_policy == "flag" else [])  # type: ignore[union-attr]
-    prefix = "mel" if config.audio.feature == "logmel" else "mfcc"  # type: ignore[union-attr]
-    return [f"{prefix}{i}" for i in range(config.dim)]
-
-
-def resolve_channels(spec: str | Sequence[str | int], names: Sequence[str]) -> list[int]:
-    """Channel names or indices (a comma-separated string or a list) -> indices into ``names``."""
-    items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
-    out = []
-    for item in items:
-        if isinstance(item, int) or (isinstance(item, str) and item.lstrip("-").isdigit()):
-            i = int(item)
-            if not 0 <= i < len(names):
-                raise ConfigError(f"channel index {i} out of range: the data has {len(names)} channels {list(names)}")
-            out.append(i)
-        elif item in names:
-            out.append(list(names).index(item))
-        else:
-            raise ConfigError(f"unknown channel {item!r}; the data's channels are {list(names)}")
-    if not out:
-        raise ConfigError(f"no channels selected by {spec!r}")
-    return out
-
-
-def sub_config(config: FeatureConfig, dims: Sequence[int]) -> FeatureConfig:
-    """The feature config of a channel subset (sensor data only; audio features are all-or-nothing)."""
-    dims = list(dims)
-    if dims == list(range(config.dim)):
-        return config
-    if config.kind != "sensor":
-        raise ConfigError("selecting feature channels is supported for sensor data only, not audio features")
-    names = channel_names(config)
-    picked = [names[d] for d in dims]
-    flag = config.sensor.gap_policy == "flag"  # type: ignore[union-attr]
-    if flag and picked[-1:] != ["gap"]:
-        raise ConfigError(f"sensor data with gap_policy='flag' must keep the 'gap' channel last; selected {picked}")
-    cols = tuple(p for p in picked if not (flag and p == "gap"))
-    return replace(config, sensor=replace(config.sensor, columns=cols))  # type: ignore[arg-type]
 
 
 def tensor_data(task: Task, sequences: Sequence[np.ndarray | Tensor], targets: Sequence[Any] | None = None, *,

@@ -186,7 +186,8 @@ def _train_epoch(state: FitState, transform: Callable[[Batch], Batch] | None, tb
     state.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     state.count = frames = 0
     t_start = time.perf_counter()
-    for state.step, idx in enumerate(state.loader.indices(state.epoch), 1):
+    for step, idx in enumerate(state.loader.indices(state.epoch), 1):
+        state.step = step
         batch = state.loader.data.batch(idx).to(device)
         if transform is not None:
             batch = transform(batch)

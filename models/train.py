@@ -209,14 +209,16 @@ def train(train_data: TaskData, config: TrainConfig = TrainConfig(), *, val_data
         CheckpointError: ``resume`` from a missing, corrupt or resume-less checkpoint.
         TrainingDivergedError: the loss or gradient became NaN/Inf (the last good checkpoint is kept).
     """
-    kwargs = dict(val_data=val_data, test_data=test_data, model=model, stats=stats, feature_config=feature_config,
-                  checkpoint=checkpoint, resume=resume, plots_dir=plots_dir, metrics_path=metrics_path)
+    kwargs: dict[str, Any] = {
+        "val_data": val_data, "test_data": test_data, "model": model, "stats": stats, "feature_config": feature_config,
+        "checkpoint": checkpoint, "resume": resume, "plots_dir": plots_dir, "metrics_path": metrics_path,
+    }
     if config.num_threads is None:
-        return _train(train_data, config, **kwargs)  # type: ignore[arg-type]
+        return _train(train_data, config, **kwargs)
     before = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
-        return _train(train_data, config, **kwargs)  # type: ignore[arg-type]
+        return _train(train_data, config, **kwargs)
     finally:
         torch.set_num_threads(before)
 

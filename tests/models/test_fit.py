@@ -119,7 +119,7 @@ def test_schedule_and_early_stopping_callbacks_keep_their_counters_for_resume():
 
 
 def test_progress_shows_only_on_a_terminal_or_when_asked(data, capsys):
-    small = dict(hidden_size=4, num_layers=1, epochs=1, steps_per_epoch=1)
+    small = {"hidden_size": 4, "num_layers": 1, "epochs": 1, "steps_per_epoch": 1}
     train(data, TrainConfig(**small))  # progress=None and stderr is not a terminal under pytest
     assert "epoch=1" not in capsys.readouterr().err
     train(data, TrainConfig(progress=True, **small))
