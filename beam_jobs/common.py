@@ -4,7 +4,9 @@ What lives here:
 
 * options: :class:`InputOptions` (``--input``, ``--output``, ``--manifest``, ``--label-pattern``) and
   :class:`FeatureOptions` (every :class:`~rnnstream.pipeline.config.FeatureConfig` field as a flag). They are shared
-  so two jobs never register the same flag twice (Beam parses every ``PipelineOptions`` subclass at once).
+  so two jobs never register the same flag twice (Beam parses every ``PipelineOptions`` subclass at once); the
+  flags themselves are declared in the light :mod:`rnnstream.beam_jobs.options`, which the fast ``--help``
+  parsers of :mod:`rnnstream.beam_jobs.cli` use too.
 * inputs: :func:`list_inputs` expands files, directories and globs through Beam's ``FileSystems`` (local
   paths; ``gs://``/``s3://`` when those extras are installed) and attaches labels and metadata from a
   manifest or a file-name regex.
@@ -56,9 +58,8 @@ import json
 import logging
 import os
 import re
-import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from rnnstream.pipeline.config import AudioConfig, FeatureConfig, SensorConfig
+from rnnstream.beam_jobs.options import (  # noqa: F401 - re-exported: the jobs and tests import them from here
+    DASK_RUNNER,
+    add_feature_arguments,
+    add_input_arguments,
+    feature_config_from_options,
+    resolve_runner_aliases,
+)
 from rnnstream.pipeline.dataset import PARQUET_SCHEMA, SUMMARY_FILE, Example
 from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError
 from rnnstream.pipeline.stats import RunningStats
@@ -83,8 +90,6 @@ METRICS_NAMESPACE = "rnnstream"
 #: Errors that turn one input into a dead letter (anything else is a bug and fails the job).
 INPUT_ERRORS: tuple[type[BaseException], ...] = (RnnstreamError, OSError, BeamIOError)
 
-DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-_RUNNER_ALIASES = {"DaskRunner": DASK_RUNNER}
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,33 +98,11 @@ _RUNNER_ALIASES = {"DaskRunner": DASK_RUNNER}
 
 
 class InputOptions(PipelineOptions):
-    """Where a batch job reads and writes, and where labels come from."""
+    """Where a batch job reads and writes, and where labels come from (:func:`add_input_arguments`)."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument(
-            "--input",
-            dest="inputs",
-            action="extend",
-            nargs="+",
-            default=None,
-            help="files, directories (all files under them) or globs; local, gs:// or s3://. Repeatable.",
-        )
-        parser.add_argument("--output", dest="output", default=None, help="output directory (created if absent)")
-        parser.add_argument(
-            "--manifest",
-            dest="manifest",
-            default=None,
-            help="CSV or JSONL with a 'path' column, optional 'label'; other columns become metadata. "
-            "Without --input, its rows are the inputs (relative paths resolve against the manifest's folder).",
-        )
-        parser.add_argument(
-            "--label-pattern",
-            dest="label_pattern",
-            default=None,
-            help=r"regex searched in each file name: group 'label' is the label, other named groups metadata, "
-            r"e.g. '(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav'",
-        )
+        add_input_arguments(parser)
 
 
 class FeatureOptions(PipelineOptions):
@@ -127,82 +110,7 @@ class FeatureOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument("--feature-config", dest="feature_config", default=None, help="feature_config.json to start from")
-        # audio
-        parser.add_argument("--sample-rate", dest="sample_rate", type=int, default=None)
-        parser.add_argument("--feature", dest="feature", choices=("logmel", "mfcc"), default=None)
-        parser.add_argument("--n-mels", dest="n_mels", type=int, default=None)
-        parser.add_argument("--n-mfcc", dest="n_mfcc", type=int, default=None)
-        parser.add_argument("--win-ms", dest="win_ms", type=float, default=None)
-        parser.add_argument("--hop-ms", dest="hop_ms", type=float, default=None)
-        parser.add_argument("--n-fft", dest="n_fft", type=int, default=None)
-        parser.add_argument("--f-min", dest="f_min", type=float, default=None)
-        parser.add_argument("--f-max", dest="f_max", type=float, default=None)
-        parser.add_argument("--window", dest="window", choices=("hann", "hamming"), default=None)
-        parser.add_argument("--log-eps", dest="log_eps", type=float, default=None)
-        parser.add_argument("--channel", dest="channel", type=int, default=None, help="pick one channel (default: downmix)")
-        parser.add_argument(
-            "--no-resample", dest="no_resample", action="store_true", default=False,
-            help="refuse (dead-letter) files whose rate differs from --sample-rate instead of resampling them",
-        )
-        # sensors
-        parser.add_argument(
-            "--sensor-columns", dest="sensor_columns", default=None,
-            help="comma-separated channel columns; setting it makes the job featurize sensor tables (CSV/Parquet)",
-        )
-        parser.add_argument("--timestamp-column", dest="timestamp_column", default=None)
-        parser.add_argument("--rate-hz", dest="rate_hz", type=float, default=None)
-        parser.add_argument("--max-gap-s", dest="max_gap_s", type=float, default=None)
-        parser.add_argument("--gap-policy", dest="gap_policy", choices=("split", "flag"), default=None)
-
-
-_AUDIO_FLAGS = ("sample_rate", "feature", "n_mels", "n_mfcc", "win_ms", "hop_ms", "n_fft", "f_min", "f_max",
-                "window", "log_eps", "channel")
-_SENSOR_FLAGS = ("timestamp_column", "rate_hz", "max_gap_s", "gap_policy")
-
-
-def feature_config_from_options(opts: FeatureOptions) -> FeatureConfig:
-    """Build the :class:`FeatureConfig`: ``--feature-config`` (or the defaults), then the flags given.
-
-    Raises:
-        ConfigError: inconsistent or out-of-range values, or audio flags mixed with a sensor config.
-    """
-    base = FeatureConfig.load(opts.feature_config) if opts.feature_config else None
-    sensor_wanted = opts.sensor_columns is not None or any(getattr(opts, f) is not None for f in _SENSOR_FLAGS)
-    kind = base.kind if base is not None and not sensor_wanted else ("sensor" if sensor_wanted else "audio")
-    if kind == "audio":
-        section = base.audio if base is not None and base.kind == "audio" else AudioConfig()
-        changes = {f: getattr(opts, f) for f in _AUDIO_FLAGS if getattr(opts, f) is not None}
-        if opts.no_resample:
-            changes["resample"] = False
-        try:
-            audio = AudioConfig(**{**section.__dict__, **changes})
-        except TypeError as exc:
-            raise ConfigError(f"bad audio options: {exc}") from None
-        return FeatureConfig(kind="audio", audio=audio, sensor=None)
-    audio_given = [f for f in _AUDIO_FLAGS if getattr(opts, f) is not None] + (["no_resample"] if opts.no_resample else [])
-    if audio_given:
-        raise ConfigError(f"audio options {audio_given} do not apply to sensor tables (--sensor-columns is set)")
-    section = base.sensor if base is not None and base.kind == "sensor" else SensorConfig()
-    changes = {f: getattr(opts, f) for f in _SENSOR_FLAGS if getattr(opts, f) is not None}
-    if opts.sensor_columns is not None:
-        changes["columns"] = tuple(c.strip() for c in opts.sensor_columns.split(",") if c.strip())
-    return FeatureConfig(kind="sensor", audio=None, sensor=SensorConfig(**{**section.__dict__, **changes}))
-
-
-def resolve_runner_aliases(argv: Sequence[str]) -> list[str]:
-    """``--runner=DaskRunner`` (or ``--runner DaskRunner``) -> Beam's fully qualified DaskRunner name.
-
-    Beam knows the DaskRunner only by its module path; the short name is what people type.
-    """
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg.startswith("--runner="):
-            name = arg.split("=", 1)[1]
-            out[i] = "--runner=" + _RUNNER_ALIASES.get(name, name)
-        elif arg == "--runner" and i + 1 < len(out):
-            out[i + 1] = _RUNNER_ALIASES.get(out[i + 1], out[i + 1])
-    return out
+        add_feature_arguments(parser)
 
 
 def is_dask_runner(options: PipelineOptions) -> bool:
@@ -641,28 +549,6 @@ def prepare_output_dir(output: str, stale_patterns: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
-
-
-def job_main(name: str, argv: list[str] | None, help_text: Callable[[], str],
-             run_job: Callable[[list[str]], dict[str, Any] | None]) -> int:
-    """The shared ``main`` of the Beam job commands: ``--help``, logging, typed errors -> exit 2.
-
-    ``run_job(argv)`` runs the job and returns the summary to print as JSON (or ``None``).
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(help_text())
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO lines would bury the summary
-    try:
-        summary = run_job(args)
-    except RnnstreamError as err:
-        print(f"rnnstream {name}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    if summary is not None:
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
 
 
 def run_pipeline(pipeline: beam.Pipeline) -> Any:

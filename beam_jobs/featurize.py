@@ -40,7 +40,6 @@ Python API: :func:`featurize_corpus`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -83,8 +82,8 @@ from rnnstream.beam_jobs.common import (
     write_shard,
     write_text,
     write_summary,
-    job_main,
 )
+from rnnstream.beam_jobs.options import INPUTS_PER_SHARD, add_featurize_arguments
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
@@ -102,8 +101,6 @@ LOG = logging.getLogger(__name__)
 EXAMPLES = "examples"
 SHARDS = "shards"
 DEAD_LETTERS = "dead_letters"
-#: Inputs per Parquet shard when ``--num-shards`` is not given.
-INPUTS_PER_SHARD = 250
 COUNTERS = ("inputs", "outputs", "dead_letters", "examples", "frames")
 
 
@@ -112,10 +109,7 @@ class FeaturizeOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument(
-            "--num-shards", dest="num_shards", type=int, default=None,
-            help=f"Parquet shards (default: one per {INPUTS_PER_SHARD} inputs, at most 64)",
-        )
+        add_featurize_arguments(parser)
 
 
 def default_num_shards(n_inputs: int) -> int:
@@ -470,23 +464,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     )
 
 
-def _help() -> str:
-    parser = argparse.ArgumentParser(
-        prog="rnnstream featurize",
-        description="Beam batch job: featurize audio files or sensor tables into Parquet shards + stats. "
-        "Any Beam pipeline option (--runner, --direct_num_workers, --dask_client_address, ...) passes through.",
-    )
-    for cls in (InputOptions, FeatureOptions, FeaturizeOptions):
-        cls._add_argparse_args(parser)
-    return parser.format_help()
-
-
 def main(argv: list[str] | None = None) -> int:
-    def run_job(args: list[str]) -> dict[str, Any]:
-        run(args)
-        return read_summary(PipelineOptions(args).view_as(InputOptions).output)
+    """``rnnstream featurize`` (parsing, logging and exit status: :data:`rnnstream.beam_jobs.cli.FEATURIZE`)."""
+    from rnnstream.beam_jobs.cli import FEATURIZE
 
-    return job_main("featurize", argv, _help, run_job)
+    return FEATURIZE.main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

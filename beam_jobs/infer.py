@@ -12,15 +12,16 @@ backend); its ``ModelInfo`` carries the feature config, so raw files are featuri
 training and streaming, and a dataset must have been featurized with the same config (checked).
 
 Each input gives one prediction object (``predictions.jsonl``, or ``predictions.parquet`` with
-``--format parquet``): ``id``, ``path``, ``label`` (the prediction), ``scores``, ``frames``,
-``target`` (the known label, or null) and ``metadata``. An input is a dataset row, an audio file, or a
+``--format parquet``): ``id``, ``path``, ``predicted`` (the model's answer), ``scores``, ``frames``,
+``label`` (the known label, the truth, or null) and ``metadata``. An input is a dataset row, an audio file, or a
 sensor table; a table with several gap-separated segments is predicted segment by segment, each from
 a fresh state as the streaming runtime does, and the object carries the last segment's prediction
 (what ``StreamSession.final()`` returns at the end of the file) plus ``segments``, all of them.
 
 Inputs that fail (unreadable, wrong feature dimension, no frame, an error in the model) are written to
 ``dead_letter.jsonl``; ``summary.json`` holds ``inputs``, ``outputs``, ``dead_letters`` (always
-``inputs == outputs + dead_letters``) and, when targets are known, ``accuracy``.
+``inputs == outputs + dead_letters``) and, when labels are known, ``accuracy``. The command exits 1
+(after writing the summary) when every input became a dead letter.
 
 Graph::
 
@@ -38,7 +39,6 @@ is where ``BatchElements`` emits its last batch, so there the batch size must st
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -76,9 +76,9 @@ from rnnstream.beam_jobs.common import (
     run_pipeline,
     write_jsonl,
     write_summary,
-    job_main,
 )
 from rnnstream.beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
+from rnnstream.beam_jobs.options import PREDICTION_FORMATS, add_infer_arguments
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
@@ -92,15 +92,15 @@ from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError,
 
 LOG = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = {"jsonl": "predictions.jsonl", "parquet": "predictions.parquet"}
+PREDICTIONS_FILE = {fmt: f"predictions.{fmt}" for fmt in PREDICTION_FORMATS}
 PREDICTIONS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("path", pa.string()),
-        ("label", pa.string()),  # the predicted label; JSON text for forecast/generate outputs
+        ("predicted", pa.string()),  # the model's answer; JSON text for forecast/generate outputs
         ("scores", pa.list_(pa.float64())),
         ("frames", pa.int64()),
-        ("target", pa.string()),
+        ("label", pa.string()),  # the known label (the truth), or null
         ("metadata", pa.string()),  # JSON object as text
         ("segments", pa.string()),  # JSON list of per-segment predictions, or null
     ]
@@ -116,12 +116,7 @@ class InferOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument("--model", dest="model", default=None, help="an exported .onnx file or a checkpoint (.pt)")
-        parser.add_argument("--format", dest="format", choices=tuple(PREDICTIONS_FILE), default="jsonl")
-        parser.add_argument("--batch-size", dest="batch_size", type=int, default=1,
-                            help="examples per run_inference call (must be 1 on the DaskRunner)")
-        parser.add_argument("--threads", dest="threads", type=int, default=None,
-                            help="intra-op threads of each loaded model (default: the backend's)")
+        add_infer_arguments(parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +130,7 @@ class InferItem:
 
     id: str
     path: str
-    target: str | None
+    label: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     segments: tuple[np.ndarray, ...] = ()
 
@@ -146,16 +141,16 @@ class PredictionRecord:
 
     id: str
     path: str
-    label: Any
+    predicted: Any
     scores: list[float]
     frames: int
-    target: str | None
+    label: str | None
     metadata: dict[str, Any]
     segments: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "path": self.path, "label": self.label, "scores": self.scores, "frames": self.frames,
-               "target": self.target, "metadata": self.metadata}
+        out = {"id": self.id, "path": self.path, "predicted": self.predicted, "scores": self.scores,
+               "frames": self.frames, "label": self.label, "metadata": self.metadata}
         if self.segments is not None:
             out["segments"] = self.segments
         return out
@@ -268,7 +263,7 @@ class _ReadShardFn(beam.DoFn):
                 self.dead_letters.inc()
                 yield DeadLetter.of(str(row.get("id") or shard), err)
                 continue
-            yield InferItem(id=e.id, path=e.path, target=e.label, metadata=e.metadata, segments=(e.features,))
+            yield InferItem(id=e.id, path=e.path, label=e.label, metadata=e.metadata, segments=(e.features,))
 
 
 def _group_examples(element: tuple[str, Iterable[Example]]) -> InferItem:
@@ -277,7 +272,7 @@ def _group_examples(element: tuple[str, Iterable[Example]]) -> InferItem:
     examples = sorted(examples, key=lambda e: int(e.metadata.get("segment", 0)))
     first = examples[0]
     meta = {k: v for k, v in first.metadata.items() if k not in ("segment", "start_time")}
-    return InferItem(id=path, path=path, target=first.label, metadata=meta, segments=tuple(e.features for e in examples))
+    return InferItem(id=path, path=path, label=first.label, metadata=meta, segments=tuple(e.features for e in examples))
 
 
 class _CheckItemFn(beam.DoFn):
@@ -304,8 +299,8 @@ def _to_prediction(result: PredictionResult) -> PredictionRecord:
     preds = result.inference
     last = preds[-1]
     segments = [p.to_dict() for p in preds] if len(preds) > 1 else None
-    return PredictionRecord(id=item.id, path=item.path, label=last.label, scores=list(last.scores),
-                            frames=int(sum(p.frames for p in preds)), target=item.target, metadata=item.metadata,
+    return PredictionRecord(id=item.id, path=item.path, predicted=last.label, scores=list(last.scores),
+                            frames=int(sum(p.frames for p in preds)), label=item.label, metadata=item.metadata,
                             segments=segments)
 
 
@@ -342,14 +337,15 @@ class _FinalizeFn(beam.DoFn):
         if self.fmt == "jsonl":
             write_jsonl(pred_path, (p.to_dict() for p in preds))
         else:
-            rows = [{"id": p.id, "path": p.path, "label": p.label if isinstance(p.label, str) else json.dumps(p.label),
-                     "scores": p.scores, "frames": p.frames, "target": p.target,
+            rows = [{"id": p.id, "path": p.path,
+                     "predicted": p.predicted if isinstance(p.predicted, str) else json.dumps(p.predicted),
+                     "scores": p.scores, "frames": p.frames, "label": p.label,
                      "metadata": json.dumps(p.metadata, sort_keys=True),
                      "segments": json.dumps(p.segments) if p.segments is not None else None} for p in preds]
             with FileSystems.create(pred_path) as fh:
                 pq.write_table(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), fh)
         write_jsonl(join(self.output_dir, DEAD_LETTER_FILE), (d.to_dict() for d in dead))
-        labeled = [p for p in preds if p.target is not None and isinstance(p.label, str)]
+        labeled = [p for p in preds if p.label is not None and isinstance(p.predicted, str)]
         summary = {
             "inputs": inputs,
             "outputs": len(preds),
@@ -361,7 +357,7 @@ class _FinalizeFn(beam.DoFn):
         }
         if labeled:
             summary["labeled"] = len(labeled)
-            summary["accuracy"] = sum(p.label == p.target for p in labeled) / len(labeled)
+            summary["accuracy"] = sum(p.predicted == p.label for p in labeled) / len(labeled)
         yield write_summary(self.output_dir, summary, "infer")
 
 
@@ -490,7 +486,7 @@ def infer_corpus(
     """Run batch inference; returns ``summary.json`` plus ``"metrics"`` (None when the runner has none).
 
     ``inputs``: dataset directories (all of them) or raw files/directories/globs (with ``manifest`` or
-    ``label_pattern`` for targets).
+    ``label_pattern`` for the known labels).
 
     Raises:
         ConfigError, DatasetError, CheckpointError: bad options, inputs or model file, before running.
@@ -558,19 +554,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     )
 
 
-def _help() -> str:
-    parser = argparse.ArgumentParser(
-        prog="rnnstream infer",
-        description="Beam batch inference (RunInference) over a featurized dataset or raw files. "
-        "Any Beam pipeline option passes through.",
-    )
-    InputOptions._add_argparse_args(parser)
-    InferOptions._add_argparse_args(parser)
-    return parser.format_help()
-
-
 def main(argv: list[str] | None = None) -> int:
-    return job_main("infer", argv, _help, run)
+    """``rnnstream infer`` (parsing, logging and exit status: :data:`rnnstream.beam_jobs.cli.INFER`)."""
+    from rnnstream.beam_jobs.cli import INFER
+
+    return INFER.main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,6 @@ DirectRunner's limits with processing time).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -55,8 +54,8 @@ from rnnstream.beam_jobs.common import (
     resolve_runner_aliases,
     run_pipeline,
     write_text,
-    job_main,
 )
+from rnnstream.beam_jobs.options import add_stream_job_arguments
 from rnnstream.beam_jobs.stateful import DEAD_LETTERS, EVENTS, StreamInference, StreamJobConfig
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 
@@ -69,46 +68,12 @@ COUNTERS = ("messages_in", "chunks", "filled_chunks", "duplicates", "dead_letter
 _STALE = tuple(f"{k}-*.jsonl" for k in KINDS) + (SUMMARY_FILE,)
 
 
-def _add(parser: Any, flag: str, **kwargs: Any) -> None:
-    """``parser.add_argument`` unless another job's options registered the same flag already."""
-    if flag in getattr(parser, "_option_string_actions", {}):
-        return
-    parser.add_argument(flag, **kwargs)
-
-
 class StreamJobOptions(PipelineOptions):
     """Options of ``rnnstream stream-job`` (``--input``/``--output`` come from :class:`InputOptions`)."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _add(parser, "--model", dest="model", default=None, help="an .onnx export or a checkpoint")
-        _add(parser, "--input-dir", dest="input_dir", default=None,
-             help="watch DIR/*.jsonl for new message files while the job runs (streaming)")
-        _add(parser, "--watch-seconds", dest="watch_seconds", type=float, default=None,
-             help="stop watching --input-dir after this many seconds (default: run until cancelled)")
-        _add(parser, "--poll-interval", dest="poll_interval", type=float, default=2.0,
-             help="seconds between directory listings of --input-dir")
-        _add(parser, "--pubsub-subscription", dest="pubsub_subscription", default=None)
-        _add(parser, "--pubsub-topic", dest="pubsub_topic", default=None)
-        _add(parser, "--pubsub-timestamp-attribute", dest="pubsub_timestamp_attribute", default=None,
-             help="message attribute holding the event time (else the publish time)")
-        _add(parser, "--kafka-bootstrap-servers", dest="kafka_bootstrap_servers", default=None)
-        _add(parser, "--kafka-topic", dest="kafka_topic", action="append", default=None)
-        _add(parser, "--on-gap", dest="on_gap", choices=("fill", "reset"), default="fill",
-             help="a chunk missing for --gap-timeout: fill it with zeros, or reset the stream's state")
-        _add(parser, "--gap-timeout", dest="gap_timeout", type=float, default=5.0,
-             help="seconds to wait for a missing chunk once a later one arrived (default 5)")
-        _add(parser, "--idle-timeout", dest="idle_timeout", type=float, default=30.0,
-             help="seconds without messages before a stream is evicted (snapshot emitted; default 30)")
-        _add(parser, "--max-buffer", dest="max_buffer", type=int, default=64,
-             help="reorder buffer bound: chunks at most this many seqs ahead wait; further ones are dead letters")
-        _add(parser, "--chunk-size", dest="chunk_size", type=int, default=None,
-             help="exact samples (audio) or rows (sensor) per chunk; the last may be shorter (default: any)")
-        _add(parser, "--time-domain", dest="time_domain", choices=("event", "processing"), default=None,
-             help="timer domain (default: event; processing needs a runner with processing-time timers and, on "
-             "the DirectRunner, rules out --input-dir)")
-        _add(parser, "--no-per-stream-metrics", dest="per_stream_metrics", action="store_false", default=True,
-             help="keep only job-wide Beam counters (per-stream counters cost one metric per stream)")
+        add_stream_job_arguments(parser)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,27 +334,20 @@ def summarize(counters: dict[str, int] | None) -> dict[str, Any]:
     return out
 
 
-def _help() -> str:
-    parser = argparse.ArgumentParser(
-        prog="rnnstream stream-job",
-        description="Beam streaming job: chunk messages -> per-stream stateful RNN inference with ordering, "
-        "gap handling and eviction. Any Beam pipeline option (--runner, --streaming, --direct_num_workers, "
-        "...) passes through. See docs/stream_job.md.",
-    )
-    parser.add_argument("--input", nargs="+", action="extend", metavar="FILE.jsonl",
-                        help="replay message files (bounded, batch): files, directories or globs. Repeatable.")
-    parser.add_argument("--output", metavar="DIR", help="where predictions/events/dead_letters-*.jsonl go")
-    StreamJobOptions._add_argparse_args(parser)
-    return parser.format_help()
+def run_and_summarize(argv: Sequence[str]) -> dict[str, Any] | None:
+    """Run the job (:func:`run`); returns ``summary.json`` when the run wrote one (it ended)."""
+    run(argv)
+    output = PipelineOptions(resolve_runner_aliases(list(argv))).view_as(InputOptions).output
+    summary_path = FileSystems.join(output, SUMMARY_FILE)
+    return json.loads(read_text(summary_path)) if FileSystems.exists(summary_path) else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    def run_job(args: list[str]) -> dict[str, Any] | None:
-        run(args)
-        summary_path = FileSystems.join(PipelineOptions(args).view_as(InputOptions).output, SUMMARY_FILE)
-        return json.loads(read_text(summary_path)) if FileSystems.exists(summary_path) else None
+    """``rnnstream stream-job`` (parsing, logging and exit status: :data:`rnnstream.beam_jobs.cli.STREAM_JOB`)."""
+    from rnnstream.beam_jobs.cli import STREAM_JOB
 
-    return job_main("stream-job", argv, _help, run_job)
+    return STREAM_JOB.main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -512,25 +512,16 @@ def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, strea
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rnnstream export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `rnnstream train`")
-    p.add_argument("--out", required=True, help="where to write MODEL.onnx")
-    p.add_argument("--raw-audio", action="store_true",
-                   help="put the audio front end in the graph: inputs audio [B, S] and frontend_carry_in")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 quantisation of the weights")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="self-check tolerance (default %(default)g)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
-    return p
+    """The ``rnnstream export`` parser (declared in the light :mod:`rnnstream.export.cli`)."""
+    from rnnstream.export.cli import build_export_parser
+
+    return build_export_parser()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        rep = export_with_report(args.checkpoint, args.out, raw_audio=args.raw_audio, quantize=args.quantize,
-                                 tolerance=args.tolerance)
-    except RnnstreamError as exc:
-        print(f"rnnstream export: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+def run_from_args(args: argparse.Namespace) -> int:
+    """Export as the parsed command line asks and print the report (errors propagate to the CLI's handler)."""
+    rep = export_with_report(args.checkpoint, args.out, raw_audio=args.raw_audio, quantize=args.quantize,
+                             tolerance=args.tolerance)
     if args.json:
         q = rep.quantization
         print(json.dumps({
@@ -544,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(rep.text())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rnnstream export``: parsing, logging and exit status are :data:`rnnstream.export.cli.EXPORT`'s."""
+    from rnnstream.export.cli import EXPORT
+
+    return EXPORT.main(argv)
 
 
 __all__ = [

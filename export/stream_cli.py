@@ -15,7 +15,8 @@ gaps). The last line is the final prediction: ``{"final": true, "t", "label", "s
 (``label`` null and ``scores`` empty when the file gave no frame). Any chunking prints the same final
 prediction (up to float rounding in the scores), because streaming equals offline.
 
-Exit status: 0, or 1 with ``<ErrorClass>: message`` on stderr for bad input (unreadable file, bad model).
+Exit status: 0; 2 with ``rnnstream stream: error: <message>`` on stderr for bad input (unreadable or missing
+file, bad model, bad option); 1 for other failures (see :mod:`rnnstream._cli_support`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from rnnstream.pipeline.errors import ConfigError, RnnstreamError
+from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.streaming import Backend, SensorChunk, StreamSession
 
 
@@ -84,30 +85,26 @@ def stream_file(backend: Backend, path: str, chunk_ms: float, out: TextIO = sys.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rnnstream stream", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="an exported .onnx graph or a training checkpoint")
-    p.add_argument("--input", required=True, help="audio file (wav/flac/ogg) or sensor table (csv/parquet)")
-    p.add_argument("--chunk-ms", type=float, default=100.0,
-                   help="chunk length in milliseconds of stream time; 0 = the whole file (default %(default)s)")
-    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
-    p.add_argument("--raw-audio", action="store_true",
-                   help="for a checkpoint: run the audio front end inside the backend (as a --raw-audio graph)")
-    p.add_argument("--final-only", action="store_true", help="print only the final line")
-    return p
+    """The ``rnnstream stream`` parser (declared in the light :mod:`rnnstream.export.cli`)."""
+    from rnnstream.export.cli import build_stream_parser
+
+    return build_stream_parser()
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Stream ``args.input`` as the parsed command line asks (errors propagate to the CLI's handler)."""
+    from rnnstream.export.runtime import load_backend
+
+    backend = load_backend(args.model, provider=args.provider, threads=args.threads, raw_audio=args.raw_audio)
+    stream_file(backend, args.input, args.chunk_ms, sys.stdout, final_only=args.final_only)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from rnnstream.export.runtime import load_backend
+    """``rnnstream stream``: parsing, logging and exit status are :data:`rnnstream.export.cli.STREAM`'s."""
+    from rnnstream.export.cli import STREAM
 
-    try:
-        backend = load_backend(args.model, provider=args.provider, threads=args.threads, raw_audio=args.raw_audio)
-        stream_file(backend, args.input, args.chunk_ms, sys.stdout, final_only=args.final_only)
-    except RnnstreamError as exc:
-        print(f"rnnstream stream: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return STREAM.main(argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from rnnstream.pipeline.config import FeatureConfig
-from rnnstream.pipeline.errors import RnnstreamError
+from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.streaming import SensorChunk
 from rnnstream.serving import protocol as P
 from rnnstream.serving.protocol import ServerError
@@ -334,31 +334,24 @@ async def run_client(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rnnstream client", description="Stream a file to a rnnstream server and print "
-                                "its predictions as JSON lines.")
-    p.add_argument("--url", default="ws://127.0.0.1:8765/", help="server WebSocket URL (default %(default)s)")
-    p.add_argument("--input", required=True, help="audio file, or CSV/Parquet sensor table for sensor models")
-    p.add_argument("--streams", type=int, default=1, help="stream N copies of the file at once")
-    p.add_argument("--connections", type=int, default=1, help="spread the streams over this many connections")
-    p.add_argument("--realtime", action="store_true", help="send each chunk when its stream time has passed")
-    p.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length in milliseconds of stream time")
-    p.add_argument("--dtype", default=None, choices=["float32", "int16", "float64"],
-                   help="wire dtype (audio: float32 or int16; sensor models: float64)")
-    p.add_argument("--outputs", action="store_true", help="ask for every frame's output too")
-    return p
+    """The ``rnnstream client`` parser (declared in the light :mod:`rnnstream.serving.cli`)."""
+    from rnnstream.serving.cli import build_client_parser
+
+    return build_client_parser()
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Stream ``args.input`` to the server; 1 when a stream did not end normally (errors propagate)."""
+    if args.streams < 1 or args.chunk_ms <= 0:
+        raise ConfigError(f"--streams must be >= 1 and --chunk-ms > 0, got {args.streams} and {args.chunk_ms}")
+    return asyncio.run(run_client(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.streams < 1 or args.chunk_ms <= 0:
-        print(f"rnnstream client: --streams must be >= 1 and --chunk-ms > 0, got {args.streams} and {args.chunk_ms}",
-              file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(run_client(args))
-    except (OSError, ServerError, RnnstreamError, TimeoutError) as exc:
-        print(f"rnnstream client: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    """``rnnstream client``: parsing, logging and exit status are :data:`rnnstream.serving.cli.CLIENT`'s."""
+    from rnnstream.serving.cli import CLIENT
+
+    return CLIENT.main(argv)
 
 
 __all__ = ["Stream", "StreamClient", "ServerError", "main", "split_signal"]

@@ -751,27 +751,10 @@ def load_model(path: str, provider: str = "auto", threads: int | None = None, ra
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = ServerConfig()
-    p = argparse.ArgumentParser(prog="rnnstream serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="an exported .onnx graph or a .pt checkpoint")
-    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s: loopback only)")
-    p.add_argument("--port", type=int, default=d.port, help="WebSocket port (0: any free port)")
-    p.add_argument("--http-port", type=int, default=d.http_port,
-                   help="HTTP port for /health, /metrics, POST /predict (0: any free port; -1: no HTTP server)")
-    p.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent streams held")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="streams per backend call")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="longest wait to fill a batch")
-    p.add_argument("--max-queue", type=int, default=d.max_queue, help="chunks queued per stream")
-    p.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes, help="largest WebSocket message")
-    p.add_argument("--workers", type=int, default=d.workers, help="batch worker threads")
-    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="evict streams idle this long (s; 0: never)")
-    p.add_argument("--snapshot-dir", default=None, help="save evicted/abandoned streams here, resume from here")
-    p.add_argument("--provider", default="auto", help="onnxruntime execution provider (auto, cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None, help="backend intra-op threads")
-    p.add_argument("--raw-audio", action="store_true",
-                   help="checkpoints: featurize inside the backend (batched) instead of per stream in NumPy")
-    p.add_argument("--log-level", default="INFO")
-    return p
+    """The ``rnnstream serve`` parser (declared in the light :mod:`rnnstream.serving.cli`)."""
+    from rnnstream.serving.cli import build_serve_parser
+
+    return build_serve_parser()
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -801,17 +784,22 @@ async def _serve(backend: Backend, config: ServerConfig, ready: Any = None) -> N
     print("rnnstream serve: stopped", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = config_from_args(args)
-        backend = load_model(args.model, args.provider, args.threads, args.raw_audio)
-    except RnnstreamError as exc:
-        print(f"rnnstream serve: {exc}", file=sys.stderr)
-        return 2
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM as the parsed command line asks. Errors (a bad model, a busy port) propagate
+    to the CLI's handler, which prints one line without a traceback."""
+    if args.log_level:
+        logging.getLogger("rnnstream").setLevel(args.log_level)
+    config = config_from_args(args)
+    backend = load_model(args.model, args.provider, args.threads, args.raw_audio)
     asyncio.run(_serve(backend, config))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rnnstream serve``: parsing, logging and exit status are :data:`rnnstream.serving.cli.SERVE`'s."""
+    from rnnstream.serving.cli import SERVE
+
+    return SERVE.main(argv)
 
 
 __all__ = ["ServerConfig", "StreamServer", "load_model", "main"]

@@ -91,5 +91,5 @@ def test_demo_audio_dir(tmp_path):
 
 def test_demo_reports_missing_audio(tmp_path, capsys):
     rc = demo.main(["--out", str(tmp_path / "o"), "--audio-dir", str(tmp_path), "--no-progress"])
-    assert rc == 1
+    assert rc == 2  # an input error
     assert "no .wav files" in capsys.readouterr().err

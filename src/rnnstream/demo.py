@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from rnnstream.demo_cli import DEFAULT_OUT  # noqa: F401 - the CLI default, declared once
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import RnnstreamError
 
-DEFAULT_OUT = "demo_out"
 FSDD_LABEL_PATTERN = r"(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav"
 
 
@@ -103,8 +103,8 @@ class StreamedItem:
     id: str
     path: str
     label: str
-    stream_label: str
-    offline_label: str
+    stream_predicted: str
+    offline_predicted: str
     stream_scores: list[float]
     offline_scores: list[float]
     max_logit_diff: float  # over every frame: streamed outputs vs offline outputs
@@ -126,9 +126,9 @@ class StreamReport:
                          default=0.0)
         return {
             "n": n,
-            "accuracy_streaming_onnx": sum(i.stream_label == i.label for i in self.items) / max(n, 1),
-            "accuracy_offline_torch": sum(i.offline_label == i.label for i in self.items) / max(n, 1),
-            "label_agreement": sum(i.stream_label == i.offline_label for i in self.items) / max(n, 1),
+            "accuracy_streaming_onnx": sum(i.stream_predicted == i.label for i in self.items) / max(n, 1),
+            "accuracy_offline_torch": sum(i.offline_predicted == i.label for i in self.items) / max(n, 1),
+            "label_agreement": sum(i.stream_predicted == i.offline_predicted for i in self.items) / max(n, 1),
             "max_abs_score_diff": score_diff,
             "max_abs_logit_diff_all_frames": max((i.max_logit_diff for i in self.items), default=0.0),
             "chunk_s": self.chunk_s,
@@ -144,7 +144,7 @@ class StreamReport:
         c = len(self.labels)
         cm = np.zeros((c, c), dtype=np.int64)
         for i in self.items:
-            guess = i.stream_label if which == "stream" else i.offline_label
+            guess = i.stream_predicted if which == "stream" else i.offline_predicted
             if i.label in index and guess in index:
                 cm[index[i.label], index[guess]] += 1
         return cm
@@ -166,10 +166,12 @@ def stream_classification(onnx_backend: Any, torch_backend: Any, examples: Seque
     labels = tuple(onnx_backend.info.labels)
     items: list[StreamedItem] = []
     latencies: list[float] = []
-    for k, ex in enumerate(tqdm(examples, desc="stream (onnxruntime)", disable=not progress, file=sys.stderr,
+    bars = progress and sys.stderr.isatty()  # progress bars only on a terminal
+    for k, ex in enumerate(tqdm(examples, desc="stream (onnxruntime)", disable=not bars, file=sys.stderr,
                                 dynamic_ncols=True)):
         raw = read_raw(ex.path, cfg)
-        session = StreamSession(onnx_backend, stream_id=ex.id)
+        rate = cfg.audio.sample_rate if cfg.audio is not None else None  # read_raw gives the model's rate
+        session = StreamSession(onnx_backend, sample_rate=rate, stream_id=ex.id)
         outs = []
         for chunk, _ in raw_chunks(raw, cfg, chunk_s):
             t0 = time.perf_counter()
@@ -188,8 +190,8 @@ def stream_classification(onnx_backend: Any, torch_backend: Any, examples: Seque
         offline = interpret(torch_backend.info, off_out[-1], off_out.shape[0]) if off_out.shape[0] else None
         items.append(StreamedItem(
             id=ex.id, path=ex.path, label=str(ex.label),
-            stream_label=str(final.label) if final else "", offline_label=str(offline.label) if offline else "",
-            stream_scores=list(final.scores) if final else [], offline_scores=list(offline.scores) if offline else [],
+            stream_predicted=str(final.label) if final else "", offline_predicted=str(offline.label) if offline else "",
+            stream_scores=list(final.values) if final else [], offline_scores=list(offline.values) if offline else [],
             max_logit_diff=diff, frames=int(stream_out.shape[0]),
             stream_outputs=stream_out if k < keep_outputs else np.zeros((0, 0)),
         ))
@@ -230,7 +232,7 @@ def plot_stream_trace(item: StreamedItem, raw: Any, cfg: FeatureConfig, labels: 
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("stream time (s)")
     ax.set_ylabel("P(class | stream so far)")
-    ax.set_title(f"streaming prediction (onnxruntime, chunk by chunk): final = {item.stream_label}")
+    ax.set_title(f"streaming prediction (onnxruntime, chunk by chunk): final = {item.stream_predicted}")
     ax.legend(fontsize=7, ncol=min(10, len(labels)), loc="center right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -254,41 +256,10 @@ def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rnnstream demo",
-        description="The main job end to end: featurize (Beam) -> train -> export ONNX -> stream held-out "
-                    "recordings through onnxruntime. Default data: aeon's embedded BasicMotions.")
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--audio-dir", default=None, help="a folder of labelled WAV files to use instead of BasicMotions")
-    p.add_argument("--label-pattern", default=None,
-                   help="regex on file names with a (?P<label>...) group (audio; default: the FSDD pattern)")
-    p.add_argument("--test-by", default=None,
-                   help="metadata key of the held-out split (default: 'split' for BasicMotions; 'take' for audio "
-                        "when the pattern has that group)")
-    p.add_argument("--test-match", default=None,
-                   help="regex for held-out examples (default: 'test' for BasicMotions, '[0-4]' for take)")
-    p.add_argument("--sample-rate", type=int, default=8000, help="audio: feature sample rate (Hz)")
-    p.add_argument("--n-mels", type=int, default=40, help="audio: mel bands")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use at most this many recordings per class and split (quick smoke runs)")
-    m = p.add_argument_group("model and training")
-    m.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn_tanh"])
-    m.add_argument("--hidden", type=int, default=64)
-    m.add_argument("--layers", type=int, default=2)
-    m.add_argument("--dropout", type=float, default=0.1)
-    m.add_argument("--epochs", type=int, default=None, help="default: 40 (sensors), 25 (audio)")
-    m.add_argument("--batch-size", type=int, default=16)
-    m.add_argument("--lr", type=float, default=3e-3)
-    m.add_argument("--val-fraction", type=float, default=0.15)
-    m.add_argument("--seed", type=int, default=0)
-    s = p.add_argument_group("streaming")
-    s.add_argument("--chunk-s", type=float, default=None, help="chunk length in seconds (default: 1.0 sensors, 0.1 audio)")
-    s.add_argument("--raw-audio", action="store_true", help="audio: export the graph with the featurizer inside")
-    p.add_argument("--threads", type=int, default=1,
-                   help="PyTorch intra-op threads (default 1: small RNNs train fastest single-threaded, "
-                        "especially on a busy machine)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+    """The ``rnnstream demo`` parser (declared in the light :mod:`rnnstream.demo_cli`)."""
+    from rnnstream.demo_cli import build_parser as build
+
+    return build()
 
 
 def _limit_per_class(paths: list[str], pattern: str, limit: int | None) -> list[str]:
@@ -307,22 +278,23 @@ def _limit_per_class(paths: list[str], pattern: str, limit: int | None) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except RnnstreamError as exc:
-        print(f"rnnstream demo: error: {exc}", file=sys.stderr)
-        return 1
+    """``rnnstream demo``: parsing, logging and exit status are :data:`rnnstream.demo_cli.DEMO`'s."""
+    from rnnstream.demo_cli import DEMO
+
+    return DEMO.main(argv)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the demo as the parsed command line asks (errors propagate to the CLI's handler)."""
     from rnnstream import datasets as D
 
     import torch
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    progress = not args.no_progress
+    from rnnstream._cli_support import progress_enabled
+
+    progress = progress_enabled(args.no_progress)  # bars only on a terminal
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     t_all = time.perf_counter()

@@ -67,9 +67,9 @@ def test_raw_files_predictions_equal_streaming_final(setup):
     for wav in good:
         want = streaming_final(ckpt, wav)
         got = preds[str(wav)]
-        assert got["label"] == want.label and got["frames"] == want.frames
+        assert got["predicted"] == want.label and got["frames"] == want.frames
         np.testing.assert_allclose(got["scores"], want.scores, rtol=1e-5, atol=1e-6)
-        assert got["target"] == label_of(wav)[0]
+        assert got["label"] == label_of(wav)[0]  # the truth; "predicted" is the model's answer
     dead = {d["path"]: d["kind"] for d in read_jsonl(out / "dead_letter.jsonl")}
     assert dead == {str(p): kind for p, kind in bad.items()}
 
@@ -87,7 +87,7 @@ def test_dataset_onnx_parquet_predictions_equal_streaming_final(setup):
     assert set(rows) == {str(p) for p in good}
     for wav in good:
         want = streaming_final(onnx_path, wav)
-        assert rows[str(wav)]["label"] == want.label
+        assert rows[str(wav)]["predicted"] == want.label
         np.testing.assert_allclose(rows[str(wav)]["scores"], want.scores, rtol=1e-5, atol=1e-6)
         assert json.loads(rows[str(wav)]["metadata"]) == label_of(wav)[1]
 
@@ -150,7 +150,7 @@ def test_bad_invocations(setup, tmp_path):
 
 
 def test_sensor_tables_one_prediction_per_file_equal_to_streaming(tmp_path):
-    """A table with a long gap: per-segment predictions from fresh states; the object's label/scores are the
+    """A table with a long gap: per-segment predictions from fresh states; the object's predicted/scores are the
     last segment's, which is what the streaming runtime's final() says at the end of the file."""
     from rnnstream.pipeline.sensors import read_sensor_table
     from rnnstream.pipeline.streaming import SensorChunk
@@ -177,5 +177,5 @@ def test_sensor_tables_one_prediction_per_file_equal_to_streaming(tmp_path):
         for i in range(0, len(ts), 7):
             session.push(SensorChunk(ts[i : i + 7], vals[i : i + 7]))
         want = session.final()
-        assert pred["label"] == want.label
+        assert pred["predicted"] == want.label
         np.testing.assert_allclose(pred["scores"], want.scores, rtol=1e-5, atol=1e-6)

@@ -107,5 +107,5 @@ def test_infer_on_dask_equals_direct(cluster, corpus, tmp_path):
     assert dd == dk
     assert [p["id"] for p in pd] == [p["id"] for p in pk] == sorted(str(p) for p in good)
     for a, b in zip(pd, pk):
-        assert (a["label"], a["frames"], a["target"]) == (b["label"], b["frames"], b["target"])
+        assert (a["predicted"], a["frames"], a["label"]) == (b["predicted"], b["frames"], b["label"])
         np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6)
