@@ -14,7 +14,7 @@ Every variant runs ``python -m rnnstream.cli stream --model M --input W --chunk-
 ``rnnstream`` console script calls), in a folder outside the repository, ``--repeats`` times, the
 variants interleaved (order rotating). Per run:
 
-* peak RSS: ``ru_maxrss`` of that child process (``os.wait4``), MiB;
+* peak RSS: maximum resident set size of that process (GNU ``/usr/bin/time -f %M``), MiB;
 * wall time of the whole command (start-up, imports, model load, streaming, exit);
 * import time: a second run of the same command under ``python -X importtime``, summing the cumulative
   time of every top-level import (everything the command imported, lazily or not; ``-X importtime`` itself
@@ -134,20 +134,39 @@ def _env() -> dict[str, str]:
     return env
 
 
+_RSS_WRAPPER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def _measure(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Run ``cmd``: ``(peak RSS MiB, wall s, stdout)`` of that one child."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Run ``cmd``: ``(peak RSS MiB, wall s, stdout)`` of that one child.
+
+    The peak RSS is read by a small launcher (GNU ``/usr/bin/time -f %M``, else a bare Python that
+    ``os.wait4``-s the command), never by this process: Linux carries a process's peak RSS across ``fork``
+    and ``exec``, so a child forked from a benchmark that imported torch would report torch's footprint.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        if os.access("/usr/bin/time", os.X_OK):
+            launcher = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name]
+        else:
+            launcher = ["/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else cmd[0], "-c",
+                        _RSS_WRAPPER, rss_file.name]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([*launcher, *cmd], cwd=cwd, env=_env(), stdout=out, stderr=err)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        rss_text = rss_file.read().strip().splitlines()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) exited {proc.returncode}:\n{stderr[-2000:]}")
-    return usage.ru_maxrss / 1024.0, wall, stdout  # Linux: ru_maxrss in KiB
+    return int(rss_text[-1]) / 1024.0, wall, stdout  # KiB -> MiB
 
 
 def _importtime(cmd: list[str], cwd: Path) -> tuple[float, set[str], set[str]]:
@@ -275,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python -m rnnstream.cli stream --model model.onnx --input clip16k.wav --chunk-ms 100` (what the "
         f"`rnnstream` command runs) on a 2-layer 128-unit GRU over 40 log-mels at 16 kHz, 10 classes, exported "
         f"by the new code, and 10 s of 16 kHz audio (100 chunks); {args.repeats} repeats per variant, variants "
-        f"interleaved, after one warm-up run each; cells: median (min-max). Peak RSS: `ru_maxrss` of the "
-        f"command's process (`os.wait4`). Import ms: the same command under `python -X importtime`, the sum of "
+        f"interleaved, after one warm-up run each; cells: median (min-max). Peak RSS: the command's maximum "
+        f"resident set size (GNU `/usr/bin/time -f %M`). Import ms: the same command under `python -X importtime`, the sum of "
         f"the cumulative times of all top-level imports (lazy ones included). Wall: the whole command, start-up "
         f"to exit. (b) runs `git archive {args.old_rev}` unpacked in a folder with the full venv's Python (its "
         f"bare packages on `sys.path`; checked: the bare `pipeline.streaming` and torch in its import log). All three "
