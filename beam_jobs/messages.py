@@ -3,11 +3,12 @@
 One message is one JSON object (one line of a ``.jsonl`` file, one Pub/Sub message, one Kafka record
 value)::
 
-    {"stream": "mic-7", "seq": 12, "event_time": 1764072000.1,
+    {"stream": "mic-7", "seq": 0, "event_time": 1764072000.1, "sample_rate": 8000,
      "audio": {"dtype": "int16", "data": "<base64>"}}
     {"stream": "pump-3", "seq": 4, "event_time": 1764072004.0, "end": true,
      "sensor": {"timestamps": [4.0, 4.5], "values": [[0.1, 20.3], [0.2, 20.1]]}}
-    {"kind": "resume", "stream": "mic-7", "seq": 40, "event_time": 1764072100.0, "snapshot": "<base64>"}
+    {"kind": "resume", "stream": "mic-7", "seq": 40, "event_time": 1764072100.0, "sample_rate": 8000,
+     "snapshot": "<base64>"}
 
 Fields:
 
@@ -18,8 +19,14 @@ Fields:
 * ``end`` (bool, default false): this is the stream's last chunk.
 * ``model`` (string, optional): the ``weights_hash`` of the model the sender expects; a mismatch sends
   the message to the dead letters.
-* ``audio`` (audio models): mono samples as an *array* (below); ``float32`` taken as is, ``int16``
-  divided by 32768.
+* ``sample_rate`` (integer Hz > 0, audio streams only): the rate of the stream's samples. The chunk that
+  opens an audio stream (the first one applied: seq 0, or after lost chunks the first that arrives) MUST
+  carry it, and so MUST every ``resume`` message (equal to the rate in the snapshot, which the eviction
+  record states). Any later chunk MAY carry it; it must then equal the stream's rate. A rate other than the
+  model's is resampled (the final prediction equals offline prediction over the resampled signal) unless
+  the job runs with ``--no-resample``. Violations are dead letters naming the field and both rates.
+* ``audio`` (audio models): mono samples as an *array* (below), at the stream's ``sample_rate``;
+  ``float32`` taken as is, ``int16`` scaled by 1/32768 (:mod:`rnnstream.pipeline.codec`, one scale everywhere).
 * ``sensor`` (sensor models): ``{"timestamps": ARRAY [N] (seconds), "values": ARRAY [N, C]}`` with
   ``C`` the configured channel columns, in order.
 * ``snapshot`` (``kind: "resume"`` only): the base64 ``StreamSession.snapshot()`` bytes of an
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -46,13 +54,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rnnstream.pipeline.codec import decode_samples, encode_samples, to_float32
 from rnnstream.pipeline.errors import RnnstreamError
 
 MessageKind = Literal["chunk", "resume"]
 
 AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 SENSOR_DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
-_KNOWN_FIELDS = {"stream", "seq", "event_time", "kind", "end", "model", "audio", "sensor", "snapshot"}
+_KNOWN_FIELDS = {"stream", "seq", "event_time", "kind", "end", "model", "sample_rate", "audio", "sensor", "snapshot"}
 
 
 class MessageError(RnnstreamError):
@@ -69,7 +78,8 @@ class ModelMismatchError(MessageError):
 
 @dataclass(frozen=True, eq=False)
 class ChunkMessage:
-    """A parsed message. ``audio`` is float32 ``[S]``; ``timestamps``/``values`` float64 ``[N]``/``[N, C]``."""
+    """A parsed message. ``audio`` is float32 ``[S]``; ``timestamps``/``values`` float64 ``[N]``/``[N, C]``;
+    ``sample_rate`` the declared rate of the stream's samples (Hz), or None when the message does not say."""
 
     stream: str
     seq: int
@@ -81,6 +91,7 @@ class ChunkMessage:
     timestamps: np.ndarray | None = None
     values: np.ndarray | None = None
     snapshot: bytes | None = None
+    sample_rate: int | None = None
 
     @property
     def size(self) -> int:
@@ -109,6 +120,23 @@ def _b64(text: Any, where: str) -> bytes:
         raise MessageError(f"{where}: not valid base64 ({exc})") from None
 
 
+def _audio_samples(raw: bytes, name: str, where: str) -> np.ndarray:
+    """Audio bytes -> float32 samples through the one codec (int16 scaled by 1/32768); errors as PayloadError."""
+    try:
+        return decode_samples(raw, name, where=where)  # type: ignore[arg-type]
+    except RnnstreamError as exc:
+        raise PayloadError(str(exc)) from None
+
+
+def _sample_rate(obj: dict[str, Any], where: str) -> int | None:
+    rate = obj.get("sample_rate")
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise MessageError(f"{where}: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
+    return rate
+
+
 def decode_array(obj: Any, dtypes: dict[str, np.dtype], where: str, ndim: int) -> np.ndarray:
     """An *array* field (list, or ``{"dtype", "data", "shape"}``) as a float array with ``ndim`` axes."""
     if isinstance(obj, list):
@@ -129,7 +157,7 @@ def decode_array(obj: Any, dtypes: dict[str, np.dtype], where: str, ndim: int) -
         dt = dtypes[name]
         if len(raw) % dt.itemsize:
             raise PayloadError(f"{where}: {len(raw)} bytes is not a whole number of {name} values")
-        arr = np.frombuffer(raw, dtype=dt)
+        arr = _audio_samples(raw, name, where) if dtypes is AUDIO_DTYPES else np.frombuffer(raw, dtype=dt)
         shape = obj.get("shape")
         if shape is not None:
             if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
@@ -137,9 +165,7 @@ def decode_array(obj: Any, dtypes: dict[str, np.dtype], where: str, ndim: int) -
             if math.prod(shape) != arr.size:
                 raise PayloadError(f"{where}: shape {shape} does not match {arr.size} values")
             arr = arr.reshape(shape)
-        arr = arr.astype(np.float32 if name in ("float32", "int16") else np.float64)
-        if name == "int16":
-            arr = arr / np.float32(32768.0)
+        arr = arr.astype(np.float32 if name in ("float32", "int16") else np.float64, copy=False)
     else:
         raise MessageError(f"{where}: expected a list of numbers or a {{dtype, data}} object, got {type(obj).__name__}")
     if arr.ndim != ndim:
@@ -166,6 +192,33 @@ def parse_message(line: str | bytes) -> ChunkMessage:
     unknown = set(obj) - _KNOWN_FIELDS
     if unknown:
         raise MessageError(f"unknown fields {sorted(unknown)}; expected some of {sorted(_KNOWN_FIELDS)}")
+    head = _parse_head(obj)
+    where = f"stream {head.stream!r} seq {head.seq}"
+    rate = _sample_rate(obj, where)
+    if head.kind == "resume":
+        if "audio" in obj or "sensor" in obj:
+            raise MessageError(f"{where}: a resume message carries a snapshot, not a payload")
+        snap = _b64(obj.get("snapshot"), f"{where}: snapshot")
+        return _with(head, snapshot=snap, sample_rate=rate)
+    if "snapshot" in obj:
+        raise MessageError(f"{where}: 'snapshot' belongs to kind 'resume' messages only")
+    if "audio" in obj and "sensor" in obj:
+        raise MessageError(f"{where}: a chunk carries 'audio' or 'sensor', not both")
+    if "audio" in obj:
+        audio = decode_array(obj["audio"], AUDIO_DTYPES, f"{where}: audio", 1).astype(np.float32, copy=False)
+        return _with(head, audio=audio, sample_rate=rate)
+    if "sensor" in obj:
+        if rate is not None:
+            raise MessageError(f"{where}: 'sample_rate' belongs to audio chunks; sensor rows carry their own timestamps")
+        ts, vals = _parse_sensor(obj["sensor"], where)
+        return _with(head, timestamps=ts, values=vals)
+    if not head.end:
+        raise MessageError(f"{where}: a chunk needs an 'audio' or 'sensor' payload (only an end marker may omit it)")
+    return _with(head, sample_rate=rate)
+
+
+def _parse_head(obj: dict[str, Any]) -> ChunkMessage:
+    """The fields every message has (``stream``, ``seq``, ``event_time``, ``kind``, ``end``, ``model``)."""
     stream = obj.get("stream")
     if not isinstance(stream, str) or not stream:
         raise MessageError(f"'stream' must be a non-empty string, got {stream!r}")
@@ -184,31 +237,21 @@ def parse_message(line: str | bytes) -> ChunkMessage:
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
         raise MessageError(f"stream {stream!r} seq {seq}: 'model' must be a string, got {model!r}")
-    where = f"stream {stream!r} seq {seq}"
-    if kind == "resume":
-        if "audio" in obj or "sensor" in obj:
-            raise MessageError(f"{where}: a resume message carries a snapshot, not a payload")
-        snap = _b64(obj.get("snapshot"), f"{where}: snapshot")
-        return ChunkMessage(stream, seq, float(et), "resume", end, model, snapshot=snap)
-    if "snapshot" in obj:
-        raise MessageError(f"{where}: 'snapshot' belongs to kind 'resume' messages only")
-    if "audio" in obj and "sensor" in obj:
-        raise MessageError(f"{where}: a chunk carries 'audio' or 'sensor', not both")
-    if "audio" in obj:
-        audio = decode_array(obj["audio"], AUDIO_DTYPES, f"{where}: audio", 1).astype(np.float32, copy=False)
-        return ChunkMessage(stream, seq, float(et), "chunk", end, model, audio=audio)
-    if "sensor" in obj:
-        sensor = obj["sensor"]
-        if not isinstance(sensor, dict) or set(sensor) != {"timestamps", "values"}:
-            raise MessageError(f"{where}: 'sensor' must be an object with exactly 'timestamps' and 'values'")
-        ts = decode_array(sensor["timestamps"], SENSOR_DTYPES, f"{where}: sensor.timestamps", 1).astype(np.float64)
-        vals = decode_array(sensor["values"], SENSOR_DTYPES, f"{where}: sensor.values", 2).astype(np.float64)
-        if vals.shape[0] != ts.shape[0]:
-            raise PayloadError(f"{where}: {ts.shape[0]} timestamps but {vals.shape[0]} value rows")
-        return ChunkMessage(stream, seq, float(et), "chunk", end, model, timestamps=ts, values=vals)
-    if not end:
-        raise MessageError(f"{where}: a chunk needs an 'audio' or 'sensor' payload (only an end marker may omit it)")
-    return ChunkMessage(stream, seq, float(et), "chunk", end, model)
+    return ChunkMessage(stream, seq, float(et), kind, end, model)
+
+
+def _with(head: ChunkMessage, **fields: Any) -> ChunkMessage:
+    return dataclasses.replace(head, **fields)
+
+
+def _parse_sensor(sensor: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(sensor, dict) or set(sensor) != {"timestamps", "values"}:
+        raise MessageError(f"{where}: 'sensor' must be an object with exactly 'timestamps' and 'values'")
+    ts = decode_array(sensor["timestamps"], SENSOR_DTYPES, f"{where}: sensor.timestamps", 1).astype(np.float64)
+    vals = decode_array(sensor["values"], SENSOR_DTYPES, f"{where}: sensor.values", 2).astype(np.float64)
+    if vals.shape[0] != ts.shape[0]:
+        raise PayloadError(f"{where}: {ts.shape[0]} timestamps but {vals.shape[0]} value rows")
+    return ts, vals
 
 
 def validate_for_model(msg: ChunkMessage, info: Any, chunk_size: int | None = None) -> None:
@@ -219,16 +262,28 @@ def validate_for_model(msg: ChunkMessage, info: Any, chunk_size: int | None = No
 
     Raises:
         ModelMismatchError: ``msg.model`` is set and is not ``info.weights_hash``.
-        PayloadError: audio for a sensor model or the reverse, wrong channel count, wrong size.
+        PayloadError: audio for a sensor model or the reverse, wrong channel count, wrong size, a
+            ``sample_rate`` for a sensor model.
+        MessageError: a resume of an audio stream without ``sample_rate``.
+
+    Whether a chunk that opens an audio stream carries ``sample_rate`` is checked where the stream's state
+    is known (:mod:`rnnstream.beam_jobs.stateful`).
     """
     where = msg.describe()
     if msg.model is not None and msg.model != info.weights_hash:
         raise ModelMismatchError(
             f"{where}: names model {msg.model!r}, but this job runs model {info.weights_hash!r} (unknown model version)"
         )
-    if msg.kind == "resume":
-        return
     kind = info.feature_config.kind
+    if kind == "sensor" and msg.sample_rate is not None:
+        raise PayloadError(f"{where}: 'sample_rate' was given for a sensor model; sensor rows carry their own "
+                           "timestamps (leave it out)")
+    if msg.kind == "resume":
+        if kind == "audio" and msg.sample_rate is None:
+            raise MessageError(f"{where}: a resume message of an audio stream must carry 'sample_rate' (Hz, the "
+                               f"stream's rate as stated in its eviction record); this model runs at "
+                               f"{info.feature_config.audio.sample_rate} Hz")
+        return
     if kind == "audio" and msg.timestamps is not None:
         raise PayloadError(f"{where}: sensor payload for an audio model; expected 'audio'")
     if kind == "sensor":
@@ -273,29 +328,43 @@ def encode_message(msg: ChunkMessage, *, audio_dtype: str = "float32") -> str:
         obj["model"] = msg.model
     if msg.snapshot is not None:
         obj["snapshot"] = base64.b64encode(msg.snapshot).decode("ascii")
+    if msg.sample_rate is not None:
+        obj["sample_rate"] = msg.sample_rate
     if msg.audio is not None:
-        if audio_dtype == "int16":
-            obj["audio"] = _array(np.clip(np.round(msg.audio * 32768.0), -32768, 32767), "int16")
-        elif audio_dtype == "list":
+        if audio_dtype == "list":
             obj["audio"] = [float(v) for v in msg.audio]
-        else:
+        elif audio_dtype == "float32":  # as is (NaN too: a producer's bad chunk stays bad, not refused here)
             obj["audio"] = _array(msg.audio, "float32")
+        else:  # the one codec: int16 = round(x * 32768) clipped
+            data = encode_samples(msg.audio, audio_dtype)  # type: ignore[arg-type]
+            obj["audio"] = {"dtype": audio_dtype, "data": base64.b64encode(data).decode("ascii")}
     if msg.timestamps is not None:
         obj["sensor"] = {"timestamps": _array(msg.timestamps, "float64"), "values": _array(msg.values, "float64")}
     return json.dumps(obj, separators=(",", ":"))
 
 
+def _audio_in(audio: Any, where: str) -> np.ndarray:
+    """Float samples as float32 (kept as they are, NaN included); int16 PCM through the codec (1/32768)."""
+    x = np.asarray(audio)
+    return x.astype(np.float32) if x.dtype.kind == "f" else to_float32(x, where=where)
+
+
 def chunk(stream: str, seq: int, event_time: float, *, audio: Any = None, timestamps: Any = None,
-          values: Any = None, end: bool = False, model: str | None = None) -> ChunkMessage:
-    """Build a chunk message (producers, tests, benchmarks)."""
+          values: Any = None, end: bool = False, model: str | None = None,
+          sample_rate: int | None = None) -> ChunkMessage:
+    """Build a chunk message (producers, tests, benchmarks). ``audio``: float samples or int16 PCM (codec scale);
+    ``sample_rate``: required on the chunk that opens an audio stream."""
     return ChunkMessage(
-        stream, seq, float(event_time), "chunk", end, model,
-        audio=None if audio is None else np.asarray(audio, dtype=np.float32),
+        stream, seq, float(event_time), "chunk", end, model, sample_rate=sample_rate,
+        audio=None if audio is None else _audio_in(audio, f"stream {stream!r} seq {seq}: audio"),
         timestamps=None if timestamps is None else np.asarray(timestamps, dtype=np.float64),
         values=None if values is None else np.asarray(values, dtype=np.float64).reshape(len(timestamps), -1),
     )
 
 
-def resume(stream: str, seq: int, event_time: float, snapshot: bytes, model: str | None = None) -> ChunkMessage:
-    """Build a resume message from an eviction record's snapshot and next sequence number."""
-    return ChunkMessage(stream, seq, float(event_time), "resume", False, model, snapshot=snapshot)
+def resume(stream: str, seq: int, event_time: float, snapshot: bytes, model: str | None = None, *,
+           sample_rate: int | None = None) -> ChunkMessage:
+    """Build a resume message from an eviction record's snapshot, next sequence number and ``sample_rate``
+    (required for audio streams)."""
+    return ChunkMessage(stream, seq, float(event_time), "resume", False, model, snapshot=snapshot,
+                        sample_rate=sample_rate)

@@ -36,6 +36,7 @@ add predictions with ``"filled": true`` that correspond to no message.
 from __future__ import annotations
 
 import base64
+import copy
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -55,7 +56,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 
 from rnnstream.beam_jobs.messages import ChunkMessage, MessageError, encode_message, parse_message, validate_for_model
-from rnnstream.pipeline.errors import ConfigError, RnnstreamError, StateError
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError, SampleRateError, StateError
 
 NAMESPACE = "rnnstream"
 STREAM_NAMESPACE = "rnnstream.stream"
@@ -87,6 +88,7 @@ class StreamJobConfig:
     time_domain: TimeDomainName = "event"
     per_stream_metrics: bool = True
     session_cache: int = 4096  # sessions kept in memory per DoFn instance (restore is skipped on a hit)
+    resample: bool = True  # audio streams at another rate than the model's: resample (False: dead letters)
 
     def __post_init__(self) -> None:
         if self.gap_policy not in ("fill", "reset"):
@@ -111,8 +113,8 @@ class StreamJobConfig:
 
 
 def load_model(path: str) -> Any:
-    """The backend for ``path``: ``rnnstream.export.runtime.load_backend`` (ONNX or checkpoint), CPU."""
-    from rnnstream.export.runtime import load_backend
+    """The backend for ``path``: ``rnnstream.api.load_backend`` (ONNX or checkpoint), CPU."""
+    from rnnstream.api import load_backend
 
     return load_backend(path, provider="cpu")
 
@@ -183,7 +185,7 @@ class _ParseFn(beam.DoFn):
 
 
 def _new_meta() -> dict[str, Any]:
-    return {"next": 0, "end": None, "ended": False, "chunk_len": None, "skipped": [],
+    return {"next": 0, "end": None, "ended": False, "chunk_len": None, "skipped": [], "rate": None,
             "counters": {k: 0 for k in _COUNTER_NAMES}}
 
 
@@ -257,18 +259,56 @@ class _StreamFnBase(beam.DoFn):
         if self.config.per_stream_metrics:
             Metrics.counter(STREAM_NAMESPACE, f"{st.key}/{name}").inc(n)
 
-    def _session(self, st: _StreamState) -> Any:
+    def _session(self, st: _StreamState, msg: ChunkMessage | None = None) -> Any:
+        """The stream's live session: cached, restored from its snapshot, or opened (see :meth:`_open`)."""
         from rnnstream.pipeline.streaming import StreamSession
 
         if st.session is None:
             cached = self._sessions.pop(st.key, None)
             if st.snapshot is None:
-                st.session = StreamSession(self.backend, stream_id=st.key)
+                st.session = self._open(st, msg)
             elif cached is not None and cached[0] == st.snapshot:
                 st.session = cached[1]
             else:
                 st.session = StreamSession.restore(self.backend, st.snapshot, stream_id=st.key)
         return st.session
+
+    def _open(self, st: _StreamState, msg: ChunkMessage | None) -> Any:
+        """A fresh session at the stream's rate: the one it opened with (kept across a reset), else ``msg``'s.
+
+        Raises:
+            MessageError: an audio stream with no rate yet, and ``msg`` carries no ``sample_rate``.
+            SampleRateError: a rate other than the model's with resampling off (names both rates).
+        """
+        from rnnstream.pipeline.streaming import StreamSession
+
+        audio = self.backend.info.feature_config.audio
+        rate = None
+        if audio is not None:
+            rate = st.meta.get("rate") or (msg.sample_rate if msg is not None else None)
+            where = msg.describe() if msg is not None else f"stream {st.key!r}"
+            if rate is None:
+                raise MessageError(f"{where}: the chunk that opens an audio stream must carry 'sample_rate' (Hz of its "
+                                   f"samples); this model runs at {audio.sample_rate} Hz")
+            if rate != audio.sample_rate and not self.config.resample:
+                raise SampleRateError(f"{where}: the stream's sample_rate {rate} Hz differs from the model's "
+                                      f"{audio.sample_rate} Hz and this job does not resample (--no-resample)")
+        session = StreamSession(self.backend, sample_rate=rate, stream_id=st.key, resample=self.config.resample)
+        st.meta["rate"] = rate
+        return session
+
+    def _check_rate(self, st: _StreamState, msg: ChunkMessage) -> None:
+        """A chunk's ``sample_rate``, when given, must be the stream's (:class:`SampleRateError` naming both)."""
+        known = st.meta.get("rate")
+        if msg.sample_rate is not None and known is not None and msg.sample_rate != known:
+            raise SampleRateError(f"{msg.describe()}: 'sample_rate' {msg.sample_rate} Hz differs from the stream's "
+                                  f"{known} Hz, declared when it opened; a stream keeps one rate")
+
+    def _live_session(self, st: _StreamState) -> Any:
+        """The stream's session if it has one (live or in its snapshot), else None (never opens one)."""
+        if st.session is None and st.snapshot is None:
+            return None
+        return self._session(st)
 
     def _finish(self, st: _StreamState) -> None:
         """Write the session back into the snapshot state (and the in-memory cache)."""
@@ -304,18 +344,25 @@ class _StreamFnBase(beam.DoFn):
             return SensorChunk(np.zeros(0, np.float64), np.zeros((0, n), np.float64))
         return np.zeros(0, np.float32)
 
-    def _prediction(self, st: _StreamState, seq: int, event_time: float | None, result: Any, filled: bool) -> dict[str, Any]:
-        rec: dict[str, Any] = {"stream": st.key, "seq": seq, "event_time": event_time, **result.to_dict()}
+    def _prediction(self, st: _StreamState, seq: int, event_time: float | None, result: Any, filled: bool,
+                    flushed: Any = None) -> dict[str, Any]:
+        """The prediction record of one chunk; ``flushed``: what ``session.end()`` added after it (end marker)."""
+        d = result.to_dict()
+        if flushed is not None and flushed.n_frames:
+            d = {**flushed.to_dict(), "frames": d["frames"] + flushed.n_frames}
+        rec: dict[str, Any] = {"stream": st.key, "seq": seq, "event_time": event_time, **d}
         if filled:
             rec["filled"] = True
         return rec
 
     # -- applying chunks ------------------------------------------------------------------------
     def _apply(self, st: _StreamState, msg: ChunkMessage, out: list[Any]) -> None:
-        session = self._session(st)
         try:
+            self._check_rate(st, msg)
+            session = self._session(st, msg)
             result = session.push(self._payload(msg))
-        except RnnstreamError as exc:  # e.g. sensor timestamps not after the previous chunk's
+            flushed = session.end() if msg.end else None  # the resampler's tail: final == offline
+        except RnnstreamError as exc:  # no/other sample rate; e.g. sensor timestamps not after the previous chunk's
             out.append(self._dead(st, exc, msg))
             self._resolve_hole(st, msg.seq + 1, out, reason=f"chunk {msg.seq} rejected by the runtime", first=msg.seq)
             if msg.end:
@@ -327,17 +374,19 @@ class _StreamFnBase(beam.DoFn):
             st.meta["chunk_len"] = msg.size
         self.c_chunks.inc()
         self._bump(st, "chunks")
-        out.append(self._prediction(st, msg.seq, msg.event_time, result, filled=False))
+        out.append(self._prediction(st, msg.seq, msg.event_time, result, False, flushed))
         if msg.end:
             self._end(st, msg, out)
 
     def _end(self, st: _StreamState, msg: ChunkMessage, out: list[Any]) -> None:
-        session = self._session(st)
-        pred = session.final()
+        session = self._live_session(st)  # None: the stream never opened (e.g. no sample rate)
+        if session is not None and not session.ended:
+            session.end()
         self.c_ends.inc()
         out.append(TaggedOutput(EVENTS, {
-            "type": "end", "stream": st.key, "seq": msg.seq, "event_time": msg.event_time, "t": session.t,
-            "label": None if pred is None else pred.label, "scores": [] if pred is None else pred.scores,
+            "type": "end", "stream": st.key, "seq": msg.seq, "event_time": msg.event_time,
+            "t": 0.0 if session is None else session.t, "sample_rate": st.meta.get("rate"),
+            **_prediction_fields(None if session is None else session.final()),
             "counters": dict(st.meta["counters"]),
         }))
         st.meta["ended"] = True
@@ -375,20 +424,31 @@ class _StreamFnBase(beam.DoFn):
             st.snapshot = None
             st.dirty_session = False
         elif info.feature_config.kind == "audio":
-            length = self._fill_length(st, stop)
-            event["filled_samples"] = length
-            session = self._session(st)
-            for seq in missing:
-                result = session.push(np.zeros(length, np.float32))
-                st.dirty_session = True
-                self.c_filled.inc()
-                self._bump(st, "filled")
-                out.append(self._prediction(st, seq, None, result, filled=True))
+            self._fill(st, missing, stop, event, out)
         else:
             event["filled_samples"] = 0  # the hole is in the timestamps; the sensor featurizer handles it
         out.append(TaggedOutput(EVENTS, event))
         st.meta["skipped"] = (st.meta["skipped"] + missing)[-_SKIPPED_KEEP:]
         st.meta["next"] = stop
+
+    def _fill(self, st: _StreamState, missing: list[int], stop: int, event: dict[str, Any], out: list[Any]) -> None:
+        """The fill policy on an audio stream: zeros of the chunk length for each missing seq. A stream not
+        opened yet opens at the rate of the chunk after the hole; without one nothing is filled."""
+        following = st.buffer.get(stop)
+        try:
+            session = self._session(st, following[0] if following is not None else None)
+        except RnnstreamError as exc:
+            event["filled_samples"] = 0
+            event["reason"] += f"; nothing filled, the stream cannot open ({exc})"
+            return
+        length = self._fill_length(st, stop)
+        event["filled_samples"] = length
+        for seq in missing:
+            result = session.push(np.zeros(length, np.float32))
+            st.dirty_session = True
+            self.c_filled.inc()
+            self._bump(st, "filled")
+            out.append(self._prediction(st, seq, None, result, filled=True))
 
     def _fill_length(self, st: _StreamState, stop: int) -> int:
         if self.config.chunk_size:
@@ -480,13 +540,20 @@ class _StreamFnBase(beam.DoFn):
         from rnnstream.pipeline.streaming import StreamSession
 
         try:
-            session = StreamSession.restore(self.backend, msg.snapshot, stream_id=st.key)
+            session = StreamSession.restore(self.backend, msg.snapshot, sample_rate=msg.sample_rate, stream_id=st.key)
         except StateError as exc:
             out.append(self._dead(st, ResumeError(f"{msg.describe()}: cannot resume: {exc}"), msg))
+            return
+        audio = self.backend.info.feature_config.audio
+        if audio is not None and session.sample_rate != audio.sample_rate and not self.config.resample:
+            out.append(self._dead(st, ResumeError(
+                f"{msg.describe()}: cannot resume: the stream runs at {session.sample_rate} Hz, not at the model's "
+                f"{audio.sample_rate} Hz, and this job does not resample (--no-resample)"), msg))
             return
         self.c_resume.inc()
         self._bump(st, "resumes")
         st.session, st.dirty_session = session, True
+        m["rate"] = session.sample_rate
         m["next"] = msg.seq
         for seq in sorted(s for s in st.buffer if s < msg.seq):
             early, _ = st.buffer.pop(seq)
@@ -511,17 +578,18 @@ class _StreamFnBase(beam.DoFn):
         out: list[Any] = []
         self._resolve_due(st, self._now(timestamp), out, everything=True)
         self._set(gap_timer, None)
-        if st.meta["ended"] or (st.snapshot is None and st.session is None and st.meta["next"] == 0):
-            self._forget(st)  # ended, or never started (only dead letters/duplicates): nothing to resume
+        never_opened = st.snapshot is None and st.session is None and (
+            st.meta["next"] == 0 or (self.backend.info.feature_config.kind == "audio" and not st.meta.get("rate")))
+        if st.meta["ended"] or never_opened:
+            self._forget(st)  # ended, or never opened (only dead letters/duplicates): nothing to resume
             return out
         self._finish(st)
-        session = self._session(st)
-        pred = session.final()
+        session = self._session(st)  # after a reset: a fresh session at the stream's rate
         self._bump(st, "evictions")
         self.c_evict.inc()
         out.append(TaggedOutput(EVENTS, {
             "type": "eviction", "stream": key, "next_seq": st.meta["next"], "t": session.t,
-            "label": None if pred is None else pred.label, "scores": [] if pred is None else pred.scores,
+            "sample_rate": session.sample_rate, **_prediction_fields(_peek_final(session)),
             "snapshot": base64.b64encode(session.snapshot()).decode("ascii"),
             "model": self.backend.info.weights_hash, "counters": dict(st.meta["counters"]),
         }))
@@ -533,6 +601,24 @@ class _StreamFnBase(beam.DoFn):
             timer.clear()
         else:
             timer.set(Timestamp(micros=int(round(at * 1e6))))
+
+
+def _prediction_fields(pred: Any) -> dict[str, Any]:
+    """``predicted`` and ``scores`` (classify/tag, keyed by label) or ``values`` of a stream's prediction."""
+    if pred is None:
+        return {"predicted": None}
+    d = pred.to_dict()
+    d.pop("frames")
+    return d
+
+
+def _peek_final(session: Any) -> Any:
+    """The prediction as if the stream ended now (the resampler's held-back tail included), leaving it open."""
+    if session.ended or session.resampler is None:
+        return session.final()
+    peek = copy.copy(session)
+    peek.end()
+    return peek.final()
 
 
 class _EventTimeStreamFn(_StreamFnBase):
@@ -599,7 +685,7 @@ class StreamInference(beam.PTransform[beam.PCollection[str | bytes], dict[str, b
     signal whatever the arrival order, duplication and interleaving. See the module docstring.
 
     Args:
-        model_path: an ``.onnx`` export or a checkpoint (``rnnstream.export.runtime.load_backend``), loaded once per
+        model_path: an ``.onnx`` export or a checkpoint (``rnnstream.api.load_backend``), loaded once per
             worker process through ``apache_beam.utils.shared.Shared``.
         config: ordering, gap and eviction settings.
         timestamps_from_messages: set each element's timestamp to its message's ``event_time`` (bounded

@@ -4,8 +4,10 @@ Reads chunk messages (format: :mod:`rnnstream.beam_jobs.messages`, ``docs/stream
 :class:`rnnstream.beam_jobs.stateful.StreamInference` and writes JSON lines under ``--output DIR``:
 
 * ``predictions-*.jsonl``: one per applied chunk: ``stream``, ``seq``, ``event_time``, ``t`` (seconds of
-  stream consumed), ``frames``, ``label``, ``scores`` (and ``"filled": true`` for a gap filled with zeros);
-* ``events-*.jsonl``: ``gap``, ``end`` and ``eviction`` records (an eviction carries the snapshot);
+  stream consumed), ``frames``, ``predicted`` (the model's answer; null before the first frame), ``scores``
+  (classify/tag: probability by label name) or ``values`` (and ``"filled": true`` for a gap filled with zeros);
+* ``events-*.jsonl``: ``gap``, ``end`` and ``eviction`` records (an eviction carries the snapshot and the
+  stream's ``sample_rate``, both needed to resume it);
 * ``dead_letters-*.jsonl``: ``kind``, ``reason``, ``stream``, ``seq``, ``message`` (the message again);
 * ``summary.json`` (when the run ends): the Beam counters and the balance
   ``messages_in == chunks + duplicates + dead_letters + resumes``.
@@ -73,7 +75,7 @@ class StreamJobOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        add_stream_job_arguments(parser)
+        add_stream_job_arguments(parser)  # --no-resample included
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ def config_from_options(opts: StreamJobOptions, bounded: bool) -> StreamJobConfi
     return StreamJobConfig(
         gap_policy=opts.on_gap, gap_timeout_s=opts.gap_timeout, idle_timeout_s=opts.idle_timeout,
         max_buffer=opts.max_buffer, chunk_size=opts.chunk_size, time_domain=domain,
-        per_stream_metrics=opts.per_stream_metrics,
+        per_stream_metrics=opts.per_stream_metrics, resample=not getattr(opts, "no_resample", False),
     )
 
 

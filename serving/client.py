@@ -3,7 +3,7 @@
 ::
 
     async with StreamClient("ws://127.0.0.1:8765/") as client:
-        stream = await client.start(dtype="float32")       # waits for "started"
+        stream = await client.start(sample_rate=8000)      # the rate of the samples you send; waits for "started"
         for chunk in chunks:
             await stream.send(chunk)                        # float32 samples, or SensorChunk for sensor models
         ended = await stream.end()                          # waits for every prediction, then "ended"
@@ -11,9 +11,9 @@
 
     rnnstream client --url ws://127.0.0.1:8765/ --input clip.wav [--streams N] [--realtime] [--chunk-ms 100]
 
-The command streams a file (audio, or a CSV/Parquet sensor table, read with the model's feature config from
-the server's ``hello``) as N concurrent streams and prints every prediction and each ``ended`` message as
-one JSON line.
+The command streams a file (audio at the file's own sample rate, which it declares in ``start`` -- the
+server resamples; or a CSV/Parquet sensor table, read with the model's feature config from the server's
+``hello``) as N concurrent streams and prints every prediction and each ``ended`` message as one JSON line.
 """
 
 from __future__ import annotations
@@ -150,10 +150,14 @@ class StreamClient:
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
 
-    async def start(self, stream: str | None = None, *, channel: int | None = None, dtype: str | None = None,
-                    outputs: bool = False, resume: str | None = None, snapshot: bytes | None = None,
-                    seq: int | None = None, timeout: float = 10.0) -> Stream:
-        """Open a stream and wait for ``started``; ``resume``/``snapshot`` continue a saved stream."""
+    async def start(self, stream: str | None = None, *, sample_rate: int | None = None, channel: int | None = None,
+                    dtype: str | None = None, outputs: bool = False, resume: str | None = None,
+                    snapshot: bytes | None = None, seq: int | None = None, timeout: float = 10.0) -> Stream:
+        """Open a stream and wait for ``started``; ``resume``/``snapshot`` continue a saved stream.
+
+        ``sample_rate``: audio models, required (also to resume): the rate (Hz) of the samples you will send;
+        the server resamples another rate than the model's. Sensor models: leave it out.
+        """
         if self.closed is not None:
             raise self.closed
         if channel is None:
@@ -169,6 +173,8 @@ class StreamClient:
             msg["snapshot"] = P.b64(snapshot)
         if seq is not None:
             msg["seq"] = seq
+        if sample_rate is not None:
+            msg["sample_rate"] = sample_rate
         handle = Stream(self, stream or resume or "", channel, dtype, seq or 0)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._starting[channel] = (fut, handle)
@@ -241,11 +247,13 @@ class StreamClient:
 # ----------------------------------------------------------------------------------------------------
 
 
-def split_signal(signal: Any, fc: FeatureConfig, chunk_ms: float) -> list[tuple[Any, float]]:
-    """``[(chunk, duration_s)]``: audio in ``chunk_ms`` pieces; sensor rows by ``chunk_ms`` windows of time."""
+def split_signal(signal: Any, fc: FeatureConfig, chunk_ms: float, *,
+                 sample_rate: int | None = None) -> list[tuple[Any, float]]:
+    """``[(chunk, duration_s)]``: audio in ``chunk_ms`` pieces (``sample_rate``: the signal's rate; default the
+    model's); sensor rows by ``chunk_ms`` windows of time."""
     step = chunk_ms / 1000.0
     if fc.kind == "audio":
-        rate = fc.audio.sample_rate  # type: ignore[union-attr]
+        rate = sample_rate or fc.audio.sample_rate  # type: ignore[union-attr]
         n = max(1, int(round(rate * step)))
         return [(signal[i : i + n], len(signal[i : i + n]) / rate) for i in range(0, len(signal), n)] or [(signal, 0.0)]
     ts, vals = signal
@@ -259,19 +267,21 @@ def split_signal(signal: Any, fc: FeatureConfig, chunk_ms: float) -> list[tuple[
     return out
 
 
-def read_input(path: str, fc: FeatureConfig) -> Any:
+def read_input(path: str, fc: FeatureConfig) -> tuple[Any, int | None]:
+    """``(signal, sample_rate)``: audio samples at the file's own rate (the server resamples), or a sensor
+    table's ``(timestamps, values)`` and None."""
     if fc.kind == "audio":
-        from rnnstream.pipeline.audio_io import load_audio
+        from rnnstream.pipeline.audio_io import read_native
 
-        return load_audio(path, fc)
+        return read_native(path, channel=fc.audio.channel)  # type: ignore[union-attr]
     from rnnstream.pipeline.sensors import read_sensor_table
 
-    return read_sensor_table(path, fc)
+    return read_sensor_table(path, fc), None
 
 
 async def _one_stream(client: StreamClient, name: str, chunks: Sequence[tuple[Any, float]],
-                      args: argparse.Namespace) -> dict[str, Any]:
-    stream = await client.start(name, dtype=args.dtype, outputs=args.outputs)
+                      args: argparse.Namespace, sample_rate: int | None) -> dict[str, Any]:
+    stream = await client.start(name, sample_rate=sample_rate, dtype=args.dtype, outputs=args.outputs)
     window = asyncio.Semaphore(max(1, int(client.hello["limits"]["max_queue"]) - 1))
 
     async def receive() -> dict[str, Any]:
@@ -315,13 +325,14 @@ async def run_client(args: argparse.Namespace) -> int:
         for c in clients:
             await c.connect()
         fc = clients[0].feature_config
-        chunks = split_signal(read_input(args.input, fc), fc, args.chunk_ms)
+        signal, rate = read_input(args.input, fc)
+        chunks = split_signal(signal, fc, args.chunk_ms, sample_rate=rate)
         stem = os.path.splitext(os.path.basename(args.input))[0][:64] or "input"
         stem = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in stem)
         tag = uuid.uuid4().hex[:6]
         names = [f"{stem}-{tag}-{i}" for i in range(args.streams)]
         results = await asyncio.gather(
-            *(_one_stream(clients[i % len(clients)], name, chunks, args) for i, name in enumerate(names)),
+            *(_one_stream(clients[i % len(clients)], name, chunks, args, rate) for i, name in enumerate(names)),
             return_exceptions=True,
         )
     finally:

@@ -1,4 +1,4 @@
-"""The serving wire protocol (``rnnstream.serve/1``): message formats, parsing and validation.
+"""The serving wire protocol (``rnnstream.serve/2``): message formats, parsing and validation.
 
 One WebSocket connection carries one or more *streams*, each on a connection-local **channel** (an
 unsigned 32-bit integer the client picks in ``start``). Control messages are JSON text frames; chunks
@@ -12,14 +12,16 @@ Binary chunk frame (little-endian)::
 
 Payload by the stream's ``dtype`` (chosen in ``start``):
 
-* ``"float32"`` (audio, default): float32 samples in [-1, 1], mono, at the model's sample rate.
-* ``"int16"`` (audio): int16 PCM, scaled by 1/32768.
+* ``"float32"`` (audio, default): float32 samples in [-1, 1], mono, at the stream's ``sample_rate``.
+* ``"int16"`` (audio): int16 PCM at the stream's ``sample_rate``, scaled by 1/32768 (``round(x * 32768)``
+  on the way out): :mod:`rnnstream.pipeline.codec`, the one scale everywhere.
 * ``"float64"`` (sensor models only, required there): rows of ``1 + C`` float64 values,
   ``timestamp_seconds, channel_1 .. channel_C`` in the model's column order, row-major.
 
 Client -> server (JSON)::
 
     {"type": "start", "channel": 0, "stream": "mic-1", "dtype": "float32",
+     "sample_rate": 8000,               # audio: required, Hz of the samples sent (resampled to the model's)
      "outputs": false,                  # also send every frame's output [T][O]
      "resume": "mic-1",                 # or: continue from snapshot_dir/<id>.snap (see evicted)
      "snapshot": "<base64>", "seq": 12} # or: continue from snapshot bytes (seq: next expected, default 0)
@@ -28,17 +30,24 @@ Client -> server (JSON)::
 
 Server -> client (JSON)::
 
-    {"type": "hello", "protocol": "rnnstream.serve/1", "model": {...}, "limits": {...}}
-    {"type": "started", "stream", "channel", "seq", "t", "resumed"}
-    {"type": "prediction", "stream", "channel", "seq", "t", "frames", "label", "scores"[, "outputs"]}
-    {"type": "ended", "stream", "channel", "seq", "t", "frames", "label", "scores"[, "snapshot"][, "saved"]}
+    {"type": "hello", "protocol": "rnnstream.serve/2", "model": {...}, "limits": {...}}
+    {"type": "started", "stream", "channel", "seq", "t", "resumed", "sample_rate"}
+    {"type": "prediction", "stream", "channel", "seq", "t", "frames", "predicted", "scores"|"values"[, "outputs"]}
+    {"type": "ended", "stream", "channel", "seq", "t", "frames", "predicted", "scores"|"values"[, "snapshot"][, "saved"]}
     {"type": "evicted", "stream", "channel", "seq", "reason", "saved"}   # saved: snapshot id or null
     {"type": "error", "code", "message"[, "stream", "channel"], "close_code"}
     {"type": "pong"} / {"type": "shutdown", "reason"}
 
 In ``prediction`` and ``ended``, ``frames`` counts the frames completed by that chunk (``ended``: by the
-whole stream), ``t`` is stream time in seconds, ``label``/``scores`` are the stream's current prediction
-(``null``/``[]`` before the first frame).
+whole stream), ``t`` is stream time in seconds, ``predicted`` is the stream's current answer (``null``
+before the first frame) with ``scores`` (classify/tag: probability by label name) or ``values``
+(forecast/generate). ``ended`` comes after the session's ``end()`` (the resampler's tail flushed), so its
+prediction equals offline prediction over the whole signal.
+
+**Sample rates.** The ``start`` of an audio stream must carry ``sample_rate``: the rate (Hz) of the samples
+the client will send; another rate than the model's (``hello.model.sample_rate``) is resampled on the
+server. A resume (``resume`` or ``snapshot``) carries it too and it must equal the snapshot's. Sensor
+streams take none. A missing, invalid or mismatched rate is a ``bad_sample_rate`` error (1008).
 
 Every error is sent as an ``error`` message and then the connection is closed with ``close_code``:
 1007 bad payload data, 1008 protocol violation, 1009 frame too big (sent by the WebSocket layer with
@@ -56,8 +65,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rnnstream.pipeline.codec import decode_samples, encode_samples
+from rnnstream.pipeline.errors import RnnstreamError
 
-PROTOCOL = "rnnstream.serve/1"
+PROTOCOL = "rnnstream.serve/2"
 HEADER = struct.Struct("<II")
 MAX_U32 = 2**32 - 1
 
@@ -119,15 +130,11 @@ def encode_chunk(channel: int, seq: int, payload: np.ndarray | bytes) -> bytes:
 
 
 def audio_payload(samples: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """Samples as the wire dtype: float32 as is, int16 as ``round(x * 32767)`` clipped."""
-    x = np.asarray(samples)
-    if dtype == "float32":
-        return x.astype("<f4", copy=False)
-    if dtype == "int16":
-        if x.dtype.kind == "i":
-            return x.astype("<i2", copy=False)
-        return np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2")
-    raise ValueError(f"audio dtype must be one of {sorted(AUDIO_DTYPES)}, got {dtype!r}")
+    """Samples (float in [-1, 1], or int16 PCM) as the wire dtype, through :mod:`rnnstream.pipeline.codec`:
+    float32 as is, int16 as ``round(x * 32768)`` clipped (int16 input stays as it is)."""
+    if dtype not in AUDIO_DTYPES:
+        raise ValueError(f"audio dtype must be one of {sorted(AUDIO_DTYPES)}, got {dtype!r}")
+    return np.frombuffer(encode_samples(samples, dtype), dtype=AUDIO_DTYPES[dtype])  # type: ignore[arg-type]
 
 
 def sensor_payload(timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -153,26 +160,12 @@ def split_frame(frame: bytes) -> tuple[int, int, memoryview]:
 
 
 def decode_audio_payload(payload: memoryview | bytes, dtype: str, *, where: str) -> np.ndarray:
-    """Audio samples float32 ``[S]`` from a payload; checks the length and finiteness."""
-    np_dtype = AUDIO_DTYPES[dtype]
-    if len(payload) % np_dtype.itemsize:
-        raise ProtocolError(
-            "bad_frame",
-            f"{where}: payload of {len(payload)} bytes is not a whole number of {dtype} samples "
-            f"({np_dtype.itemsize} bytes each)",
-            CLOSE_BAD_DATA,
-        )
-    raw = np.frombuffer(payload, dtype=np_dtype)
-    if dtype == "int16":
-        return raw.astype(np.float32) * np.float32(1.0 / 32768.0)
-    # No copy: a read-only view that keeps the received (immutable) message alive; featurizing copies anyway.
-    x = raw if raw.dtype == np.float32 else raw.astype(np.float32)
-    if x.size and not np.isfinite(x.dot(x)):
-        bad = int((~np.isfinite(x)).sum())
-        if bad:
-            raise ProtocolError("bad_frame", f"{where}: {bad} of {x.size} samples are NaN or Inf; expected finite "
-                                "float32 samples", CLOSE_BAD_DATA)
-    return x
+    """Audio samples float32 ``[S]`` from a payload (:func:`rnnstream.pipeline.codec.decode_samples`: int16
+    scaled by 1/32768); a length that is not whole samples, or NaN/Inf, is a ``bad_frame`` error."""
+    try:
+        return decode_samples(payload, dtype, where=where)  # type: ignore[arg-type]
+    except RnnstreamError as exc:
+        raise ProtocolError("bad_frame", str(exc), CLOSE_BAD_DATA) from None
 
 
 def decode_sensor_payload(payload: memoryview | bytes, n_channels: int, *, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -203,6 +196,7 @@ class Start:
     resume: str | None
     snapshot: bytes | None
     seq: int | None
+    sample_rate: int | None = None  # Hz of the samples the client will send (audio streams: required)
 
 
 @dataclass(frozen=True)
@@ -251,34 +245,7 @@ def parse_control(text: str) -> Start | End | Ping:
         raise _bad(f"control message must be a JSON object with a 'type', got {type(data).__name__}")
     kind = data.get("type")
     if kind == "start":
-        allowed = {"type", "channel", "stream", "dtype", "outputs", "resume", "snapshot", "seq"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise _bad(f"start: unknown field(s) {unknown}; expected some of {sorted(allowed)}")
-        stream = data.get("stream")
-        if stream is not None:
-            stream = check_stream_id(stream)
-        dtype = data.get("dtype", "float32")
-        if dtype not in ("float32", "int16", SENSOR_DTYPE):
-            raise _bad(f"start: 'dtype' must be 'float32' or 'int16' (audio) or 'float64' (sensor rows), got {dtype!r}")
-        resume = data.get("resume")
-        if resume is not None:
-            resume = check_stream_id(resume, "'resume'")
-        snap = data.get("snapshot")
-        blob = None
-        if snap is not None:
-            if not isinstance(snap, str):
-                raise _bad(f"start: 'snapshot' must be a base64 string, got {type(snap).__name__}")
-            try:
-                blob = base64.b64decode(snap, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise _bad(f"start: 'snapshot' is not valid base64 ({exc})") from None
-        if resume is not None and blob is not None:
-            raise _bad("start: give either 'resume' (a saved snapshot id) or 'snapshot' (bytes), not both")
-        seq = data.get("seq")
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_U32):
-            raise _bad(f"start: 'seq' must be an integer in 0..{MAX_U32}, got {seq!r}")
-        return Start(_channel(data), stream, dtype, _flag(data, "outputs"), resume, blob, seq)
+        return _parse_start(data)
     if kind == "end":
         unknown = sorted(set(data) - {"type", "channel", "snapshot", "save"})
         if unknown:
@@ -287,6 +254,42 @@ def parse_control(text: str) -> Start | End | Ping:
     if kind == "ping":
         return Ping()
     raise _bad(f"unknown control message type {kind!r}; expected 'start', 'end' or 'ping'")
+
+
+_START_FIELDS = {"type", "channel", "stream", "dtype", "sample_rate", "outputs", "resume", "snapshot", "seq"}
+
+
+def _parse_start(data: dict[str, Any]) -> Start:
+    unknown = sorted(set(data) - _START_FIELDS)
+    if unknown:
+        raise _bad(f"start: unknown field(s) {unknown}; expected some of {sorted(_START_FIELDS)}")
+    stream = data.get("stream")
+    if stream is not None:
+        stream = check_stream_id(stream)
+    dtype = data.get("dtype", "float32")
+    if dtype not in ("float32", "int16", SENSOR_DTYPE):
+        raise _bad(f"start: 'dtype' must be 'float32' or 'int16' (audio) or 'float64' (sensor rows), got {dtype!r}")
+    rate = data.get("sample_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
+        raise ProtocolError("bad_sample_rate", f"start: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
+    resume = data.get("resume")
+    if resume is not None:
+        resume = check_stream_id(resume, "'resume'")
+    snap = data.get("snapshot")
+    blob = None
+    if snap is not None:
+        if not isinstance(snap, str):
+            raise _bad(f"start: 'snapshot' must be a base64 string, got {type(snap).__name__}")
+        try:
+            blob = base64.b64decode(snap, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _bad(f"start: 'snapshot' is not valid base64 ({exc})") from None
+    if resume is not None and blob is not None:
+        raise _bad("start: give either 'resume' (a saved snapshot id) or 'snapshot' (bytes), not both")
+    seq = data.get("seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_U32):
+        raise _bad(f"start: 'seq' must be an integer in 0..{MAX_U32}, got {seq!r}")
+    return Start(_channel(data), stream, dtype, _flag(data, "outputs"), resume, blob, seq, rate)
 
 
 def dumps(msg: dict[str, Any]) -> str:

@@ -11,9 +11,13 @@
   :class:`~rnnstream.serving.batcher.Batcher` into ``step_streams`` calls in a worker thread.
   ``GET /health`` and ``GET /metrics`` are answered on the same port too.
 * HTTP (``http://HOST:HTTP_PORT``): ``GET /health``, ``GET /metrics`` (Prometheus text) and
-  ``POST /predict`` with a whole file as the body (audio models: an audio file, or raw samples with
-  ``?dtype=float32|int16``; sensor models: a table with ``?format=csv|parquet``, CSV by default);
-  answers ``{"label", "scores", "frames", "t"}`` or ``{"error", "message"}`` with status 400/404/405/411/413.
+  ``POST /predict`` with a whole file as the body (audio models: an audio file at its own rate, or raw
+  samples with ``?dtype=float32|int16&sample_rate=HZ``; sensor models: a table with
+  ``?format=csv|parquet``, CSV by default); answers ``{"predicted", "scores"|"values", "frames", "t"}`` or
+  ``{"error", "message"}`` with status 400/404/405/411/413.
+
+Every audio stream declares the rate of its samples (``start``'s ``sample_rate``); another rate than the
+model's is resampled per stream, and ``end`` flushes the resampler so the final prediction equals offline.
 
 Idle streams are evicted after ``idle_timeout_s``: the client gets an ``evicted`` message, and with a
 ``snapshot_dir`` the stream's state is saved there as ``<stream>.snap`` (+ ``<stream>.json`` holding the
@@ -48,8 +52,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from rnnstream.pipeline.errors import ConfigError, RnnstreamError
-from rnnstream.pipeline.streaming import Backend, SensorChunk, StreamSession, predict_signal
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError, SampleRateError
+from rnnstream.pipeline.model_info import Backend
+from rnnstream.pipeline.streaming import SensorChunk, StreamSession, predict_signal
 from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import Batcher, BatchStream, QueueFull, Results
 from rnnstream.serving.metrics import ServerMetrics
@@ -420,27 +425,57 @@ class StreamServer:
         resumed = False
         if msg.resume is not None:
             blob, saved_seq = self._load_snapshot(msg.resume, where)
-            session = self._restore(blob, stream_id, where)
+            session = self._restore(blob, stream_id, msg.sample_rate, where)
             seq = saved_seq if msg.seq is None else msg.seq
             resumed = True
         elif msg.snapshot is not None:
-            session = self._restore(msg.snapshot, stream_id, where)
+            session = self._restore(msg.snapshot, stream_id, msg.sample_rate, where)
             resumed = True
         else:
-            session = StreamSession(self.backend, stream_id=stream_id)
+            session = self._open(stream_id, msg.sample_rate, where)
         stream = _Stream(session, conn, msg.channel, msg, seq)
         conn.streams[msg.channel] = stream
         self.streams[stream_id] = stream
         self.metrics.streams_open.inc()
         self.metrics.streams_started.inc()
         self._send(conn, {"type": "started", "stream": stream_id, "channel": msg.channel, "seq": seq,
-                          "t": session.t, "resumed": resumed})
+                          "t": session.t, "resumed": resumed, "sample_rate": session.sample_rate})
 
-    def _restore(self, blob: bytes, stream_id: str, where: dict[str, Any]) -> StreamSession:
+    def _rate_error(self, problem: str, where: dict[str, Any]) -> P.ProtocolError:
+        return P.ProtocolError("bad_sample_rate", f"start: {problem}", P.CLOSE_POLICY, **where)
+
+    def _open(self, stream_id: str, rate: int | None, where: dict[str, Any]) -> StreamSession:
+        """A new session at the client's declared rate (audio: required; sensor: none)."""
+        audio = self.info.feature_config.audio
+        if audio is None and rate is not None:
+            raise self._rate_error(f"'sample_rate' ({rate}) was given for a sensor model; sensor rows carry their "
+                                   "own timestamps (leave it out)", where)
+        if audio is not None and rate is None:
+            raise self._rate_error(f"an audio stream must declare 'sample_rate', the rate (Hz) of the samples it "
+                                   f"will send; this model runs at {audio.sample_rate} Hz (other rates are "
+                                   "resampled)", where)
         try:
-            return StreamSession.restore(self.backend, blob, stream_id=stream_id)
+            return StreamSession(self.backend, sample_rate=rate, stream_id=stream_id)
+        except RnnstreamError as exc:  # e.g. a rate ratio too extreme to resample
+            raise self._rate_error(f"'sample_rate' {rate}: {exc}", where) from None
+
+    def _restore(self, blob: bytes, stream_id: str, rate: int | None, where: dict[str, Any]) -> StreamSession:
+        """The snapshot's session; an audio stream's resume must declare the snapshot's rate."""
+        try:
+            session = StreamSession.restore(self.backend, blob, stream_id=stream_id)
         except RnnstreamError as exc:
             raise P.ProtocolError("bad_snapshot", f"cannot resume from this snapshot: {exc}", **where) from None
+        if session.sample_rate is None and rate is not None:
+            raise self._rate_error(f"'sample_rate' ({rate}) was given for a sensor stream's resume; leave it out",
+                                   where)
+        if session.sample_rate is not None and rate is None:
+            raise self._rate_error(f"a resumed audio stream must declare 'sample_rate': the snapshot's stream runs "
+                                   f"at {session.sample_rate} Hz (the model at "
+                                   f"{self.info.feature_config.audio.sample_rate} Hz)", where)  # type: ignore[union-attr]
+        if rate != session.sample_rate:
+            raise self._rate_error(f"'sample_rate' {rate} Hz differs from the snapshot's stream rate "
+                                   f"{session.sample_rate} Hz; a stream keeps one rate", where)
+        return session
 
     def _snapshot_paths(self, stream_id: str) -> tuple[Path, Path]:
         assert self.config.snapshot_dir is not None
@@ -469,7 +504,8 @@ class StreamServer:
         snap, meta = self._snapshot_paths(stream.id)
         for path, data in ((snap, stream.session.snapshot()),
                            (meta, json.dumps({"stream": stream.id, "seq": stream.done_seq, "t": stream.session.t,
-                                              "reason": reason, "saved_at": time.time()}).encode())):
+                                              "sample_rate": stream.session.sample_rate, "reason": reason,
+                                              "saved_at": time.time()}).encode())):
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
@@ -491,17 +527,21 @@ class StreamServer:
             self._finish(stream)
 
     def _finish(self, stream: _Stream) -> None:
+        """End the stream and send ``ended``. A snapshot asked for (``snapshot``/``save``) is taken first, so a
+        resume continues the stream; then ``session.end()`` flushes the resampler's tail, so the final
+        prediction equals offline prediction over the whole signal."""
         session, end = stream.session, stream.ending
         assert end is not None
-        pred = session.final()
-        msg: dict[str, Any] = {"type": "ended", "stream": stream.id, "channel": stream.channel,
-                               "seq": stream.done_seq, "t": round(session.t, 6), "frames": session.frames_seen,
-                               "label": None if pred is None else pred.label,
-                               "scores": [] if pred is None else pred.scores}
+        extra: dict[str, Any] = {}
         if end.snapshot:
-            msg["snapshot"] = P.b64(session.snapshot())
+            extra["snapshot"] = P.b64(session.snapshot())
         if end.save:
-            msg["saved"] = self._save_snapshot(stream, "end")
+            extra["saved"] = self._save_snapshot(stream, "end")
+        if not session.ended:
+            session.end()
+        msg: dict[str, Any] = {"type": "ended", "stream": stream.id, "channel": stream.channel,
+                               "seq": stream.done_seq, "t": round(session.t, 6), **_prediction_fields(session.final()),
+                               "frames": session.frames_seen, **extra}
         self._remove(stream)
         self._send(stream.conn, msg)
 
@@ -692,38 +732,79 @@ class StreamServer:
         return 200, json.dumps(result).encode(), "application/json", path
 
     def _predict_body(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        """One-shot prediction of a whole file (runs in a thread)."""
-        fc = self.info.feature_config
-        if fc.kind == "audio":
-            dtype = query.get("dtype", "file")
-            if dtype == "file":
-                from rnnstream.pipeline.audio_io import decode_audio
+        """One-shot prediction of a whole file (runs in a thread): offline, ``rnnstream.api.Model.predict``."""
+        from rnnstream.api import Model
 
-                signal: Any = decode_audio(body, fc, name=query.get("name", "<request body>"))
-            elif dtype in P.AUDIO_DTYPES:
-                try:
-                    signal = P.decode_audio_payload(body, dtype, where="request body")
-                except P.ProtocolError as err:
-                    raise ConfigError(err.message) from None
-            else:
-                raise ConfigError(f"dtype must be 'file' (an audio file), 'float32' or 'int16', got {dtype!r}")
-            t = signal.shape[0] / fc.audio.sample_rate  # type: ignore[union-attr]
+        if self.info.feature_config.kind == "audio":
+            samples, rate = self._audio_body(body, query)
+            pred = Model(self.backend).predict(samples, sample_rate=rate)
+            t = samples.shape[0] / rate
         else:
-            from rnnstream.pipeline.sensors import read_sensor_table
+            if "sample_rate" in query:
+                raise ConfigError("sample_rate does not apply to a sensor model: its table carries timestamps")
+            signal = self._sensor_body(body, query)
+            pred = predict_signal(self.backend, signal)
+            t = float(signal.timestamps[-1]) if signal.timestamps.size else 0.0
+        return {**_prediction_fields(pred), "frames": 0 if pred is None else pred.frames, "t": round(t, 6)}
 
-            fmt = query.get("format", "csv")
-            if fmt not in ("csv", "parquet"):
-                raise ConfigError(f"format must be 'csv' or 'parquet' for a sensor model, got {fmt!r}")
-            with tempfile.TemporaryDirectory(prefix="rnnstream-predict-") as tmp:
-                path = os.path.join(tmp, f"body.{fmt}")
-                with open(path, "wb") as fh:
-                    fh.write(body)
-                ts, vals = read_sensor_table(path, fc)
-            signal = SensorChunk(ts, vals)
-            t = float(ts[-1]) if ts.size else 0.0
-        pred = predict_signal(self.backend, signal)
-        return {"label": None if pred is None else pred.label, "scores": [] if pred is None else pred.scores,
-                "frames": 0 if pred is None else pred.frames, "t": round(t, 6)}
+    def _audio_body(self, body: bytes, query: dict[str, str]) -> tuple[Any, int]:
+        """``(samples, rate)``: an audio file at its own rate (``sample_rate``, if given, must match it), or raw
+        ``float32``/``int16`` samples whose ``sample_rate`` the query must give."""
+        audio = self.info.feature_config.audio
+        assert audio is not None
+        declared = _query_rate(query)
+        dtype = query.get("dtype", "file")
+        if dtype == "file":
+            from rnnstream.pipeline.audio_io import decode_native
+
+            name = query.get("name", "<request body>")
+            samples, rate = decode_native(body, name=name, channel=audio.channel)
+            if declared is not None and declared != rate:
+                raise SampleRateError(f"{name}: the file's sample rate is {rate} Hz, not the declared "
+                                      f"sample_rate={declared} Hz")
+            return samples, rate
+        if dtype not in P.AUDIO_DTYPES:
+            raise ConfigError(f"dtype must be 'file' (an audio file), 'float32' or 'int16', got {dtype!r}")
+        if declared is None:
+            raise ConfigError(f"raw {dtype} samples need the sample_rate query parameter (Hz of the samples, e.g. "
+                              f"/predict?dtype={dtype}&sample_rate={audio.sample_rate}); this model runs at "
+                              f"{audio.sample_rate} Hz (other rates are resampled)")
+        try:
+            return P.decode_audio_payload(body, dtype, where="request body"), declared
+        except P.ProtocolError as err:
+            raise ConfigError(err.message) from None
+
+    def _sensor_body(self, body: bytes, query: dict[str, str]) -> SensorChunk:
+        from rnnstream.pipeline.sensors import read_sensor_table
+
+        fmt = query.get("format", "csv")
+        if fmt not in ("csv", "parquet"):
+            raise ConfigError(f"format must be 'csv' or 'parquet' for a sensor model, got {fmt!r}")
+        with tempfile.TemporaryDirectory(prefix="rnnstream-predict-") as tmp:
+            path = os.path.join(tmp, f"body.{fmt}")
+            with open(path, "wb") as fh:
+                fh.write(body)
+            ts, vals = read_sensor_table(path, self.info.feature_config)
+        return SensorChunk(ts, vals)
+
+
+def _query_rate(query: dict[str, str]) -> int | None:
+    """The ``sample_rate`` query parameter as a positive integer (Hz), or None when absent."""
+    text = query.get("sample_rate")
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise ConfigError(f"sample_rate must be a positive integer (Hz), got {text!r}")
+    return int(text)
+
+
+def _prediction_fields(pred: Any) -> dict[str, Any]:
+    """``predicted`` (null before the first frame) and ``scores`` by label (classify/tag) or ``values``."""
+    if pred is None:
+        return {"predicted": None}
+    d = pred.to_dict()
+    d.pop("frames")
+    return d
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -732,15 +813,15 @@ class StreamServer:
 
 
 def load_model(path: str, provider: str = "auto", threads: int | None = None, raw_audio: bool = False) -> Backend:
-    """A backend for ``path``: ``rnnstream.export.runtime.load_backend`` (ONNX or checkpoint) when available."""
+    """A backend for ``path``: ``rnnstream.api.load_backend`` (ONNX or checkpoint) when available."""
     try:
-        from rnnstream.export.runtime import load_backend
+        from rnnstream.api import load_backend
     except ImportError:
         load_backend = None
     if load_backend is not None:
         return load_backend(path, provider=provider, threads=threads, raw_audio=raw_audio)
     if path.endswith(".onnx"):
-        raise ConfigError(f"{path}: serving an ONNX model needs rnnstream.export.runtime, which this installation lacks")
+        raise ConfigError(f"{path}: serving an ONNX model needs rnnstream.pipeline.onnx_backend, which this installation lacks")
     from rnnstream.models.backend import TorchBackend
 
     if threads:

@@ -31,14 +31,15 @@ from rnnstream.beam_jobs import stream_job
 from rnnstream.beam_jobs.messages import chunk, encode_message, resume
 from rnnstream.beam_jobs.stateful import STREAM_NAMESPACE, StreamInference, StreamJobConfig
 from rnnstream.beam_jobs.stream_job import WriteRecords, read_records
-from rnnstream.export.runtime import load_backend
+from rnnstream.api import load_backend
 from rnnstream.models.checkpoint import save_checkpoint
 from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.streaming import StreamSession, predict_signal
 
-FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
+RATE = 8000
+FC = FeatureConfig.audio_default(sample_rate=RATE, n_mels=8)
 CHUNK = 800  # 100 ms at 8 kHz
 N_CHUNKS = 6
 T0 = 1_764_000_000.0  # event times: seconds since the epoch
@@ -74,12 +75,14 @@ def signal(stream: int, n_chunks: int = N_CHUNKS) -> list[np.ndarray]:
 
 def offline(backend: Any, chunks: list[np.ndarray]) -> list[dict[str, Any]]:
     """Per-chunk results of a fresh StreamSession fed ``chunks`` in order (what every stream must equal)."""
-    session = StreamSession(backend)
+    session = StreamSession(backend, sample_rate=RATE)
     return [json.loads(json.dumps(session.push(c).to_dict())) for c in chunks]
 
 
 def msg(stream: str, seq: int, audio: np.ndarray | None, **kw: Any) -> tuple[str, float]:
+    """A chunk message; the stream's opener (seq 0) carries ``sample_rate`` unless ``kw`` says otherwise."""
     et = T0 + seq * 0.1 + int(stream[1:]) * 0.01
+    kw.setdefault("sample_rate", RATE if seq == 0 else None)
     return encode_message(chunk(stream, seq, et, audio=audio, **kw)), et
 
 
@@ -91,7 +94,13 @@ def by_stream(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def strip(pred: dict[str, Any]) -> dict[str, Any]:
-    return {k: pred[k] for k in ("t", "frames", "label", "scores")}
+    return {k: pred[k] for k in ("t", "frames", "predicted", "scores")}
+
+
+def probs(scores: dict[str, float]) -> list[float]:
+    """Scores by label, in the model's label order (the writer sorts JSON keys)."""
+    assert sorted(scores) == sorted(LABELS)
+    return [scores[k] for k in LABELS]
 
 
 def assert_matches(preds: list[dict[str, Any]], want: list[dict[str, Any]], what: str = "") -> None:
@@ -105,7 +114,7 @@ def assert_matches(preds: list[dict[str, Any]], want: list[dict[str, Any]], what
         {k: v for k, v in w.items() if k != "scores"} for w in want
     ], what
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g["scores"], w["scores"], rtol=0, atol=1e-6, err_msg=what)
+        np.testing.assert_allclose(probs(g["scores"]), probs(w["scores"]), rtol=0, atol=1e-6, err_msg=what)
 
 
 def scenario(model_hash: str) -> tuple[list[tuple[str, float]], dict[str, Any]]:
@@ -160,9 +169,9 @@ def check_predictions(backend: Any, preds: dict[str, list[dict[str, Any]]], expe
     for s in ("s0", "s1", "s4", "s5"):
         assert [p["seq"] for p in preds[s]] == list(range(6)), s
         assert_matches(preds[s], offline(backend, sig[int(s[1])]), s)
-        final = predict_signal(backend, np.concatenate(sig[int(s[1])]))
-        assert preds[s][-1]["label"] == final.label
-        np.testing.assert_allclose(preds[s][-1]["scores"], final.scores, rtol=1e-5, atol=1e-6)
+        final = predict_signal(backend, np.concatenate(sig[int(s[1])]), sample_rate=RATE)
+        assert preds[s][-1]["predicted"] == final.label
+        np.testing.assert_allclose(probs(preds[s][-1]["scores"]), probs(final.scores), rtol=1e-5, atol=1e-6)
     # s4 has s0's signal: identical predictions although interleaved with s0 (no state leaks).
     assert_matches(preds["s4"], [strip(p) for p in preds["s0"]], "s4 vs s0")
     assert [strip(p) for p in preds["s1"]] != [strip(p) for p in preds["s0"]]
@@ -276,8 +285,9 @@ def test_evicted_then_resumed_equals_uninterrupted(tmp_path: Path, model_path: s
     stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "a.jsonl", first), "--output", str(out1)])
     (ev,) = [e for e in read_records(str(out1), "events") if e["type"] == "eviction"]
     assert ev["stream"] == "s3" and ev["next_seq"] == 3 and ev["model"] == backend.info.weights_hash
+    assert ev["sample_rate"] == RATE
     snap = base64.b64decode(ev["snapshot"])
-    second = [(encode_message(resume("s3", ev["next_seq"], T0 + 1.0, snap)), T0 + 1.0)]
+    second = [(encode_message(resume("s3", ev["next_seq"], T0 + 1.0, snap, sample_rate=ev["sample_rate"])), T0 + 1.0)]
     second += [msg("s3", q, sig[q]) for q in (5, 3, 4)]
     out2 = tmp_path / "out2"
     stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "b.jsonl", second), "--output", str(out2)])
@@ -291,9 +301,10 @@ def test_evicted_then_resumed_equals_uninterrupted(tmp_path: Path, model_path: s
 
 def test_resume_refuses_another_models_snapshot(tmp_path: Path, model_path: str, backend: Any) -> None:
     other = load_backend(_save_model(tmp_path / "other.pt", seed=1), provider="cpu")
-    session = StreamSession(other)
+    session = StreamSession(other, sample_rate=RATE)
     session.push(signal(0)[0])
-    lines = [(encode_message(resume("s9", 1, T0, session.snapshot())), T0), msg("s9", 1, signal(0)[1])]
+    lines = [(encode_message(resume("s9", 1, T0, session.snapshot(), sample_rate=RATE)), T0),
+             msg("s9", 1, signal(0)[1], sample_rate=RATE)]
     out = tmp_path / "out"
     stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "in.jsonl", lines), "--output", str(out)])
     dead = read_records(str(out), "dead_letters")
@@ -349,11 +360,11 @@ def test_processing_time_gap_timer(tmp_path: Path, model_path: str, backend: Any
 
 def test_resume_of_an_active_stream_is_refused(tmp_path: Path, model_path: str, backend: Any) -> None:
     sig = signal(1)
-    snap = StreamSession(backend).snapshot()
+    snap = StreamSession(backend, sample_rate=RATE).snapshot()
     ts = BeamTestStream()
     ts.add_elements([TimestampedValue(*msg("s1", 0, sig[0]))])
     ts.advance_watermark_to(T0 + 0.05)
-    ts.add_elements([TimestampedValue(encode_message(resume("s1", 0, T0 + 0.1, snap)), T0 + 0.1)])
+    ts.add_elements([TimestampedValue(encode_message(resume("s1", 0, T0 + 0.1, snap, sample_rate=RATE)), T0 + 0.1)])
     ts.advance_watermark_to(T0 + 0.15)
     ts.add_elements([TimestampedValue(*msg("s1", 1, sig[1]))])
     ts.advance_watermark_to_infinity()
@@ -397,13 +408,13 @@ def test_teststream_idle_eviction_then_resume_in_one_run(tmp_path: Path, model_p
     resume with that state continues the stream exactly (the test computes the same state offline, since a
     TestStream's elements are fixed before the run)."""
     sig = signal(3)
-    reference = StreamSession(backend, stream_id="s3")
+    reference = StreamSession(backend, sample_rate=RATE, stream_id="s3")
     for c in sig[:3]:
         reference.push(c)
     ts = BeamTestStream()
     ts.add_elements([TimestampedValue(*msg("s3", q, sig[q])) for q in (1, 0, 2)])
     ts.advance_watermark_to(T0 + 0.2 + 30.0 + 1.0)  # past the idle timeout (30 s): evicted
-    resume_line = encode_message(resume("s3", 3, T0 + 40.0, reference.snapshot()))
+    resume_line = encode_message(resume("s3", 3, T0 + 40.0, reference.snapshot(), sample_rate=RATE))
     ts.add_elements([TimestampedValue(resume_line, T0 + 40.0)])
     ts.add_elements([TimestampedValue(msg("s3", q, sig[q])[0], T0 + 40.0 + q) for q in (4, 3, 5)])
     ts.advance_watermark_to_infinity()

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from rnnstream.beam_jobs.messages import (
     MessageError,
     ModelMismatchError,
@@ -39,6 +38,37 @@ def test_audio_round_trips_in_every_encoding() -> None:
     raw = json.dumps({"stream": "a", "seq": 0, "event_time": 1,
                       "audio": {"dtype": "int16", "data": b64(np.array([-32768, 0, 16384], "<i2"))}})
     np.testing.assert_array_equal(parse_message(raw).audio, [-1.0, 0.0, 0.5])
+
+
+def test_int16_uses_the_one_codec_scale() -> None:
+    """int16 = round(x * 32768) on the way out, int16 / 32768 on the way in (rnnstream.pipeline.codec)."""
+    from rnnstream.pipeline.codec import decode_samples, encode_samples
+
+    x = np.array([-1.0, -0.5, 0.0, 0.25, 0.999], np.float32)
+    obj = json.loads(encode_message(chunk("a", 0, 0.0, audio=x, sample_rate=8000), audio_dtype="int16"))
+    pcm = np.frombuffer(base64.b64decode(obj["audio"]["data"]), "<i2")
+    np.testing.assert_array_equal(pcm, np.round(x * 32768).clip(-32768, 32767))
+    assert base64.b64decode(obj["audio"]["data"]) == encode_samples(x, "int16")
+    back = parse_message(json.dumps(obj)).audio
+    np.testing.assert_array_equal(back, decode_samples(encode_samples(x, "int16"), "int16"))
+    # int16 given to the builder is PCM, scaled the same way
+    np.testing.assert_array_equal(chunk("a", 0, 0.0, audio=pcm.astype(np.int16)).audio, back)
+
+
+def test_sample_rate_round_trips_and_is_validated() -> None:
+    m = parse_message(encode_message(chunk("a", 0, 1.0, audio=np.zeros(4), sample_rate=16000)))
+    assert m.sample_rate == 16000
+    assert parse_message(encode_message(chunk("a", 1, 1.0, audio=np.zeros(4)))).sample_rate is None
+    r = parse_message(encode_message(resume("a", 5, 1.0, b"snap", sample_rate=8000)))
+    assert (r.kind, r.sample_rate) == ("resume", 8000)
+    end = parse_message('{"stream": "a", "seq": 0, "event_time": 0, "end": true, "sample_rate": 8000}')
+    assert end.end and end.sample_rate == 8000 and end.audio is None
+    for bad in (0, -8000, 8000.5, "8000", True):
+        with pytest.raises(MessageError, match="'sample_rate' must be a positive integer"):
+            parse_message(json.dumps({"stream": "a", "seq": 0, "event_time": 0, "audio": [], "sample_rate": bad}))
+    with pytest.raises(MessageError, match="'sample_rate' belongs to audio chunks"):
+        parse_message(json.dumps({"stream": "a", "seq": 0, "event_time": 0, "sample_rate": 100,
+                                  "sensor": {"timestamps": [0], "values": [[1]]}}))
 
 
 def test_sensor_payload_as_lists_and_base64() -> None:
@@ -91,7 +121,7 @@ def test_rejections_name_the_field(obj: object, error: type[Exception], words: s
 def test_nan_is_rejected_in_every_encoding() -> None:
     x = np.zeros(8, np.float32)
     x[3] = np.nan
-    with pytest.raises(PayloadError, match="1 of 8 values are NaN"):
+    with pytest.raises(PayloadError, match="1 of 8 samples are NaN"):
         parse_message(encode_message(chunk("a", 0, 0.0, audio=x)))
     with pytest.raises(PayloadError, match="NaN"):
         parse_message('{"stream": "a", "seq": 0, "event_time": 0, "audio": [0.0, NaN]}')
@@ -118,3 +148,16 @@ def test_validate_for_model() -> None:
         validate_for_model(rows, audio)
     empty = parse_message('{"stream": "s", "seq": 3, "event_time": 0, "end": true, "sensor": {"timestamps": [], "values": []}}')
     validate_for_model(empty, sensor, chunk_size=10)  # an empty last chunk has no channels to check
+
+
+def test_validate_sample_rate_for_model() -> None:
+    audio = SimpleNamespace(weights_hash="h1", feature_config=FeatureConfig.audio_default(sample_rate=8000, n_mels=8))
+    sensor = SimpleNamespace(weights_hash="h1", feature_config=FeatureConfig.sensor_default(["a", "b"]))
+    validate_for_model(resume("s", 3, 0.0, b"x", sample_rate=16000), audio)  # the snapshot decides if it matches
+    with pytest.raises(MessageError, match="must carry 'sample_rate'.*this model runs at 8000 Hz"):
+        validate_for_model(resume("s", 3, 0.0, b"x"), audio)
+    validate_for_model(resume("s", 3, 0.0, b"x"), sensor)
+    validate_for_model(chunk("s", 0, 0.0, audio=np.zeros(10)), audio)  # the opener is checked by the stateful DoFn
+    with pytest.raises(PayloadError, match="'sample_rate' was given for a sensor model"):
+        validate_for_model(parse_message('{"stream": "s", "seq": 0, "event_time": 0, "end": true, "sample_rate": 10}'),
+                           sensor)

@@ -19,7 +19,6 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from rnnstream.beam_jobs.messages import chunk, encode_message, parse_message
 from rnnstream.beam_jobs.stateful import StreamJobConfig, _EventTimeStreamFn
 from rnnstream.models.backend import TorchBackend
@@ -27,7 +26,8 @@ from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.streaming import StreamSession
 
-FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
+RATE = 8000
+FC = FeatureConfig.audio_default(sample_rate=RATE, n_mels=8)
 CHUNK = 240  # 30 ms at 8 kHz: 3 frames per chunk
 T0 = 1000.0
 
@@ -73,8 +73,9 @@ class Timer:
 class Driver:
     """Calls the DoFn like a runner would for one bounded input: elements, then timers in time order."""
 
-    def __init__(self, config: StreamJobConfig):
-        self.fn = _EventTimeStreamFn("unused", config, shared.Shared(), loader=lambda _: BACKEND)
+    def __init__(self, config: StreamJobConfig, backend: Any = None):
+        backend = BACKEND if backend is None else backend
+        self.fn = _EventTimeStreamFn("unused", config, shared.Shared(), loader=lambda _: backend)
         self.fn.setup()
         self.cells: dict[str, Cell] = {}
         self.timers: dict[str, dict[str, Timer]] = {}
@@ -106,7 +107,7 @@ class Driver:
 
 
 def offline(chunks: list[np.ndarray]) -> list[dict[str, Any]]:
-    session = StreamSession(BACKEND)
+    session = StreamSession(BACKEND, sample_rate=RATE)
     return [json.loads(json.dumps(session.push(c).to_dict())) for c in chunks]
 
 
@@ -138,7 +139,8 @@ def test_any_arrival_order_gives_offline_predictions(policy: str, case: Any) -> 
     driver = Driver(StreamJobConfig(gap_policy=policy, gap_timeout_s=1.0, idle_timeout_s=10.0, max_buffer=16))
     signals = {s: signal(s, max(q) + 1) for s, q in kept.items()}
     for s, q in order:
-        driver.push(encode_message(chunk(f"s{s}", q, T0 + q * 0.03, audio=signals[s][q])))
+        # Every chunk carries the rate (any of them may open the stream: seq 0 may be lost).
+        driver.push(encode_message(chunk(f"s{s}", q, T0 + q * 0.03, audio=signals[s][q], sample_rate=RATE)))
     driver.finish()
     preds = driver.records(None)
     events = driver.records("events")
@@ -176,8 +178,9 @@ def test_end_of_stream_then_late_and_far_chunks() -> None:
     driver = Driver(StreamJobConfig(max_buffer=4))
     sig = signal(0, 4)
     for q, end in ((1, False), (0, False), (2, True), (3, False), (9, False), (2, True)):
-        driver.push(encode_message(chunk("s0", q, T0 + q, audio=sig[q % 4][: CHUNK if not end else 100], end=end)))
-    driver.push(encode_message(chunk("s1", 40, T0, audio=sig[0])))
+        driver.push(encode_message(chunk("s0", q, T0 + q, audio=sig[q % 4][: CHUNK if not end else 100], end=end,
+                                         sample_rate=RATE if q == 0 else None)))
+    driver.push(encode_message(chunk("s1", 40, T0, audio=sig[0], sample_rate=RATE)))
     driver.finish()
     preds = driver.records(None)
     assert [strip(p) for p in preds if p["stream"] == "s0"] == offline([sig[0], sig[1], sig[2][:100]])

@@ -19,7 +19,7 @@ from rnnstream.beam_jobs import stream_job
 from rnnstream.beam_jobs.messages import chunk, encode_message
 from rnnstream.beam_jobs.stateful import StreamInference, StreamJobConfig
 from rnnstream.beam_jobs.stream_job import WriteRecords, read_records
-from rnnstream.export.runtime import load_backend
+from rnnstream.api import load_backend
 from rnnstream.models.checkpoint import save_checkpoint
 from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.config import FeatureConfig
@@ -80,8 +80,10 @@ def check(backend: Any, preds: list[dict[str, Any]], kept: dict[str, list[int]])
         assert [{k: v for k, v in p.items() if k not in ("stream", "seq", "event_time")} for p in got] == want, s
         ts = np.concatenate([data[q][0] for q in seqs])
         final = predict_signal(backend, SensorChunk(ts, np.concatenate([data[q][1] for q in seqs])))
-        assert got[-1]["label"] == final.label
-        np.testing.assert_allclose(got[-1]["scores"], final.scores, rtol=1e-5, atol=1e-6)
+        assert got[-1]["predicted"] == final.label
+        assert got[-1]["scores"].keys() == final.scores.keys()
+        np.testing.assert_allclose([got[-1]["scores"][k] for k in final.scores], list(final.scores.values()),
+                                   rtol=1e-5, atol=1e-6)
     # s2's hole (1 chunk ~0.6 s > max_gap_s) made the featurizer start a new segment, i.e. a state reset.
     assert any("segment_starts" in p for p in preds if p["stream"] == "s2" and p["seq"] == 3)
 

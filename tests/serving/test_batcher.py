@@ -10,7 +10,7 @@ import pytest
 
 from rnnstream.pipeline.streaming import StreamSession
 from rnnstream.serving.batcher import Batcher, BatchStream, QueueFull
-from tests.serving._helpers import audio_backend, run, session_results, signal
+from tests.serving._helpers import RATE, audio_backend, run, session_results, signal
 
 
 def test_oldest_first_one_chunk_per_stream_in_order_and_equal_to_sessions():
@@ -26,7 +26,7 @@ def test_oldest_first_one_chunk_per_stream_in_order_and_equal_to_sessions():
     async def main():
         b = Batcher(max_batch=2, max_wait_s=0.0, max_queue=8, on_results=on_results,
                     on_failure=lambda items, exc: pytest.fail(f"backend failed: {exc}"))
-        streams = [BatchStream(StreamSession(backend)) for _ in range(3)]
+        streams = [BatchStream(StreamSession(backend, sample_rate=RATE)) for _ in range(3)]
         chunks = {i: [signal(10 * i + k, 0.05) for k in range(4)] for i in range(3)}
         now = time.monotonic()
         # submit stream 2 first (oldest), then 0, then 1; each 4 chunks
@@ -54,7 +54,7 @@ def test_oldest_first_one_chunk_per_stream_in_order_and_equal_to_sessions():
 
 def test_queue_limit_raises_queue_full():
     b = Batcher(max_batch=2, max_wait_s=0.0, max_queue=3, on_results=lambda r: None, on_failure=lambda i, e: None)
-    s = BatchStream(StreamSession(audio_backend()))
+    s = BatchStream(StreamSession(audio_backend(), sample_rate=RATE))
     for k in range(3):
         b.submit(s, k, signal(k, 0.01), time.monotonic())
     with pytest.raises(QueueFull, match=r"3 chunks are already queued \(limit 3\)"):
@@ -71,7 +71,7 @@ def test_stream_closed_between_scheduling_and_start_does_not_stall_the_scheduler
         b = Batcher(max_batch=4, max_wait_s=0.0, max_queue=4, on_results=lambda r: delivered.extend(r),
                     on_failure=lambda items, exc: pytest.fail(f"backend failed: {exc}"))
         b._wake, b._free = asyncio.Event(), asyncio.Semaphore(1)
-        a, c = BatchStream(StreamSession(backend)), BatchStream(StreamSession(backend))
+        a, c = BatchStream(StreamSession(backend, sample_rate=RATE)), BatchStream(StreamSession(backend, sample_rate=RATE))
         b.submit(a, 0, signal(1, 0.05), time.monotonic())
         await b._free.acquire()
         items = await b._collect()

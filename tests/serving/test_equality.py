@@ -11,8 +11,10 @@ from rnnstream.serving.client import StreamClient
 from rnnstream.serving.protocol import audio_payload
 from rnnstream.serving.server import ServerConfig, StreamServer
 from tests.serving._helpers import (
+    RATE,
     RecordingBackend,
     assert_matches,
+    assert_scores,
     audio_backend,
     chunk_sizes,
     run,
@@ -31,7 +33,7 @@ async def _stream_audio(client: StreamClient, i: int, backend: object) -> tuple[
     chunks = np.split(x, np.cumsum(sizes)[:-1])
     if dtype == "int16":  # what the server decodes: int16 / 32768
         chunks = [audio_payload(c, "int16").astype(np.float32) / 32768.0 for c in chunks]
-    stream = await client.start(f"s{i}", dtype=dtype)
+    stream = await client.start(f"s{i}", sample_rate=RATE, dtype=dtype)
     for c in chunks:
         await stream.send(c)
         await asyncio.sleep(0)
@@ -64,9 +66,9 @@ def test_many_audio_streams_batched_equal_offline_and_session():
         for msg, ref in zip(preds, refs, strict=True):
             assert msg["stream"] == f"s{i}"
             assert_matches(msg, ref)
-        offline = predict_signal(inner, whole)
-        assert ended["label"] == offline.label and ended["frames"] == offline.frames
-        np.testing.assert_allclose(ended["scores"], offline.scores, atol=1e-4)
+        offline = predict_signal(inner, whole, sample_rate=RATE)
+        assert ended["predicted"] == offline.label and ended["frames"] == offline.frames
+        assert_scores(ended["scores"], offline.scores, 1e-4)
     # batching really happened, within the limit, and the metric says so too
     assert max(backend.batch_sizes) > 1 and max(backend.batch_sizes) <= 16
     count = metrics.value("rnnstream_serve_batch_size_count")
@@ -90,7 +92,7 @@ def test_max_batch_one_still_equal_and_never_batches():
     for preds, ended, chunks, whole in out:
         for msg, ref in zip(preds, session_results(inner, chunks), strict=True):
             assert_matches(msg, ref)
-        np.testing.assert_allclose(ended["scores"], predict_signal(inner, whole).scores, atol=1e-4)
+        assert_scores(ended["scores"], predict_signal(inner, whole, sample_rate=RATE).scores, 1e-4)
     assert set(backend.batch_sizes) == {1}
     assert metrics.value("rnnstream_serve_batch_size_bucket", {"le": "1.0"}) == metrics.value(
         "rnnstream_serve_batch_size_count")
@@ -131,7 +133,7 @@ def test_many_sensor_streams_batched_equal_offline_and_session():
             gaps_seen += bool(msg.get("segment_starts")) or 0
         offline = predict_signal(inner, SensorChunk(ts, vals))
         assert ended["frames"] == offline.frames
-        np.testing.assert_allclose(ended["scores"], offline.scores, atol=1e-4)
+        assert_scores(ended["scores"], offline.scores, 1e-4)
         assert abs(ended["t"] - ts[-1]) < 1e-6
     assert max(backend.batch_sizes) > 1
     assert metrics.value("rnnstream_serve_batch_size_count") > metrics.value(

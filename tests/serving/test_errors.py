@@ -8,16 +8,18 @@ import struct
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from rnnstream.pipeline.streaming import predict_signal
 from rnnstream.serving.client import StreamClient
 from rnnstream.serving.protocol import ServerError
 from rnnstream.serving.server import ServerConfig, StreamServer
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
 from tests.serving._helpers import (
+    RATE,
     RecordingBackend,
     assert_matches,
+    assert_scores,
     audio_backend,
     run,
     sensor_backend,
@@ -47,7 +49,10 @@ async def _raw(url: str, *messages: str | bytes, timeout: float = 5.0) -> tuple[
 
 
 def _start(channel: int = 0, **kw: object) -> str:
-    return json.dumps({"type": "start", "channel": channel, **kw})
+    """A start message; audio starts declare the model's rate unless ``sample_rate=None`` leaves it out."""
+    if kw.get("dtype") != "float64":
+        kw.setdefault("sample_rate", RATE)
+    return json.dumps({"type": "start", "channel": channel, **{k: v for k, v in kw.items() if v is not None}})
 
 
 def _frame(channel: int, seq: int, payload: bytes) -> bytes:
@@ -80,6 +85,9 @@ CASES = [
     ("channel reused", [_start(stream="a"), _start(stream="b")], "channel_busy", 1008, "'a'"),
     ("resume unknown", [_start(resume="ghost")], "unknown_stream", 1008, "ghost"),
     ("bad snapshot bytes", [_start(snapshot="aGVsbG8=")], "bad_snapshot", 1008, "not an rnnstream snapshot"),
+    ("no sample rate", [_start(sample_rate=None), _frame(0, 0, GOOD)], "bad_sample_rate", 1008,
+     "must declare 'sample_rate'"),
+    ("bad sample rate", [_start(sample_rate=0)], "bad_sample_rate", 1008, "positive integer"),
 ]
 
 
@@ -90,7 +98,7 @@ def test_bad_inputs_get_error_and_close_code_while_a_good_stream_goes_on():
         x = signal(7, 3.0)
         chunks = np.split(x, 30)
         async with StreamClient(url) as client:
-            stream = await client.start("good")
+            stream = await client.start("good", sample_rate=RATE)
             for c in chunks:
                 await stream.send(c)
                 await asyncio.sleep(0.01)
@@ -127,8 +135,11 @@ def test_bad_inputs_get_error_and_close_code_while_a_good_stream_goes_on():
     # the good stream was served throughout, exactly
     for msg, ref in zip(preds, session_results(backend, chunks), strict=True):
         assert_matches(msg, ref)
-    np.testing.assert_allclose(ended["scores"], predict_signal(backend, x).scores, atol=1e-4)
+    assert_scores(ended["scores"], predict_signal(backend, x, sample_rate=RATE).scores, 1e-4)
     assert metrics.value("rnnstream_serve_errors_total", {"code": "bad_frame"}) == 4
+    # the refused stream's reason names the missing field and the model's rate
+    refused = next(m for m in outcomes["no sample rate"][0] if m["type"] == "error")
+    assert "this model runs at 16000 Hz" in refused["message"]
     assert metrics.value("rnnstream_serve_streams_open") == 0
 
 
@@ -143,9 +154,11 @@ def test_sensor_model_rejects_audio_dtype_and_bad_rows():
             a = await _raw(server.url, _start(dtype="float32"))
             b = await _raw(server.url, _start(dtype="float64"), rows_bad_len)
             c = await _raw(server.url, _start(dtype="float64"), ok, back_in_time)
-            return a, b, c
+            d = await _raw(server.url, _start(dtype="float64", sample_rate=100))
+            return a, b, c, d
 
-    a, b, c = run(main())
+    a, b, c, d = run(main())
+    assert d[0][0]["code"] == "bad_sample_rate" and "sensor model" in d[0][0]["message"] and d[1] == 1008
     assert a[0][0]["code"] == "bad_dtype" and "float64" in a[0][0]["message"] and a[1] == 1008
     assert b[0][-1]["code"] == "bad_frame" and "32 bytes per row" in b[0][-1]["message"] and b[1] == 1007
     errs = [m for m in c[0] if m["type"] == "error"]
@@ -159,11 +172,11 @@ def test_too_many_streams_is_refused_with_1013_and_others_continue():
     async def main():
         async with StreamServer(backend, ServerConfig(port=0, http_port=None, max_streams=2)) as server:
             async with StreamClient(server.url) as c1, StreamClient(server.url) as c2:
-                s1 = await c1.start("one")
-                s2 = await c2.start("two")
+                s1 = await c1.start("one", sample_rate=RATE)
+                s2 = await c2.start("two", sample_rate=RATE)
                 with pytest.raises(ServerError) as info:
                     async with StreamClient(server.url) as c3:
-                        await c3.start("three")
+                        await c3.start("three", sample_rate=RATE)
                 await s1.send(signal(1, 0.1))
                 await s2.send(signal(2, 0.1))
                 e1, e2 = await s1.end(), await s2.end()
@@ -172,6 +185,7 @@ def test_too_many_streams_is_refused_with_1013_and_others_continue():
     err, e1, e2 = run(main())
     assert err.code == "too_many_streams" and err.close_code == 1013 and "limit 2" in err.message
     assert len(e1["scores"]) == 4 and len(e2["scores"]) == 4 and e1["frames"] == 10
+    assert list(e1["scores"]) == ["yes", "no", "up", "down"] and e1["predicted"] in e1["scores"]
 
 
 def test_queue_limit_gives_1013_not_a_silent_drop():
@@ -193,7 +207,7 @@ def test_client_disconnect_mid_stream_frees_its_state():
     async def main():
         async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
             client = await StreamClient(server.url).connect()
-            streams = [await client.start(f"d{i}") for i in range(3)]
+            streams = [await client.start(f"d{i}", sample_rate=RATE) for i in range(3)]
             for s in streams:
                 for k in range(4):
                     await s.send(signal(k, 0.1))
@@ -215,13 +229,13 @@ def test_backend_failure_closes_with_1011_and_server_recovers():
         async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
             backend.fail = True
             async with StreamClient(server.url) as client:
-                s = await client.start()
+                s = await client.start(sample_rate=RATE)
                 await s.send(signal(0, 0.1))
                 with pytest.raises(ServerError) as info:
                     await s.recv(timeout=5)
             backend.fail = False
             async with StreamClient(server.url) as client:
-                s = await client.start()
+                s = await client.start(sample_rate=RATE)
                 await s.send(signal(0, 0.1))
                 ended = await s.end()
             return info.value, ended

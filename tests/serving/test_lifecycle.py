@@ -21,7 +21,16 @@ from rnnstream.serving import client as client_cli
 from rnnstream.serving.client import StreamClient
 from rnnstream.serving.protocol import ServerError
 from rnnstream.serving.server import ServerConfig, StreamServer
-from tests.serving._helpers import RecordingBackend, audio_backend, run, sensor_backend, sensor_series, signal
+from tests.serving._helpers import (
+    RATE,
+    RecordingBackend,
+    assert_scores,
+    audio_backend,
+    run,
+    sensor_backend,
+    sensor_series,
+    signal,
+)
 
 
 def _http(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, bytes, str]:
@@ -42,24 +51,24 @@ def test_idle_eviction_saves_snapshot_and_resume_continues_exactly(tmp_path):
         cfg = ServerConfig(port=0, http_port=None, idle_timeout_s=0.3, snapshot_dir=str(tmp_path))
         async with StreamServer(backend, cfg) as server:
             async with StreamClient(server.url) as client:
-                s = await client.start("mic-1")
+                s = await client.start("mic-1", sample_rate=RATE)
                 for c in chunks[:5]:
                     await s.send(c)
                 msgs = [await s.recv(timeout=5) for _ in range(6)]  # 5 predictions, then the eviction
                 assert server.streams == {}
-                r = await client.start(resume="mic-1")
+                r = await client.start(resume="mic-1", sample_rate=RATE)
                 assert r.id == "mic-1" and r.seq == 5 and r.started["resumed"]
                 for c in chunks[5:8]:
                     await r.send(c)
                 ended = await r.end(snapshot=True)
                 # resume once more from the snapshot bytes the client got back
                 blob = __import__("base64").b64decode(ended["snapshot"])
-                q = await client.start("mic-1b", snapshot=blob, seq=ended["seq"])
+                q = await client.start("mic-1b", sample_rate=RATE, snapshot=blob, seq=ended["seq"])
                 for c in chunks[8:]:
                     await q.send(c)
                 final = await q.end()
                 with pytest.raises(ServerError) as info:
-                    await client.start(resume="never-seen")
+                    await client.start(resume="never-seen", sample_rate=RATE)
             return msgs, r.predictions, ended, final, info.value, server.metrics
 
     msgs, preds, ended, final, err, metrics = run(main())
@@ -67,9 +76,10 @@ def test_idle_eviction_saves_snapshot_and_resume_continues_exactly(tmp_path):
     assert [m["type"] for m in msgs] == ["prediction"] * 5 + ["evicted"]
     assert evicted["saved"] == "mic-1" and evicted["seq"] == 5 and "limit 0.3 s" in evicted["reason"]
     assert json.loads((tmp_path / "mic-1.json").read_text())["seq"] == 5
+    assert json.loads((tmp_path / "mic-1.json").read_text())["sample_rate"] == RATE
     assert [p["seq"] for p in preds] == [5, 6, 7] and ended["seq"] == 8
     assert final["seq"] == 12 and final["frames"] == x.size // 160
-    np.testing.assert_allclose(final["scores"], predict_signal(backend, x).scores, atol=1e-4)
+    assert_scores(final["scores"], predict_signal(backend, x, sample_rate=RATE).scores, 1e-4)
     assert err.code == "unknown_stream" and "never-seen" in err.message
     assert metrics.value("rnnstream_serve_evictions_total") == 1
 
@@ -88,7 +98,7 @@ def test_http_health_metrics_and_one_shot_predict(tmp_path):
                 "ws_health": (ws_base + "/health", None, None),
                 "ws_metrics": (ws_base + "/metrics", None, None),
                 "predict": (base + "/predict?name=clip.wav", wav.read_bytes(), "POST"),
-                "predict_raw": (base + "/predict?dtype=float32", x.tobytes(), "POST"),
+                "predict_raw": (base + f"/predict?dtype=float32&sample_rate={RATE}", x.tobytes(), "POST"),
                 "predict_bad": (base + "/predict?name=clip.wav", b"RIFF....not audio", "POST"),
                 "predict_get": (base + "/predict", None, None),
                 "nowhere": (base + "/nowhere", None, None),
@@ -110,12 +120,12 @@ def test_http_health_metrics_and_one_shot_predict(tmp_path):
     assert status == 200 and ctype.startswith("text/plain")
     assert b"rnnstream_serve_batch_size_bucket" in body and b'rnnstream_serve_http_requests_total{path="/predict"' in body
     assert out["ws_metrics"][0] == 200 and b"rnnstream_serve_latency_seconds" in out["ws_metrics"][1]
-    offline = predict_signal(backend, x)
+    offline = predict_signal(backend, x, sample_rate=RATE)
     for key in ("predict", "predict_raw"):
         status, body, _ = out[key]
         res = json.loads(body)
-        assert status == 200 and res["label"] == offline.label and res["frames"] == offline.frames
-        np.testing.assert_allclose(res["scores"], offline.scores, atol=1e-5)
+        assert status == 200 and res["predicted"] == offline.label and res["frames"] == offline.frames
+        assert_scores(res["scores"], offline.scores, 1e-5)
     status, body, _ = out["predict_bad"]
     assert status == 400 and "clip.wav" in json.loads(body)["message"]
     assert out["predict_get"][0] == 405 and out["nowhere"][0] == 404
@@ -139,7 +149,7 @@ def test_http_predict_sensor_csv(tmp_path):
 
     offline = predict_signal(backend, SensorChunk(ts, vals))
     assert status == 200
-    np.testing.assert_allclose(json.loads(data)["scores"], offline.scores, atol=1e-5)
+    assert_scores(json.loads(data)["scores"], offline.scores, 1e-5)
     assert bad_status == 400 and "ay" in json.loads(bad_body)["message"]
 
 
@@ -150,7 +160,7 @@ def test_graceful_shutdown_finishes_received_chunks_then_closes_1001(tmp_path):
         cfg = ServerConfig(port=0, http_port=None, max_batch=1, snapshot_dir=str(tmp_path))
         server = await StreamServer(backend, cfg).start()
         client = await StreamClient(server.url).connect()
-        s = await client.start("busy")
+        s = await client.start("busy", sample_rate=RATE)
         for k in range(6):
             await s.send(signal(k, 0.1))
         await client.ping()  # the server has read all six chunks
@@ -191,9 +201,9 @@ def test_cli_client_streams_a_file_as_n_streams(tmp_path, capsys):
     preds = [m for m in lines if m["type"] == "prediction"]
     assert len(ended) == 3 and len({m["stream"] for m in ended}) == 3
     assert len(preds) == 3 * 8  # 0.75 s in 100 ms chunks
-    offline = predict_signal(backend, x)
+    offline = predict_signal(backend, x, sample_rate=RATE)
     for m in ended:
-        np.testing.assert_allclose(m["scores"], offline.scores, atol=1e-4)
+        assert_scores(m["scores"], offline.scores, 1e-4)
 
 
 def test_cli_client_streams_a_sensor_table(tmp_path, capsys):
@@ -218,7 +228,7 @@ def test_cli_client_streams_a_sensor_table(tmp_path, capsys):
     assert len(ended) == 2
     for m in ended:
         assert m["frames"] == offline.frames
-        np.testing.assert_allclose(m["scores"], offline.scores, atol=1e-4)
+        assert_scores(m["scores"], offline.scores, 1e-4)
     assert len([m for m in lines if m["type"] == "prediction"]) > 2 * 10  # ~4 s of rows in 250 ms windows
 
 
@@ -305,16 +315,16 @@ def test_onnx_model_served_equals_torch_offline(tmp_path):
     async def main():
         async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
             async with StreamClient(server.url) as client:
-                streams = [await client.start(f"o{i}") for i in range(4)]
+                streams = [await client.start(f"o{i}", sample_rate=RATE) for i in range(4)]
                 for c in np.split(x, 8):
                     for s in streams:
                         await s.send(c)
                 return [await s.end() for s in streams]
 
-    offline = predict_signal(torch_backend, x)
+    offline = predict_signal(torch_backend, x, sample_rate=RATE)
     for ended in run(main()):
-        assert ended["label"] == offline.label
-        np.testing.assert_allclose(ended["scores"], offline.scores, atol=1e-4)
+        assert ended["predicted"] == offline.label
+        assert_scores(ended["scores"], offline.scores, 1e-4)
 
 
 def test_client_that_does_not_keep_up_gets_slow_consumer_1008():
@@ -324,7 +334,7 @@ def test_client_that_does_not_keep_up_gets_slow_consumer_1008():
         cfg = ServerConfig(port=0, http_port=None, max_outbound=3, max_wait_ms=50.0)
         async with StreamServer(backend, cfg) as server:
             async with StreamClient(server.url) as client:
-                streams = [await client.start(f"c{i}") for i in range(8)]
+                streams = [await client.start(f"c{i}", sample_rate=RATE) for i in range(8)]
                 for s in streams:  # one batch of 8 results lands at once: more than 3 messages waiting
                     await s.send(signal(1, 0.1))
                 with pytest.raises(ServerError) as info:

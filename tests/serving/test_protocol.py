@@ -6,7 +6,6 @@ import base64
 
 import numpy as np
 import pytest
-
 from rnnstream.serving import protocol as P
 
 
@@ -18,6 +17,20 @@ def test_audio_frames_round_trip_float32_and_int16():
     _, _, payload = P.split_frame(P.encode_chunk(0, 0, P.audio_payload(x, "int16")))
     back = P.decode_audio_payload(payload, "int16", where="t")
     assert back.dtype == np.float32 and np.abs(back - x).max() < 2 / 32768
+
+
+def test_int16_frames_use_the_one_codec_scale():
+    """int16 = round(x * 32768) clipped, decoded as int16 / 32768: the codec's scale, as in the stream job."""
+    from rnnstream.pipeline.codec import decode_samples, encode_samples
+
+    x = np.array([-1.0, -0.5, 0.0, 0.25, 0.999, 1.0], np.float32)
+    pcm = P.audio_payload(x, "int16")
+    np.testing.assert_array_equal(pcm, np.clip(np.round(x * 32768), -32768, 32767))
+    assert pcm.tobytes() == encode_samples(x, "int16")
+    back = P.decode_audio_payload(pcm.tobytes(), "int16", where="t")
+    np.testing.assert_array_equal(back, decode_samples(encode_samples(x, "int16"), "int16"))
+    np.testing.assert_array_equal(back[:4], x[:4])  # exact where x * 32768 is an integer
+    np.testing.assert_array_equal(P.audio_payload(pcm, "int16"), pcm)  # int16 PCM goes out unchanged
 
 
 def test_sensor_rows_round_trip_and_length_check():
@@ -35,8 +48,9 @@ def test_sensor_rows_round_trip_and_length_check():
 def test_parse_control_messages():
     blob = b"\x00snapshot"
     start = P.parse_control('{"type": "start", "channel": 3, "stream": "a:b-1", "dtype": "int16", "snapshot": "%s", '
-                            '"seq": 9}' % base64.b64encode(blob).decode())
-    assert start == P.Start(3, "a:b-1", "int16", False, None, blob, 9)
+                            '"seq": 9, "sample_rate": 8000}' % base64.b64encode(blob).decode())
+    assert start == P.Start(3, "a:b-1", "int16", False, None, blob, 9, 8000)
+    assert P.parse_control('{"type": "start"}').sample_rate is None  # the server decides whether it is needed
     assert P.parse_control('{"type": "end"}') == P.End(0, False, False)
     assert isinstance(P.parse_control('{"type": "ping"}'), P.Ping)
 
@@ -54,3 +68,11 @@ def test_parse_control_rejections_name_the_problem(text, fragment):
     with pytest.raises(P.ProtocolError) as info:
         P.parse_control(text)
     assert fragment in info.value.message and info.value.code == "bad_message" and info.value.close_code == 1008
+
+
+@pytest.mark.parametrize("rate", ["0", "-8000", "8000.5", '"8000"', "true"])
+def test_start_sample_rate_must_be_a_positive_integer(rate):
+    with pytest.raises(P.ProtocolError) as info:
+        P.parse_control('{"type": "start", "sample_rate": %s}' % rate)
+    assert info.value.code == "bad_sample_rate" and "'sample_rate'" in info.value.message
+    assert info.value.close_code == 1008
