@@ -7,7 +7,7 @@
         --label-pattern '(?P<label>\\d)_'                                                # raw files
     rnnstream infer ... --format parquet                                                 # predictions.parquet
 
-The model is an exported ``.onnx`` file or a checkpoint (``rnnstream.export.runtime.load_backend`` picks the
+The model is an exported ``.onnx`` file or a checkpoint (``rnnstream.api.load_backend`` picks the
 backend); its ``ModelInfo`` carries the feature config, so raw files are featurized exactly as in
 training and streaming, and a dataset must have been featurized with the same config (checked).
 
@@ -167,8 +167,8 @@ def _local_file(path: str) -> tuple[str, bool]:
 
 
 def load_model_backend(path: str, threads: int | None = None) -> Any:
-    """``rnnstream.export.runtime.load_backend`` for a local or remote (gs://, s3://) model file."""
-    from rnnstream.export.runtime import load_backend
+    """``rnnstream.api.load_backend`` for a local or remote (gs://, s3://) model file."""
+    from rnnstream.api import load_backend
 
     local, temporary = _local_file(path)
     try:
@@ -186,7 +186,7 @@ def load_model_backend(path: str, threads: int | None = None) -> Any:
 class RnnModelHandler(ModelHandler[InferItem, PredictionResult, Any]):
     """``RunInference`` handler for rnnstream models: ``.onnx`` graphs or checkpoints.
 
-    ``load_model`` returns the runtime backend (``rnnstream.export.runtime.load_backend``); ``run_inference``
+    ``load_model`` returns the runtime backend (``rnnstream.api.load_backend``); ``run_inference``
     runs whole-sequence mode (``rnnstream.pipeline.streaming.predict_features``) on each segment of each item
     and returns ``PredictionResult(item, [Prediction per segment], model_id=weights_hash)``.
     """
@@ -299,7 +299,7 @@ def _to_prediction(result: PredictionResult) -> PredictionRecord:
     preds = result.inference
     last = preds[-1]
     segments = [p.to_dict() for p in preds] if len(preds) > 1 else None
-    return PredictionRecord(id=item.id, path=item.path, predicted=last.label, scores=list(last.scores),
+    return PredictionRecord(id=item.id, path=item.path, predicted=last.label, scores=list(last.values),
                             frames=int(sum(p.frames for p in preds)), label=item.label, metadata=item.metadata,
                             segments=segments)
 

@@ -12,7 +12,7 @@ import torch
 
 from rnnstream.beam_jobs import featurize, infer
 from rnnstream.beam_jobs.infer import RnnModelHandler
-from rnnstream.export.runtime import load_backend
+from rnnstream.api import load_backend
 from rnnstream.models.checkpoint import save_checkpoint
 from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.audio_io import load_audio
@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
 
 def streaming_final(model_path: Path, wav: Path, chunk: int = 333):
     """What the streaming runtime says at the end of the file, pushed in odd-sized chunks."""
-    session = StreamSession(load_backend(str(model_path)))
+    session = StreamSession(load_backend(str(model_path)), sample_rate=CFG.audio.sample_rate)
     x = load_audio(wav, CFG)
     for i in range(0, len(x), chunk):
         session.push(x[i : i + chunk])
@@ -68,7 +68,7 @@ def test_raw_files_predictions_equal_streaming_final(setup):
         want = streaming_final(ckpt, wav)
         got = preds[str(wav)]
         assert got["predicted"] == want.label and got["frames"] == want.frames
-        np.testing.assert_allclose(got["scores"], want.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["scores"], want.values, rtol=1e-5, atol=1e-6)
         assert got["label"] == label_of(wav)[0]  # the truth; "predicted" is the model's answer
     dead = {d["path"]: d["kind"] for d in read_jsonl(out / "dead_letter.jsonl")}
     assert dead == {str(p): kind for p, kind in bad.items()}
@@ -88,7 +88,7 @@ def test_dataset_onnx_parquet_predictions_equal_streaming_final(setup):
     for wav in good:
         want = streaming_final(onnx_path, wav)
         assert rows[str(wav)]["predicted"] == want.label
-        np.testing.assert_allclose(rows[str(wav)]["scores"], want.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rows[str(wav)]["scores"], want.values, rtol=1e-5, atol=1e-6)
         assert json.loads(rows[str(wav)]["metadata"]) == label_of(wav)[1]
 
 
@@ -178,4 +178,4 @@ def test_sensor_tables_one_prediction_per_file_equal_to_streaming(tmp_path):
             session.push(SensorChunk(ts[i : i + 7], vals[i : i + 7]))
         want = session.final()
         assert pred["predicted"] == want.label
-        np.testing.assert_allclose(pred["scores"], want.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pred["scores"], want.values, rtol=1e-5, atol=1e-6)
