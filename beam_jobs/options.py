@@ -146,6 +146,8 @@ def add_stream_job_arguments(parser: Any) -> None:
          "the DirectRunner, rules out --input-dir)")
     _add(parser, "--no-per-stream-metrics", dest="per_stream_metrics", action="store_false", default=True,
          help="keep only job-wide Beam counters (per-stream counters cost one metric per stream)")
+    _add(parser, "--no-resample", dest="no_resample", action="store_true", default=False,
+         help="dead-letter audio streams whose sample_rate differs from the model's instead of resampling them")
 
 
 # ----------------------------------------------------------------------------------------------

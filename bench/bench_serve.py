@@ -105,7 +105,8 @@ async def _loadgen(opts: dict[str, Any]) -> dict[str, Any]:
 
     # start every stream (channel = global stream index), wait for all "started"
     for i in range(n):
-        await conns[conn_of(i)].send(json.dumps({"type": "start", "channel": i, "stream": f"lg-{os.getpid()}-{i}"}))
+        await conns[conn_of(i)].send(json.dumps({"type": "start", "channel": i, "stream": f"lg-{os.getpid()}-{i}",
+                                                    "sample_rate": RATE}))
     for c, ws in enumerate(conns):
         count = min(per_conn, n - c * per_conn)
         while count:
@@ -184,7 +185,7 @@ def build_backend(workdir: str) -> tuple[Any, str]:
     model = rnn_classifier(input_dim=80, num_classes=len(LABELS), hidden_size=128, num_layers=2, cell="gru")
     try:
         from rnnstream.export.onnx_export import export_onnx
-        from rnnstream.export.runtime import load_backend
+        from rnnstream.api import load_backend
 
         path = export_onnx(model, os.path.join(workdir, "gru2x128.onnx"), feature_config=fc, labels=LABELS)
         return load_backend(path, provider="cpu", threads=1), "onnxruntime"

@@ -10,7 +10,7 @@ The graph is one *streaming step* (see ``docs/onnx.md`` for the full signature):
 ``B``, ``T`` and ``S`` are dynamic (``S`` a multiple of the hop, ``T = S // hop``); the state tensors
 are batch-first with the per-stream shapes of ``ModelInfo.state_specs``, in that order. The file's
 ``metadata_props`` hold ``ModelInfo.to_metadata()`` (feature config, labels, task, state names and
-shapes, weights and statistics hashes, version), so :class:`rnnstream.export.runtime.OnnxBackend` needs nothing
+shapes, weights and statistics hashes, version), so :class:`rnnstream.pipeline.onnx_backend.OnnxBackend` needs nothing
 but the ``.onnx`` file.
 
 Export verifies itself before the file appears at ``out``: ``onnx.checker.check_model``, then
@@ -43,7 +43,7 @@ import torch
 from rnnstream.models.rnn import StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, ExportError, RnnstreamError
-from rnnstream.pipeline.streaming import FRONTEND_STATE, ModelInfo
+from rnnstream.pipeline.model_info import FRONTEND_STATE, ModelInfo
 
 #: Relative tolerance of the export self-check: ``max|onnx - torch| <= TOLERANCE * max(1, max|torch|)``.
 TOLERANCE = 1e-4
@@ -58,24 +58,6 @@ GRAPH_KIND = "step/1"
 # ----------------------------------------------------------------------------------------------
 # Graph names
 # ----------------------------------------------------------------------------------------------
-
-
-def input_names(info: ModelInfo) -> list[str]:
-    """Graph input names in order: ``features`` (or ``audio``, ``frontend_carry_in``), then ``<state>_in``."""
-    head = ["audio", f"{FRONTEND_STATE}_in"] if info.input_kind == "audio" else ["features"]
-    return head + [f"{s.name}_in" for s in info.state_specs]
-
-
-def output_names(info: ModelInfo) -> list[str]:
-    """Graph output names in order: ``output`` (, ``frontend_carry_out``), then ``<state>_out``."""
-    head = ["output", f"{FRONTEND_STATE}_out"] if info.input_kind == "audio" else ["output"]
-    return head + [f"{s.name}_out" for s in info.state_specs]
-
-
-def state_names(info: ModelInfo) -> list[str]:
-    """Names of every state the graph carries, in graph order (``frontend_carry`` first when present)."""
-    head = [FRONTEND_STATE] if info.input_kind == "audio" else []
-    return head + [s.name for s in info.state_specs]
 
 
 class StepGraph(torch.nn.Module):
@@ -219,7 +201,7 @@ def export_with_report(
     TorchBackend(model, feature_config, labels)  # checks input_dim against the feature config (ShapeError)
     frontend = None
     if raw_audio:
-        from rnnstream.pipeline.features import AudioFrontend
+        from rnnstream.models.frontend import AudioFrontend
 
         frontend = AudioFrontend(feature_config).eval()
     info = ModelInfo.from_model(model, feature_config, labels, input_kind="audio" if raw_audio else "features")
@@ -292,7 +274,7 @@ def _trace(graph: StepGraph, info: ModelInfo, path: str) -> None:
     """``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``), whose dynamic axes hold
     for batch 1 as well; the example has batch 2 and several frames anyway."""
     example = [torch.from_numpy(a) for a in example_inputs(info, 2, 3, np.random.default_rng(0))]
-    ins, outs = input_names(info), output_names(info)
+    ins, outs = info.graph_inputs(), info.graph_outputs()
     time_axis = {0: "batch", 1: "samples"} if info.input_kind == "audio" else {0: "batch", 1: "time"}
     dynamic = {ins[0]: time_axis, outs[0]: {0: "batch", 1: "time"}}
     dynamic.update({n: {0: "batch"} for n in ins[1:] + outs[1:]})
@@ -338,8 +320,8 @@ def _set_metadata(path: str, meta: dict[str, str], info: ModelInfo) -> None:
     onnx.helper.set_model_props(m, meta)
     m.producer_name = "rnnstream"
     m.doc_string = (
-        f"rnnstream streaming step ({info.input_kind}). Inputs: {', '.join(input_names(info))}; "
-        f"outputs: {', '.join(output_names(info))}. States are batch-first; see rnnstream.states metadata."
+        f"rnnstream streaming step ({info.input_kind}). Inputs: {', '.join(info.graph_inputs())}; "
+        f"outputs: {', '.join(info.graph_outputs())}. States are batch-first; see rnnstream.states metadata."
     )
     onnx.save(m, path)
 
@@ -375,7 +357,7 @@ def _rel_diff(a: np.ndarray, ref: np.ndarray) -> float:
 def _verify(graph: StepGraph, info: ModelInfo, path: str, tol: float, seed: int) -> list[tuple[str, float]]:
     """onnxruntime vs PyTorch: random inputs and states at several shapes, then one chunked stream."""
     sess = _ort_session(path)
-    ins, outs = input_names(info), output_names(info)
+    ins, outs = info.graph_inputs(), info.graph_outputs()
     rng = np.random.default_rng(seed)
     checks: list[tuple[str, float]] = []
 
@@ -464,7 +446,7 @@ def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, strea
     classify/tag models and raw outputs otherwise.
     """
     sf, sq = _ort_session(float_path), _ort_session(int8_path)
-    ins, outs = input_names(info), output_names(info)
+    ins, outs = info.graph_inputs(), info.graph_outputs()
     rng = np.random.default_rng(seed + 1)
     args = example_inputs(info, streams, frames, rng, random_states=False)
     if inputs is not None:
@@ -552,7 +534,5 @@ __all__ = [
     "compare_quantized",
     "export_onnx",
     "export_with_report",
-    "input_names",
-    "output_names",
     "main",
 ]

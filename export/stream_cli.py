@@ -9,7 +9,7 @@ An audio file (``rnnstream.pipeline.audio_io.load_audio``, resampled to the mode
 ``round(chunk_ms * rate / 1000)`` samples; a sensor table (``rnnstream.pipeline.sensors.read_sensor_table``) into
 chunks of consecutive rows whose timestamps fall in the same ``chunk_ms`` window, counted from the first
 row. ``--chunk-ms 0`` pushes the whole file as one chunk. Each chunk goes through one
-:class:`rnnstream.pipeline.streaming.StreamSession` over ``rnnstream.export.runtime.load_backend(MODEL)`` and prints
+:class:`rnnstream.pipeline.streaming.StreamSession` over ``rnnstream.api.load_backend(MODEL)`` and prints
 ``ChunkResult.to_dict()`` (``t``, ``frames``, ``label``, ``scores``, and ``segment_starts`` after sensor
 gaps). The last line is the final prediction: ``{"final": true, "t", "label", "scores", "frames"}``
 (``label`` null and ``scores`` empty when the file gave no frame). Any chunking prints the same final
@@ -30,7 +30,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from rnnstream.pipeline.errors import ConfigError
-from rnnstream.pipeline.streaming import Backend, SensorChunk, StreamSession
+from rnnstream.pipeline.model_info import Backend
+from rnnstream.pipeline.streaming import SensorChunk, StreamSession
 
 
 def audio_chunks(samples: np.ndarray, rate: int, chunk_ms: float) -> Iterator[np.ndarray]:
@@ -58,27 +59,34 @@ def sensor_chunks(timestamps: np.ndarray, values: np.ndarray, chunk_ms: float) -
 
 def stream_file(backend: Backend, path: str, chunk_ms: float, out: TextIO = sys.stdout, *,
                 final_only: bool = False, stream_id: str = "") -> dict[str, Any]:
-    """Stream ``path`` through a session over ``backend``, printing JSON lines to ``out``; returns the final line."""
+    """Stream ``path`` through a session over ``backend``, printing JSON lines to ``out``; returns the final line.
+
+    Audio is streamed at the file's own rate (the session resamples it to the model's, as offline prediction
+    on the file does); the stream is ended after the last chunk, so the final line equals offline prediction.
+    """
     cfg = backend.info.feature_config
-    session = StreamSession(backend, stream_id=stream_id or path)
     chunks: Iterator[Any]
     if cfg.kind == "audio":
-        from rnnstream.pipeline.audio_io import load_audio
+        from rnnstream.pipeline.audio_io import read_native
 
-        samples = load_audio(path, cfg)
-        chunks = audio_chunks(samples, cfg.audio.sample_rate, chunk_ms)  # type: ignore[union-attr]
+        samples, rate = read_native(path, channel=cfg.audio.channel)  # type: ignore[union-attr]
+        session = StreamSession(backend, sample_rate=rate, stream_id=stream_id or path,
+                                resample=cfg.audio.resample)  # type: ignore[union-attr]
+        chunks = audio_chunks(samples, rate, chunk_ms)
     else:
         from rnnstream.pipeline.sensors import read_sensor_table
 
+        session = StreamSession(backend, stream_id=stream_id or path)
         ts, vals = read_sensor_table(path, cfg)
         chunks = sensor_chunks(ts, vals, chunk_ms)
     for chunk in chunks:
         res = session.push(chunk)
         if not final_only:
             out.write(json.dumps(res.to_dict()) + "\n")
+    session.end()
     pred = session.final()
     final: dict[str, Any] = {"final": True, "t": round(session.t, 6)}
-    final.update(pred.to_dict() if pred is not None else {"label": None, "scores": [], "frames": 0})
+    final.update(pred.to_dict() if pred is not None else {"predicted": None, "frames": 0})
     out.write(json.dumps(final) + "\n")
     out.flush()
     return final
@@ -93,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Stream ``args.input`` as the parsed command line asks (errors propagate to the CLI's handler)."""
-    from rnnstream.export.runtime import load_backend
+    from rnnstream.api import load_backend
 
     backend = load_backend(args.model, provider=args.provider, threads=args.threads, raw_audio=args.raw_audio)
     stream_file(backend, args.input, args.chunk_ms, sys.stdout, final_only=args.final_only)

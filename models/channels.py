@@ -32,10 +32,12 @@ def select_channels(examples: Sequence[Example], dims: Sequence[int]) -> list[Ex
 
 
 def channel_names(config: FeatureConfig) -> list[str]:
-    """Names of the feature columns: sensor columns (+ ``gap``), or ``mel0..``/``mfcc0..`` for audio."""
+    """Names of the feature columns: sensor columns (+ ``gap``, + ``<covariate>_sin``/``_cos`` pairs), or
+    ``mel0..``/``mfcc0..`` for audio."""
     if config.kind == "sensor":
-        names = list(config.sensor.columns)  # type: ignore[union-attr]
-        return names + (["gap"] if config.sensor.gap_policy == "flag" else [])  # type: ignore[union-attr]
+        sensor = config.sensor
+        names = list(sensor.columns) + (["gap"] if sensor.gap_policy == "flag" else [])  # type: ignore[union-attr]
+        return names + [f"{t}_{f}" for t in sensor.time_features for f in ("sin", "cos")]  # type: ignore[union-attr]
     prefix = "mel" if config.audio.feature == "logmel" else "mfcc"  # type: ignore[union-attr]
     return [f"{prefix}{i}" for i in range(config.dim)]
 
@@ -67,12 +69,20 @@ def sub_config(config: FeatureConfig, dims: Sequence[int]) -> FeatureConfig:
     if config.kind != "sensor":
         raise ConfigError("selecting feature channels is supported for sensor data only, not audio features")
     names = channel_names(config)
+    sensor = config.sensor
+    n_cov = 2 * len(sensor.time_features)  # type: ignore[union-attr]
+    covariates = names[len(names) - n_cov:] if n_cov else []
     picked = [names[d] for d in dims]
-    flag = config.sensor.gap_policy == "flag"  # type: ignore[union-attr]
+    if n_cov and picked[len(picked) - n_cov:] != covariates and set(picked) & set(covariates):
+        raise ConfigError(f"the calendar covariates {covariates} are kept all together and last; selected {picked}")
+    keep_cov = bool(n_cov) and picked[len(picked) - n_cov:] == covariates
+    picked = picked[: len(picked) - n_cov] if keep_cov else picked
+    flag = sensor.gap_policy == "flag"  # type: ignore[union-attr]
     if flag and picked[-1:] != ["gap"]:
         raise ConfigError(f"sensor data with gap_policy='flag' must keep the 'gap' channel last; selected {picked}")
     cols = tuple(p for p in picked if not (flag and p == "gap"))
-    return replace(config, sensor=replace(config.sensor, columns=cols))  # type: ignore[arg-type]
+    return replace(config, sensor=replace(sensor, columns=cols,  # type: ignore[arg-type]
+                                          time_features=sensor.time_features if keep_cov else ()))  # type: ignore[union-attr]
 
 
 __all__ = ["channel_names", "resolve_channels", "select_channels", "sub_config"]

@@ -59,8 +59,9 @@ def evaluate(model: StreamingRNN, data: TaskData, *, labels: Sequence[str] | Non
     Always: ``loss`` (the training loss on the masked frames) and ``n`` (scored examples). Plus
     classify: ``accuracy``, ``confusion`` (``[C][C]`` counts, rows = truth), ``labels``;
     tag: the same per frame, and ``frames``; forecast: ``mse``/``mae`` of each sequence's last-frame forecast
-    in the normalised scale (the window protocol), and ``persistence_mse``/``persistence_mae`` of repeating
-    the last input value; generate: next-frame ``mse``/``mae`` (normalised) and the persistence baseline.
+    in the normalised scale (the window protocol), ``persistence_mse``/``persistence_mae`` of repeating
+    the last input value and ``seasonal_naive_mse``/``seasonal_naive_mae`` of repeating the value one period
+    earlier (:func:`~rnnstream.models.metrics.seasonal_period_of`; absent when the data has no period); generate: next-frame ``mse``/``mae`` (normalised) and the persistence baseline.
 
     ``labels``: the model's label names (a checkpoint's ``labels``); evaluation labels outside them raise
     :class:`DatasetError`.
@@ -68,7 +69,7 @@ def evaluate(model: StreamingRNN, data: TaskData, *, labels: Sequence[str] | Non
     check_compatible(model, data)
     task = task_for(model.config)
     remap = task.label_remap(data, labels)
-    meter = task.meter(model, tuple(labels) if labels else tuple(data.labels))
+    meter = task.meter(model, tuple(labels) if labels else tuple(data.labels), data)
     was_training = model.training
     model.eval()
     dev = torch.device(device) if device is not None else model.feat_mean.device

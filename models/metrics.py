@@ -74,9 +74,26 @@ class _ErrorMeter(Meter):
         return {"mse": self.se / n, "mae": self.ae / n, "persistence_mse": self.pse / n, "persistence_mae": self.pae / n}
 
 
+def seasonal_period_of(feature_config: Any) -> int:
+    """The daily period in frames of a sensor grid (24 for hourly data, 1440 for minutes), else 0."""
+    sensor = getattr(feature_config, "sensor", None)
+    if sensor is None:
+        return 0
+    per_day = 86400.0 * sensor.rate_hz
+    period = int(round(per_day))
+    return period if 2 <= period <= 1440 and abs(per_day - period) < 1e-6 else 0
+
+
 class ForecastMeter(_ErrorMeter):
     """Each sequence's last-frame forecast ``[B, H, Dt]`` (the window protocol) against its truth, normalised;
-    persistence repeats the last input value over the horizon."""
+    persistence repeats the last input value over the horizon; seasonal-naive (``period`` > 0) takes each
+    step's value one period earlier, from the window (windows shorter than ``period`` leave it out)."""
+
+    def __init__(self, period: int = 0) -> None:
+        super().__init__()
+        self.period = period
+        self.sse = self.sae = 0.0
+        self.s_values = 0
 
     def update(self, model: StreamingRNN, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
         dims = list(model.config.target_dims)
@@ -87,6 +104,25 @@ class ForecastMeter(_ErrorMeter):
         lx = StreamingRNN.last_output(batch.x, batch.lengths)[:, dims]
         persist = ((lx - mean) / std).unsqueeze(1).expand_as(truth)
         self._add(last, truth, persist)
+        horizon = last.shape[1]
+        if self.period and horizon <= self.period:
+            idx = batch.lengths.view(-1, 1).long().cpu() - 1 + torch.arange(1, horizon + 1).view(1, -1) - self.period  # [B, H]
+            ok = (idx >= 0).all(dim=1)
+            if bool(ok.any()):
+                x = batch.x[ok][:, :, dims]  # [B', T, Dt]
+                gather = idx[ok].clamp(min=0).unsqueeze(-1).expand(-1, -1, len(dims)).to(x.device)
+                naive = (x.gather(1, gather) - mean) / std
+                err = naive - truth[ok]
+                self.sse += float((err ** 2).sum())
+                self.sae += float(err.abs().sum())
+                self.s_values += err.numel()
+
+    def result(self) -> dict[str, Any]:
+        out = super().result()
+        if self.s_values:
+            out.update(seasonal_naive_mse=self.sse / self.s_values, seasonal_naive_mae=self.sae / self.s_values,
+                       seasonal_period=self.period)
+        return out
 
 
 class NextFrameMeter(_ErrorMeter):
@@ -98,4 +134,4 @@ class NextFrameMeter(_ErrorMeter):
         self._add(pred, target, persist)
 
 
-__all__ = ["ClassMeter", "ForecastMeter", "Meter", "NextFrameMeter"]
+__all__ = ["ClassMeter", "ForecastMeter", "Meter", "NextFrameMeter", "seasonal_period_of"]

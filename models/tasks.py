@@ -39,7 +39,7 @@ from rnnstream.models.data import (
     resolve_channels,
     tag_data,
 )
-from rnnstream.models.metrics import ClassMeter, ForecastMeter, Meter, NextFrameMeter
+from rnnstream.models.metrics import ClassMeter, ForecastMeter, Meter, NextFrameMeter, seasonal_period_of
 from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import Example
@@ -98,8 +98,8 @@ class TaskSpec:
         """Map ``data``'s label ids onto the model's ``labels`` (``None``: nothing to map)."""
         return None
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...]) -> Meter:
-        """A fresh accumulator of this task's metrics (see :mod:`rnnstream.models.metrics`)."""
+    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
+        """A fresh accumulator of this task's metrics (see :mod:`rnnstream.models.metrics`) for ``data``."""
         raise NotImplementedError
 
     def plots(self, model: StreamingRNN, metrics: dict[str, Any], data: TaskData | None, out_dir: str) -> list[str]:
@@ -169,7 +169,7 @@ class _Classification(TaskSpec):
             )
         return torch.tensor([list(labels).index(name) for name in data.labels], dtype=torch.long)
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...]) -> Meter:
+    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
         return ClassMeter(model.config.output_dim, labels, per_frame=self.per_frame)
 
     def plots(self, model: StreamingRNN, metrics: dict[str, Any], data: TaskData | None, out_dir: str) -> list[str]:
@@ -266,8 +266,9 @@ class Forecast(_Regression):
     def _target_offset(self, model, offset):
         return offset[:, :, list(model.config.target_dims)].unsqueeze(2)  # [B, 1, 1, Dt]
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...]) -> Meter:
-        return ForecastMeter()
+    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
+        period = model.config.seasonal_period or seasonal_period_of(getattr(data, "feature_config", None))
+        return ForecastMeter(period)
 
     def plots(self, model, metrics, data, out_dir):
         if data is None:
@@ -303,7 +304,7 @@ class Generate(_Regression):
     def _target_offset(self, model, offset):
         return offset
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...]) -> Meter:
+    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
         return NextFrameMeter()
 
     def make_data(self, examples, spec, *, labels, last_only, feature_config, target_dims, rows=None):

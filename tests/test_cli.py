@@ -264,3 +264,24 @@ def test_serve_on_a_busy_port_fails_without_traceback(tmp_path: Path, capsys: py
     assert rc == 1, err
     assert "rnnstream serve: error: " in err and "Traceback" not in err
     assert os.strerror(errno.EADDRINUSE).lower() in err.lower() or "in use" in err
+
+
+def test_a_missing_extra_is_named(tmp_path):
+    """A command whose optional dependency is absent says which extra installs it (exit 2, no traceback)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import importlib.abc, sys
+        class Blocked(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "apache_beam":
+                    raise ModuleNotFoundError("No module named 'apache_beam'", name="apache_beam")
+        sys.meta_path.insert(0, Blocked())
+        from rnnstream import cli
+        sys.exit(cli.main(["featurize", "--input", "x.wav", "--output", "out", "--runner", "DirectRunner"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'rnnstream[beam]'" in proc.stderr and "Traceback" not in proc.stderr

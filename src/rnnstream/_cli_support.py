@@ -37,6 +37,12 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 USAGE_ERRORS: tuple[type[BaseException], ...] = (
     RnnstreamError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
 )
+#: Optional dependencies -> the extra that installs them (``pip install 'rnnstream[EXTRA]'``).
+EXTRA_OF: dict[str, str] = {
+    "apache_beam": "beam", "torch": "train", "torchaudio": "train", "onnx": "train", "matplotlib": "train",
+    "tqdm": "train", "websockets": "serve", "prometheus_client": "serve", "aiohttp": "serve", "pyarrow": "tables",
+    "pandas": "tables", "aeon": "data", "dask": "dask", "distributed": "dask",
+}
 GLOBAL_FLAGS = ("--quiet", "--verbose")
 #: The logger hierarchy whose INFO lines are shown by default; every other logger shows WARNING and up.
 LOGGER = "rnnstream"
@@ -223,6 +229,14 @@ def guard(command: str, fn: Callable[[], Any]) -> int:
     except CommandFailed as exc:
         report_error(command, str(exc))
         return EXIT_FAILURE
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            return _unexpected(command, exc)
+        _traceback_if_verbose()
+        report_error(command, f"this command needs {exc.name!r}, which is not installed: "
+                              f"pip install 'rnnstream[{extra}]'")
+        return EXIT_USAGE
     except USAGE_ERRORS as exc:
         _traceback_if_verbose()
         report_error(command, _describe_os_error(exc) if isinstance(exc, OSError) else str(exc))

@@ -376,7 +376,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     timings["export_s"] = time.perf_counter() - t0
 
     # 5. stream -------------------------------------------------------------------------------
-    from rnnstream.export.runtime import load_backend
+    from rnnstream.api import load_backend
     from rnnstream.models.backend import TorchBackend
 
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def _signal(rate: int, seconds: float = 2.5) -> np.ndarray:
     t = np.arange(n) / rate
     env = 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t)
     x = 0.05 * rng.standard_normal(n) + 0.2 * env * np.sin(2 * np.pi * 440 * t)
-    return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
+    return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
 
 
 def _sensor_series() -> tuple[np.ndarray, np.ndarray]:
