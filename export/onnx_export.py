@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnstream.export.quantize import QuantizationReport, compare_quantized, quantize_int8
 from rnnstream.models.rnn import StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, ExportError, RnnstreamError
@@ -87,35 +86,6 @@ class StepGraph(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class QuantizationReport:
-    """Accuracy of the int8 graph against the float graph on the same inputs."""
-
-    frames: int
-    max_score_diff: float  # max |p_int8 - p_float| over softmax scores (classify/tag) or raw outputs
-    mean_score_diff: float
-    agreement: float | None  # fraction of frames whose arg-max label agrees (classify/tag), else None
-    float_bytes: int
-    int8_bytes: int
-    inputs: str  # what the comparison ran on
-    quantized_ops: dict[str, int] = field(default_factory=dict)  # integer op types in the int8 graph
-    float_rnn_ops: list[str] = field(default_factory=list)  # RNN ops left in float (no int8 kernel)
-
-    def lines(self) -> list[str]:
-        ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.quantized_ops.items())) or "none"
-        out = [
-            f"int8 vs float on {self.frames} frames of {self.inputs}:",
-            f"  quantised ops         {ops}"
-            + (f"; left in float: {', '.join(self.float_rnn_ops)} (onnxruntime has no dynamic int8 kernel)"
-               if self.float_rnn_ops else ""),
-            f"  max score difference  {self.max_score_diff:.3g} (mean {self.mean_score_diff:.3g})",
-        ]
-        if self.agreement is not None:
-            out.append(f"  arg-max agreement     {100 * self.agreement:.2f}%")
-        out.append(f"  size                  {self.float_bytes / 1024:.1f} KiB -> {self.int8_bytes / 1024:.1f} KiB")
-        return out
 
 
 @dataclass
@@ -222,7 +192,7 @@ def export_with_report(
         final_path, qreport = float_path, None
         if quantize == "int8":
             final_path = os.path.join(tmp, "int8.onnx")
-            _quantize_int8(float_path, final_path, info)
+            quantize_int8(float_path, final_path)
             _set_metadata(final_path, {**meta, META_QUANTIZATION: "int8"}, info)
             onnx.checker.check_model(final_path)
             qreport = compare_quantized(float_path, final_path, info, seed=seed)
@@ -412,83 +382,6 @@ def _verify(graph: StepGraph, info: ModelInfo, path: str, tol: float, seed: int)
 
 
 # ----------------------------------------------------------------------------------------------
-# Quantisation
-# ----------------------------------------------------------------------------------------------
-
-
-def _quantize_int8(src: str, dst: str, info: ModelInfo) -> None:
-    """Dynamic int8 quantisation of the weights (``onnxruntime.quantization.quantize_dynamic``).
-
-    The raw-audio front end (DFT conv and mel matmul) is excluded: dynamic quantisation of power spectra
-    (dynamic range ~1e8) to 8 bits would wipe out the quiet bands before the log.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    exclude = [n.name for n in onnx.load(src).graph.node if n.name.startswith("/frontend/")]
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint at WARNING on the root logger
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-    finally:
-        root.setLevel(level)
-
-
-def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, streams: int = 8, frames: int = 100,
-                      seed: int = 0, inputs: list[np.ndarray] | None = None) -> QuantizationReport:
-    """Run both graphs on the same whole sequences (zero initial states) and compare their scores.
-
-    ``inputs``: graph inputs ``[x]`` (features ``[N, T, F]`` or audio ``[N, S]``); random by default
-    (features ``3 * N(0, 1)``, audio ``0.1 * N(0, 1)``). Scores are softmax probabilities for
-    classify/tag models and raw outputs otherwise.
-    """
-    sf, sq = _ort_session(float_path), _ort_session(int8_path)
-    ins, outs = info.graph_inputs(), info.graph_outputs()
-    rng = np.random.default_rng(seed + 1)
-    args = example_inputs(info, streams, frames, rng, random_states=False)
-    if inputs is not None:
-        args = [inputs[0].astype(np.float32), *[np.zeros((inputs[0].shape[0], *a.shape[1:]), np.float32)
-                                                for a in args[1:]]]
-    yf = sf.run(outs[:1], dict(zip(ins, args)))[0]
-    yq = sq.run(outs[:1], dict(zip(ins, args)))[0]
-    classify = info.task in ("classify", "tag")
-    if classify:
-        from rnnstream.pipeline.streaming import softmax
-
-        pf, pq = softmax(yf.astype(np.float64)), softmax(yq.astype(np.float64))
-    else:
-        pf, pq = yf.astype(np.float64), yq.astype(np.float64)
-    diff = np.abs(pf - pq)
-    agreement = float(np.mean(pf.argmax(-1) == pq.argmax(-1))) if classify else None
-    import onnx
-
-    qops: dict[str, int] = {}
-    float_rnn = []
-    for node in onnx.load(int8_path).graph.node:
-        if "Integer" in node.op_type or (node.op_type.startswith("DynamicQuantize")
-                                          and node.op_type != "DynamicQuantizeLinear"):
-            qops[node.op_type] = qops.get(node.op_type, 0) + 1
-        elif node.op_type in ("GRU", "RNN", "LSTM"):
-            float_rnn.append(node.op_type)
-    what = "given inputs" if inputs is not None else (
-        "random noise audio" if info.input_kind == "audio" else "random features 3*N(0,1)")
-    return QuantizationReport(
-        frames=int(yf.shape[0] * yf.shape[1]),
-        max_score_diff=float(diff.max()) if diff.size else 0.0,
-        mean_score_diff=float(diff.mean()) if diff.size else 0.0,
-        agreement=agreement,
-        float_bytes=os.path.getsize(float_path),
-        int8_bytes=os.path.getsize(int8_path),
-        inputs=what,
-        quantized_ops=qops,
-        float_rnn_ops=float_rnn,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -528,10 +421,8 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "ExportReport",
-    "QuantizationReport",
     "StepGraph",
     "TOLERANCE",
-    "compare_quantized",
     "export_onnx",
     "export_with_report",
     "main",
