@@ -22,6 +22,16 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(",") if t.strip())
+
+
 def setup_threads(threads: int) -> None:
     import torch
 
@@ -85,6 +95,8 @@ def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test
     out = {
         "n_train": len(train_d), "n_val": len(val_d) if val_d is not None else 0, "n_test": len(test_d),
         "offline_accuracy_torch": result.metrics["test"]["accuracy"],
+        "val_accuracy": result.metrics["val"]["accuracy"] if "val" in result.metrics else None,
+        "val_loss": result.metrics["val"]["loss"] if "val" in result.metrics else None,
         "streaming_accuracy_onnx": s["accuracy_streaming_onnx"],
         "streaming": s,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,

@@ -22,36 +22,77 @@ import os
 import sys
 import time
 
-from experiments._common import base_parser, classification_run, log, setup_threads, write_json
+from experiments._common import (base_parser, classification_run, int_list, log, mean_std, setup_threads,
+                                 write_json)
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")
+
+
+#: Recipes: the experiment's defaults. ``speech`` is the recipe chosen on held-out-speaker validation (see
+#: docs/results.md); ``baseline`` reproduces the first configuration's defaults (random 10% validation).
+RECIPES: dict[str, dict] = {
+    "baseline": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
+                     n_mels=40, augment=2, wave_copies=0, spec_augment="none", conv_channels="", conv_kernel="3,3",
+                     conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="random", weight_decay=0.0),
+    "speech": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
+                   n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="", conv_kernel="3,3",
+                   conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0),
+}
 
 
 def build_parser():
     p = base_parser("fsdd", "FSDD spoken digits: documented split + leave-one-speaker-out, streamed through ONNX")
     p.add_argument("--data-root", default=None, help="shared data folder (default: ../shared/data from the repo root)")
     p.add_argument("--splits", default="documented,loso", help="comma-separated: documented, loso, loso-<speaker>")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--recipe", default="speech", choices=sorted(RECIPES),
+                   help="defaults of every option below left unset (default: %(default)s)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one run per split and seed (default: --seed)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
-    p.add_argument("--pooling", default="last", choices=["last", "mean"])
-    p.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
+    p.add_argument("--pooling", default=None, choices=["last", "mean"])
+    p.add_argument("--input-norm", default=None, choices=["none", "causal_mean"],
                    help="causal_mean: subtract the running mean of the features so far (streamable CMN, in the model)")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--norm-prior", type=float, default=None,
+                   help="causal_mean: the running mean starts at the training mean with this weight in frames")
+    p.add_argument("--norm-decay", type=float, default=None, help="causal_mean: per-frame decay (1: cumulative)")
+    p.add_argument("--conv-channels", default=None, help="causal conv front end (CRNN), e.g. 16,32 (empty: none)")
+    p.add_argument("--conv-kernel", default=None, help="conv kernel TIME,FREQ (default 3,3)")
+    p.add_argument("--conv-pool", type=int, default=None, help="max-pool over frequency after each conv layer")
+    p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--n-mels", type=int, default=None)
     p.add_argument("--feature", default="logmel", choices=["logmel", "mfcc"])
     p.add_argument("--f-min", type=float, default=100.0,
                    help="lowest mel frequency (Hz); 100 drops the rumble band whose level differs most between "
                         "FSDD's speakers' recordings")
     p.add_argument("--chunk-s", type=float, default=0.1)
     p.add_argument("--refeaturize", action="store_true", help="run the Beam job again even if OUT/features exists")
-    p.add_argument("--augment", type=int, default=2,
-                   help="add this many augmented copies of each training file (random gain, random smooth "
-                        "microphone-like EQ across mel bands, time stretch 0.85-1.15); test files are never augmented")
+    p.add_argument("--val-by", default=None, choices=["speaker", "random"],
+                   help="speaker: leave-one-speaker-out folds validate on one held-out *training* speaker (the next "
+                        "one after the test speaker in george, jackson, lucas, nicolas order) and train on the other "
+                        "two; random: a seeded 10%% of the training files. The documented split always uses random")
+    p.add_argument("--wave-copies", type=int, default=None,
+                   help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
+                        "on half of them), re-featurized; test and validation files never")
+    p.add_argument("--speed", default="0.9,1.1", help="speed perturbation range LO,HI")
+    p.add_argument("--spec-augment", default=None,
+                   help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
+                        "freq=NxW,time=NxW,gain=DB")
+    p.add_argument("--augment", type=int, default=None,
+                   help="add this many feature-level perturbed copies of each training file (random gain, random "
+                        "smooth microphone-like EQ across mel bands, time stretch 0.85-1.15; the first configuration)")
     return p
+
+
+def _resolve(args):
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def augment_examples(examples, copies: int, seed: int):
@@ -85,8 +126,32 @@ def augment_examples(examples, copies: int, seed: int):
     return out
 
 
+def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: tuple[float, float]) -> dict:
+    """``{example id: [copy features, ...]}`` for every file (computed once per config and seed, cached)."""
+    import hashlib
+    import pickle
+
+    from rnnstream.models.augment import WaveAugment, augment_audio_examples
+
+    wave = WaveAugment(speed=speed)
+    key = hashlib.sha256(f"{cfg.to_dict()}|{copies}|{seed}|{wave}".encode()).hexdigest()[:12]
+    path = os.path.join(out, "features", f"wave_copies_{key}.pkl")
+    if os.path.exists(path):
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    t0 = time.perf_counter()
+    got: dict[str, list] = {}
+    for e in augment_audio_examples(examples, cfg, copies, seed, wave=wave)[len(examples):]:
+        got.setdefault(e.id.rsplit("#wav", 1)[0], []).append(e)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump(got, fh)
+    log(f"waveform copies ({copies} per file, seed {seed}): {time.perf_counter() - t0:.0f} s -> {path}")
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _resolve(build_parser().parse_args(argv))
     setup_threads(args.threads)
     from rnnstream.models.data import classify_data, split_by, split_fraction
     from rnnstream.models.train import TrainConfig
@@ -127,45 +192,97 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"error: unknown split {item!r}", file=sys.stderr)
             return 2
+    seeds = int_list(args.seeds) if args.seeds else (args.seed,)
+    speed = tuple(float(v) for v in args.speed.split(","))
 
-    tcfg = TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
-                       pooling=args.pooling, input_norm=args.input_norm, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr,
-                       lr_schedule="cosine", seed=args.seed, device="cpu", progress=not args.no_progress)
     results: dict[str, dict] = {}
-    for name, key, pattern in splits:
-        log(f"== split {name}: test = {key} ~ {pattern}")
-        rest, test_ex = split_by(examples, key, pattern)
-        train_ex, val_ex = split_fraction(rest, 0.1, args.seed)
-        if args.augment:
-            train_ex = augment_examples(train_ex, args.augment, args.seed)
-        train_d = classify_data(train_ex, feature_config=ds.config)
-        val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)
-        test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
-        run_dir = os.path.join(out, name.split(" ")[0])
-        results[name] = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
-                                           threads=args.threads, progress=not args.no_progress, trace_features=True)
-        r = results[name]
-        log(f"   offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}  "
-            f"agreement {r['streaming']['label_agreement']:.4f}  ({r['train_seconds']:.0f} s training)")
+    tcfgs = {}
+    summary_path = os.path.join(out, "results.json")
+    command = "python -m experiments.fsdd " + " ".join(sys.argv[1:] if argv is None else argv)
+    for seed in seeds:
+        tcfg = TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
+                           pooling=args.pooling, input_norm=args.input_norm, norm_prior=args.norm_prior,
+                           norm_decay=args.norm_decay, conv_channels=int_list(args.conv_channels),
+                           conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool,
+                           augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           weight_decay=args.weight_decay, lr_schedule="cosine", seed=seed, device="cpu",
+                           progress=not args.no_progress)
+        tcfgs[seed] = tcfg
+        copies = wave_copies_cached(out, examples, ds.config, args.wave_copies, seed, speed) if args.wave_copies else {}
+        for name, key, pattern in splits:
+            log(f"== split {name}, seed {seed}: test = {key} ~ {pattern}")
+            rest, test_ex = split_by(examples, key, pattern)
+            val_speaker = None
+            if key == "speaker" and args.val_by == "speaker":
+                val_speaker = SPEAKERS[(SPEAKERS.index(pattern) + 1) % len(SPEAKERS)]
+                train_ex, val_ex = split_by(rest, "speaker", val_speaker)
+            else:
+                train_ex, val_ex = split_fraction(rest, 0.1, seed)
+            n_files = len(train_ex)
+            if args.augment:
+                train_ex = augment_examples(train_ex, args.augment, seed)
+            train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])]
+            train_d = classify_data(train_ex, feature_config=ds.config)
+            val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)
+            test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
+            run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if len(seeds) > 1 else ""))
+            r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
+                                   threads=args.threads, progress=not args.no_progress, trace_features=True)
+            r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
+            results.setdefault(name, {})[seed] = r
+            log(f"   val {r['val_accuracy']:.4f} (loss {r['val_loss']:.4f}, {val_speaker or 'random 10%'})  "
+                f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}  "
+                f"agreement {r['streaming']['label_agreement']:.4f}  ({r['train_seconds']:.0f} s training)")
+            write_json(summary_path, _summary(command, ds, tcfgs, featurize_s, results, seeds))
 
     rows = []
-    for name, r in results.items():
-        s = r["streaming"]
-        rows.append([name, r["n_train"], r["n_test"], r["offline_accuracy_torch"], r["streaming_accuracy_onnx"],
-                     s["label_agreement"], f"{s['max_abs_score_diff']:.1e}", f"{s['latency_ms_mean']:.2f}"])
-    loso = [r["streaming_accuracy_onnx"] for n, r in results.items() if n.startswith("loso-")]
-    if len(loso) > 1:
-        mean_off = sum(r["offline_accuracy_torch"] for n, r in results.items() if n.startswith("loso-")) / len(loso)
-        rows.append(["loso mean", "", "", mean_off, sum(loso) / len(loso), "", "", ""])
-    print(format_table(rows, ["split", "train", "test", "acc offline (torch)", "acc streamed (onnx)",
-                              "label agree", "max |dscore|", "ms/chunk"]))
-    write_json(os.path.join(out, "results.json"), {
-        "command": "python -m experiments.fsdd " + " ".join(sys.argv[1:] if argv is None else argv),
-        "feature_config": ds.config.to_dict(), "train_config": tcfg.__dict__, "featurize_seconds": featurize_s,
-        "splits": {n: {k: v for k, v in r.items() if k != "history"} for n, r in results.items()},
-    })
+    for name, by_seed in results.items():
+        for seed, r in by_seed.items():
+            s = r["streaming"]
+            rows.append([name, seed, r["n_train"], r["n_val"], r["n_test"], r["val_accuracy"],
+                         r["offline_accuracy_torch"], r["streaming_accuracy_onnx"], s["label_agreement"],
+                         f"{s['max_abs_score_diff']:.1e}", f"{s['latency_ms_mean']:.2f}"])
+    summ = _summary(command, ds, tcfgs, featurize_s, results, seeds)
+    for name, agg in summ["aggregate"].items():
+        rows.append([name, "mean+-sd", "", "", "", "", f"{agg['offline_mean']:.4f}+-{agg['offline_sd']:.4f}",
+                     f"{agg['streamed_mean']:.4f}+-{agg['streamed_sd']:.4f}", "", "", ""])
+    print(format_table(rows, ["split", "seed", "train", "val", "test", "val acc", "acc offline (torch)",
+                              "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"]))
+    write_json(summary_path, summ)
     return 0
+
+
+def _summary(command, ds, tcfgs, featurize_s, results, seeds) -> dict:
+    """Every number: per split and seed, per split mean +- sd over seeds, the LOSO mean per seed and over seeds."""
+    agg: dict[str, dict] = {}
+    for name, by_seed in results.items():
+        off = [r["offline_accuracy_torch"] for r in by_seed.values()]
+        st = [r["streaming_accuracy_onnx"] for r in by_seed.values()]
+        agg[name] = dict(zip(("offline_mean", "offline_sd"), mean_std(off)))
+        agg[name].update(zip(("streamed_mean", "streamed_sd"), mean_std(st)))
+        agg[name]["seeds"] = list(by_seed)
+    loso_names = [n for n in results if n.startswith("loso-")]
+    if len(loso_names) == len(SPEAKERS):
+        per_seed = {}
+        for seed in seeds:
+            if all(seed in results[n] for n in loso_names):
+                per_seed[seed] = {k: sum(results[n][seed][f] for n in loso_names) / len(loso_names)
+                                  for k, f in (("offline", "offline_accuracy_torch"),
+                                               ("streamed", "streaming_accuracy_onnx"), ("val", "val_accuracy"))}
+        if per_seed:
+            agg["loso mean (4 folds)"] = {
+                **dict(zip(("offline_mean", "offline_sd"), mean_std([v["offline"] for v in per_seed.values()]))),
+                **dict(zip(("streamed_mean", "streamed_sd"), mean_std([v["streamed"] for v in per_seed.values()]))),
+                **dict(zip(("val_mean", "val_sd"), mean_std([v["val"] for v in per_seed.values()]))),
+                "per_seed": per_seed, "seeds": list(per_seed),
+            }
+    return {
+        "command": command, "feature_config": ds.config.to_dict(),
+        "train_configs": {s: t.__dict__ for s, t in tcfgs.items()}, "featurize_seconds": featurize_s,
+        "splits": {n: {s: {k: v for k, v in r.items() if k != "history"} for s, r in by_seed.items()}
+                   for n, by_seed in results.items()},
+        "aggregate": agg,
+    }
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import os
 import sys
 import time
 
-from experiments._common import base_parser, classification_run, log, setup_threads, write_json
+from experiments._common import (base_parser, classification_run, int_list, log, mean_std, setup_threads,
+                                 write_json)
 
 #: Per-set settings: (epochs, hidden, layers, dropout, lr, batch size, chunk seconds).
 SETTINGS = {
@@ -31,6 +32,12 @@ def build_parser():
     p.add_argument("--sets", default="BasicMotions,JapaneseVowels")
     p.add_argument("--epochs", type=int, default=None, help="override every set's epochs")
     p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one run per set and seed (default: --seed)")
+    for flag, typ in (("--hidden", int), ("--layers", int), ("--dropout", float), ("--lr", float),
+                      ("--weight-decay", float), ("--pooling", str), ("--augment", str), ("--conv-channels", str),
+                      ("--conv-kernel", str), ("--conv-pool", int), ("--input-norm", str), ("--norm-prior", float),
+                      ("--norm-decay", float), ("--batch-size", int)):
+        p.add_argument(flag, type=typ, default=None, help="override every set's setting")
     return p
 
 
@@ -43,14 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     from rnnstream.demo import featurize_dataset, format_table
 
     out = os.path.abspath(args.out)
+    seeds = int_list(args.seeds) if args.seeds else (args.seed,)
     results: dict[str, dict] = {}
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         if name not in SETTINGS:
             print(f"error: unknown set {name!r}; known: {sorted(SETTINGS)}", file=sys.stderr)
             return 2
         st = dict(SETTINGS[name])
-        if args.epochs is not None:
-            st["epochs"] = args.epochs
+        for key in ("epochs", "hidden", "layers", "dropout", "lr", "weight_decay", "pooling", "augment",
+                    "conv_channels", "conv_kernel", "conv_pool", "input_norm", "norm_prior", "norm_decay", "batch_size"):
+            if getattr(args, key) is not None:
+                st[key] = getattr(args, key)
         set_dir = os.path.join(out, name)
         t0 = time.perf_counter()
         written = D.write_uea_tables(name, os.path.join(set_dir, "tables"))
@@ -59,30 +69,58 @@ def main(argv: list[str] | None = None) -> int:
                                D.uea_feature_config(name), label_pattern=D.TABLE_PATTERN)
         featurize_s = time.perf_counter() - t0
         rest, test_ex = split_by(ds.examples, "split", "test")
-        train_ex, val_ex = split_fraction(rest, args.val_fraction, args.seed)
-        train_d = classify_data(train_ex, feature_config=ds.config)
-        val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config) if val_ex else None
-        test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
-        tcfg = TrainConfig(cell="gru", hidden_size=st["hidden"], num_layers=st["layers"], dropout=st["dropout"],
-                           epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], lr_schedule="cosine",
-                           seed=args.seed, device="cpu", progress=not args.no_progress)
-        r = classification_run(set_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=st["chunk_s"],
-                               threads=args.threads, progress=not args.no_progress)
-        r["featurize_seconds"] = featurize_s
-        r["settings"] = st
-        results[name] = r
-        log(f"   offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}")
+        for seed in seeds:
+            train_ex, val_ex = split_fraction(rest, args.val_fraction, seed)
+            train_d = classify_data(train_ex, feature_config=ds.config)
+            val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config) if val_ex else None
+            test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
+            tcfg = TrainConfig(cell="gru", hidden_size=st["hidden"], num_layers=st["layers"], dropout=st["dropout"],
+                               epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], lr_schedule="cosine",
+                               weight_decay=st.get("weight_decay", 0.0), pooling=st.get("pooling", "last"),
+                               augment=st.get("augment", "none"), conv_channels=int_list(st.get("conv_channels", "")),
+                               conv_kernel=int_list(st.get("conv_kernel", "3,3")), conv_pool=st.get("conv_pool", 2),
+                               input_norm=st.get("input_norm", "none"), norm_prior=st.get("norm_prior", 0.0),
+                               norm_decay=st.get("norm_decay", 1.0),
+                               seed=seed, device="cpu", progress=not args.no_progress)
+            run_dir = set_dir if len(seeds) == 1 else os.path.join(set_dir, f"seed{seed}")
+            r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=st["chunk_s"],
+                                   threads=args.threads, progress=not args.no_progress)
+            r["featurize_seconds"] = featurize_s
+            r["settings"] = st
+            r["seed"] = seed
+            results.setdefault(name, {})[seed] = r
+            log(f"   seed {seed}: val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}  "
+                f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}")
+            write_json(os.path.join(out, "results.json"), _summary(args, argv, results))
 
-    rows = [[n, r["n_train"], r["n_val"], r["n_test"], r["offline_accuracy_torch"], r["streaming_accuracy_onnx"],
-             r["streaming"]["label_agreement"], f"{r['streaming']['max_abs_score_diff']:.1e}",
-             f"{r['streaming']['latency_ms_mean']:.2f}"] for n, r in results.items()]
-    print(format_table(rows, ["set", "train", "val", "test", "acc offline (torch)", "acc streamed (onnx)",
-                              "label agree", "max |dscore|", "ms/chunk"]))
-    write_json(os.path.join(out, "results.json"), {
-        "command": "python -m experiments.uea " + " ".join(sys.argv[1:] if argv is None else argv),
-        "sets": {n: {k: v for k, v in r.items() if k != "history"} for n, r in results.items()},
-    })
+    rows = [[n, seed, r["n_train"], r["n_val"], r["n_test"], f"{r['val_loss']:.4f}", r["offline_accuracy_torch"],
+             r["streaming_accuracy_onnx"], r["streaming"]["label_agreement"],
+             f"{r['streaming']['max_abs_score_diff']:.1e}", f"{r['streaming']['latency_ms_mean']:.2f}"]
+            for n, by_seed in results.items() for seed, r in by_seed.items()]
+    summ = _summary(args, argv, results)
+    for n, agg in summ["aggregate"].items():
+        rows.append([n, "mean+-sd", "", "", "", "", f"{agg['offline_mean']:.4f}+-{agg['offline_sd']:.4f}",
+                     f"{agg['streamed_mean']:.4f}+-{agg['streamed_sd']:.4f}", "", "", ""])
+    print(format_table(rows, ["set", "seed", "train", "val", "test", "val loss", "acc offline (torch)",
+                              "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"]))
+    write_json(os.path.join(out, "results.json"), summ)
     return 0
+
+
+def _summary(args, argv, results) -> dict:
+    agg = {}
+    for n, by_seed in results.items():
+        agg[n] = dict(zip(("offline_mean", "offline_sd"), mean_std([r["offline_accuracy_torch"] for r in by_seed.values()])))
+        agg[n].update(zip(("streamed_mean", "streamed_sd"),
+                          mean_std([r["streaming_accuracy_onnx"] for r in by_seed.values()])))
+        agg[n]["val_loss_mean"] = mean_std([r["val_loss"] for r in by_seed.values()])[0]
+        agg[n]["seeds"] = list(by_seed)
+    return {
+        "command": "python -m experiments.uea " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sets": {n: {s: {k: v for k, v in r.items() if k != "history"} for s, r in by_seed.items()}
+                 for n, by_seed in results.items()},
+        "aggregate": agg,
+    }
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ class DataSpec:
         split_rows: forecast row ranges ``((a, b), (c, d)[, (e, f)])`` for train/val[/test] within each series.
         forecast_loss: ``all`` frames of a training window or its ``last`` frame only.
         stats: ``train`` (fit on the training split) or ``dataset`` (the dataset's stats.json).
+        wave_copies: audio only: add this many waveform-perturbed copies (speed, noise) of each *training*
+            file, re-read from its path and featurized again (:func:`rnnstream.models.augment.augment_audio_examples`).
     """
 
     task: str = "classify"
@@ -52,6 +54,7 @@ class DataSpec:
     forecast_loss: Literal["all", "last"] = "all"
     stats: Literal["train", "dataset"] = "train"
     seed: int = 0
+    wave_copies: int = 0
 
 
 @dataclass
@@ -118,11 +121,21 @@ def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Fe
     def build(ex: list[Example], labels: tuple[str, ...] | None, last_only: bool) -> TaskData:
         return task.make_data(ex, spec, labels=labels, last_only=last_only, feature_config=fc, target_dims=target_dims)
 
+    if spec.wave_copies:
+        train_ex = _wave_copies(train_ex, spec, fc)
     train = build(train_ex, None, spec.forecast_loss == "last")
     labels = train.labels or None
     val = build(val_ex, labels, True) if val_ex else None
     test = build(test_ex, labels, True) if test_ex else None
     return train, val, test
+
+
+def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> list[Example]:
+    from rnnstream.models.augment import augment_audio_examples
+
+    if fc.kind != "audio" or spec.channels:
+        raise ConfigError("wave_copies (waveform augmentation) needs audio features with every channel")
+    return augment_audio_examples(train_ex, fc, spec.wave_copies, spec.seed)
 
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data"]

@@ -27,12 +27,15 @@ Outputs are per frame for every task; what a frame's output means depends on the
 Input normalisation from fitted statistics is part of the model (buffers ``feat_mean``/``feat_std``), so
 every checkpoint and export carries it. ``input_norm="causal_mean"`` then subtracts the running mean of the
 normalised features over the stream so far (current frame included): causal cepstral mean normalisation,
-carried as state ``norm_sum``/``norm_count`` so it streams and exports like the rest.
+carried as state ``norm_sum``/``norm_count`` so it streams and exports like the rest; ``norm_decay`` makes it an
+exponential moving mean and ``norm_prior`` starts it at the training mean with the weight of that many frames
+(see :class:`ModelConfig`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
@@ -134,11 +137,8 @@ class StreamingRNN(nn.Module):
         z = (x - self.feat_mean) / self.feat_std
         new_state: State = {}
         if c.input_norm == "causal_mean":
-            zsum = torch.cumsum(z, dim=1) + state["norm_sum"].unsqueeze(1)
-            steps = torch.arange(1, z.shape[1] + 1, device=z.device, dtype=z.dtype).view(1, -1, 1)
-            zcount = state["norm_count"].unsqueeze(1) + steps  # [B, T, 1]
-            z = z - zsum / zcount
-            new_state.update(norm_sum=zsum[:, -1], norm_count=zcount[:, -1])
+            z, norm_sum, norm_count = self._causal_mean(z, state["norm_sum"], state["norm_count"])
+            new_state.update(norm_sum=norm_sum, norm_count=norm_count)
         if self.frontend is not None:
             z, conv_state = self.frontend(z, state)
             new_state.update(conv_state)
@@ -161,6 +161,40 @@ class StreamingRNN(nn.Module):
             y, new_state["season"] = self._seasonal(y, x, state["season"])
             return y, new_state
         return self._residual(y, x), new_state
+
+    def _causal_mean(self, z: Tensor, s0: Tensor, n0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Causal (decayed) mean normalisation of ``z [B, T, D]`` from the carried ``norm_sum [B, D]`` and
+        ``norm_count [B, 1]``; returns ``(z - mean, new norm_sum, new norm_count)``.
+
+        ``S_t = a S_{t-1} + z_t`` and ``N_t = a N_{t-1} + 1`` (``a = norm_decay``, both zero before the stream);
+        the mean at frame ``t`` is ``S_t / (N_t + prior * a^t)`` with ``a^t = 1 - (1 - a) N_t`` (the prior
+        ``norm_prior`` frames at the training mean, zero here, decaying like a frame).
+        """
+        c = self.config
+        a, prior = float(c.norm_decay), float(c.norm_prior)
+        steps_n = z.shape[1]
+        if a == 1.0:
+            zsum = torch.cumsum(z, dim=1) + s0.unsqueeze(1)
+            steps = torch.arange(1, steps_n + 1, device=z.device, dtype=z.dtype).view(1, -1, 1)
+            zcount = n0.unsqueeze(1) + steps  # [B, T, 1]
+            denom = zcount + prior if prior else zcount
+            return z - zsum / denom, zsum[:, -1], zcount[:, -1]
+        if steps_n > 256 and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            outs = []  # long offline sequences: blocks keep the [T, T] weights small
+            for t0 in range(0, steps_n, 256):
+                y, s0, n0 = self._causal_mean(z[:, t0:t0 + 256], s0, n0)
+                outs.append(y)
+            return torch.cat(outs, dim=1), s0, n0
+        idx = torch.arange(steps_n, device=z.device, dtype=z.dtype)
+        lag = idx.view(-1, 1) - idx.view(1, -1)  # [T, T]: t - k
+        w = torch.where(lag >= 0, torch.exp(lag.clamp(min=0) * math.log(a)), torch.zeros_like(lag))
+        carry = torch.exp((idx + 1) * math.log(a)).view(1, -1, 1)  # a^(t+1): weight of the carried sums
+        zsum = torch.matmul(w, z) + carry * s0.unsqueeze(1)
+        zcount = w.sum(dim=1).view(1, -1, 1) + carry * n0.unsqueeze(1)  # [B, T, 1]
+        denom = zcount
+        if prior:
+            denom = zcount + prior * (1.0 - (1.0 - a) * zcount).clamp(min=0.0)
+        return z - zsum / denom, zsum[:, -1], zcount[:, -1]
 
     def _level(self, x: Tensor) -> Tensor:
         """The normalised target channels of each frame: ``x [B, T, input_dim] -> [B, T, Dt]``."""
@@ -201,9 +235,9 @@ class StreamingRNN(nn.Module):
         z = (x - self.feat_mean) / self.feat_std
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        if self.config.input_norm == "causal_mean":
-            mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(z.dtype)
-            z = z - torch.cumsum(z * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
+        if self.config.input_norm == "causal_mean":  # causal: padding after a sequence's end never reaches it
+            s0 = self.initial_state(x.shape[0])
+            z = self._causal_mean(z, s0["norm_sum"], s0["norm_count"])[0]
         if self.frontend is not None:
             z = self.frontend(z, self.initial_state(x.shape[0]))[0]
         packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)

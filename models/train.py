@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rnnstream.models.augment import BatchAugment, batch_transform
 from rnnstream.models.callbacks import (
     METRICS_FILE,
     Callback,
@@ -89,6 +90,10 @@ class TrainConfig:
             (:class:`ModelConfig` ``residual``).
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
+        augment: training-only per-batch feature augmentation (:class:`rnnstream.models.augment.BatchAugment`
+            spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB``: SpecAugment masks, random gain).
+        conv_channels, conv_kernel, conv_pool: causal convolutional front end (CRNN; :class:`ModelConfig`).
+        norm_decay, norm_prior: ``input_norm="causal_mean"``'s decay and training-mean prior (:class:`ModelConfig`).
     """
 
     cell: Cell = "gru"
@@ -119,6 +124,12 @@ class TrainConfig:
     num_threads: int | None = None
     level_shift: float = 0.0
     residual: bool = False
+    augment: str = "none"
+    conv_channels: tuple[int, ...] = ()
+    conv_kernel: tuple[int, int] = (3, 3)
+    conv_pool: int = 2
+    norm_decay: float = 1.0
+    norm_prior: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,6 +148,7 @@ class TrainConfig:
             raise ConfigError(f"level_shift must be >= 0, got {self.level_shift}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        BatchAugment.parse(self.augment)  # raises ConfigError naming the expected forms
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"optimizer must be adam, adamw or sgd; got {self.optimizer!r}")
         if self.lr_schedule not in ("none", "cosine", "step", "plateau"):
@@ -162,6 +174,8 @@ class TrainConfig:
             hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
             bidirectional=self.bidirectional, input_norm=self.input_norm, residual=self.residual,
             **task_for(data.task).head_fields(data, self.pooling),
+            conv_channels=tuple(self.conv_channels), conv_kernel=tuple(self.conv_kernel), conv_pool=self.conv_pool,
+            norm_decay=self.norm_decay, norm_prior=self.norm_prior,
         )
 
 
@@ -248,10 +262,29 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
     loader = BatchLoader(train_data, cfg.batch_size, seed=cfg.seed, bucket=cfg.bucket, max_batches=cfg.steps_per_epoch)
     state = fit(model, loader, val_data, optimizer=_optimizer(cfg, model), epochs=cfg.epochs, callbacks=callbacks,
                 test_data=test_data, task=task, clip_norm=cfg.clip_norm, tbptt=cfg.tbptt, labels=labels,
-                transform=(lambda b: task.shift_levels(model, b, cfg.level_shift)) if cfg.level_shift else None)
+                transform=_transform(cfg, model, task))
     return TrainResult(model=state.model, history=state.history, metrics=state.metrics, best_epoch=state.best_epoch,
                        epochs_run=state.epoch, stopped_early=state.stopped_early, checkpoint=checkpoint,
                        plots=state.plots, labels=labels, grad_warnings=state.grad_warnings)
+
+
+def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any) -> Any:
+    """The training batches' augmentation (``fit``'s ``transform``): level shifts, then ``cfg.augment``."""
+    steps = []
+    if cfg.level_shift:
+        steps.append(lambda b: task.shift_levels(model, b, cfg.level_shift))
+    aug = BatchAugment.parse(cfg.augment)
+    if aug.active:
+        steps.append(batch_transform(model, aug))
+    if not steps:
+        return None
+
+    def transform(batch: Batch) -> Batch:
+        for f in steps:
+            batch = f(batch)
+        return batch
+
+    return transform
 
 
 def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: TaskData | None) -> None:

@@ -25,6 +25,13 @@ def _rows(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _architecture(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("architecture")
     a.add_argument("--cell", default="gru", choices=["rnn_tanh", "rnn_relu", "lstm", "gru"])
@@ -36,6 +43,17 @@ def _architecture(p: argparse.ArgumentParser) -> None:
     a.add_argument("--pooling", default="last", choices=["last", "mean"], help="classify: last frame or running mean")
     a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
                    help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
+    a.add_argument("--norm-decay", type=float, default=1.0,
+                   help="causal_mean: per-frame decay of the running mean (1: cumulative; 0.99: ~100-frame memory)")
+    a.add_argument("--norm-prior", type=float, default=0.0,
+                   help="causal_mean: the running mean starts at the training mean with this weight, in frames")
+    a.add_argument("--conv-channels", type=_ints, default=(),
+                   help="causal convolutional front end (CRNN): channels per conv layer, e.g. 16,32 (empty: none)")
+    a.add_argument("--conv-kernel", type=_ints, default=(3, 3), help="conv kernel TIME,FREQ (default 3,3)")
+    a.add_argument("--conv-pool", type=int, default=2, help="max-pool over frequency after each conv layer")
+    a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
+                   help="defaults for the options not given: speech (speaker-robust: augmentation, held-out-speaker "
+                        "validation; see docs/results.md); auto: speech when the dataset's features are audio")
 
 
 def _optimisation(p: argparse.ArgumentParser) -> None:
@@ -58,6 +76,9 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1...")
     o.add_argument("--level-shift", type=float, default=0.0,
                    help="forecast/generate: random level-offset augmentation, in normalisation stds")
+    o.add_argument("--augment", default="none",
+                   help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB "
+                        "(SpecAugment frequency/time masks, random gain in dB; log-mel features)")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
 
 
@@ -76,6 +97,8 @@ def _data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--split-rows", type=_rows, default=(),
                    help="forecast train,val[,test] rows, e.g. 0:8640,8640:11520,11520:14400")
     d.add_argument("--forecast-loss", default="all", choices=["all", "last"])
+    d.add_argument("--wave-copies", type=int, default=0,
+                   help="audio: waveform-perturbed copies (speed 0.9-1.1, noise) of each training file, re-featurized")
     d.add_argument("--stats", default="train", choices=["train", "dataset"], help="normalisation statistics source")
 
 
@@ -103,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     """``rnnstream train``: returns the exit status (0 ok, 1 a typed input error)."""
     args = build_parser().parse_args(argv)
     try:
+        _recipe(args, sys.argv[1:] if argv is None else argv)
         result = _run(args)
     except RnnstreamError as exc:
         print(f"rnnstream train: error: {exc}", file=sys.stderr)
@@ -123,7 +147,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         test_by=args.test_by, test_match=args.test_match, frame_labels=args.frame_labels,
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
-        stats=args.stats, seed=args.seed,
+        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies,
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
@@ -134,8 +158,31 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
         vanish_threshold=args.vanish_threshold, steps_per_epoch=args.steps_per_epoch,
         progress=True if args.progress else False if args.no_progress else None, num_threads=args.threads, level_shift=args.level_shift, residual=args.residual,
+        augment=args.augment, conv_channels=tuple(args.conv_channels), conv_kernel=tuple(args.conv_kernel),
+        conv_pool=args.conv_pool, norm_decay=args.norm_decay, norm_prior=args.norm_prior,
     )
     return spec, cfg
+
+
+def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
+    """``--recipe``: fill the options not given from the speech recipe (``auto``: when the data is audio), and
+    validate on a held-out training speaker when the examples have a ``speaker`` and no validation split is given."""
+    if args.recipe == "none" or args.task != "classify" or args.resume or args.init:
+        return
+    from rnnstream.models.augment import SPEECH_RECIPE, apply_recipe, explicit_dests, held_out_speaker
+    from rnnstream.pipeline.dataset import read_dataset
+
+    ds = read_dataset(args.data)
+    if args.recipe == "auto" and ds.config.kind != "audio":
+        return
+    given = explicit_dests(build_parser(), argv)
+    apply_recipe(args, SPEECH_RECIPE, given)
+    if not ({"val_by", "val_match", "val_fraction"} & given):
+        speaker = held_out_speaker(ds.examples, args.test_by, args.test_match)
+        if speaker is not None:
+            args.val_by, args.val_match = "speaker", re.escape(speaker)
+            print(f"rnnstream train: recipe {args.recipe}: validation = held-out training speaker {speaker!r}",
+                  file=sys.stderr)
 
 
 def _run(args: argparse.Namespace):  # -> TrainResult

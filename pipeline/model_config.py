@@ -29,6 +29,13 @@ class ModelConfig:
     (persistence), or with ``seasonal_period=P`` from the values ``P`` frames before each forecast step
     (seasonal-naive; the last ``P`` frames are carried as state ``season``; needs ``horizon <= P``).
 
+    ``input_norm="causal_mean"`` subtracts from each (normalised) frame a causal running mean carried as state
+    ``norm_sum``/``norm_count``. ``norm_decay`` (``0 < a <= 1``) makes it an exponential moving mean (frame
+    ``k`` frames back weighs ``a^k``; 1: the plain cumulative mean). ``norm_prior`` (frames, ``>= 0``) is a
+    prior from the training statistics: the running mean starts as the training mean (zero after the fitted
+    normalisation) with the weight of ``norm_prior`` frames (decaying like a frame), so the first frames of a
+    stream are not normalised by themselves alone. The state stays zero-initialised.
+
     ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
     frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
     count), ReLU, and max-pooling over frequency by ``conv_pool``. Each layer carries its last
@@ -49,6 +56,8 @@ class ModelConfig:
     residual: bool = False
     seasonal_period: int = 0
     input_norm: InputNorm = "none"
+    norm_decay: float = 1.0
+    norm_prior: float = 0.0
     conv_channels: tuple[int, ...] = ()
     conv_kernel: tuple[int, int] = (3, 3)
     conv_pool: int = 2
@@ -73,6 +82,7 @@ class ModelConfig:
         self._validate_conv()
         if self.input_norm not in ("none", "causal_mean"):
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
+        self._validate_norm()
         if self.residual and self.task != "forecast":
             raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
         if self.seasonal_period:
@@ -94,6 +104,14 @@ class ModelConfig:
                 )
         if self.task == "generate" and self.output_dim != self.input_dim:
             raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
+
+    def _validate_norm(self) -> None:
+        if not 0.0 < float(self.norm_decay) <= 1.0:
+            raise ConfigError(f"norm_decay must be in (0, 1], got {self.norm_decay}")
+        if not 0.0 <= float(self.norm_prior) < float("inf"):
+            raise ConfigError(f"norm_prior must be a finite number of frames >= 0, got {self.norm_prior}")
+        if (self.norm_decay != 1.0 or self.norm_prior) and self.input_norm != "causal_mean":
+            raise ConfigError(f"norm_decay / norm_prior apply to input_norm='causal_mean' only, not {self.input_norm!r}")
 
     def _validate_conv(self) -> None:
         if any(int(c) < 1 for c in self.conv_channels):
@@ -152,6 +170,9 @@ class ModelConfig:
                 d.pop(key)
         if not self.seasonal_period:
             d.pop("seasonal_period")
+        for key, default in (("norm_decay", 1.0), ("norm_prior", 0.0)):  # as before these fields existed
+            if d[key] == default:
+                d.pop(key)
         return d
 
     @classmethod

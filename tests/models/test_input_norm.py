@@ -146,3 +146,118 @@ def test_onnx_export_streams_like_torch(tmp_path) -> None:
         session = StreamSession(backend, sample_rate=FC.audio.sample_rate)
         got = np.concatenate([session.push(c).outputs for c in np.split(signal, cuts)])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decay (exponential moving mean) and the training-mean prior (norm_decay, norm_prior)
+# ---------------------------------------------------------------------------------------------------
+def prior_model(decay: float, prior: float, *, cell: str = "gru", pooling: str = "last", seed: int = 0,
+                bidirectional: bool = False) -> StreamingRNN:
+    base = cmn_model(cell=cell, pooling=pooling, seed=seed, bidirectional=bidirectional)
+    model = StreamingRNN(dataclasses.replace(base.config, norm_decay=decay, norm_prior=prior),
+                         feat_mean=base.feat_mean, feat_std=base.feat_std)
+    model.load_state_dict(base.state_dict())
+    return model.eval()
+
+
+def prior_reference(model: StreamingRNN, x: Tensor) -> Tensor:
+    """The definition, frame by frame: S_t = a S_{t-1} + z_t, N_t = a N_{t-1} + 1, mean S_t / (N_t + prior a^t)."""
+    a, prior = model.config.norm_decay, model.config.norm_prior
+    z = (x - model.feat_mean) / model.feat_std
+    s, n, out = torch.zeros_like(z[:, 0]), 0.0, []
+    for t in range(z.shape[1]):
+        s, n = a * s + z[:, t], a * n + 1.0
+        out.append(z[:, t] - s / (n + prior * a ** (t + 1)))
+    plain = StreamingRNN(dataclasses.replace(model.config, input_norm="none", norm_decay=1.0, norm_prior=0.0))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k not in ("feat_mean", "feat_std")},
+                          strict=False)
+    return plain.eval()(torch.stack(out, 1))
+
+
+PRIORS = [(1.0, 25.0), (0.97, 0.0), (0.95, 40.0)]
+
+
+def test_prior_config_round_trip_validation_and_unchanged_json() -> None:
+    cfg = prior_model(0.95, 40.0).config
+    assert ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    assert cfg.to_dict()["norm_decay"] == 0.95 and cfg.to_dict()["norm_prior"] == 40.0
+    plain = cmn_model().config  # defaults: the JSON of configs from before these fields existed
+    assert "norm_decay" not in plain.to_dict() and "norm_prior" not in plain.to_dict()
+    assert ModelConfig.from_dict(plain.to_dict()) == plain
+    assert [s.name for s in prior_model(0.9, 5.0).state_spec()] == [s.name for s in cmn_model().state_spec()]
+    for bad in (dict(norm_decay=0.0), dict(norm_decay=1.5), dict(norm_prior=-1.0), dict(norm_prior=float("inf"))):
+        with pytest.raises(ConfigError, match="norm_"):
+            ModelConfig(input_dim=3, output_dim=2, input_norm="causal_mean", **bad)
+    with pytest.raises(ConfigError, match="causal_mean"):
+        ModelConfig(input_dim=3, output_dim=2, norm_prior=10.0)
+
+
+@pytest.mark.parametrize("decay,prior", PRIORS)
+def test_prior_matches_definition(decay: float, prior: float) -> None:
+    model = prior_model(decay, prior, cell="lstm", pooling="mean")
+    x = torch.randn(2, 31, DIM) * 1.5 - 4.0
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), prior_reference(model, x).numpy(), rtol=0, atol=1e-5)
+        # the prior: a stream that sits at the training mean is left unchanged (nothing to subtract)
+        at_mean = model.feat_mean.expand(1, 6, DIM)
+        plain = StreamingRNN(dataclasses.replace(model.config, input_norm="none", norm_decay=1.0, norm_prior=0.0),
+                             feat_mean=model.feat_mean, feat_std=model.feat_std)
+        plain.load_state_dict(model.state_dict())
+        np.testing.assert_allclose(model(at_mean).numpy(), plain.eval()(at_mean).numpy(), rtol=0, atol=1e-6)
+
+
+def test_long_offline_sequences_match_chunked_blocks() -> None:
+    model = prior_model(0.99, 30.0)  # > 256 frames: the offline path runs in blocks
+    x = torch.randn(1, 700, DIM) - 4.0
+    with torch.no_grad():
+        want = model(x)
+        got, state = [], model.initial_state(1)
+        for a in range(0, 700, 97):
+            y, state = model.step(x[:, a:a + 97], state)
+            got.append(y)
+    np.testing.assert_allclose(torch.cat(got, 1).numpy(), want.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("decay,prior", PRIORS)
+@pytest.mark.parametrize("cell,pooling", [("gru", "last"), ("lstm", "mean")])
+@settings(max_examples=10, deadline=None)
+@given(total=st.integers(1, 30), cuts=st.lists(st.integers(0, 30), max_size=6), batch=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_prior_streaming_equals_offline_under_random_chunkings(decay, prior, cell, pooling, total, cuts, batch,
+                                                               seed) -> None:
+    model = prior_model(decay, prior, cell=cell, pooling=pooling)
+    x = torch.randn(batch, total, DIM, generator=torch.Generator().manual_seed(seed)) * 2.0 - 4.0
+    edges = [0, *sorted(min(c, total) for c in cuts), total]
+    with torch.no_grad():
+        want = model(x)
+        state, outs = model.initial_state(batch), []
+        for a, b in zip(edges[:-1], edges[1:]):
+            y, state = model.step(x[:, a:b], state)
+            outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), want, rtol=1e-5, atol=1e-5)
+
+
+def test_prior_bidirectional_forward_ignores_padding() -> None:
+    model = prior_model(0.95, 20.0, bidirectional=True)
+    a, b = torch.randn(1, 9, DIM) - 4.0, torch.randn(1, 14, DIM) - 4.0
+    batch = torch.cat([torch.cat([a, torch.full((1, 5, DIM), 50.0)], 1), b])
+    with torch.no_grad():
+        y = model(batch, torch.tensor([9, 14]))
+        np.testing.assert_allclose(y[0, :9].numpy(), model(a)[0].numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("decay,prior", [(1.0, 25.0), (0.95, 40.0)])
+def test_prior_onnx_streams_like_torch(tmp_path, decay: float, prior: float) -> None:
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.api import load_backend
+
+    model = prior_model(decay, prior, pooling="mean")
+    path = export_onnx(model, tmp_path / "prior.onnx", feature_config=FC, labels=LABELS)  # self-verifies
+    backend = load_backend(path, provider="cpu", threads=1)
+    assert (backend.info.model_config.norm_decay, backend.info.model_config.norm_prior) == (decay, prior)
+    signal = noise(0.37, seed=4)
+    want = _offline(model, signal)
+    for cuts in ([], [1], [81, 82, 1000], [333, 2000, 2100]):
+        session = StreamSession(backend, sample_rate=FC.audio.sample_rate)
+        got = np.concatenate([session.push(c).outputs for c in np.split(signal, cuts)])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

@@ -1,0 +1,292 @@
+"""Speaker-robust augmentation for speech, applied in training only.
+
+Two levels:
+
+* **Waveform level, at data preparation** (:func:`perturb_waveform`, :func:`augment_audio_examples`): speed
+  perturbation (torchaudio's :class:`~torchaudio.transforms.Speed`: the recording resampled as if it had been
+  played ``factor`` times faster, which shifts pitch and formants like another vocal tract and changes the
+  speaking rate) and additive white noise at a random SNR (:class:`~torchaudio.transforms.AddNoise`). The
+  perturbed copies are featurized with the dataset's own :class:`~rnnstream.pipeline.features.AudioFeaturizer`
+  and added to the *training* examples only.
+* **Feature level, per batch** (:class:`BatchAugment`, used through the ``transform`` hook of
+  :func:`rnnstream.models.fit.fit` via ``TrainConfig.augment``): SpecAugment frequency and time masks
+  (:class:`~torchaudio.transforms.FrequencyMasking` / :class:`~torchaudio.transforms.TimeMasking`, one mask
+  draw per sequence; masked cells take the training mean of their band, i.e. zero after the model's
+  normalisation) and a random gain per sequence (a gain of ``g`` dB multiplies the power spectrum by
+  ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``).
+
+Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
+and the ONNX export never see it. Every random draw comes from a seeded generator (the waveform level) or
+from torch's global RNG, which :func:`rnnstream.models.train.train` seeds with ``TrainConfig.seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnstream.pipeline.errors import ConfigError
+
+_LOG_POWER_PER_DB = math.log(10.0) / 10.0
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """Per-batch feature augmentation for log-mel inputs ``[B, T, bands]`` (training only).
+
+    Attributes:
+        freq_masks, freq_width: number of frequency masks per sequence, each up to ``freq_width`` bands wide.
+        time_masks, time_width: number of time masks per sequence, each up to ``time_width`` frames long.
+        gain_db: random gain per sequence, uniform in ``[-gain_db, gain_db]`` dB (log-mel features only;
+            0: off).
+        noise: additive Gaussian noise per cell with this standard deviation in units of each band's training
+            std (``scale`` passed to the call; 0: off). For any features, e.g. cepstra or sensor channels.
+    """
+
+    freq_masks: int = 0
+    freq_width: int = 0
+    time_masks: int = 0
+    time_width: int = 0
+    gain_db: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"augment {name} must be >= 0, got {getattr(self, name)}")
+        if not (self.gain_db >= 0 and math.isfinite(self.gain_db)):
+            raise ConfigError(f"augment gain_db must be >= 0, got {self.gain_db}")
+        if not (self.noise >= 0 and math.isfinite(self.noise)):
+            raise ConfigError(f"augment noise must be >= 0, got {self.noise}")
+
+    @property
+    def active(self) -> bool:
+        return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
+                    or self.noise)
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchAugment":
+        """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or ``"freq=2x4,time=2x10,gain=6,noise=0.1"``."""
+        text = text.strip()
+        if text in ("", "none"):
+            return cls()
+        if text == "speech":
+            return SPEECH_AUGMENT
+        kw: dict[str, Any] = {}
+        for part in text.split(","):
+            m = re.fullmatch(r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise)\s*=\s*([0-9.]+)\s*", part)
+            if not m:
+                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD; got {text!r}")
+            if m.group(1):
+                kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
+            else:
+                kw["gain_db" if m.group(4) == "gain" else "noise"] = float(m.group(5))
+        return cls(**kw)
+
+    def spec(self) -> str:
+        """The :meth:`parse` form of this augmentation."""
+        if not self.active:
+            return "none"
+        parts = []
+        if self.freq_masks and self.freq_width:
+            parts.append(f"freq={self.freq_masks}x{self.freq_width}")
+        if self.time_masks and self.time_width:
+            parts.append(f"time={self.time_masks}x{self.time_width}")
+        if self.gain_db:
+            parts.append(f"gain={self.gain_db:g}")
+        if self.noise:
+            parts.append(f"noise={self.noise:g}")
+        return ",".join(parts)
+
+    def __call__(self, x: Tensor, fill: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+        """``x [B, T, F]`` -> augmented ``[B, T, F]`` (a new tensor; ``fill [F]`` is the masked value per band,
+        ``scale [F]`` the noise's unit per band, default 1)."""
+        import torchaudio.transforms as TA
+
+        if x.dim() != 3:
+            raise ConfigError(f"BatchAugment expects [batch, time, bands], got shape {list(x.shape)}")
+        if not self.active or x.shape[0] == 0 or x.shape[1] == 0:
+            return x
+        base = fill if fill is not None else torch.zeros(x.shape[2], dtype=x.dtype, device=x.device)
+        keep = torch.ones((x.shape[0], 1, x.shape[2], x.shape[1]), dtype=x.dtype, device=x.device)  # (.., freq, time)
+        for _ in range(self.freq_masks if self.freq_width else 0):
+            keep = TA.FrequencyMasking(min(self.freq_width, x.shape[2]), iid_masks=True)(keep)
+        for _ in range(self.time_masks if self.time_width else 0):
+            keep = TA.TimeMasking(min(self.time_width, x.shape[1]), iid_masks=True)(keep)
+        y = torch.where(keep.squeeze(1).transpose(1, 2) > 0, x, base.expand_as(x))
+        if self.gain_db:
+            g = (torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * self.gain_db
+            y = y + g * _LOG_POWER_PER_DB
+        if self.noise:
+            unit = scale if scale is not None else torch.ones(x.shape[2], dtype=x.dtype, device=x.device)
+            y = y + torch.randn_like(y) * (self.noise * unit)
+        return y.contiguous()
+
+
+#: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md).
+SPEECH_AUGMENT = BatchAugment(freq_masks=2, freq_width=4, time_masks=2, time_width=8, gain_db=6.0)
+
+
+def batch_transform(model: Any, augment: BatchAugment) -> Any:
+    """The ``transform`` hook for :func:`rnnstream.models.fit.fit`: augments ``batch.x`` of training batches.
+
+    Masks fill with the model's ``feat_mean`` (the training mean per band). Padding frames may be masked or
+    shifted too; the loss never reads them.
+    """
+
+    def transform(batch: Any) -> Any:
+        with torch.no_grad():
+            x = augment(batch.x, model.feat_mean.to(batch.x.device), model.feat_std.to(batch.x.device))
+        return dataclasses.replace(batch, x=x)
+
+    return transform
+
+
+# ---------------------------------------------------------------------------------------------------
+# Waveform level (data preparation)
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WaveAugment:
+    """Waveform perturbations for extra training copies: speed factor range (quantised to 0.01) and the
+    additive white-noise SNR range in dB, applied to a copy with probability ``noise_prob``."""
+
+    speed: tuple[float, float] = (0.9, 1.1)
+    snr_db: tuple[float, float] = (10.0, 40.0)
+    noise_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        lo, hi = self.speed
+        if not 0.5 <= lo <= hi <= 2.0:
+            raise ConfigError(f"speed range must lie within [0.5, 2] and be ordered, got {self.speed}")
+        if self.snr_db[0] > self.snr_db[1]:
+            raise ConfigError(f"snr_db range must be ordered, got {self.snr_db}")
+        if not 0.0 <= self.noise_prob <= 1.0:
+            raise ConfigError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+
+
+_SPEEDS: dict[tuple[int, float], Any] = {}  # torchaudio Speed transforms (their resampling kernels), by factor
+
+
+def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Generator,
+                     wave: WaveAugment = WaveAugment()) -> tuple[np.ndarray, dict[str, float]]:
+    """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``) then maybe white noise at a
+    random SNR (torchaudio ``AddNoise``). Returns ``(samples' [N'], {"speed": f, "snr_db": s or nan})``."""
+    import torchaudio.transforms as TA
+
+    x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
+    factor = round(float(rng.uniform(*wave.speed)), 2)
+    if factor != 1.0:
+        key = (int(sample_rate), factor)
+        if key not in _SPEEDS:
+            _SPEEDS[key] = TA.Speed(sample_rate, factor)
+        x, _ = _SPEEDS[key](x)
+    snr = float("nan")
+    if rng.uniform() < wave.noise_prob and x.shape[1] > 0:
+        snr = float(rng.uniform(*wave.snr_db))
+        noise = torch.as_tensor(rng.standard_normal(x.shape[1]).astype(np.float32)).unsqueeze(0)
+        if float(x.pow(2).sum()) > 0:
+            x = TA.AddNoise()(x, noise, torch.tensor([snr]))
+    return x[0].numpy().astype(np.float32), {"speed": factor, "snr_db": snr}
+
+
+def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies: int, seed: int, *,
+                           wave: WaveAugment = WaveAugment(), load: Any = None) -> list[Any]:
+    """``examples`` plus ``copies`` waveform-perturbed copies of each (re-read from ``example.path``,
+    perturbed with :func:`perturb_waveform`, featurized with ``feature_config``'s featurizer).
+
+    Use on training examples only. Each file's copies depend only on ``(seed, example.id)``, so a file gets
+    the same copies in every split that trains on it. The copies' ids are ``<id>#wav<k>``; their metadata gains ``speed``
+    and ``snr_db``. ``load(path, feature_config) -> samples`` defaults to
+    :func:`rnnstream.pipeline.audio_io.load_audio`.
+    """
+    from rnnstream.pipeline.features import AudioFeaturizer
+
+    if copies < 0:
+        raise ConfigError(f"copies must be >= 0, got {copies}")
+    if feature_config.kind != "audio":
+        raise ConfigError("waveform augmentation needs an audio feature config")
+    if load is None:
+        from rnnstream.pipeline.audio_io import load_audio as load
+    rate = feature_config.audio.sample_rate
+    featurizer = AudioFeaturizer(feature_config)
+    out = list(examples)
+    for e in examples:
+        if not copies:
+            break
+        rng = np.random.default_rng([seed, *e.id.encode()])  # a file's copies do not depend on the other files
+        samples = load(e.path, feature_config)
+        for k in range(copies):
+            y, info = perturb_waveform(samples, rate, rng, wave)
+            feats = featurizer.featurize(y)
+            if feats.shape[0] == 0:
+                continue
+            out.append(dataclasses.replace(e, id=f"{e.id}#wav{k}", features=feats.astype(np.float32),
+                                           metadata={**e.metadata, **info}))
+    return out
+
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# The speech recipe: ``rnnstream train``'s defaults on audio datasets
+# ---------------------------------------------------------------------------------------------------
+#: ``rnnstream train --recipe speech`` (the default ``--recipe auto`` picks it when the dataset's features are
+#: audio): option dest -> value, applied to every option not given on the command line. Chosen by validation
+#: accuracy on a held-out *training* speaker of FSDD's leave-one-speaker-out folds (docs/results.md).
+SPEECH_RECIPE: dict[str, Any] = {
+    "cell": "gru", "layers": 1, "hidden": 64, "dropout": 0.1, "epochs": 10, "lr": 3e-3, "lr_schedule": "cosine",
+    "augment": "speech", "wave_copies": 2,
+}
+
+
+def explicit_dests(parser: Any, argv: Sequence[str]) -> set[str]:
+    """The option dests that ``argv`` sets explicitly (parsed again with every default suppressed)."""
+    import argparse
+    import copy
+
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    ns, _ = probe.parse_known_args(list(argv))
+    return set(vars(ns))
+
+
+def apply_recipe(args: Any, recipe: dict[str, Any], explicit: set[str]) -> list[str]:
+    """Set ``recipe``'s values on ``args`` for the options not in ``explicit``; returns the dests it set."""
+    done = []
+    for dest, value in recipe.items():
+        if dest not in explicit and hasattr(args, dest):
+            setattr(args, dest, value)
+            done.append(dest)
+    return done
+
+
+def held_out_speaker(examples: Sequence[Any], test_by: str | None, test_match: str | None,
+                     key: str = "speaker") -> str | None:
+    """A deterministic validation speaker: the first (sorted) value of metadata ``key`` among the examples that
+    are not test examples, when there are at least three such speakers (two stay for training); else ``None``."""
+    rx = re.compile(test_match) if test_by and test_match else None
+    speakers = set()
+    for e in examples:
+        if rx is not None:
+            from rnnstream.models.splits import example_field
+
+            if rx.fullmatch(example_field(e, test_by)):
+                continue
+        value = e.metadata.get(key)
+        if value is not None:
+            speakers.add(str(value))
+    return sorted(speakers)[0] if len(speakers) >= 3 else None
+
+
+__all__ = ["SPEECH_AUGMENT", "SPEECH_RECIPE", "BatchAugment", "WaveAugment", "apply_recipe", "augment_audio_examples",
+           "batch_transform", "explicit_dests", "held_out_speaker", "perturb_waveform"]

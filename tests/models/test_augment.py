@@ -1,0 +1,191 @@
+"""Training-only speech augmentation (rnnstream.models.augment): shapes, seeded determinism, and that no model,
+evaluation or export path ever applies it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rnnstream.models.augment import (SPEECH_AUGMENT, BatchAugment, WaveAugment, augment_audio_examples,
+                                      batch_transform, perturb_waveform)
+from rnnstream.models.data import Batch, tensor_data
+from rnnstream.models.train import TrainConfig, evaluate, train
+from rnnstream.pipeline.config import FeatureConfig
+from rnnstream.pipeline.dataset import Example
+from rnnstream.pipeline.errors import ConfigError
+
+FC = FeatureConfig.audio_default(sample_rate=8000, n_mels=8)
+
+
+def tone(seconds: float, freq: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(8000 * seconds)) / 8000.0
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(seed).standard_normal(t.size)).astype(
+        np.float32)
+
+
+def test_parse_and_spec_round_trip() -> None:
+    assert BatchAugment.parse("none") == BatchAugment() and not BatchAugment().active
+    assert BatchAugment.parse("speech") == SPEECH_AUGMENT
+    a = BatchAugment.parse("freq=2x4,time=3x10,gain=6")
+    assert (a.freq_masks, a.freq_width, a.time_masks, a.time_width, a.gain_db) == (2, 4, 3, 10, 6.0)
+    assert BatchAugment.parse(a.spec()) == a
+    for bad in ("freq=2", "loud", "gain=-3"):
+        with pytest.raises(ConfigError):
+            BatchAugment.parse(bad)
+    with pytest.raises(ConfigError, match="augment"):
+        TrainConfig(augment="wobble")
+
+
+def test_batch_augment_shapes_masks_gain_and_determinism() -> None:
+    x = torch.randn(5, 40, 20) - 3.0
+    fill = torch.linspace(-4.0, 1.0, 20)
+    torch.manual_seed(7)
+    y = SPEECH_AUGMENT(x, fill)
+    torch.manual_seed(7)
+    assert torch.equal(SPEECH_AUGMENT(x, fill), y)  # seeded: the same draw
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert not torch.equal(SPEECH_AUGMENT(x, fill), y)  # a new draw differs
+    masks_only = BatchAugment(freq_masks=2, freq_width=4, time_masks=2, time_width=8)
+    torch.manual_seed(3)
+    m = masks_only(x, fill)
+    changed = m != x
+    assert changed.any()
+    torch.testing.assert_close(m[changed], fill.expand_as(x)[changed])  # masked cells hold the band's fill value
+    assert changed.float().mean() < 0.6
+    gain = BatchAugment(gain_db=6.0)
+    g = gain(x) - x  # one constant per sequence, within +-6 dB in log power
+    per_seq = g[:, :1, :1]
+    torch.testing.assert_close(g, per_seq.expand_as(g))
+    assert float(per_seq.abs().max()) <= 6.0 * math.log(10) / 10 + 1e-6
+    assert torch.equal(BatchAugment()(x), x)
+
+
+def test_batch_transform_keeps_targets() -> None:
+    class M:
+        feat_mean = torch.zeros(4)
+
+    b = Batch(torch.randn(3, 6, 4), torch.tensor([6, 4, 2]), torch.tensor([0, 1, 2]), torch.ones(3, 6, dtype=torch.bool))
+    out = batch_transform(M(), SPEECH_AUGMENT)(b)
+    assert out.x.shape == b.x.shape and out.y is b.y and out.lengths is b.lengths and out.mask is b.mask
+
+
+def test_perturb_waveform_speed_noise_and_seeding() -> None:
+    x = tone(0.5, 440.0)
+    a, ia = perturb_waveform(x, 8000, np.random.default_rng(1), WaveAugment(noise_prob=1.0))
+    b, ib = perturb_waveform(x, 8000, np.random.default_rng(1), WaveAugment(noise_prob=1.0))
+    np.testing.assert_array_equal(a, b)
+    assert ia == ib and 0.9 <= ia["speed"] <= 1.1 and 10.0 <= ia["snr_db"] <= 40.0
+    assert abs(a.size - x.size / ia["speed"]) <= 2  # faster = shorter
+    fast, info = perturb_waveform(x, 8000, np.random.default_rng(0), WaveAugment(speed=(1.2, 1.2), noise_prob=0.0))
+    assert info["speed"] == 1.2 and math.isnan(info["snr_db"]) and abs(fast.size - x.size / 1.2) <= 2
+    with pytest.raises(ConfigError):
+        WaveAugment(speed=(1.1, 0.9))
+
+
+def test_augment_audio_examples_adds_copies_per_file(tmp_path) -> None:
+    import soundfile as sf
+
+    examples = []
+    for i, f in enumerate((300.0, 500.0, 700.0)):
+        path = tmp_path / f"{i}.wav"
+        sf.write(path, tone(0.3, f, seed=i), 8000)
+        examples.append(Example(id=f"ex{i}", path=str(path), features=np.zeros((1, FC.dim), np.float32),
+                                label=str(i), metadata={"speaker": "s"}))
+    out = augment_audio_examples(examples, FC, 2, seed=5)
+    assert out[:3] == examples and len(out) == 9
+    assert [e.id for e in out[3:5]] == ["ex0#wav0", "ex0#wav1"]
+    assert all(e.features.shape[1] == FC.dim and e.label == e.id[2] for e in out[3:])
+    assert out[3].metadata["speaker"] == "s" and "speed" in out[3].metadata
+    # a file's copies depend only on (seed, id): the same without the other files
+    alone = augment_audio_examples(examples[1:2], FC, 2, seed=5)
+    np.testing.assert_array_equal(alone[1].features, out[5].features)
+    assert len(augment_audio_examples(examples, FC, 0, seed=5)) == 3
+
+
+def _toy_data(n: int = 24, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    seqs = [rng.normal(loc=float(i % 2), size=(int(rng.integers(5, 12)), 6)).astype(np.float32) for i in range(n)]
+    return tensor_data("classify", seqs, [str(i % 2) for i in range(n)])
+
+
+def test_augmentation_is_training_only() -> None:
+    data = _toy_data()
+    small = dict(hidden_size=8, num_layers=1, epochs=2, batch_size=8, lr=1e-2, device="cpu", progress=False)
+    plain = train(data, TrainConfig(**small))
+    aug = train(data, TrainConfig(**small, augment="freq=1x2,time=1x3,gain=6"))
+    # training saw augmented batches (different weights) ...
+    assert any(not torch.equal(p, q) for p, q in zip(plain.model.parameters(), aug.model.parameters()))
+    # ... the model never applies it: eval is deterministic, the config carries no augmentation, and a fresh
+    # model from the config and weights (what checkpoints and the ONNX export rebuild) gives the same outputs
+    model = aug.model.eval()
+    assert "augment" not in json.dumps(model.config.to_dict())
+    x = torch.randn(3, 10, 6)
+    with torch.no_grad():
+        y1, y2 = model(x), model(x)
+        state = model.initial_state(3)
+        ys, state = model.step(x, state)
+    assert torch.equal(y1, y2) and torch.allclose(ys, y1, atol=1e-6)
+    rebuilt = type(model)(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), y1)
+    assert evaluate(model, data)["accuracy"] == evaluate(model, data)["accuracy"]
+
+
+def test_training_with_augmentation_is_seeded() -> None:
+    data = _toy_data()
+    cfg = TrainConfig(hidden_size=8, num_layers=1, epochs=2, batch_size=8, device="cpu", progress=False,
+                      augment="speech", seed=3)
+    a, b = train(data, cfg), train(data, cfg)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    assert dataclasses.replace(cfg, augment="none").augment == "none"
+
+
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory):
+    """A tiny audio dataset: 2 'digits' (tones) x 3 speakers x 3 takes, WAVs plus their log-mel features."""
+    import soundfile as sf
+
+    from rnnstream.pipeline.dataset import write_dataset
+    from rnnstream.pipeline.features import AudioFeaturizer
+
+    root = tmp_path_factory.mktemp("speech")
+    examples = []
+    for label, freq in (("0", 400.0), ("1", 1200.0)):
+        for s, speaker in enumerate(("ann", "bob", "cat")):
+            for take in range(3):
+                x = tone(0.25, freq * (1 + 0.05 * s), seed=take)
+                path = root / f"{label}_{speaker}_{take}.wav"
+                sf.write(path, x, 8000)
+                examples.append(Example(f"{label}_{speaker}_{take}", str(path), AudioFeaturizer(FC).featurize(x),
+                                        label=label, metadata={"speaker": speaker, "take": str(take)}))
+    write_dataset(str(root / "features"), examples, FC)
+    return str(root / "features")
+
+
+def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
+    from rnnstream.models.checkpoint import load_checkpoint
+    from rnnstream.models.train_cli import main
+
+    out = str(tmp_path / "m.pt")
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress",
+                 "--threads", "1", "--conv-channels", "4", "--conv-kernel", "3,3", "--conv-pool", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "validation = held-out training speaker 'ann'" in err
+    ck = load_checkpoint(out)
+    assert ck.model.config.conv_channels == (4,) and ck.model.config.hidden_size == 8
+    assert ck.model.config.num_layers == 1  # the recipe's value (not given)
+    tc = json.loads(ck.extra["resume"]["train_config"]) if "resume" in ck.extra else None
+    if tc is not None:
+        assert tc["augment"] == "speech" and tc["epochs"] == 1
+    # --recipe none keeps the plain defaults (2 layers, random validation)
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress",
+                 "--threads", "1", "--recipe", "none"]) == 0
+    assert "held-out training speaker" not in capsys.readouterr().err
+    assert load_checkpoint(out).model.config.num_layers == 2
