@@ -68,6 +68,30 @@ class StateError(RnnstreamError):
     """A state or snapshot does not belong to this model, or has the wrong shape."""
 
 
+class MessageError(RnnstreamError):
+    """A stream message is not valid JSON, lacks a field, or has a field of the wrong type, dtype or shape."""
+
+
+class PayloadError(MessageError):
+    """A message's payload does not fit the model: wrong size, channel count, dtype, or NaN/Inf values."""
+
+
+class ModelMismatchError(MessageError):
+    """A message names a model (``weights_hash``) other than the one running."""
+
+
+class StreamIdError(MessageError):
+    """A stream id is empty, too long, holds control characters or path separators, or is ``.``/``..``."""
+
+
+class OrderingError(RnnstreamError):
+    """A chunk that cannot be placed in its stream: after end-of-stream, too far ahead, or too late."""
+
+
+class ResumeError(RnnstreamError):
+    """A resume for a stream that is already active, or whose snapshot cannot be restored."""
+
+
 class DatasetError(RnnstreamError):
     """A featurized dataset is missing, empty or inconsistent."""
 
@@ -101,3 +125,35 @@ def require(module: str, extra: str, what: str) -> None:
         raise MissingExtraError(
             f"{what} needs {module!r}, which is not installed: pip install 'rnnstream[{extra}]'"
         ) from None
+
+
+class AudioLimitError(AudioError):
+    """Decoding the audio would pass a bound of :class:`rnnstream.pipeline.audio_io.AudioLimits`."""
+
+
+class AudioTooLongError(AudioLimitError):
+    """The file is longer than ``AudioLimits.max_seconds`` (checked from the header, before decoding)."""
+
+
+class AudioTooLargeError(AudioLimitError):
+    """The file, its decoded samples or their resampled copy would take more than ``AudioLimits.max_bytes``."""
+
+
+class SampleRateTooLowError(AudioLimitError, SampleRateError):
+    """The file's sample rate is below ``AudioLimits.min_rate`` (resampling it up would blow up its size)."""
+
+
+class InputFileError(RnnstreamError):
+    """An input path is not a regular file that can be read."""
+
+
+class SpecialFileError(InputFileError):
+    """The path is a FIFO, socket, device or directory: opening or reading it could block or fail."""
+
+
+class BrokenLinkError(InputFileError):
+    """The path is a dangling symbolic link or a symbolic-link loop."""
+
+
+class FileNameError(InputFileError):
+    """The file name is not valid UTF-8, so it cannot be an example id or a Parquet ``path`` value."""

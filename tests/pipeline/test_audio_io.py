@@ -166,3 +166,134 @@ def test_decode_bytes_equals_load_and_detects_without_extension(tmp_path):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.wav"):
         load_audio(tmp_path / "nope.wav", CFG)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding bounds (AudioLimits) and special files
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_1_hz_header_is_refused_before_decoding(tmp_path, monkeypatch):
+    """800 frames that declare 1 Hz would resample to 12.8 M samples at 16 kHz: refused from the header."""
+    from rnnstream.pipeline.errors import SampleRateTooLowError
+
+    path = tmp_path / "slow.wav"
+    sf.write(path, _tone(800), 1, subtype="PCM_16")
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded samples of a refused file"))
+    with pytest.raises(SampleRateTooLowError, match=r"slow\.wav: sample rate 1 Hz is below the minimum of 1000 Hz"):
+        load_audio(path, CFG)
+    with pytest.raises(SampleRateError):  # it is a SampleRateError too
+        decode_audio(path.read_bytes(), CFG, name=str(path))
+
+
+def test_resampled_copy_is_bounded_before_resampling(tmp_path):
+    from rnnstream.pipeline.audio_io import AudioLimits
+    from rnnstream.pipeline.errors import AudioTooLargeError
+
+    path = tmp_path / "slow.wav"
+    sf.write(path, _tone(800), 8, subtype="PCM_16")
+    limits = AudioLimits(max_seconds=None, max_bytes=10 * 2**20, min_rate=1)
+    with pytest.raises(AudioTooLargeError, match=r"resampling 800 frames from 8 Hz to 16000 Hz would give 1600000 "
+                       r"samples \(6\.1 MiB\)"):
+        load_audio(path, CFG, limits=AudioLimits(max_seconds=None, max_bytes=2 * 2**20, min_rate=1))
+    assert load_audio(path, CFG, limits=limits).shape == (1_600_000,)  # within the bound it decodes
+
+
+def test_a_file_at_the_target_rate_passes_the_minimum_rate(tmp_path):
+    from rnnstream.pipeline.audio_io import decode_native
+    from rnnstream.pipeline.errors import SampleRateTooLowError
+
+    path = tmp_path / "x.wav"
+    sf.write(path, _tone(500, rate=500), 500, subtype="PCM_16")
+    samples, rate = decode_native(path.read_bytes(), name="x.wav", target_rate=500)
+    assert rate == 500 and samples.shape == (500,)
+    with pytest.raises(SampleRateTooLowError, match="500 Hz is below the minimum of 1000 Hz"):
+        decode_native(path.read_bytes(), name="x.wav")
+
+
+def test_too_long_is_refused_from_the_header_before_decoding(tmp_path, monkeypatch):
+    from rnnstream.pipeline.audio_io import AudioLimits
+    from rnnstream.pipeline.errors import AudioTooLongError
+
+    path = tmp_path / "long.wav"
+    write_audio(path, _tone(32000), 16000, subtype="PCM_16")
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded samples of a refused file"))
+    with pytest.raises(AudioTooLongError, match=r"long\.wav: 32000 frames at 16000 Hz last 2\.0 s, longer than the "
+                       r"maximum of 1\.5 s; refused before decoding \(--max-seconds"):
+        load_audio(path, CFG, limits=AudioLimits(max_seconds=1.5))
+
+
+def test_decoded_size_and_file_size_are_bounded(tmp_path):
+    from rnnstream.pipeline.audio_io import AudioLimits, read_native
+    from rnnstream.pipeline.errors import AudioTooLargeError
+
+    path = tmp_path / "stereo.wav"
+    write_audio(path, _tone(4000, channels=2), 16000, subtype="PCM_16")  # 16044 bytes, 32000 decoded
+    with pytest.raises(AudioTooLargeError, match=r"decoding 4000 frames x 2 channel\(s\) would take 32000 bytes, "
+                       r"more than the maximum of 20000 bytes; refused before decoding"):
+        read_native(path, limits=AudioLimits(max_bytes=20000))
+    with pytest.raises(AudioTooLargeError, match=r"the file holds 16044 bytes, more than the maximum of 1000 bytes"):
+        load_audio(path, CFG, limits=AudioLimits(max_bytes=1000))
+
+
+def test_a_read_without_a_frame_count_is_capped():
+    """A header that gives no frame count (streamed OGG) cannot make the read unbounded."""
+    from rnnstream.pipeline.audio_io import AudioLimits, _read_bounded
+    from rnnstream.pipeline.errors import AudioTooLongError
+
+    asked = []
+
+    class Endless:
+        frames, samplerate, channels = 2**63 - 1, 16000, 1
+
+        def read(self, frames: int, dtype: str, always_2d: bool) -> np.ndarray:
+            asked.append(frames)
+            return np.zeros((frames, 1), np.float32)
+
+    with pytest.raises(AudioTooLongError, match="16001 frames at 16000 Hz last 1.0 s"):
+        _read_bounded(Endless(), "stream.ogg", AudioLimits(max_seconds=1.0), None)
+    assert asked == [16001]
+
+
+def test_bad_limits_are_config_errors():
+    from rnnstream.pipeline.audio_io import NO_LIMITS, AudioLimits
+    from rnnstream.pipeline.errors import ConfigError
+
+    for kwargs in ({"max_seconds": 0}, {"max_seconds": float("nan")}, {"max_bytes": 0}, {"min_rate": 0}):
+        with pytest.raises(ConfigError):
+            AudioLimits(**kwargs)
+    assert NO_LIMITS.max_frames(2, 16000) is None
+
+
+@pytest.mark.timeout(20)
+def test_special_files_are_refused_before_opening(tmp_path):
+    """A FIFO would block the reader forever; links that lead nowhere must not vanish."""
+    import os
+
+    from rnnstream.pipeline.audio_io import read_native
+    from rnnstream.pipeline.errors import BrokenLinkError, SpecialFileError
+
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(SpecialFileError, match=r"pipe\.wav: is a FIFO \(named pipe\), not a regular file"):
+        load_audio(tmp_path / "pipe.wav", CFG)
+    (tmp_path / "dir.wav").mkdir()
+    with pytest.raises(SpecialFileError, match=r"dir\.wav: is a directory"):
+        read_native(tmp_path / "dir.wav")
+    os.symlink("nowhere.wav", tmp_path / "dangling.wav")
+    with pytest.raises(BrokenLinkError, match=r"dangling\.wav: dangling symbolic link to 'nowhere\.wav'"):
+        load_audio(tmp_path / "dangling.wav", CFG)
+    os.symlink("b.wav", tmp_path / "a.wav")
+    os.symlink("a.wav", tmp_path / "b.wav")
+    with pytest.raises(BrokenLinkError, match=r"a\.wav: symbolic-link loop"):
+        load_audio(tmp_path / "a.wav", CFG)
+    with pytest.raises(FileNotFoundError):
+        load_audio(tmp_path / "missing.wav", CFG)
+
+
+def test_display_path_shows_bytes_that_are_not_utf8():
+    import os
+
+    from rnnstream.pipeline.audio_io import display_path
+
+    assert display_path(os.fsdecode(b"/d/bad\xff.wav")) == "/d/bad\\xff.wav"
+    assert display_path("/d/caf\u00e9.wav") == "/d/caf\u00e9.wav"
