@@ -53,6 +53,7 @@ a two-line ``setup.py``, or ``--sdk_container_image``). Inputs and outputs on ``
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import logging
@@ -80,7 +81,12 @@ from rnnstream.beam_jobs.options import (  # noqa: F401 - re-exported: the jobs 
     resolve_runner_aliases,
 )
 from rnnstream.pipeline.dataset import PARQUET_SCHEMA, SUMMARY_FILE, Example
-from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError
+from rnnstream.pipeline.errors import (
+    ConfigError,
+    DatasetError,
+    FileNameError,
+    RnnstreamError,
+)
 from rnnstream.pipeline.stats import RunningStats
 
 LOG = logging.getLogger(__name__)
@@ -195,8 +201,29 @@ def _has_scheme(path: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path))
 
 
+def _broken_links(pattern: str) -> list[str]:
+    """Local symbolic links ``pattern`` names that lead nowhere (dangling, or a loop).
+
+    Beam's local listing drops every entry it cannot ``stat``, so these would vanish from the job without
+    a trace; listed here, they become inputs and then dead letters with their reason.
+    """
+    if _has_scheme(pattern):
+        return []
+    if not _GLOB_CHARS.search(pattern):
+        if os.path.islink(pattern) and not os.path.exists(pattern):
+            return [pattern]
+        if not os.path.isdir(pattern):
+            return []
+        names = (os.path.join(d, f) for d, _, files in os.walk(pattern) for f in files)
+    else:
+        names = iter(glob.glob(pattern, recursive=True))
+    return sorted(n for n in names if os.path.islink(n) and not os.path.exists(n))
+
+
 def expand_paths(patterns: Sequence[str]) -> list[str]:
     """Files named by ``patterns``: files, directories (every file below) and globs; sorted, unique.
+
+    Local dangling links and link loops are kept (:func:`_broken_links`), so that they become dead letters.
 
     Raises:
         DatasetError: a pattern matches nothing (a typo would otherwise give an empty corpus).
@@ -205,6 +232,10 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         if not _GLOB_CHARS.search(pattern) and not _has_scheme(pattern) and os.path.isfile(pattern):
             found.setdefault(pattern, None)  # a plain local file: no listing (matching compiles a regex per path)
+            continue
+        broken = _broken_links(pattern)
+        if broken and not _GLOB_CHARS.search(pattern) and not os.path.isdir(pattern):
+            found.setdefault(pattern, None)  # one link named on its own
             continue
         query = pattern
         if not _GLOB_CHARS.search(pattern) and (
@@ -217,7 +248,7 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
             raise DatasetError(f"--input {pattern!r}: cannot list it ({exc})") from None
         paths = sorted(m.path for m in result.metadata_list)
         if not _has_scheme(pattern):
-            paths = [p for p in paths if not os.path.isdir(p)]
+            paths = sorted({*(p for p in paths if not os.path.isdir(p)), *broken})
         if not paths:
             raise DatasetError(f"--input {pattern!r} matches no file")
         for p in paths:
@@ -225,15 +256,41 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
     return list(found)
 
 
+def check_input_path(path: str) -> int | None:
+    """Check an input before it is opened; returns the size of a local file, None for a remote one.
+
+    A name that is not valid UTF-8 (listed with ``os.fsdecode``'s surrogates) cannot be an example id or
+    a Parquet ``path`` value; a local path must be a regular file (a FIFO would block the job forever)
+    and not a dangling link or a link loop. Paths with a scheme (``gs://``, ``s3://``) are not stat-ed.
+
+    Raises:
+        FileNameError, SpecialFileError, BrokenLinkError; FileNotFoundError, PermissionError (OSError).
+    """
+    from rnnstream.pipeline.audio_io import check_regular_file, display_path
+
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FileNameError(
+            f"{display_path(path)}: the file name is not valid UTF-8 (its undecodable bytes shown as \\xNN); "
+            "example ids and dataset paths are UTF-8 text, so rename the file"
+        ) from None
+    if _has_scheme(path):
+        return None
+    return check_regular_file(path)
+
+
 def read_manifest(path: str) -> list[InputRecord]:
     """Rows of a CSV or JSONL manifest as records; relative paths resolve against the manifest's folder.
+
+    The text is UTF-8, with or without a byte-order mark (``utf-8-sig``: spreadsheet exports write one).
 
     Raises:
         DatasetError: unreadable, no ``path`` column, an empty path, or a repeated path.
     """
     try:
         with FileSystems.open(path) as fh:
-            text = fh.read().decode("utf-8")
+            text = fh.read().decode("utf-8-sig")
     except (BeamIOError, OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"manifest {path!r}: cannot read it ({exc})") from None
     rows: list[dict[str, Any]]
@@ -444,7 +501,7 @@ def shard_path(prefix: str, index: int, count: int, suffix: str = ".parquet") ->
 
 def shard_of(example_id: str, num_shards: int) -> int:
     """A stable shard for an id (CRC-32; Python's ``hash`` differs between worker processes)."""
-    return zlib.crc32(example_id.encode("utf-8")) % num_shards
+    return zlib.crc32(example_id.encode("utf-8", "surrogateescape")) % num_shards  # names not UTF-8 too
 
 
 def write_shard(prefix: str, index: int, count: int, examples: Sequence[Example], dim: int,

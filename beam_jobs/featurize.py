@@ -17,6 +17,13 @@ merged exactly by :class:`~rnnstream.beam_jobs.common.StatsCombineFn`), ``dead_l
 ``dead_letters``, ...; printed at the end). ``inputs == outputs + dead_letters`` always: the job fails
 loudly if that ever does not hold.
 
+Every input is checked before it is opened (a file name that is not valid UTF-8, a FIFO or other special
+file, a dangling link or link loop: dead letters ``FileNameError``, ``SpecialFileError``,
+``BrokenLinkError``), and audio is decoded within ``--max-seconds`` (default 3600), ``--max-decoded-mb``
+(512) and ``--min-sample-rate`` (1000 Hz), checked from the header before decoding
+(:class:`~rnnstream.pipeline.audio_io.AudioLimits`; dead letters ``AudioTooLongError``,
+``AudioTooLargeError``, ``SampleRateTooLowError``).
+
 Graph::
 
     Create(records) -> KeyByShard -> GroupByShard (moves paths only)
@@ -49,7 +56,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -68,6 +75,7 @@ from rnnstream.beam_jobs.common import (
     ShardReport,
     StatsCombineFn,
     apply_label_pattern,
+    check_input_path,
     compile_label_pattern,
     counter_values,
     feature_config_from_options,
@@ -80,10 +88,14 @@ from rnnstream.beam_jobs.common import (
     shard_of,
     write_jsonl,
     write_shard,
-    write_text,
     write_summary,
+    write_text,
 )
-from rnnstream.beam_jobs.options import INPUTS_PER_SHARD, add_featurize_arguments
+from rnnstream.beam_jobs.options import (
+    INPUTS_PER_SHARD,
+    add_featurize_arguments,
+    audio_limits_from_options,
+)
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
@@ -93,8 +105,16 @@ from rnnstream.pipeline.dataset import (
     SUMMARY_FILE,
     Example,
 )
-from rnnstream.pipeline.errors import ConfigError, EmptyAudioError, RnnstreamError, SensorError
+from rnnstream.pipeline.errors import (
+    ConfigError,
+    EmptyAudioError,
+    RnnstreamError,
+    SensorError,
+)
 from rnnstream.pipeline.stats import RunningStats
+
+if TYPE_CHECKING:
+    from rnnstream.pipeline.audio_io import AudioLimits
 
 LOG = logging.getLogger(__name__)
 
@@ -145,9 +165,14 @@ class FileFeaturizer:
     streaming use.
     """
 
-    def __init__(self, config: FeatureConfig, label_pattern: str | None = None):
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, limits: AudioLimits | None = None):
         self.config = config
         self.regex = compile_label_pattern(label_pattern) if label_pattern else None
+        if limits is None:
+            from rnnstream.pipeline.audio_io import DEFAULT_LIMITS
+
+            limits = DEFAULT_LIMITS
+        self.limits = limits
         if config.kind == "audio":
             from rnnstream.pipeline.features import AudioFeaturizer
 
@@ -158,20 +183,31 @@ class FileFeaturizer:
             self.sensor = SensorFeaturizer(config)
 
     def __call__(self, record: InputRecord) -> list[Example]:
-        """Raises the errors of :data:`~rnnstream.beam_jobs.common.INPUT_ERRORS` for an input that cannot be used."""
+        """Raises the errors of :data:`~rnnstream.beam_jobs.common.INPUT_ERRORS` for an input that cannot be used.
+
+        The path is checked before it is opened (:func:`~rnnstream.beam_jobs.common.check_input_path`: a name
+        not valid UTF-8, a FIFO or other special file, a broken link).
+        """
+        size = check_input_path(record.path)
         record = apply_label_pattern(record, self.regex)
-        return self._audio_examples(record) if self.config.kind == "audio" else self._sensor_examples(record)
+        if self.config.kind == "audio":
+            return self._audio_examples(record, size)
+        return self._sensor_examples(record)
 
     @staticmethod
-    def _read(path: str) -> bytes:
+    def _read(path: str, max_bytes: int | None = None) -> bytes:
+        """The file's bytes, reading at most ``max_bytes + 1`` of them when bounded."""
         with FileSystems.open(path) as fh:
-            return fh.read()
+            return fh.read() if max_bytes is None else fh.read(max_bytes + 1)
 
-    def _audio_examples(self, record: InputRecord) -> list[Example]:
+    def _audio_examples(self, record: InputRecord, size: int | None = None) -> list[Example]:
         from rnnstream.pipeline.audio_io import check_extension, decode_audio
 
         check_extension(record.path)  # before reading the bytes
-        samples = decode_audio(self._read(record.path), self.config, name=record.path)
+        if size is not None:
+            self.limits.check_size(record.path, size)  # a local file: refused before it is read
+        data = self._read(record.path, self.limits.max_bytes)
+        samples = decode_audio(data, self.config, name=record.path, limits=self.limits)
         feats = self.audio.featurize(samples)
         if feats.shape[0] == 0:
             audio = self.config.audio
@@ -234,13 +270,14 @@ class _Counters:
 class _FeaturizeFn(beam.DoFn):
     """One input record -> its examples, or one dead letter (tagged output ``DEAD_LETTERS``)."""
 
-    def __init__(self, config: FeatureConfig, label_pattern: str | None = None):
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, limits: AudioLimits | None = None):
         self.config = config
         self.label_pattern = label_pattern
+        self.limits = limits
         self.counters = _Counters()
 
     def setup(self) -> None:
-        self._featurize = FileFeaturizer(self.config, self.label_pattern)
+        self._featurize = FileFeaturizer(self.config, self.label_pattern, self.limits)
 
     def process(self, record: InputRecord) -> Iterator[Any]:
         try:
@@ -257,16 +294,18 @@ class _FeaturizeShardFn(beam.DoFn):
     """``(shard index, records)`` -> featurize each record, write the shard -> one :class:`ShardReport`
     (main output; no file when every record failed) and a dead letter per failed record (tagged output)."""
 
-    def __init__(self, config: FeatureConfig, label_pattern: str | None, prefix: str, num_shards: int):
+    def __init__(self, config: FeatureConfig, label_pattern: str | None, prefix: str, num_shards: int,
+                 limits: AudioLimits | None = None):
         self.config = config
         self.label_pattern = label_pattern
         self.prefix = prefix
         self.num_shards = num_shards
+        self.limits = limits
         self.counters = _Counters()
         self.shards = Metrics.counter(METRICS_NAMESPACE, "shards")
 
     def setup(self) -> None:
-        self._featurize = FileFeaturizer(self.config, self.label_pattern)
+        self._featurize = FileFeaturizer(self.config, self.label_pattern, self.limits)
 
     def process(self, element: tuple[int, Iterable[InputRecord]]) -> Iterator[Any]:
         index, group = element
@@ -333,13 +372,16 @@ class FeaturizeFiles(beam.PTransform):
     :mod:`rnnstream.pipeline.sensors`, the same code as offline and streaming.
     """
 
-    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None):
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None, *,
+                 limits: AudioLimits | None = None):
         super().__init__(label)
         self.config = config
         self.label_pattern = label_pattern
+        self.limits = limits
 
     def expand(self, records: beam.PCollection) -> dict[str, beam.PCollection]:
-        outs = records | "Featurize" >> beam.ParDo(_FeaturizeFn(self.config, self.label_pattern)).with_outputs(
+        fn = _FeaturizeFn(self.config, self.label_pattern, self.limits)
+        outs = records | "Featurize" >> beam.ParDo(fn).with_outputs(
             DEAD_LETTERS, main=EXAMPLES
         )
         return {
@@ -357,7 +399,7 @@ class FeaturizeCorpus(beam.PTransform):
     """
 
     def __init__(self, output_dir: str, config: FeatureConfig, *, label_pattern: str | None = None,
-                 num_shards: int = 1, label: str | None = None):
+                 num_shards: int = 1, label: str | None = None, limits: AudioLimits | None = None):
         super().__init__(label)
         if num_shards < 1:
             raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
@@ -365,17 +407,17 @@ class FeaturizeCorpus(beam.PTransform):
         self.config = config
         self.label_pattern = label_pattern
         self.num_shards = num_shards
+        self.limits = limits
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         n, dim = self.num_shards, self.config.dim
         prefix = FileSystems.join(self.output_dir, SHARD_PREFIX)
+        fn = _FeaturizeShardFn(self.config, self.label_pattern, prefix, n, self.limits)
         outs = (
             records
             | "KeyByShard" >> beam.Map(lambda r: (shard_of(r.path, n), r))
             | "GroupByShard" >> beam.GroupByKey()
-            | "FeaturizeShard" >> beam.ParDo(_FeaturizeShardFn(self.config, self.label_pattern, prefix, n)).with_outputs(
-                DEAD_LETTERS, main=SHARDS
-            )
+            | "FeaturizeShard" >> beam.ParDo(fn).with_outputs(DEAD_LETTERS, main=SHARDS)
         )
         shards = outs[SHARDS] | "OnlyShards" >> KeepType(ShardReport)
         dead = outs[DEAD_LETTERS] | "OnlyDeadLetters" >> KeepType(DeadLetter)
@@ -400,7 +442,7 @@ _STALE = (f"{SHARD_PREFIX}-*.parquet", STATS_FILE, SUMMARY_FILE, DEAD_LETTER_FIL
 
 def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureConfig, label_pattern: str | None,
                    num_shards: int | None, options: PipelineOptions | None,
-                   test_pipeline: beam.Pipeline | None) -> Any:
+                   test_pipeline: beam.Pipeline | None, limits: AudioLimits | None = None) -> Any:
     if label_pattern is not None:
         compile_label_pattern(label_pattern)
     shards = num_shards if num_shards is not None else default_num_shards(len(records))
@@ -411,7 +453,8 @@ def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureC
     _ = (
         pipeline
         | "ListInputs" >> beam.Create(records, reshuffle=True)
-        | "FeaturizeCorpus" >> FeaturizeCorpus(output_dir, config, label_pattern=label_pattern, num_shards=shards)
+        | "FeaturizeCorpus" >> FeaturizeCorpus(output_dir, config, label_pattern=label_pattern, num_shards=shards,
+                                               limits=limits)
     )
     return run_pipeline(pipeline)
 
@@ -428,11 +471,13 @@ def featurize_corpus(
     manifest: str | None = None,
     pipeline_args: Sequence[str] | None = None,
     num_shards: int | None = None,
+    limits: AudioLimits | None = None,
 ) -> dict[str, Any]:
     """Featurize files into a dataset in ``output_dir`` with Beam; returns the summary dict.
 
     ``inputs``: files, directories, globs (see :func:`rnnstream.beam_jobs.common.list_inputs`); ``pipeline_args``:
-    Beam options such as ``["--direct_num_workers=2", "--direct_running_mode=multi_processing"]``.
+    Beam options such as ``["--direct_num_workers=2", "--direct_running_mode=multi_processing"]``;
+    ``limits``: the decoding bounds of audio files (default ``AudioLimits()``).
     The returned dict is ``summary.json`` plus ``"metrics"`` (the Beam counters, or None when the runner
     does not report them).
 
@@ -441,7 +486,7 @@ def featurize_corpus(
     """
     records = list_inputs(inputs, manifest, label_pattern)
     options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or [])))
-    result = _build_and_run(records, output_dir, feature_config, label_pattern, num_shards, options, None)
+    result = _build_and_run(records, output_dir, feature_config, label_pattern, num_shards, options, None, limits)
     summary = read_summary(output_dir)
     summary["metrics"] = counter_values(result, COUNTERS)
     return summary
@@ -456,11 +501,12 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if not io_opts.output:
         raise ConfigError("--output DIR is required")
     config = feature_config_from_options(options.view_as(FeatureOptions))
+    job_opts = options.view_as(FeaturizeOptions)
+    limits = audio_limits_from_options(job_opts)
     records = list_inputs(io_opts.inputs, io_opts.manifest, io_opts.label_pattern)
     LOG.info("featurize: %d input(s) -> %s", len(records), io_opts.output)
     return _build_and_run(
-        records, io_opts.output, config, io_opts.label_pattern,
-        options.view_as(FeaturizeOptions).num_shards, options, test_pipeline,
+        records, io_opts.output, config, io_opts.label_pattern, job_opts.num_shards, options, test_pipeline, limits,
     )
 
 

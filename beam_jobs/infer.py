@@ -20,8 +20,12 @@ a fresh state as the streaming runtime does, and the object carries the last seg
 
 Inputs that fail (unreadable, wrong feature dimension, no frame, an error in the model) are written to
 ``dead_letter.jsonl``; ``summary.json`` holds ``inputs``, ``outputs``, ``dead_letters`` (always
-``inputs == outputs + dead_letters``) and, when labels are known, ``accuracy``. The command exits 1
-(after writing the summary) when every input became a dead letter.
+``inputs == outputs + dead_letters``) and, when labels are known, ``labeled`` and ``accuracy``. A
+known label the model does not have (not in its ``labels``) can never be predicted: those predictions
+are counted in ``unknown_labels`` (values in ``unknown_label_values``), left out of ``accuracy`` and
+named in a warning. The command exits 1 (after writing the summary) when every input became a dead
+letter. Raw audio files are decoded within ``--max-seconds``, ``--max-decoded-mb`` and
+``--min-sample-rate`` (:class:`~rnnstream.pipeline.audio_io.AudioLimits`).
 
 Graph::
 
@@ -46,7 +50,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
@@ -78,7 +82,7 @@ from rnnstream.beam_jobs.common import (
     write_summary,
 )
 from rnnstream.beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
-from rnnstream.beam_jobs.options import PREDICTION_FORMATS, add_infer_arguments
+from rnnstream.beam_jobs.options import PREDICTION_FORMATS, add_infer_arguments, audio_limits_from_options
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
@@ -89,6 +93,9 @@ from rnnstream.pipeline.dataset import (
     Example,
 )
 from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError, ShapeError
+
+if TYPE_CHECKING:
+    from rnnstream.pipeline.audio_io import AudioLimits
 
 LOG = logging.getLogger(__name__)
 
@@ -320,11 +327,38 @@ def _failed_batch_letters(failed: Any) -> Iterator[DeadLetter]:
         yield DeadLetter(path=getattr(item, "id", str(item)), reason=reason, kind=getattr(exc_type, "__name__", str(exc_type)))
 
 
+#: At most this many unknown label values are listed in ``summary.json`` (all are counted).
+MAX_LISTED_LABELS = 20
+
+
+def accuracy_summary(preds: Sequence[PredictionRecord], model_labels: Sequence[str]) -> dict[str, Any]:
+    """``labeled`` and ``accuracy`` over the predictions whose known label is one the model can answer.
+
+    A known label outside ``model_labels`` (when the model has labels) can never be predicted: such
+    predictions are counted in ``unknown_labels`` (the values in ``unknown_label_values``, at most
+    :data:`MAX_LISTED_LABELS`) and left out of the accuracy instead of lowering it silently.
+    """
+    labeled = [p for p in preds if p.label is not None and isinstance(p.predicted, str)]
+    known = set(model_labels)
+    unknown = [p for p in labeled if known and p.label not in known]
+    scored = [p for p in labeled if not known or p.label in known]
+    out: dict[str, Any] = {}
+    if scored:
+        out["labeled"] = len(scored)
+        out["accuracy"] = sum(p.predicted == p.label for p in scored) / len(scored)
+    if unknown:
+        out["unknown_labels"] = len(unknown)
+        out["unknown_label_values"] = sorted({str(p.label) for p in unknown})[:MAX_LISTED_LABELS]
+    return out
+
+
 class _FinalizeFn(beam.DoFn):
     """Writes the predictions file, dead_letter.jsonl and (last) summary.json; emits the summary."""
 
-    def __init__(self, output_dir: str, fmt: str, model_path: str, weights_hash: str):
+    def __init__(self, output_dir: str, fmt: str, model_path: str, weights_hash: str,
+                 model_labels: Sequence[str] = ()):
         self.output_dir, self.fmt, self.model_path, self.weights_hash = output_dir, fmt, model_path, weights_hash
+        self.model_labels = tuple(model_labels)
 
     def process(self, element: tuple[None, Sequence[Any]]) -> Iterator[dict[str, Any]]:
         _, items = element
@@ -345,7 +379,6 @@ class _FinalizeFn(beam.DoFn):
             with FileSystems.create(pred_path) as fh:
                 pq.write_table(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), fh)
         write_jsonl(join(self.output_dir, DEAD_LETTER_FILE), (d.to_dict() for d in dead))
-        labeled = [p for p in preds if p.label is not None and isinstance(p.predicted, str)]
         summary = {
             "inputs": inputs,
             "outputs": len(preds),
@@ -355,9 +388,7 @@ class _FinalizeFn(beam.DoFn):
             "weights_hash": self.weights_hash,
             "dead_letter_kinds": {k: sum(d.kind == k for d in dead) for k in sorted({d.kind for d in dead})},
         }
-        if labeled:
-            summary["labeled"] = len(labeled)
-            summary["accuracy"] = sum(p.predicted == p.label for p in labeled) / len(labeled)
+        summary.update(accuracy_summary(preds, self.model_labels))
         yield write_summary(self.output_dir, summary, "infer")
 
 
@@ -386,12 +417,13 @@ class ReadDatasetItems(beam.PTransform):
 class FeaturizeItems(beam.PTransform):
     """Raw-file :class:`InputRecord` s -> :class:`InferItem` (one per file), dead letters, input counts (mixed)."""
 
-    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None):
+    def __init__(self, config: FeatureConfig, label_pattern: str | None = None, label: str | None = None, *,
+                 limits: AudioLimits | None = None):
         super().__init__(label)
-        self.config, self.label_pattern = config, label_pattern
+        self.config, self.label_pattern, self.limits = config, label_pattern, limits
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        featurized = records | "FeaturizeFiles" >> FeaturizeFiles(self.config, self.label_pattern)
+        featurized = records | "FeaturizeFiles" >> FeaturizeFiles(self.config, self.label_pattern, limits=self.limits)
         items = (
             featurized[EXAMPLES]
             | "KeyByFile" >> beam.Map(lambda e: (e.path, e))
@@ -482,11 +514,14 @@ def infer_corpus(
     threads: int | None = None,
     pipeline_args: Sequence[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
+    limits: AudioLimits | None = None,
 ) -> dict[str, Any]:
     """Run batch inference; returns ``summary.json`` plus ``"metrics"`` (None when the runner has none).
 
     ``inputs``: dataset directories (all of them) or raw files/directories/globs (with ``manifest`` or
-    ``label_pattern`` for the known labels).
+    ``label_pattern`` for the known labels). ``limits``: decoding bounds of raw audio files (default
+    ``AudioLimits()``). Known labels the model does not have are counted in ``unknown_labels``, left out
+    of ``accuracy`` and named in a warning.
 
     Raises:
         ConfigError, DatasetError, CheckpointError: bad options, inputs or model file, before running.
@@ -517,17 +552,23 @@ def infer_corpus(
                  | "ReadDataset" >> ReadDatasetItems())
     else:
         mixed = (pipeline | "ListInputs" >> beam.Create(records, reshuffle=True)
-                 | "Featurize" >> FeaturizeItems(info.feature_config, label_pattern))
+                 | "Featurize" >> FeaturizeItems(info.feature_config, label_pattern, limits=limits))
     items = mixed | "OnlyItems" >> KeepType(InferItem)
     early = mixed | "OnlyEarlyLetters" >> KeepType(DeadLetter, InputCount)
     outcomes = items | "Predict" >> PredictItems(handler, info.feature_config.dim)
     _ = (
         (outcomes, early)
         | "Gather" >> Gather()
-        | "Finalize" >> beam.ParDo(_FinalizeFn(output_dir, fmt, model, info.weights_hash))
+        | "Finalize" >> beam.ParDo(_FinalizeFn(output_dir, fmt, model, info.weights_hash, info.labels))
     )
     result = run_pipeline(pipeline)
     summary = json.loads(read_text(FileSystems.join(output_dir, SUMMARY_FILE)))
+    if summary.get("unknown_labels"):
+        LOG.warning(
+            "infer: %d prediction(s) have a known label the model never saw (%s; the model's labels are %s); "
+            "they are left out of the accuracy", summary["unknown_labels"],
+            ", ".join(repr(v) for v in summary["unknown_label_values"]), list(info.labels),
+        )
     summary["metrics"] = counter_values(result, COUNTERS)
     return summary
 
@@ -550,7 +591,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     return infer_corpus(
         opts.model, io_opts.inputs, io_opts.output, label_pattern=io_opts.label_pattern, manifest=io_opts.manifest,
         fmt=opts.format, batch_size=opts.batch_size, threads=opts.threads, pipeline_args=argv,
-        test_pipeline=test_pipeline,
+        test_pipeline=test_pipeline, limits=audio_limits_from_options(opts),
     )
 
 

@@ -99,14 +99,55 @@ def add_feature_arguments(parser: Any) -> None:
         _config_flag(parser, spec, sensor)
 
 
+#: ``AudioLimits()``'s bounds, repeated here for --help (this module imports nothing heavy; a test keeps them equal).
+DECODE_DEFAULTS = {"max_seconds": 3600.0, "max_decoded_mb": 512.0, "min_sample_rate": 1000}
+
+
+def add_decode_arguments(parser: Any) -> None:
+    """Decoding bounds of the batch jobs (:class:`rnnstream.pipeline.audio_io.AudioLimits`); 0 switches one off."""
+    d = DECODE_DEFAULTS
+    _add(parser, "--max-seconds", dest="max_seconds", type=float, default=None, metavar="S",
+         help=f"dead-letter audio files longer than S seconds, checked from the header before decoding "
+         f"(default: {d['max_seconds']:g}; 0: no bound)")
+    _add(parser, "--max-decoded-mb", dest="max_decoded_mb", type=float, default=None, metavar="MB",
+         help=f"dead-letter audio files whose bytes, decoded samples or resampled copy would pass MB MiB "
+         f"(default: {d['max_decoded_mb']:g}; 0: no bound)")
+    _add(parser, "--min-sample-rate", dest="min_sample_rate", type=int, default=None, metavar="HZ",
+         help=f"dead-letter audio files whose sample rate is below HZ, unless it is the model's own rate "
+         f"(default: {d['min_sample_rate']}; 0: no bound)")
+
+
+def audio_limits_from_options(opts: Any) -> Any:
+    """The :class:`~rnnstream.pipeline.audio_io.AudioLimits` of ``--max-seconds``, ``--max-decoded-mb``,
+    ``--min-sample-rate`` (``AudioLimits()``'s value for a flag not given; 0 for no bound).
+
+    Raises:
+        ConfigError: a negative value.
+    """
+    from rnnstream.pipeline.audio_io import DEFAULT_LIMITS, AudioLimits
+
+    values = {f: getattr(opts, f, None) for f in DECODE_DEFAULTS}
+    for flag, value in values.items():
+        if value is not None and value < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0 (0: no bound), got {value:g}")
+    seconds, mb, rate = values["max_seconds"], values["max_decoded_mb"], values["min_sample_rate"]
+    return AudioLimits(
+        max_seconds=DEFAULT_LIMITS.max_seconds if seconds is None else (seconds or None),
+        max_bytes=DEFAULT_LIMITS.max_bytes if mb is None else (int(mb * 2**20) or None),
+        min_rate=DEFAULT_LIMITS.min_rate if rate is None else max(1, rate),
+    )
+
+
 def add_featurize_arguments(parser: Any) -> None:
     """Options of ``rnnstream featurize`` besides the input and feature flags."""
+    add_decode_arguments(parser)
     _add(parser, "--num-shards", dest="num_shards", type=int, default=None,
          help=f"Parquet shards (default: one per {INPUTS_PER_SHARD} inputs, at most 64)")
 
 
 def add_infer_arguments(parser: Any) -> None:
     """Options of ``rnnstream infer`` besides the input flags."""
+    add_decode_arguments(parser)
     _add(parser, "--model", dest="model", default=None, help="an exported .onnx file or a checkpoint (.pt); required")
     _add(parser, "--format", dest="format", choices=PREDICTION_FORMATS, default="jsonl",
          help="predictions file format")
