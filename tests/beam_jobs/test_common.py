@@ -103,3 +103,65 @@ def test_label_pattern_and_manifest(tmp_path):
     with pytest.raises(DatasetError, match="no 'path' column"):
         (tmp_path / "np.csv").write_text("file,label\na.wav,1\n")
         read_manifest(str(tmp_path / "np.csv"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_manifest_with_a_byte_order_mark_is_read(tmp_path, suffix):
+    """Spreadsheet exports start with a UTF-8 BOM; it must not hide the 'path' column or break the JSON."""
+    manifest = tmp_path / f"m{suffix}"
+    text = "path,label\na.wav,yes\n" if suffix == ".csv" else json.dumps({"path": "a.wav", "label": "yes"}) + "\n"
+    manifest.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    (record,) = read_manifest(str(manifest))
+    assert (record.path, record.label, record.metadata) == (str(tmp_path / "a.wav"), "yes", {})
+
+
+def test_broken_links_are_listed_not_dropped(tmp_path):
+    """Beam's local listing skips what it cannot stat; dangling links and loops must become inputs."""
+    import os
+
+    (tmp_path / "a.wav").write_bytes(b"x")
+    os.symlink("gone.wav", tmp_path / "dangling.wav")
+    os.symlink("loop2.wav", tmp_path / "loop1.wav")
+    os.symlink("loop1.wav", tmp_path / "loop2.wav")
+    names = ["a.wav", "dangling.wav", "loop1.wav", "loop2.wav"]
+    assert [r.path for r in list_inputs([str(tmp_path)])] == [str(tmp_path / n) for n in names]
+    assert [r.path for r in list_inputs([str(tmp_path / "*.wav")])] == [str(tmp_path / n) for n in names]
+    assert [r.path for r in list_inputs([str(tmp_path / "dangling.wav")])] == [str(tmp_path / "dangling.wav")]
+
+
+def test_check_input_path_refuses_names_and_special_files(tmp_path):
+    import os
+
+    from rnnstream.beam_jobs.common import check_input_path
+    from rnnstream.pipeline.errors import FileNameError, SpecialFileError
+
+    bad = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.wav")
+    with open(bad, "wb") as fh:
+        fh.write(b"RIFF")
+    with pytest.raises(FileNameError, match=r"bad\\xff\.wav: the file name is not valid UTF-8"):
+        check_input_path(bad)
+    assert 0 <= shard_of(bad, 4) < 4  # hashing the name does not fail either
+    os.mkfifo(tmp_path / "p.wav")
+    with pytest.raises(SpecialFileError, match="FIFO"):
+        check_input_path(str(tmp_path / "p.wav"))
+    assert check_input_path("gs://bucket/p.wav") is None  # remote paths are not stat-ed
+    (tmp_path / "ok.wav").write_bytes(b"12345")
+    assert check_input_path(str(tmp_path / "ok.wav")) == 5
+
+
+def test_decode_limit_flags():
+    import argparse
+
+    from rnnstream.beam_jobs.options import DECODE_DEFAULTS, add_decode_arguments, audio_limits_from_options
+    from rnnstream.pipeline.audio_io import DEFAULT_LIMITS, AudioLimits
+
+    parser = argparse.ArgumentParser()
+    add_decode_arguments(parser)
+    assert audio_limits_from_options(parser.parse_args([])) == DEFAULT_LIMITS
+    assert DECODE_DEFAULTS == {"max_seconds": DEFAULT_LIMITS.max_seconds, "max_decoded_mb": DEFAULT_LIMITS.max_bytes / 2**20,
+                               "min_sample_rate": DEFAULT_LIMITS.min_rate}  # what --help says
+    got = audio_limits_from_options(parser.parse_args(["--max-seconds", "0", "--max-decoded-mb", "2",
+                                                       "--min-sample-rate", "0"]))
+    assert got == AudioLimits(max_seconds=None, max_bytes=2 * 2**20, min_rate=1)
+    with pytest.raises(ConfigError, match="--max-seconds must be >= 0"):
+        audio_limits_from_options(parser.parse_args(["--max-seconds", "-1"]))
