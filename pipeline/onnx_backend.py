@@ -128,10 +128,7 @@ class OnnxBackend:
         self._hop = cfg.audio.hop_length if self._raw else 1  # type: ignore[union-attr]
         self._dim = cfg.dim
         self._odim = self.info.model_config.output_dim
-        shapes = {s.name: tuple(s.shape) for s in self.info.state_specs}
-        if self._raw:
-            shapes = {FRONTEND_STATE: (cfg.audio.context,), **shapes}  # type: ignore[union-attr]
-        self._shapes = shapes
+        self._shapes = self._state_shapes()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles as its path and options (Beam ships DoFns pickled); the session is rebuilt on load."""
@@ -145,13 +142,100 @@ class OnnxBackend:
                 f"quantization={self.quantization!r})")
 
     def _check_graph(self) -> None:
+        """The graph against its metadata: names and input kind, declared static dims, then a probe step."""
         got_in = [i.name for i in self.session.get_inputs()]
         got_out = [o.name for o in self.session.get_outputs()]
+        kinds = {"audio", "features"}
+        if got_in and got_in[0] != self._in[0] and {got_in[0], self._in[0]} <= kinds:
+            raise CheckpointError(
+                f"ONNX model {self.path!r}: metadata says input kind {self.info.input_kind!r} but the graph takes "
+                f"{'raw audio' if got_in[0] == 'audio' else 'features'} (its first input is {got_in[0]!r})"
+            )
         if got_in != self._in or got_out != self._out:
             raise CheckpointError(
                 f"ONNX model {self.path!r}: graph inputs {got_in} / outputs {got_out} do not match its metadata, "
                 f"which expects inputs {self._in} / outputs {self._out}"
             )
+        self._check_declared_shapes()
+        self._probe()
+
+    def _expected_dims(self) -> dict[str, tuple[list[int], str]]:
+        """Graph input/output name -> (the metadata's static dims after the batch axis, how to name it).
+
+        The time/samples axis of ``x`` and ``output`` is dynamic and left out (so are the batch axes).
+        """
+        cfg, specs = self.info.feature_config, self.info.state_specs
+        out: dict[str, tuple[list[int], str]] = {"output": ([self.info.model_config.output_dim], "output dimension")}
+        if self.info.input_kind == "audio":
+            audio = cfg.audio
+            out["audio"] = ([], "audio input")
+            carry = ([audio.context], f"'{FRONTEND_STATE}' (win {audio.win_length} - hop {audio.hop_length})")
+            out[f"{FRONTEND_STATE}_in"] = out[f"{FRONTEND_STATE}_out"] = carry
+        else:
+            out["features"] = ([cfg.dim], "feature dimension F")
+        for spec in specs:
+            out[f"{spec.name}_in"] = out[f"{spec.name}_out"] = (list(spec.shape), f"state {spec.name!r}")
+        return out
+
+    def _check_declared_shapes(self) -> None:
+        """Static dims the graph declares must equal the metadata's (symbolic dims are left to the probe)."""
+        expected = self._expected_dims()
+        for arg in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            want, what = expected[arg.name]
+            dynamic = 2 if arg.name in ("features", "output", "audio") else 1  # batch (and time / samples)
+            dims = list(arg.shape)
+            got = dims[dynamic:]
+            if len(dims) != dynamic + len(want) or any(isinstance(g, int) and g != w for g, w in zip(got, want)):
+                raise CheckpointError(
+                    f"ONNX model {self.path!r}: {what} is {_dims_text(got, what)} in the graph but "
+                    f"{_dims_text(want, what)} in the metadata"
+                )
+
+    def _probe(self) -> None:
+        """One tiny step of zeros: frame count (raw audio: samples // hop), output and state shapes."""
+        samples = 2 * self._hop_of_metadata() if self.info.input_kind == "audio" else 0
+        x = np.zeros((1, samples), np.float32) if samples else np.zeros((1, 1, self.info.feature_config.dim), np.float32)
+        feeds = {self._in[0]: x}
+        shapes = self._state_shapes()
+        feeds.update({f"{n}_in": np.zeros((1, *shapes[n]), np.float32) for n in self._states})
+        try:
+            res = self.session.run(self._out, feeds)
+        except _ort_errors() as exc:
+            raise CheckpointError(
+                f"ONNX model {self.path!r}: a probe step of zeros shaped as its metadata says "
+                f"({ {k: list(v.shape) for k, v in feeds.items()} }) fails: {type(exc).__name__}: {str(exc).strip()[:300]}"
+            ) from None
+        frames, want_frames = res[0].shape[1], samples // self._hop_of_metadata() if samples else 1
+        if samples and frames != want_frames:
+            raise CheckpointError(
+                f"ONNX model {self.path!r}: metadata says hop {self._hop_of_metadata()} but the graph produced "
+                f"{frames} frame(s) from {samples} samples (expected {want_frames})"
+            )
+        self._check_probe_outputs(res, shapes)
+
+    def _check_probe_outputs(self, res: list[np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+        odim = self.info.model_config.output_dim
+        if res[0].ndim != 3 or res[0].shape[2] != odim:
+            raise CheckpointError(
+                f"ONNX model {self.path!r}: output is {list(res[0].shape)} from a probe step, but the metadata "
+                f"says [batch, time, {odim}]"
+            )
+        for name, arr in zip(self._states, res[1:]):
+            if tuple(arr.shape) != (1, *shapes[name]):
+                raise CheckpointError(
+                    f"ONNX model {self.path!r}: state {name!r} comes out of a probe step as {list(arr.shape[1:])} "
+                    f"but is {list(shapes[name])} in the metadata"
+                )
+
+    def _hop_of_metadata(self) -> int:
+        return int(self.info.feature_config.audio.hop_length)  # type: ignore[union-attr]
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{state: shape without batch}`` from the metadata, ``frontend_carry`` first for raw audio."""
+        shapes = {s.name: tuple(s.shape) for s in self.info.state_specs}
+        if self.info.input_kind == "audio":
+            shapes = {FRONTEND_STATE: (self.info.feature_config.audio.context,), **shapes}  # type: ignore[union-attr]
+        return shapes
 
     # -- Backend ---------------------------------------------------------------------------------
     def step(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -221,6 +305,23 @@ class OnnxBackend:
                 arr = arr.astype(np.float32)
             out[name] = np.ascontiguousarray(arr)
         return out
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ``InferenceSession.run`` raises (onnxruntime's own derive from ``Exception`` directly)."""
+    import onnxruntime.capi.onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
+             "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    found = tuple(c for c in (getattr(state, n, None) for n in names) if isinstance(c, type))
+    return (*found, RuntimeError, ValueError)
+
+
+def _dims_text(dims: Sequence[Any], what: str) -> str:
+    """``[2, 64]`` for states and carries; the bare number for a single feature/output dimension."""
+    if what.startswith(("feature", "output")) and len(dims) == 1:
+        return str(dims[0])
+    return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
 __all__: Sequence[str] = ["OnnxBackend", "PROVIDERS", "available_providers", "resolve_provider"]
