@@ -49,61 +49,34 @@ import binascii
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-
 from rnnstream.pipeline.codec import decode_samples, encode_samples, to_float32
-from rnnstream.pipeline.errors import RnnstreamError
-
-MessageKind = Literal["chunk", "resume"]
+from rnnstream.pipeline.errors import (
+    MessageError,
+    ModelMismatchError,
+    PayloadError,
+    RnnstreamError,
+    StreamIdError,
+)
+from rnnstream.pipeline.stream_checks import (
+    ChunkMessage,
+    MessageKind,
+    check_head,
+    check_message,
+    check_sample_rate,
+    short_repr,
+)
 
 AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 SENSOR_DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
 _KNOWN_FIELDS = {"stream", "seq", "event_time", "kind", "end", "model", "sample_rate", "audio", "sensor", "snapshot"}
+#: Longest message accepted (bytes of its line); a stream's chunk is a few KB, a resume snapshot at most 4 MiB.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-
-class MessageError(RnnstreamError):
-    """A message is not valid JSON, lacks a field, or has a field of the wrong type, dtype or shape."""
-
-
-class PayloadError(MessageError):
-    """The payload does not fit the model: wrong size, channel count, dtype, or NaN/Inf values."""
-
-
-class ModelMismatchError(MessageError):
-    """The message names a model (``weights_hash``) other than the one this job runs."""
-
-
-@dataclass(frozen=True, eq=False)
-class ChunkMessage:
-    """A parsed message. ``audio`` is float32 ``[S]``; ``timestamps``/``values`` float64 ``[N]``/``[N, C]``;
-    ``sample_rate`` the declared rate of the stream's samples (Hz), or None when the message does not say."""
-
-    stream: str
-    seq: int
-    event_time: float
-    kind: MessageKind = "chunk"
-    end: bool = False
-    model: str | None = None
-    audio: np.ndarray | None = None
-    timestamps: np.ndarray | None = None
-    values: np.ndarray | None = None
-    snapshot: bytes | None = None
-    sample_rate: int | None = None
-
-    @property
-    def size(self) -> int:
-        """Samples (audio) or rows (sensor) in the payload."""
-        if self.audio is not None:
-            return int(self.audio.shape[0])
-        if self.timestamps is not None:
-            return int(self.timestamps.shape[0])
-        return 0
-
-    def describe(self) -> str:
-        return f"stream {self.stream!r} seq {self.seq}"
+#: Checks a message against the model (:func:`rnnstream.pipeline.stream_checks.check_message`).
+validate_for_model = check_message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,24 +101,30 @@ def _audio_samples(raw: bytes, name: str, where: str) -> np.ndarray:
         raise PayloadError(str(exc)) from None
 
 
-def _sample_rate(obj: dict[str, Any], where: str) -> int | None:
-    rate = obj.get("sample_rate")
-    if rate is None:
-        return None
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
-        raise MessageError(f"{where}: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
-    return rate
+def _list_array(obj: list[Any], where: str, ndim: int) -> np.ndarray:
+    """A JSON list of numbers (a list of such lists for ``ndim == 2``) as float64, nothing else: booleans,
+    strings, deeper nesting and ragged rows are refused rather than converted."""
+    rows = [obj] if ndim == 1 else obj
+    for row in rows:
+        if not isinstance(row, list):
+            raise PayloadError(f"{where}: expected {ndim} dimension(s) of lists, got a {type(row).__name__} inside")
+        for v in row:
+            if isinstance(v, list):
+                raise PayloadError(f"{where}: expected {ndim} dimension(s), got lists nested deeper")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                what = "a JSON boolean is not a number" if isinstance(v, bool) else f"got {type(v).__name__}"
+                raise PayloadError(f"{where}: expected a list of numbers ({what}: {str(v)[:40]})")
+    try:
+        arr = np.array(obj, dtype=np.float64)
+    except (ValueError, OverflowError) as exc:
+        raise PayloadError(f"{where}: expected a rectangular list of finite numbers ({str(exc)[:120]})") from None
+    return arr.reshape((0,) * ndim) if arr.size == 0 else arr
 
 
 def decode_array(obj: Any, dtypes: dict[str, np.dtype], where: str, ndim: int) -> np.ndarray:
     """An *array* field (list, or ``{"dtype", "data", "shape"}``) as a float array with ``ndim`` axes."""
     if isinstance(obj, list):
-        try:
-            arr = np.asarray(obj, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise PayloadError(f"{where}: expected a (rectangular) list of numbers ({exc})") from None
-        if arr.size == 0:
-            arr = arr.reshape((0,) * ndim)
+        arr = _list_array(obj, where, ndim)
     elif isinstance(obj, dict):
         unknown = set(obj) - {"dtype", "data", "shape"}
         if unknown:
@@ -160,7 +139,8 @@ def decode_array(obj: Any, dtypes: dict[str, np.dtype], where: str, ndim: int) -
         arr = _audio_samples(raw, name, where) if dtypes is AUDIO_DTYPES else np.frombuffer(raw, dtype=dt)
         shape = obj.get("shape")
         if shape is not None:
-            if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+            if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                    for s in shape)):
                 raise MessageError(f"{where}.shape: expected a list of non-negative integers, got {shape!r}")
             if math.prod(shape) != arr.size:
                 raise PayloadError(f"{where}: shape {shape} does not match {arr.size} values")
@@ -183,18 +163,16 @@ def parse_message(line: str | bytes) -> ChunkMessage:
         MessageError: invalid JSON, missing or mistyped fields, both or neither payloads.
         PayloadError: bad dtype, shape, ragged lists, NaN/Inf.
     """
-    try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MessageError(f"not valid JSON: {exc}") from None
+    obj = _load_json(line)
     if not isinstance(obj, dict):
         raise MessageError(f"a message must be a JSON object, got {type(obj).__name__}")
     unknown = set(obj) - _KNOWN_FIELDS
     if unknown:
-        raise MessageError(f"unknown fields {sorted(unknown)}; expected some of {sorted(_KNOWN_FIELDS)}")
+        names = sorted(str(k)[:40] for k in unknown)[:10]
+        raise MessageError(f"unknown fields {names}; expected some of {sorted(_KNOWN_FIELDS)}")
     head = _parse_head(obj)
     where = f"stream {head.stream!r} seq {head.seq}"
-    rate = _sample_rate(obj, where)
+    rate = check_sample_rate(obj.get("sample_rate"), where)
     if head.kind == "resume":
         if "audio" in obj or "sensor" in obj:
             raise MessageError(f"{where}: a resume message carries a snapshot, not a payload")
@@ -217,26 +195,40 @@ def parse_message(line: str | bytes) -> ChunkMessage:
     return _with(head, sample_rate=rate)
 
 
+def _load_json(line: str | bytes) -> Any:
+    """One message's JSON: bounded in size, UTF-8, and refused (not crashed on) when it is not JSON, nests too
+    deeply for the parser, or holds an integer of more digits than Python converts."""
+    size = len(line)
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes")
+    if isinstance(line, (bytes, bytearray)):
+        try:
+            line = bytes(line).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageError(f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at position {exc.start} "
+                               f"({exc.reason}); a message is one UTF-8 JSON object") from None
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise MessageError("not valid JSON: nested too deeply to parse (a message is an object of flat "
+                           "fields and arrays of at most 2 dimensions)") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        raise MessageError(f"not valid JSON: {str(exc)[:200]}") from None
+
+
 def _parse_head(obj: dict[str, Any]) -> ChunkMessage:
     """The fields every message has (``stream``, ``seq``, ``event_time``, ``kind``, ``end``, ``model``)."""
-    stream = obj.get("stream")
-    if not isinstance(stream, str) or not stream:
-        raise MessageError(f"'stream' must be a non-empty string, got {stream!r}")
-    seq = obj.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise MessageError(f"stream {stream!r}: 'seq' must be an integer >= 0, got {seq!r}")
-    et = obj.get("event_time")
-    if not isinstance(et, (int, float)) or isinstance(et, bool) or not math.isfinite(et):
-        raise MessageError(f"stream {stream!r} seq {seq}: 'event_time' must be a finite number of seconds, got {et!r}")
+    stream, seq, et = obj.get("stream"), obj.get("seq"), obj.get("event_time")
+    check_head(stream, seq, et)
     kind = obj.get("kind", "chunk")
     if kind not in ("chunk", "resume"):
-        raise MessageError(f"stream {stream!r} seq {seq}: 'kind' must be 'chunk' or 'resume', got {kind!r}")
+        raise MessageError(f"stream {stream!r} seq {seq}: 'kind' must be 'chunk' or 'resume', got {short_repr(kind)}")
     end = obj.get("end", False)
     if not isinstance(end, bool):
-        raise MessageError(f"stream {stream!r} seq {seq}: 'end' must be true or false, got {end!r}")
+        raise MessageError(f"stream {stream!r} seq {seq}: 'end' must be true or false, got {short_repr(end)}")
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
-        raise MessageError(f"stream {stream!r} seq {seq}: 'model' must be a string, got {model!r}")
+        raise MessageError(f"stream {stream!r} seq {seq}: 'model' must be a string, got {short_repr(model)}")
     return ChunkMessage(stream, seq, float(et), kind, end, model)
 
 
@@ -252,56 +244,6 @@ def _parse_sensor(sensor: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     if vals.shape[0] != ts.shape[0]:
         raise PayloadError(f"{where}: {ts.shape[0]} timestamps but {vals.shape[0]} value rows")
     return ts, vals
-
-
-def validate_for_model(msg: ChunkMessage, info: Any, chunk_size: int | None = None) -> None:
-    """Model-dependent checks of a chunk against ``info`` (a ``rnnstream.pipeline.streaming.ModelInfo``).
-
-    ``chunk_size``: when given, every chunk but the last (``end``) must hold exactly that many samples
-    (audio) or rows (sensor); the last may hold fewer.
-
-    Raises:
-        ModelMismatchError: ``msg.model`` is set and is not ``info.weights_hash``.
-        PayloadError: audio for a sensor model or the reverse, wrong channel count, wrong size, a
-            ``sample_rate`` for a sensor model.
-        MessageError: a resume of an audio stream without ``sample_rate``.
-
-    Whether a chunk that opens an audio stream carries ``sample_rate`` is checked where the stream's state
-    is known (:mod:`rnnstream.beam_jobs.stateful`).
-    """
-    where = msg.describe()
-    if msg.model is not None and msg.model != info.weights_hash:
-        raise ModelMismatchError(
-            f"{where}: names model {msg.model!r}, but this job runs model {info.weights_hash!r} (unknown model version)"
-        )
-    kind = info.feature_config.kind
-    if kind == "sensor" and msg.sample_rate is not None:
-        raise PayloadError(f"{where}: 'sample_rate' was given for a sensor model; sensor rows carry their own "
-                           "timestamps (leave it out)")
-    if msg.kind == "resume":
-        if kind == "audio" and msg.sample_rate is None:
-            raise MessageError(f"{where}: a resume message of an audio stream must carry 'sample_rate' (Hz, the "
-                               f"stream's rate as stated in its eviction record); this model runs at "
-                               f"{info.feature_config.audio.sample_rate} Hz")
-        return
-    if kind == "audio" and msg.timestamps is not None:
-        raise PayloadError(f"{where}: sensor payload for an audio model; expected 'audio'")
-    if kind == "sensor":
-        if msg.audio is not None:
-            raise PayloadError(f"{where}: audio payload for a sensor model; expected 'sensor'")
-        n_channels = len(info.feature_config.sensor.columns)
-        if msg.values is not None and msg.values.shape[0] and msg.values.shape[1] != n_channels:
-            raise PayloadError(
-                f"{where}: sensor values have {msg.values.shape[1]} channel(s); the model expects {n_channels} "
-                f"({', '.join(info.feature_config.sensor.columns)})"
-            )
-    if chunk_size:
-        n = msg.size
-        if (n != chunk_size and not msg.end) or n > chunk_size:
-            unit = "samples" if kind == "audio" else "rows"
-            raise PayloadError(
-                f"{where}: payload holds {n} {unit}; expected exactly {chunk_size} (the last chunk: at most {chunk_size})"
-            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,3 +310,8 @@ def resume(stream: str, seq: int, event_time: float, snapshot: bytes, model: str
     (required for audio streams)."""
     return ChunkMessage(stream, seq, float(event_time), "resume", False, model, snapshot=snapshot,
                         sample_rate=sample_rate)
+
+
+__all__ = ["AUDIO_DTYPES", "MAX_MESSAGE_BYTES", "SENSOR_DTYPES", "ChunkMessage", "MessageError", "MessageKind",
+           "ModelMismatchError", "PayloadError", "StreamIdError", "chunk", "decode_array", "encode_message",
+           "parse_message", "resume", "validate_for_model"]
