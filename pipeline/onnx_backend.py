@@ -76,7 +76,11 @@ class OnnxBackend:
     -> ``(y [B, T, output_dim], new_states)``, all float32. See the module docstring for the input policy.
 
     Raises (constructor): :class:`CheckpointError` for a missing, truncated or corrupt file, a file
-    without rnnstream metadata, or a graph whose inputs/outputs disagree with its metadata;
+    without rnnstream metadata, or a graph that disagrees with its metadata, checked on load: input and
+    output names, the input kind, every static dim the graph declares (feature dimension F, output
+    dimension, each state's shape, ``frontend_carry`` = win - hop), then one probe step of zeros (raw
+    audio: two hops must give two frames; every output state must have the metadata's shape), so an
+    edited sample rate, hop/window or state shape is refused with the mismatch named;
     :class:`ConfigError` for an unavailable provider.
     """
 
