@@ -8,8 +8,10 @@ waited ``max_wait_s``, or at once when ``max_wait_s`` is 0. A stream with a chun
 eligible until that chunk is committed, so one stream's chunks are applied in order and never two in a
 batch.
 
-Chunks must be validated before :meth:`Batcher.submit` (the server decodes and checks them), because
-one bad chunk would fail the whole ``step_streams`` call.
+Chunks are validated before :meth:`Batcher.submit` (the server decodes and checks them). Should a batch
+still fail, :func:`rnnstream.serving.contain.step_contained` bisects it: the culprit stream's result is its
+exception, every other stream gets its prediction. ``on_results`` receives one outcome per chunk (a
+``ChunkResult`` or an exception); ``on_failure`` only when the scheduling itself broke (a bug).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession, step_streams
+from rnnstream.pipeline.streaming import StreamSession
+from rnnstream.serving.contain import Outcome, step_contained
 from rnnstream.serving.metrics import ServerMetrics
 
 log = logging.getLogger("rnnstream.serve")
@@ -66,17 +69,18 @@ class BatchStream:
         return bool(self.pending) or self.in_flight
 
 
-def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int) -> tuple[list[ChunkResult], float]:
+def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int,
+                on_split: Callable[[], None] | None) -> tuple[list[Outcome], float]:
     start = time.thread_time()
-    results = step_streams(sessions, chunks, max_batch)
+    results = step_contained(sessions, chunks, max_batch, on_split)
     return results, time.thread_time() - start
 
 
 #: One scheduled chunk: ``(stream, seq, chunk, received_at)``.
 _Item = tuple["BatchStream", int, Any, float]
 
-#: ``(stream, seq, result, received_at)`` for every chunk of a finished batch.
-Results = list[tuple[BatchStream, int, ChunkResult, float]]
+#: ``(stream, seq, outcome, received_at)`` for every chunk of a finished batch (a ChunkResult or an exception).
+Results = list[tuple[BatchStream, int, Outcome, float]]
 
 
 class Batcher:
@@ -206,7 +210,7 @@ class Batcher:
     async def _run_batch(self, items: list[_Item]) -> None:
         assert self._free is not None
         start = time.monotonic()
-        results: list[ChunkResult] | None = None
+        results: list[Outcome] | None = None
         error: BaseException | None = None
         try:
             if self.metrics is not None:
@@ -216,9 +220,11 @@ class Batcher:
             sessions = [s.session for s, *_ in items]
             chunks = [c for _, _, c, _ in items]
             loop = asyncio.get_running_loop()
-            results, cpu = await loop.run_in_executor(self._executor, _timed_step, sessions, chunks, self.max_batch)
+            on_split = self.metrics.batch_splits.inc if self.metrics is not None else None
+            results, cpu = await loop.run_in_executor(self._executor, _timed_step, sessions, chunks, self.max_batch,
+                                                      on_split)
             self.worker_cpu_s += cpu
-        except Exception as exc:  # a backend failure: reported to the affected streams, the others go on
+        except Exception as exc:  # step_contained returns per-stream errors; this is a bug in the scheduling
             error = exc
         finally:
             self._free.release()

@@ -17,14 +17,20 @@ from rnnstream._cli_support import Command, new_parser
 SERVE_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 8765,
-    "http_port": 8766,
+    "http_port": None,
+    "max_connections": 1024,
     "max_streams": 1024,
     "max_batch": 64,
     "max_wait_ms": 5.0,
     "max_queue": 32,
+    "max_queue_bytes": 8 << 20,
+    "max_outbound_bytes": 16 << 20,
     "max_frame_bytes": 1 << 20,
+    "max_chunk_s": 30.0,
+    "max_predict_s": 600.0,
     "workers": 1,
     "idle_timeout_s": 60.0,
+    "snapshot_ttl_s": 24 * 3600.0,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -35,18 +41,32 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    "cross-stream batching, HTTP /health, /metrics and POST /predict.")
     p.add_argument("--model", required=True, help="an exported .onnx graph or a .pt checkpoint")
     p.add_argument("--host", default=d["host"], help="address to bind (loopback only by default)")
-    p.add_argument("--port", type=int, default=d["port"], help="WebSocket port (0: any free port)")
+    p.add_argument("--port", type=int, default=d["port"],
+                   help="WebSocket + HTTP port (0: any)")
     p.add_argument("--http-port", type=int, default=d["http_port"],
-                   help="HTTP port for /health, /metrics, POST /predict (0: any free port; -1: no HTTP server)")
+                   help="also serve everything on this second port (0: any free port; default or -1: none)")
+    p.add_argument("--max-connections", type=int, default=d["max_connections"], help="concurrent connections")
     p.add_argument("--max-streams", type=int, default=d["max_streams"], help="concurrent streams held")
+    p.add_argument("--max-streams-per-connection", type=int, default=None,
+                   help="one connection's share of the streams (default: max(16, max-streams/4), at most max-streams)")
     p.add_argument("--max-batch", type=int, default=d["max_batch"], help="streams per backend call")
     p.add_argument("--max-wait-ms", type=float, default=d["max_wait_ms"], help="longest wait to fill a batch")
     p.add_argument("--max-queue", type=int, default=d["max_queue"], help="chunks queued per stream")
+    p.add_argument("--max-queue-bytes", type=int, default=d["max_queue_bytes"],
+                   help="bytes of chunks queued per connection")
+    p.add_argument("--max-outbound-bytes", type=int, default=d["max_outbound_bytes"],
+                   help="bytes of replies waiting per connection (a client that does not read is closed, 1008)")
     p.add_argument("--max-frame-bytes", type=int, default=d["max_frame_bytes"], help="largest WebSocket message")
+    p.add_argument("--max-chunk-seconds", type=float, default=d["max_chunk_s"], help="longest audio chunk (s)")
+    p.add_argument("--max-predict-seconds", type=float, default=d["max_predict_s"],
+                   help="longest signal in one POST /predict (s)")
     p.add_argument("--workers", type=int, default=d["workers"], help="batch worker threads")
     p.add_argument("--idle-timeout", type=float, default=d["idle_timeout_s"],
                    help="evict streams idle this long (s; 0: never)")
-    p.add_argument("--snapshot-dir", default=None, help="save evicted/abandoned streams here, resume from here")
+    p.add_argument("--snapshot-dir", default=None,
+                   help="save evicted/abandoned streams here, resume from here (a directory, or a URL such as gs://... "
+                   "when apache_beam is installed)")
+    p.add_argument("--snapshot-ttl", type=float, default=d["snapshot_ttl_s"], help="saved snapshots expire after (s)")
     p.add_argument("--provider", default="auto", help="onnxruntime execution provider (auto, cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="backend intra-op threads")
     p.add_argument("--raw-audio", action="store_true",

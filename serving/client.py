@@ -208,6 +208,15 @@ class StreamClient:
         for stream in self.streams.values():
             stream._deliver(self.closed)
 
+    def _stream_error(self, channel: int, err: ServerError) -> None:
+        entry = self._starting.get(channel)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(err)
+            return
+        stream = self.streams.pop(channel, None)
+        if stream is not None:
+            stream._deliver(err)
+
     def _route(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         channel = msg.get("channel")
@@ -222,6 +231,9 @@ class StreamClient:
             return
         if kind == "error":
             err = ServerError(msg.get("code", "error"), msg.get("message", ""), msg.get("close_code"), msg.get("stream"))
+            if msg.get("close_code") is None and channel is not None:  # a stream error: that stream only
+                self._stream_error(channel, err)
+                return
             if channel in self._starting and not self._starting[channel][0].done():
                 self._starting[channel][0].set_exception(err)
             for fut, _ in self._starting.values():

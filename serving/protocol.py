@@ -35,7 +35,8 @@ Server -> client (JSON)::
     {"type": "prediction", "stream", "channel", "seq", "t", "frames", "predicted", "scores"|"values"[, "outputs"]}
     {"type": "ended", "stream", "channel", "seq", "t", "frames", "predicted", "scores"|"values"[, "snapshot"][, "saved"]}
     {"type": "evicted", "stream", "channel", "seq", "reason", "saved"}   # saved: snapshot id or null
-    {"type": "error", "code", "message"[, "stream", "channel"], "close_code"}
+    {"type": "duplicate", "stream", "channel", "seq", "expected"}      # a seq already received: ignored
+    {"type": "error", "code", "message"[, "stream", "channel"], "close_code"}   # close_code null: that stream only
     {"type": "pong"} / {"type": "shutdown", "reason"}
 
 In ``prediction`` and ``ended``, ``frames`` counts the frames completed by that chunk (``ended``: by the
@@ -49,7 +50,9 @@ the client will send; another rate than the model's (``hello.model.sample_rate``
 server. A resume (``resume`` or ``snapshot``) carries it too and it must equal the snapshot's. Sensor
 streams take none. A missing, invalid or mismatched rate is a ``bad_sample_rate`` error (1008).
 
-Every error is sent as an ``error`` message and then the connection is closed with ``close_code``:
+A *stream error* (``close_code`` null: ``bad_snapshot``, ``unknown_snapshot``, ``server_error``) ends or refuses
+that one stream; the connection and its other streams go on. Every other error is sent as an ``error``
+message and then the connection is closed with ``close_code``:
 1007 bad payload data, 1008 protocol violation, 1009 frame too big (sent by the WebSocket layer with
 a reason, before any message), 1011 server error, 1013 limit reached (try again later), 1001 shutdown.
 """
@@ -59,6 +62,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -81,23 +85,27 @@ CLOSE_TRY_LATER = 1013
 
 AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 SENSOR_DTYPE = "float64"
-_STREAM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # fullmatch: no control characters, no trailing newline
+#: Default bound on a snapshot given inline in ``start`` (checked on the base64 text, before decoding).
+MAX_INLINE_SNAPSHOT = 4 * 1024 * 1024
 
 
 class ProtocolError(Exception):
     """A client broke the protocol: sent to it as an ``error`` message, then the connection closes."""
 
     def __init__(self, code: str, message: str, close_code: int = CLOSE_POLICY, *, stream: str | None = None,
-                 channel: int | None = None):
+                 channel: int | None = None, fatal: bool = True):
         super().__init__(message)
         self.code = code
         self.message = message
         self.close_code = close_code
         self.stream = stream
         self.channel = channel
+        self.fatal = fatal  # False: a stream error; the connection stays open
 
     def to_message(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message, "close_code": self.close_code}
+        msg: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message,
+                               "close_code": self.close_code if self.fatal else None}
         if self.stream is not None:
             msg["stream"] = self.stream
         if self.channel is not None:
@@ -230,13 +238,17 @@ def _flag(data: dict[str, Any], key: str) -> bool:
 
 
 def check_stream_id(value: Any, what: str = "'stream'") -> str:
-    if not isinstance(value, str) or not _STREAM_ID.match(value):
-        raise _bad(f"{what} must be 1-128 characters of letters, digits and _ . : -; got {value!r}")
+    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+        raise _bad(f"{what} must be 1-128 characters of letters, digits and _ . : - (no control characters); "
+                   f"got {value!r:.160}")
     return value
 
 
-def parse_control(text: str) -> Start | End | Ping:
-    """Parse one JSON control message; :class:`ProtocolError` (``bad_message``) explains what is wrong."""
+def parse_control(text: str, *, max_snapshot_bytes: int = MAX_INLINE_SNAPSHOT) -> Start | End | Ping:
+    """Parse one JSON control message; :class:`ProtocolError` (``bad_message``) explains what is wrong.
+
+    An inline ``snapshot`` longer than ``max_snapshot_bytes`` (once decoded) is refused from the length of
+    its base64 text, before anything is decoded (a stream error, ``bad_snapshot``)."""
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -245,7 +257,7 @@ def parse_control(text: str) -> Start | End | Ping:
         raise _bad(f"control message must be a JSON object with a 'type', got {type(data).__name__}")
     kind = data.get("type")
     if kind == "start":
-        return _parse_start(data)
+        return _parse_start(data, max_snapshot_bytes)
     if kind == "end":
         unknown = sorted(set(data) - {"type", "channel", "snapshot", "save"})
         if unknown:
@@ -259,7 +271,21 @@ def parse_control(text: str) -> Start | End | Ping:
 _START_FIELDS = {"type", "channel", "stream", "dtype", "sample_rate", "outputs", "resume", "snapshot", "seq"}
 
 
-def _parse_start(data: dict[str, Any]) -> Start:
+def _snapshot_blob(snap: Any, max_bytes: int, where: dict[str, Any]) -> bytes | None:
+    if snap is None:
+        return None
+    if not isinstance(snap, str):
+        raise _bad(f"start: 'snapshot' must be a base64 string, got {type(snap).__name__}")
+    if len(snap) // 4 * 3 > max_bytes:
+        raise ProtocolError("bad_snapshot", f"start: 'snapshot' of about {len(snap) // 4 * 3} bytes exceeds the limit "
+                            f"of {max_bytes} bytes", fatal=False, **where)
+    try:
+        return base64.b64decode(snap, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad(f"start: 'snapshot' is not valid base64 ({exc})") from None
+
+
+def _parse_start(data: dict[str, Any], max_snapshot_bytes: int) -> Start:
     unknown = sorted(set(data) - _START_FIELDS)
     if unknown:
         raise _bad(f"start: unknown field(s) {unknown}; expected some of {sorted(_START_FIELDS)}")
@@ -275,25 +301,33 @@ def _parse_start(data: dict[str, Any]) -> Start:
     resume = data.get("resume")
     if resume is not None:
         resume = check_stream_id(resume, "'resume'")
-    snap = data.get("snapshot")
-    blob = None
-    if snap is not None:
-        if not isinstance(snap, str):
-            raise _bad(f"start: 'snapshot' must be a base64 string, got {type(snap).__name__}")
-        try:
-            blob = base64.b64decode(snap, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _bad(f"start: 'snapshot' is not valid base64 ({exc})") from None
-    if resume is not None and blob is not None:
+    if resume is not None and data.get("snapshot") is not None:
         raise _bad("start: give either 'resume' (a saved snapshot id) or 'snapshot' (bytes), not both")
+    blob = _snapshot_blob(data.get("snapshot"), max_snapshot_bytes, {"channel": _channel(data), "stream": stream})
     seq = data.get("seq")
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_U32):
         raise _bad(f"start: 'seq' must be an integer in 0..{MAX_U32}, got {seq!r}")
     return Start(_channel(data), stream, dtype, _flag(data, "outputs"), resume, blob, seq, rate)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def dumps(msg: dict[str, Any]) -> str:
-    return json.dumps(msg, separators=(",", ":"))
+    """Strict JSON (RFC 8259): a NaN or infinity anywhere becomes ``null`` and the message gets
+    ``"non_finite": true`` instead of the invalid tokens ``NaN``/``Infinity``."""
+    try:
+        return json.dumps(msg, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps({**_finite(msg), "non_finite": True}, separators=(",", ":"), allow_nan=False)
 
 
 def b64(blob: bytes) -> str:

@@ -56,7 +56,9 @@ def test_idle_eviction_saves_snapshot_and_resume_continues_exactly(tmp_path):
                     await s.send(c)
                 msgs = [await s.recv(timeout=5) for _ in range(6)]  # 5 predictions, then the eviction
                 assert server.streams == {}
-                r = await client.start(resume="mic-1", sample_rate=RATE)
+                token = msgs[-1]["saved"]
+                saved_meta = json.loads((tmp_path / f"{token}.json").read_text())
+                r = await client.start(resume=token, sample_rate=RATE)
                 assert r.id == "mic-1" and r.seq == 5 and r.started["resumed"]
                 for c in chunks[5:8]:
                     await r.send(c)
@@ -67,21 +69,28 @@ def test_idle_eviction_saves_snapshot_and_resume_continues_exactly(tmp_path):
                 for c in chunks[8:]:
                     await q.send(c)
                 final = await q.end()
-                with pytest.raises(ServerError) as info:
-                    await client.start(resume="never-seen", sample_rate=RATE)
-            return msgs, r.predictions, ended, final, info.value, server.metrics
+                errors = []
+                for ghost in ("never-seen", token):  # unknown; and already resumed (single use)
+                    with pytest.raises(ServerError) as info:
+                        await client.start(resume=ghost, sample_rate=RATE)
+                    errors.append(info.value)
+                await client.ping()  # stream errors leave the connection open
+            return msgs, saved_meta, r.predictions, ended, final, errors, server.metrics
 
-    msgs, preds, ended, final, err, metrics = run(main())
+    msgs, meta, preds, ended, final, errors, metrics = run(main())
     evicted = msgs[-1]
     assert [m["type"] for m in msgs] == ["prediction"] * 5 + ["evicted"]
-    assert evicted["saved"] == "mic-1" and evicted["seq"] == 5 and "limit 0.3 s" in evicted["reason"]
-    assert json.loads((tmp_path / "mic-1.json").read_text())["seq"] == 5
-    assert json.loads((tmp_path / "mic-1.json").read_text())["sample_rate"] == RATE
+    assert len(evicted["saved"]) == 32 and evicted["seq"] == 5 and "limit 0.3 s" in evicted["reason"]
+    assert meta["seq"] == 5 and meta["sample_rate"] == RATE and meta["stream"] == "mic-1"
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.snap"))  # claimed: gone
     assert [p["seq"] for p in preds] == [5, 6, 7] and ended["seq"] == 8
     assert final["seq"] == 12 and final["frames"] == x.size // 160
     assert_scores(final["scores"], predict_signal(backend, x, sample_rate=RATE).scores, 1e-4)
-    assert err.code == "unknown_stream" and "never-seen" in err.message
+    for err in errors:
+        assert err.code == "unknown_snapshot" and err.close_code is None
+    assert "never-seen" in errors[0].message and "already resumed" in errors[1].message
     assert metrics.value("rnnstream_serve_evictions_total") == 1
+    assert metrics.value("rnnstream_serve_snapshot_writes_total", {"result": "ok"}) == 1
 
 
 def test_http_health_metrics_and_one_shot_predict(tmp_path):
@@ -101,12 +110,14 @@ def test_http_health_metrics_and_one_shot_predict(tmp_path):
                 "predict_raw": (base + f"/predict?dtype=float32&sample_rate={RATE}", x.tobytes(), "POST"),
                 "predict_bad": (base + "/predict?name=clip.wav", b"RIFF....not audio", "POST"),
                 "predict_get": (base + "/predict", None, None),
+                "livez": (ws_base + "/livez", None, None),
+                "readyz": (ws_base + "/readyz", None, None),
                 "nowhere": (base + "/nowhere", None, None),
             }
             out = {k: await asyncio.to_thread(_http, *v) for k, v in calls.items()}
             out["metrics"] = await asyncio.to_thread(_http, base + "/metrics")
             reader, writer = await asyncio.open_connection(server.config.host, server.http_port)
-            writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             await writer.drain()
             out["no_length"] = await reader.read()
             writer.close()
@@ -115,7 +126,7 @@ def test_http_health_metrics_and_one_shot_predict(tmp_path):
     out = run(main())
     for key in ("health", "ws_health"):
         status, body, ctype = out[key]
-        assert status == 200 and json.loads(body)["status"] == "ok" and ctype == "application/json"
+        assert status == 200 and json.loads(body)["status"] == "ok" and ctype.startswith("application/json")
     status, body, ctype = out["metrics"]
     assert status == 200 and ctype.startswith("text/plain")
     assert b"rnnstream_serve_batch_size_bucket" in body and b'rnnstream_serve_http_requests_total{path="/predict"' in body
@@ -130,6 +141,11 @@ def test_http_health_metrics_and_one_shot_predict(tmp_path):
     assert status == 400 and "clip.wav" in json.loads(body)["message"]
     assert out["predict_get"][0] == 405 and out["nowhere"][0] == 404
     assert out["no_length"].startswith(b"HTTP/1.1 411")
+    assert out["livez"][0] == 200 and out["readyz"][0] == 200 and json.loads(out["readyz"][1])["status"] == "ready"
+    _, body, _ = out["metrics"]
+    assert b"process_resident_memory_bytes" in body and b"python_info" in body and b"_created" not in body
+    assert b'rnnstream_serve_model_info{' in body and b'task="classify"' in body
+    assert json.loads(out["health"][1])["model"]["weights_hash"] == backend.info.weights_hash
 
 
 def test_http_predict_sensor_csv(tmp_path):
@@ -174,10 +190,12 @@ def test_graceful_shutdown_finishes_received_chunks_then_closes_1001(tmp_path):
 
     msgs, closed = run(main())
     assert [m["seq"] for m in msgs if m["type"] == "prediction"] == list(range(6))
-    assert msgs[-1]["type"] == "shutdown" and msgs[-1]["streams"] == [
-        {"stream": "busy", "channel": 0, "seq": 6, "saved": "busy"}]
+    assert msgs[-1]["type"] == "shutdown"
+    [held] = msgs[-1]["streams"]
+    token = held.pop("saved")
+    assert held == {"stream": "busy", "channel": 0, "seq": 6} and len(token) == 32
     assert closed.close_code == 1001
-    assert (tmp_path / "busy.snap").exists()
+    assert (tmp_path / f"{token}.snap").exists()
 
 
 def test_cli_client_streams_a_file_as_n_streams(tmp_path, capsys):
@@ -343,4 +361,4 @@ def test_client_that_does_not_keep_up_gets_slow_consumer_1008():
             return info.value
 
     err = run(main())
-    assert err.code == "slow_consumer" and err.close_code == 1008 and "limit 3" in err.message
+    assert err.code == "slow_consumer" and err.close_code == 1008 and "limits 3 messages" in err.message

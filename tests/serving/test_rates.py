@@ -120,21 +120,23 @@ def test_resume_must_declare_the_snapshots_rate(tmp_path):
                 for c in chunks[:4]:
                     await s.send(c)
                 first = await s.end(snapshot=True, save=True)
+            token = first["saved"]
+            saved = json.loads((tmp_path / f"{token}.json").read_text())
             errors = {}
             for name, kw in {"missing": {}, "other": {"sample_rate": RATE}}.items():
                 async with StreamClient(server.url) as client:
                     with pytest.raises(ServerError) as info:
-                        await client.start(resume="slow", **kw)
+                        await client.start(resume=token, **kw)
                     errors[name] = info.value
-            async with StreamClient(server.url) as client:
-                r = await client.start(resume="slow", sample_rate=SLOW)
+            async with StreamClient(server.url) as client:  # a refused resume left the snapshot in place
+                r = await client.start(resume=token, sample_rate=SLOW)
                 for c in chunks[4:]:
                     await r.send(c)
                 final = await r.end()
-            return first, errors, r, final
+            return first, saved, errors, r, final
 
-    first, errors, r, final = run(main())
-    assert json.loads((tmp_path / "slow.json").read_text())["sample_rate"] == SLOW and first["saved"] == "slow"
+    first, saved, errors, r, final = run(main())
+    assert saved["sample_rate"] == SLOW and saved["stream"] == "slow" and r.id == "slow"
     missing, other = errors["missing"], errors["other"]
     assert missing.code == "bad_sample_rate" and missing.close_code == 1008
     assert "'sample_rate'" in missing.message and "8000 Hz" in missing.message
