@@ -98,10 +98,10 @@ class StateMixin:
         """Free a stream left open (disconnect, shutdown) at once; then save its snapshot where configured."""
         if self.streams.get(stream.id) is not stream:
             return None
-        blob = stream.session.snapshot() if self.store is not None else b""
+        blob, problem = self._snapshot_of(stream)
         meta = self._meta(stream, reason)
         self._remove(stream)
-        if self.store is None:
+        if self.store is None or problem is not None:
             return None
         return (await self._save(stream.id, blob, meta))[0]
 
@@ -163,7 +163,7 @@ class StateMixin:
         for stream in list(self.streams.values()):
             if stream.busy or stream.ending is not None or now - stream.last_activity <= idle:
                 continue
-            blob = stream.session.snapshot() if self.store is not None else b""
+            blob, problem = self._snapshot_of(stream)
             meta = self._meta(stream, "idle")
             self._remove(stream)
             stream.conn.failed[stream.channel] = "evicted"
@@ -171,8 +171,22 @@ class StateMixin:
             count += 1
             msg = {"type": "evicted", **stream.where(), "seq": stream.done_seq,
                    "reason": f"idle for {now - stream.last_activity:.1f} s (limit {idle:g} s)"}
-            self._background(self._save_then_send(stream, blob, meta, msg))
+            if problem is not None:
+                self._send(stream.conn, {**msg, "saved": None, "save_error": problem})
+            else:
+                self._background(self._save_then_send(stream, blob, meta, msg))
         return count
+
+    def _snapshot_of(self: "StreamServer", stream: Stream) -> tuple[bytes, str | None]:
+        """The stream's snapshot bytes for the store (``b""`` without one), or why it could not be taken."""
+        if self.store is None:
+            return b"", None
+        try:
+            return stream.session.snapshot(), None
+        except Exception as exc:  # one stream's broken state must not stop the eviction of the others
+            log.exception("taking the snapshot of stream %r failed", stream.id)
+            self.metrics.snapshot_writes.labels("failed").inc()
+            return b"", f"the snapshot could not be taken ({type(exc).__name__}: {exc})"
 
 
 __all__ = ["StateMixin", "prediction_fields"]
