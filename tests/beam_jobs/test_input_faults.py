@@ -145,6 +145,13 @@ def test_infer_turns_every_fault_into_a_dead_letter_and_finishes(classifier, fau
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (9, 2, 7)
     check_letters(out, faults)
+    # the bounds are flags: 8 Hz is allowed now, and 100 s is not too long; the 1 Hz file lasts 800 s
+    assert cli_main([*argv, "--min-sample-rate", "1", "--max-seconds", "100"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["inputs"], summary["outputs"], summary["dead_letters"]) == (9, 3, 6)
+    letters = {Path(d["path"]).name: d for d in read_jsonl(out / "dead_letter.jsonl")}
+    assert letters["8_slow_0.wav"]["kind"] == "AudioTooLongError" and "8_slow_1.wav" not in letters
+    assert "800 frames at 1 Hz last 800.0 s, longer than the maximum of 100 s" in letters["8_slow_0.wav"]["reason"]
     for p in good:
         p.unlink()
     assert cli_main(argv) == 1
