@@ -207,6 +207,7 @@ class FileFeaturizer:
         if size is not None:
             self.limits.check_size(record.path, size)  # a local file: refused before it is read
         data = self._read(record.path, self.limits.max_bytes)
+        self.limits.check_size(record.path, len(data), capped=True)  # a remote file (no size known before)
         samples = decode_audio(data, self.config, name=record.path, limits=self.limits)
         feats = self.audio.featurize(samples)
         if feats.shape[0] == 0:

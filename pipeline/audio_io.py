@@ -96,11 +96,15 @@ class AudioLimits:
         if int(self.min_rate) < 1:
             raise ConfigError(f"min_rate must be >= 1 Hz, got {self.min_rate}")
 
-    def check_size(self, name: str, n_bytes: int) -> None:
-        """:class:`AudioTooLargeError` when a file of ``n_bytes`` is over ``max_bytes`` (before reading it)."""
+    def check_size(self, name: str, n_bytes: int, *, capped: bool = False) -> None:
+        """:class:`AudioTooLargeError` when a file of ``n_bytes`` is over ``max_bytes`` (before reading it).
+
+        ``capped``: ``n_bytes`` came from a read capped at ``max_bytes + 1``, so the file holds at least that.
+        """
         if self.max_bytes is not None and n_bytes > self.max_bytes:
+            size = f"at least {n_bytes}" if capped else f"{n_bytes}"
             raise AudioTooLargeError(
-                f"{display_path(name)}: the file holds {n_bytes} bytes, more than the maximum of "
+                f"{display_path(name)}: the file holds {size} bytes, more than the maximum of "
                 f"{_mib(self.max_bytes)} (--max-decoded-mb / AudioLimits.max_bytes)"
             )
 

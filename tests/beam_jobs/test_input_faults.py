@@ -189,3 +189,27 @@ def test_accuracy_summary_without_model_labels_counts_every_label():
     assert accuracy_summary(preds, ()) == {"labeled": 2, "accuracy": 0.5}
     assert accuracy_summary(preds, ("x",)) == {"unknown_labels": 2, "unknown_label_values": ["a", "b"]}
     assert np.isclose(accuracy_summary(preds, ("a", "b"))["accuracy"], 0.5)
+
+
+def test_a_remote_file_read_is_capped(tmp_path, monkeypatch):
+    """No size is known before reading a gs:// or s3:// file: the read stops at max_bytes + 1."""
+    from rnnstream.beam_jobs.common import InputRecord
+    from rnnstream.beam_jobs.featurize import FileFeaturizer
+    from rnnstream.pipeline.audio_io import AudioLimits
+    from rnnstream.pipeline.config import FeatureConfig
+    from rnnstream.pipeline.errors import AudioTooLargeError
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, tone(4000, 300.0, seed=0), RATE, subtype="PCM_16")
+    asked = []
+
+    def fake_read(path: str, max_bytes: int | None = None) -> bytes:
+        asked.append((path, max_bytes))
+        return wav.read_bytes()[: None if max_bytes is None else max_bytes + 1]
+
+    fz = FileFeaturizer(FeatureConfig.audio_default(sample_rate=RATE, n_mels=20), limits=AudioLimits(max_bytes=1000))
+    monkeypatch.setattr(fz, "_read", fake_read)
+    with pytest.raises(AudioTooLargeError, match=r"^gs://b/0_a_0\.wav: the file holds at least 1001 bytes, more than "
+                       r"the maximum of 1000 bytes"):
+        fz(InputRecord(path="gs://b/0_a_0.wav"))
+    assert asked == [("gs://b/0_a_0.wav", 1000)]
