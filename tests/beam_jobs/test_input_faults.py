@@ -67,7 +67,7 @@ def check_letters(out: Path, faults: dict[str, tuple[str, str]]) -> None:
 
 @pytest.mark.timeout(180)
 def test_featurize_turns_every_fault_into_a_dead_letter_and_finishes(faulty_corpus, tmp_path, capsys):
-    root, good, faults = faulty_corpus
+    root, _good, faults = faulty_corpus
     out = tmp_path / "out"
     assert cli_main(["featurize", "--input", str(root), "--output", str(out), *FLAGS]) == 0
     summary = json.loads((out / "summary.json").read_text())
