@@ -30,20 +30,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
-
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.streaming import SensorChunk
 from rnnstream.serving import protocol as P
 from rnnstream.serving.protocol import ServerError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 
 class Stream:
     """One stream of a :class:`StreamClient`: ``send`` chunks, ``recv`` its messages, ``end`` it."""
 
-    def __init__(self, client: "StreamClient", stream_id: str, channel: int, dtype: str, seq: int):
+    def __init__(self, client: StreamClient, stream_id: str, channel: int, dtype: str, seq: int):
         self.client = client
         self.id = stream_id
         self.channel = channel
@@ -127,7 +126,7 @@ class StreamClient:
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig.from_dict(self.hello["model"]["feature_config"])
 
-    async def connect(self) -> "StreamClient":
+    async def connect(self) -> StreamClient:
         self._ws = await connect(self.url, open_timeout=self.open_timeout, compression=None, max_size=self.max_size)
         first = json.loads(await asyncio.wait_for(self._ws.recv(), self.open_timeout))
         if first.get("type") == "error":
@@ -138,10 +137,10 @@ class StreamClient:
         self._reader = asyncio.create_task(self._read())
         return self
 
-    async def __aenter__(self) -> "StreamClient":
+    async def __aenter__(self) -> StreamClient:
         return await self.connect()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -377,4 +376,4 @@ def main(argv: list[str] | None = None) -> int:
     return CLIENT.main(argv)
 
 
-__all__ = ["Stream", "StreamClient", "ServerError", "main", "split_signal"]
+__all__ = ["ServerError", "Stream", "StreamClient", "main", "split_signal"]

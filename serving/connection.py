@@ -14,7 +14,6 @@ from collections import deque
 from typing import Any
 
 from aiohttp import web
-
 from rnnstream.serving import protocol as P
 from rnnstream.serving.config import ServerConfig
 
@@ -112,7 +111,7 @@ class Connection:
                     return
                 self._out_bytes -= len(item)
                 await ws.send_str(item)
-        except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:  # the peer went away mid-send
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:  # the peer went away mid-send
             log.debug("sending to a client stopped: %s: %s", type(exc).__name__, exc)
         finally:
             if self._cutoff is not None:

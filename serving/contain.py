@@ -19,9 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from rnnstream.pipeline.model_info import FRONTEND_STATE
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession, gather_states, scatter_states
+from rnnstream.pipeline.streaming import (
+    ChunkResult,
+    StreamSession,
+    gather_states,
+    scatter_states,
+)
 
 Outcome = ChunkResult | Exception
 
@@ -44,7 +48,7 @@ def step_contained(sessions: Sequence[StreamSession], chunks: Sequence[Any], max
                 out[i] = _checked(s.push(c))
             else:
                 groups.setdefault((id(s.backend), *work.x.shape[1:]), []).append((i, work))
-        except Exception as exc:  # this stream's chunk or state: its error only
+        except Exception as exc:  # noqa: BLE001 -- this stream's chunk or state: its error only
             out[i] = exc
     for members in groups.values():
         for start in range(0, len(members), max_batch):
@@ -69,7 +73,7 @@ def _run_part(sessions: Sequence[StreamSession], part: list[tuple[int, Any]], ou
         new.pop(FRONTEND_STATE, None)
         ys = np.split(np.asarray(y), len(part), axis=0)
         states = scatter_states(new, [1] * len(part))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any backend failure: bisect to find its stream
         if len(part) == 1:
             out[part[0][0]] = exc
             return

@@ -17,7 +17,6 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError, SampleRateError
 from rnnstream.pipeline.streaming import SensorChunk, predict_signal
 from rnnstream.serving import protocol as P
@@ -36,7 +35,7 @@ class TooLong(RnnstreamError):
 class HttpMixin:
     """The aiohttp application (see module doc)."""
 
-    def _make_app(self: "StreamServer") -> web.Application:
+    def _make_app(self: StreamServer) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._count_requests])
         app.router.add_get("/", self._ws_route)
         app.router.add_get("/health", self._health_route)
@@ -51,7 +50,7 @@ class HttpMixin:
         return web.Response(status=status, text=P.dumps(body), content_type="application/json")
 
     @web.middleware
-    async def _count_requests(self: "StreamServer", request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _count_requests(self: StreamServer, request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path if request.path in _PATHS else "other"
         try:
             response = await handler(request)
@@ -65,22 +64,22 @@ class HttpMixin:
             self.metrics.http_requests.labels(path, str(response.status)).inc()
         return response
 
-    async def _health_route(self: "StreamServer", request: web.Request) -> web.Response:
+    async def _health_route(self: StreamServer, request: web.Request) -> web.Response:
         return self._json_response(200 if not self._closing else 503, self.health())
 
-    async def _livez_route(self: "StreamServer", request: web.Request) -> web.Response:
+    async def _livez_route(self: StreamServer, request: web.Request) -> web.Response:
         return self._json_response(200, {"status": "alive"})
 
-    async def _readyz_route(self: "StreamServer", request: web.Request) -> web.Response:
+    async def _readyz_route(self: StreamServer, request: web.Request) -> web.Response:
         ready = self.ready
         return self._json_response(200 if ready else 503, {"status": "ready" if ready else "not_ready",
                                                            "shutting_down": self._closing})
 
-    async def _metrics_route(self: "StreamServer", request: web.Request) -> web.Response:
+    async def _metrics_route(self: StreamServer, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(self.metrics.render)
         return web.Response(body=body, headers={"Content-Type": self.metrics.content_type})
 
-    async def _predict_route(self: "StreamServer", request: web.Request) -> web.Response:
+    async def _predict_route(self: StreamServer, request: web.Request) -> web.Response:
         cfg = self.config
         length = request.content_length
         if length is None:
@@ -106,7 +105,7 @@ class HttpMixin:
         return self._json_response(200, result)
 
     # -- one-shot prediction (a worker thread) -----------------------------------------------------------
-    def _predict(self: "StreamServer", body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    def _predict(self: StreamServer, body: bytes, query: dict[str, str]) -> dict[str, Any]:
         """One-shot prediction of a whole file: offline, ``rnnstream.api.Model.predict``."""
         from rnnstream.api import Model
 
@@ -122,7 +121,7 @@ class HttpMixin:
             t = float(signal.timestamps[-1]) if signal.timestamps.size else 0.0
         return {**prediction_fields(pred), "frames": 0 if pred is None else pred.frames, "t": round(t, 6)}
 
-    def _audio_body(self: "StreamServer", body: bytes, query: dict[str, str]) -> tuple[Any, int]:
+    def _audio_body(self: StreamServer, body: bytes, query: dict[str, str]) -> tuple[Any, int]:
         """``(samples, rate)``: an audio file at its own rate (``sample_rate``, if given, must match it), or raw
         ``float32``/``int16`` samples whose ``sample_rate`` the query must give."""
         from rnnstream.pipeline.audio_io import AudioLimits, decode_native
@@ -156,7 +155,7 @@ class HttpMixin:
         except P.ProtocolError as err:
             raise ConfigError(err.message) from None
 
-    def _sensor_body(self: "StreamServer", body: bytes, query: dict[str, str]) -> SensorChunk:
+    def _sensor_body(self: StreamServer, body: bytes, query: dict[str, str]) -> SensorChunk:
         from rnnstream.pipeline.sensors import read_sensor_table
 
         fmt = query.get("format", "csv")

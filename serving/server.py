@@ -35,7 +35,6 @@ import sys
 from typing import Any
 
 from aiohttp import web
-
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.model_info import Backend
 from rnnstream.serving import protocol as P
@@ -101,7 +100,7 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         """The model is loaded, the server started and not shutting down (``/readyz``)."""
         return self._started and not self._closing
 
-    async def start(self) -> "StreamServer":
+    async def start(self) -> StreamServer:
         cfg = self.config
         if cfg.snapshot_dir is not None:
             self.store = await asyncio.to_thread(SnapshotStore, cfg.snapshot_dir, ttl_s=cfg.snapshot_ttl_s,
@@ -122,10 +121,10 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self._started = True
         return self
 
-    async def __aenter__(self) -> "StreamServer":
+    async def __aenter__(self) -> StreamServer:
         return await self.start()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
     async def shutdown(self) -> None:

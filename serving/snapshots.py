@@ -65,7 +65,9 @@ class _BeamFiles:
     """The same operations through ``apache_beam.io.filesystems.FileSystems`` (gs://, s3://, hdfs://, local)."""
 
     def __init__(self, root: str):
-        from apache_beam.io.filesystems import FileSystems  # only when a URL store is configured
+        from apache_beam.io.filesystems import (
+            FileSystems,  # only when a URL store is configured
+        )
 
         self.fs = FileSystems
         self.root = root.rstrip("/")

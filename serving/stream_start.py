@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class StartMixin:
     """``start`` handling (see module doc)."""
 
-    async def _control(self: "StreamServer", conn: Connection, text: str) -> None:
+    async def _control(self: StreamServer, conn: Connection, text: str) -> None:
         msg = P.parse_control(text, max_snapshot_bytes=self.config.max_snapshot_bytes)
         if isinstance(msg, P.Ping):
             self._send(conn, {"type": "pong"})
@@ -35,7 +35,7 @@ class StartMixin:
         else:
             self._end(conn, msg)
 
-    def _check_start(self: "StreamServer", conn: Connection, msg: P.Start, where: dict[str, Any]) -> None:
+    def _check_start(self: StreamServer, conn: Connection, msg: P.Start, where: dict[str, Any]) -> None:
         cfg = self.config
         if self._closing:
             raise P.ProtocolError("shutting_down", "the server is shutting down; start the stream elsewhere",
@@ -61,7 +61,7 @@ class StartMixin:
             raise P.ProtocolError("bad_dtype", f"this is an audio model: dtype must be 'float32' or 'int16', "
                                   f"not {msg.dtype!r}", **where)
 
-    async def _start(self: "StreamServer", conn: Connection, msg: P.Start) -> None:
+    async def _start(self: StreamServer, conn: Connection, msg: P.Start) -> None:
         where = {"channel": msg.channel, "stream": msg.stream}
         self._check_start(conn, msg, where)
         conn.starting.add(msg.channel)
@@ -85,7 +85,7 @@ class StartMixin:
         self._send(conn, {"type": "started", "stream": stream_id, "channel": msg.channel, "seq": seq,
                           "t": session.t, "resumed": resumed, "sample_rate": session.sample_rate})
 
-    async def _session_for(self: "StreamServer", msg: P.Start, where: dict[str, Any]) -> tuple[StreamSession, int, bool]:
+    async def _session_for(self: StreamServer, msg: P.Start, where: dict[str, Any]) -> tuple[StreamSession, int, bool]:
         """``(session, next seq, resumed)`` for a start message."""
         if msg.resume is not None:
             blob, meta = await self._claim(msg.resume, where)
@@ -107,7 +107,7 @@ class StartMixin:
             return await self._restore(msg.snapshot, stream_id, msg.sample_rate, where), msg.seq or 0, True
         return self._open(stream_id, msg.sample_rate, where), msg.seq or 0, False
 
-    async def _claim(self: "StreamServer", token: str, where: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    async def _claim(self: StreamServer, token: str, where: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
         if self.store is None:
             raise P.ProtocolError("unknown_snapshot", f"cannot resume {token!r}: this server keeps no snapshots (no "
                                   "--snapshot-dir); send the snapshot bytes in 'snapshot' instead", fatal=False, **where)
@@ -124,7 +124,7 @@ class StartMixin:
     def _rate_error(self, problem: str, where: dict[str, Any]) -> P.ProtocolError:
         return P.ProtocolError("bad_sample_rate", f"start: {problem}", P.CLOSE_POLICY, **where)
 
-    def _open(self: "StreamServer", stream_id: str, rate: int | None, where: dict[str, Any]) -> StreamSession:
+    def _open(self: StreamServer, stream_id: str, rate: int | None, where: dict[str, Any]) -> StreamSession:
         """A new session at the client's declared rate (audio: required; sensor: none)."""
         audio = self.info.feature_config.audio
         if audio is None and rate is not None:
@@ -139,7 +139,7 @@ class StartMixin:
         except RnnstreamError as exc:  # e.g. a rate ratio too extreme to resample
             raise self._rate_error(f"'sample_rate' {rate}: {exc}", where) from None
 
-    async def _restore(self: "StreamServer", blob: bytes, stream_id: str, rate: int | None,
+    async def _restore(self: StreamServer, blob: bytes, stream_id: str, rate: int | None,
                        where: dict[str, Any]) -> StreamSession:
         """The snapshot's session, validated in a worker thread; an audio resume must declare the snapshot's rate."""
         if len(blob) > self.config.max_snapshot_bytes:

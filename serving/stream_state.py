@@ -36,7 +36,7 @@ def prediction_fields(pred: Any) -> dict[str, Any]:
 class StateMixin:
     """Stream endings and snapshot saves (see module doc)."""
 
-    def _end(self: "StreamServer", conn: Connection, msg: P.End) -> None:
+    def _end(self: StreamServer, conn: Connection, msg: P.End) -> None:
         stream = conn.streams.get(msg.channel)
         if stream is None and msg.channel in conn.failed:
             raise P.ProtocolError("stream_closed", f"end: the stream on channel {msg.channel} was already closed "
@@ -53,7 +53,7 @@ class StateMixin:
         if not stream.busy:
             self._finish(stream)
 
-    def _finish(self: "StreamServer", stream: Stream) -> None:
+    def _finish(self: StreamServer, stream: Stream) -> None:
         """End the stream and send ``ended``. A snapshot asked for is taken first, so a resume continues the
         stream; then ``session.end()`` flushes the resampler, so the final prediction equals offline."""
         session, end = stream.session, stream.ending
@@ -65,7 +65,7 @@ class StateMixin:
         try:
             if not session.ended:
                 session.end()
-        except Exception as exc:  # the model failed flushing this stream: its error only
+        except Exception as exc:  # noqa: BLE001 -- the model failed flushing this stream: its error only
             self._chunk_failed(stream, stream.done_seq, exc)
             return
         msg: dict[str, Any] = {"type": "ended", **stream.where(), "seq": stream.done_seq, "t": round(session.t, 6),
@@ -77,12 +77,12 @@ class StateMixin:
             return
         self._background(self._save_then_send(stream, blob, meta, msg))
 
-    async def _save_then_send(self: "StreamServer", stream: Stream, blob: bytes, meta: dict[str, Any],
+    async def _save_then_send(self: StreamServer, stream: Stream, blob: bytes, meta: dict[str, Any],
                               msg: dict[str, Any]) -> None:
         saved, error = await self._save(stream.id, blob, meta)
         self._send(stream.conn, {**msg, "saved": saved, **({"save_error": error} if error else {})})
 
-    def _remove(self: "StreamServer", stream: Stream) -> None:
+    def _remove(self: StreamServer, stream: Stream) -> None:
         self.batcher.discard(stream)
         if stream.conn.streams.get(stream.channel) is stream:
             del stream.conn.streams[stream.channel]
@@ -94,7 +94,7 @@ class StateMixin:
         return {"seq": stream.done_seq, "t": stream.session.t, "sample_rate": stream.session.sample_rate,
                 "reason": reason}
 
-    async def _release(self: "StreamServer", stream: Stream, reason: str) -> str | None:
+    async def _release(self: StreamServer, stream: Stream, reason: str) -> str | None:
         """Free a stream left open (disconnect, shutdown) at once; then save its snapshot where configured."""
         if self.streams.get(stream.id) is not stream:
             return None
@@ -105,7 +105,7 @@ class StateMixin:
             return None
         return (await self._save(stream.id, blob, meta))[0]
 
-    async def _save(self: "StreamServer", stream_id: str, blob: bytes, meta: dict[str, Any]) -> tuple[str | None, str | None]:
+    async def _save(self: StreamServer, stream_id: str, blob: bytes, meta: dict[str, Any]) -> tuple[str | None, str | None]:
         """``(snapshot id, None)``, or ``(None, why)`` after ``snapshot_retries`` failed attempts."""
         store, m = self.store, self.metrics
         if store is None:
@@ -127,18 +127,18 @@ class StateMixin:
         log.error("stream %r was not saved after %d attempts: %s", stream_id, attempts, error)
         return None, f"the snapshot could not be written ({error})"
 
-    def _background(self: "StreamServer", coro: Any) -> None:
+    def _background(self: StreamServer, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg_done)
 
-    def _bg_done(self: "StreamServer", task: "asyncio.Task[Any]") -> None:
+    def _bg_done(self: StreamServer, task: asyncio.Task[Any]) -> None:
         self._bg.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("a background task failed", exc_info=task.exception())
 
     # -- eviction ---------------------------------------------------------------------------------------
-    async def _sweep(self: "StreamServer") -> None:
+    async def _sweep(self: StreamServer) -> None:
         """Evict idle streams and purge expired snapshots, forever; one round's error is logged, never fatal."""
         idle = self.config.idle_timeout_s
         period = min(1.0, idle / 4) if idle > 0 else 1.0
@@ -154,7 +154,7 @@ class StateMixin:
             except Exception:  # a bug or a store failure must not end eviction for good
                 log.exception("an eviction round failed; the next one runs in %.1f s", period)
 
-    def evict_idle(self: "StreamServer", now: float | None = None) -> int:
+    def evict_idle(self: StreamServer, now: float | None = None) -> int:
         """Evict every stream idle (nothing queued or in flight) longer than ``idle_timeout_s``: it leaves the
         table at once; its ``evicted`` message follows its snapshot write."""
         now = time.monotonic() if now is None else now
@@ -177,7 +177,7 @@ class StateMixin:
                 self._background(self._save_then_send(stream, blob, meta, msg))
         return count
 
-    def _snapshot_of(self: "StreamServer", stream: Stream) -> tuple[bytes, str | None]:
+    def _snapshot_of(self: StreamServer, stream: Stream) -> tuple[bytes, str | None]:
         """The stream's snapshot bytes for the store (``b""`` without one), or why it could not be taken."""
         if self.store is None:
             return b"", None

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from rnnstream.pipeline.errors import RnnstreamError
 from rnnstream.pipeline.streaming import SensorChunk, StreamSession
 from rnnstream.serving import protocol as P

@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
-
 from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import QueueFull, Results
 from rnnstream.serving.connection import Connection
@@ -27,7 +26,7 @@ log = logging.getLogger("rnnstream.serve")
 class WsMixin:
     """Connection handling (see module doc)."""
 
-    async def _ws_route(self: "StreamServer", request: web.Request) -> web.StreamResponse:
+    async def _ws_route(self: StreamServer, request: web.Request) -> web.StreamResponse:
         """``GET /`` with an upgrade: a protocol connection (503 while not ready, 1013-style refusal when full)."""
         cfg = self.config
         if not self.ready:
@@ -46,7 +45,7 @@ class WsMixin:
         await self._serve_connection(Connection(ws, request, cfg))
         return ws
 
-    async def _serve_connection(self: "StreamServer", conn: Connection) -> None:
+    async def _serve_connection(self: StreamServer, conn: Connection) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
@@ -61,7 +60,7 @@ class WsMixin:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def _read_loop(self: "StreamServer", conn: Connection) -> None:
+    async def _read_loop(self: StreamServer, conn: Connection) -> None:
         async for msg in conn.ws:
             if conn.closing:
                 return
@@ -81,7 +80,7 @@ class WsMixin:
                     return
                 self._stream_error(conn, err)
 
-    async def _cleanup(self: "StreamServer", conn: Connection, sender: asyncio.Task[None]) -> None:
+    async def _cleanup(self: StreamServer, conn: Connection, sender: asyncio.Task[None]) -> None:
         """Free the connection's streams (saving them where a store is configured), then end the sender."""
         for stream in list(conn.streams.values()):
             self._discard(stream, "disconnect")
@@ -100,12 +99,12 @@ class WsMixin:
         self.metrics.connections_open.dec()
 
     # -- replies ---------------------------------------------------------------------------------------
-    def _send(self: "StreamServer", conn: Connection, msg: dict[str, Any]) -> None:
+    def _send(self: StreamServer, conn: Connection, msg: dict[str, Any]) -> None:
         overflow = conn.send(P.dumps(msg))
         if overflow is not None:
             self._fail(conn, overflow, drop_pending=True)
 
-    def _fail(self: "StreamServer", conn: Connection, err: P.ProtocolError, *, drop_pending: bool = False) -> None:
+    def _fail(self: StreamServer, conn: Connection, err: P.ProtocolError, *, drop_pending: bool = False) -> None:
         """Send the error, then close with its code; the connection's queued chunks are dropped."""
         if conn.closing:
             return
@@ -115,7 +114,7 @@ class WsMixin:
             self._discard(stream, err.code)
         conn.close(err.close_code, f"{err.code}: {err.message}", P.dumps(err.to_message()), drop_pending=drop_pending)
 
-    def _stream_error(self: "StreamServer", conn: Connection, err: P.ProtocolError) -> None:
+    def _stream_error(self: StreamServer, conn: Connection, err: P.ProtocolError) -> None:
         """An error of one stream (or one refused start): that stream ends, the connection goes on."""
         self.metrics.errors.labels(err.code).inc()
         log.info("stream error: %s: %s", err.code, err.message)
@@ -126,7 +125,7 @@ class WsMixin:
             conn.failed[stream.channel] = err.code
         self._send(conn, err.to_message())
 
-    def _discard(self: "StreamServer", stream: Stream, reason: str) -> None:
+    def _discard(self: StreamServer, stream: Stream, reason: str) -> None:
         """Drop a stream's queued chunks (counted by reason) and never schedule it again."""
         if stream.pending:
             self.metrics.chunks_dropped.labels(reason).inc(len(stream.pending))
@@ -135,7 +134,7 @@ class WsMixin:
         self.batcher.discard(stream)
 
     # -- chunks ------------------------------------------------------------------------------------------
-    def _chunk(self: "StreamServer", conn: Connection, frame: bytes) -> None:
+    def _chunk(self: StreamServer, conn: Connection, frame: bytes) -> None:
         channel, seq, payload = P.split_frame(frame)
         stream = conn.streams.get(channel)
         if stream is None and channel in conn.failed:
@@ -171,7 +170,7 @@ class WsMixin:
         stream.last_activity = now
         self.metrics.chunks.inc()
 
-    def _on_results(self: "StreamServer", results: Results) -> None:
+    def _on_results(self: StreamServer, results: Results) -> None:
         now = time.monotonic()
         m = self.metrics
         for bs, seq, outcome, received in results:
@@ -195,7 +194,7 @@ class WsMixin:
             if stream.ending is not None and not stream.busy:
                 self._finish(stream)
 
-    def _chunk_failed(self: "StreamServer", stream: Stream, seq: int, exc: Exception) -> None:
+    def _chunk_failed(self: StreamServer, stream: Stream, seq: int, exc: Exception) -> None:
         log.error("stream %r seq %d failed in the model: %s: %s", stream.id, seq, type(exc).__name__, exc)
         self.metrics.chunk_errors.inc()
         err = P.ProtocolError("server_error", f"stream {stream.id!r} seq {seq}: the model failed on this chunk "
@@ -203,7 +202,7 @@ class WsMixin:
                               P.CLOSE_SERVER_ERROR, fatal=False, **stream.where())
         self._stream_error(stream.conn, err)
 
-    def _on_failure(self: "StreamServer", items: Any, exc: BaseException) -> None:
+    def _on_failure(self: StreamServer, items: Any, exc: BaseException) -> None:
         """The batch could not even be scheduled (a bug): each chunk still gets an answer, an error."""
         log.error("a batch of %d streams failed outside the model: %s: %s", len(items), type(exc).__name__, exc)
         for bs, seq in items:

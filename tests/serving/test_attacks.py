@@ -19,7 +19,15 @@ from rnnstream.serving.protocol import ServerError
 from rnnstream.serving.server import ServerConfig, StreamServer
 from rnnstream.serving.snapshots import SnapshotMissing, SnapshotStore
 
-from tests.serving._helpers import RATE, RecordingBackend, assert_matches, audio_backend, run, session_results, signal
+from tests.serving._helpers import (
+    RATE,
+    RecordingBackend,
+    assert_matches,
+    audio_backend,
+    run,
+    session_results,
+    signal,
+)
 
 
 def _repack(blob: bytes, **changes: np.ndarray) -> bytes:

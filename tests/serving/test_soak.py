@@ -23,7 +23,14 @@ from rnnstream.serving.server import ServerConfig, StreamServer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.serving._helpers import RATE, assert_matches, audio_backend, run, session_results, signal
+from tests.serving._helpers import (
+    RATE,
+    assert_matches,
+    audio_backend,
+    run,
+    session_results,
+    signal,
+)
 
 RSS_BOUND_MB = 150.0
 SOAK_S = float(os.environ.get("RNNSTREAM_SOAK_S", "20"))
