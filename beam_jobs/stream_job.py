@@ -32,20 +32,21 @@ DirectRunner's limits with processing time).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-
 from rnnstream.beam_jobs.common import (
     InputOptions,
     counter_values,
@@ -58,7 +59,12 @@ from rnnstream.beam_jobs.common import (
     write_text,
 )
 from rnnstream.beam_jobs.options import add_stream_job_arguments
-from rnnstream.beam_jobs.stateful import DEAD_LETTERS, EVENTS, StreamInference, StreamJobConfig
+from rnnstream.beam_jobs.stateful import (
+    DEAD_LETTERS,
+    EVENTS,
+    StreamInference,
+    StreamJobConfig,
+)
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 
 LOG = logging.getLogger(__name__)
@@ -67,7 +73,8 @@ KINDS = ("predictions", EVENTS, DEAD_LETTERS)
 SUMMARY_FILE = "summary.json"
 COUNTERS = ("messages_in", "chunks", "filled_chunks", "duplicates", "dead_letters", "resumes", "gaps",
             "missing_chunks", "evictions", "ends", "model_step_us", "stateful_fn_us")
-_STALE = tuple(f"{k}-*.jsonl" for k in KINDS) + (SUMMARY_FILE,)
+_PARTIAL = ".partial"
+_STALE = tuple(f"{k}-*.jsonl" for k in KINDS) + tuple(f"{k}-*{_PARTIAL}" for k in KINDS) + (SUMMARY_FILE,)
 
 
 class StreamJobOptions(PipelineOptions):
@@ -83,11 +90,43 @@ class StreamJobOptions(PipelineOptions):
 # ----------------------------------------------------------------------------------------------
 
 
-class _WriteJsonlFn(beam.DoFn):
-    """Each bundle's records to a new ``{prefix}-{uuid}.jsonl`` (no file for an empty bundle)."""
+def _shard_of(record: dict[str, Any], kind: str, shards: int) -> tuple[tuple[str, int], str]:
+    """``((kind, shard), line)``: the shard is a stable hash of the stream id, so a stream's records stay together."""
+    stream = record.get("stream")
+    shard = zlib.crc32(str(stream).encode("utf-8", "replace")) % shards
+    return (kind, shard), json.dumps(record, sort_keys=True, allow_nan=False)
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+
+class _WriteShardFn(beam.DoFn):
+    """One grouped pane of one shard -> ``{kind}-{shard:05d}-{pane:06d}.jsonl``, written once, atomically.
+
+    The name depends only on the key and the pane index, both fixed by the ``GroupByKey`` before it: a retried
+    bundle gets the same name for the same records. The file is written under a temporary name and renamed;
+    an attempt that finds the final file already there (an earlier attempt completed) writes nothing.
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def process(self, element: tuple[tuple[str, int], Iterable[str]],
+                pane: Any = beam.DoFn.PaneInfoParam) -> Iterable[str]:
+        (kind, shard), lines = element
+        index = pane.index if pane is not None else 0
+        final = FileSystems.join(self.output_dir, f"{kind}-{shard:05d}-{index:06d}.jsonl")
+        if _write_once(final, "".join(line + "\n" for line in lines)):
+            yield final
+
+
+class _WriteBundleFn(beam.DoFn):
+    """Unbounded inputs: each bundle's records to ``{kind}-b{sha256 of its lines}.jsonl``, written atomically.
+
+    A retried bundle holds the same records (the stateful DoFn's outputs are deterministic given its committed
+    input and state, and a failed attempt's state writes are discarded), so it gets the same name: the retry
+    finds the file there and writes nothing, or replaces a file of identical content.
+    """
+
+    def __init__(self, output_dir: str, kind: str):
+        self.output_dir, self.kind = output_dir, kind
         self._lines: list[str] = []
 
     def start_bundle(self) -> None:
@@ -98,22 +137,51 @@ class _WriteJsonlFn(beam.DoFn):
 
     def finish_bundle(self) -> None:
         if self._lines:
-            write_text(f"{self.prefix}-{uuid.uuid4().hex}.jsonl", "".join(line + "\n" for line in self._lines))
+            text = "".join(line + "\n" for line in sorted(self._lines))
+            digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+            _write_once(FileSystems.join(self.output_dir, f"{self.kind}-b{digest}.jsonl"), text)
             self._lines = []
 
 
-class WriteRecords(beam.PTransform[dict[str, beam.PCollection[dict[str, Any]]], beam.pvalue.PDone]):
-    """Write the three outputs of :class:`StreamInference` as JSON lines under ``output_dir``."""
+def _write_once(final: str, text: str) -> bool:
+    """Write ``final`` atomically (a temporary name, then a rename) unless it exists; whether it wrote."""
+    if FileSystems.exists(final):
+        return False
+    temp = f"{final}.{uuid.uuid4().hex}{_PARTIAL}"
+    write_text(temp, text)
+    FileSystems.rename([temp], [final])
+    return True
 
-    def __init__(self, output_dir: str, label: str | None = None):
+
+class WriteRecords(beam.PTransform[dict[str, beam.PCollection[dict[str, Any]]], beam.pvalue.PDone]):
+    """Write the three outputs of :class:`StreamInference` as JSON lines under ``output_dir``, retry-safe.
+
+    * Bounded input (batch): records are keyed by ``(kind, hash(stream) % shards)`` and grouped (the runner
+      commits a ``GroupByKey``'s output once, so a retried writer sees the same records), then each group is
+      written to ``{kind}-{shard:05d}-{pane:06d}.jsonl`` (:class:`_WriteShardFn`): a name fixed by the data.
+    * Unbounded input (streaming): each bundle is written to a file named by the hash of its content
+      (:class:`_WriteBundleFn`), so records appear as the job runs and a retried bundle rewrites the same file.
+
+    Files are written under a temporary ``*.partial`` name and renamed; readers match ``{kind}-*.jsonl`` only.
+    """
+
+    def __init__(self, output_dir: str, shards: int = 4, label: str | None = None):
         super().__init__(label)
         self.output_dir = output_dir
+        self.shards = shards
 
     def expand(self, outputs: dict[str, beam.PCollection]) -> beam.pvalue.PDone:
+        first = next(iter(outputs.values()))
         for kind in KINDS:
-            prefix = FileSystems.join(self.output_dir, kind)
-            _ = outputs[kind] | f"Write{kind.title().replace('_', '')}" >> beam.ParDo(_WriteJsonlFn(prefix))
-        return beam.pvalue.PDone(next(iter(outputs.values())).pipeline)
+            name = kind.title().replace("_", "")
+            if not first.is_bounded:
+                _ = outputs[kind] | f"Write{name}" >> beam.ParDo(_WriteBundleFn(self.output_dir, kind))
+                continue
+            _ = (outputs[kind]
+                 | f"Key{name}" >> beam.Map(_shard_of, kind, self.shards)
+                 | f"Group{name}" >> beam.GroupByKey()
+                 | f"Write{name}" >> beam.ParDo(_WriteShardFn(self.output_dir)))
+        return beam.pvalue.PDone(first.pipeline)
 
 
 def read_records(output_dir: str, kind: str) -> list[dict[str, Any]]:
@@ -147,8 +215,10 @@ class _ListNewFilesFn(beam.DoFn):
         yield from new
 
 
-def _read_lines(path: str) -> Iterable[str]:
-    return [line for line in read_text(path).splitlines() if line.strip()]
+def _read_lines(path: str) -> Iterable[bytes]:
+    """A file's non-blank lines as bytes (a line that is not UTF-8 becomes a dead letter, not a crash)."""
+    with FileSystems.open(path) as fh:
+        return [line for line in fh.read().splitlines() if line.strip()]
 
 
 class _PollDirectoryFn(beam.DoFn):
@@ -239,7 +309,7 @@ def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptio
         return (
             p
             | "ListFiles" >> beam.Create(files)
-            | "ReadFiles" >> beam.io.ReadAllFromText()
+            | "ReadFiles" >> beam.io.ReadAllFromText(coder=BytesCoder())  # bytes: a non-UTF-8 line is a dead letter
             | "SkipBlankLines" >> beam.Filter(lambda line: bool(line.strip()))
         ), True
     if opts.input_dir:
