@@ -136,6 +136,12 @@ class StreamingRNN(nn.Module):
         c = self.config
         z = (x - self.feat_mean) / self.feat_std
         new_state: State = {}
+        if c.input_diff:  # the change since the previous frame; zero at the stream's first frame
+            seen = state["prev_seen"]  # [B, 1]: 0 before the first frame, then 1
+            first = seen * state["prev_input"] + (1.0 - seen) * z[:, 0]
+            prev = torch.cat((first.unsqueeze(1), z[:, :-1]), dim=1)
+            new_state.update(prev_input=z[:, -1], prev_seen=torch.ones_like(seen))
+            z = z - prev
         if c.input_norm == "causal_mean":
             z, norm_sum, norm_count = self._causal_mean(z, state["norm_sum"], state["norm_count"])
             new_state.update(norm_sum=norm_sum, norm_count=norm_count)

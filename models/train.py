@@ -57,6 +57,7 @@ from rnnstream.models.fit import BatchLoader, fit
 from rnnstream.models.gradients import GradientWarning
 from rnnstream.models.prepare import DataSpec, PreparedData, prepare_data
 from rnnstream.models.rnn import Cell, InputNorm, ModelConfig, Pooling, StreamingRNN
+from rnnstream.models.metrics import seasonal_period_of
 from rnnstream.models.tasks import task_for
 from rnnstream.models.train_cli import build_parser, main
 from rnnstream.pipeline.config import FeatureConfig
@@ -88,6 +89,11 @@ class TrainConfig:
             learns to forecast relative to the recent level (helps on drifting series such as ETTh1's OT).
         residual: forecast only: the head predicts the change from the current frame's target values
             (:class:`ModelConfig` ``residual``).
+        seasonal_period: forecast only, with ``residual``: predict the change from seasonal-naive (each step's
+            value ``P`` frames earlier; :class:`ModelConfig` ``seasonal_period``). ``-1``: the data's daily period
+            (:func:`rnnstream.models.metrics.seasonal_period_of`, 24 for hourly data).
+        input_diff: feed the network each feature's change since the previous frame (:class:`ModelConfig`
+            ``input_diff``): level-free inputs for drifting series.
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
         augment: training-only per-batch feature augmentation (:class:`rnnstream.models.augment.BatchAugment`
@@ -124,6 +130,8 @@ class TrainConfig:
     num_threads: int | None = None
     level_shift: float = 0.0
     residual: bool = False
+    seasonal_period: int = 0
+    input_diff: bool = False
     augment: str = "none"
     conv_channels: tuple[int, ...] = ()
     conv_kernel: tuple[int, int] = (3, 3)
@@ -148,6 +156,9 @@ class TrainConfig:
             raise ConfigError(f"level_shift must be >= 0, got {self.level_shift}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.seasonal_period and (self.seasonal_period < -1 or not self.residual):
+            raise ConfigError(f"seasonal_period must be -1 (the data's), 0 or a period in frames, with residual=True; "
+                              f"got {self.seasonal_period}")
         BatchAugment.parse(self.augment)  # raises ConfigError naming the expected forms
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"optimizer must be adam, adamw or sgd; got {self.optimizer!r}")
@@ -173,10 +184,19 @@ class TrainConfig:
             input_dim=data.input_dim, output_dim=data.output_dim, task=data.task, cell=self.cell,
             hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
             bidirectional=self.bidirectional, input_norm=self.input_norm, residual=self.residual,
-            **task_for(data.task).head_fields(data, self.pooling),
+            seasonal_period=self._period(data), input_diff=self.input_diff, **task_for(data.task).head_fields(data, self.pooling),
             conv_channels=tuple(self.conv_channels), conv_kernel=tuple(self.conv_kernel), conv_pool=self.conv_pool,
             norm_decay=self.norm_decay, norm_prior=self.norm_prior,
         )
+
+    def _period(self, data: TaskData) -> int:
+        if self.seasonal_period != -1:
+            return self.seasonal_period
+        period = seasonal_period_of(data.feature_config)
+        if not period:
+            raise ConfigError("seasonal_period=-1 takes the data's daily period, but its feature config has none "
+                              "(sensor data on an hourly or finer grid); give the period in frames")
+        return period
 
 
 @dataclass

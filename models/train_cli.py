@@ -12,7 +12,8 @@ import os
 import re
 import sys
 
-from rnnstream.pipeline.errors import ConfigError, RnnstreamError
+from rnnstream._cli_support import Command, new_parser
+from rnnstream.pipeline.errors import ConfigError
 
 
 def _rows(text: str) -> tuple[tuple[int, int], ...]:
@@ -40,6 +41,11 @@ def _architecture(p: argparse.ArgumentParser) -> None:
     a.add_argument("--dropout", type=float, default=0.0)
     a.add_argument("--bidirectional", action="store_true", help="offline only: cannot stream or use --tbptt")
     a.add_argument("--residual", action="store_true", help="forecast: predict the change from the current value")
+    a.add_argument("--seasonal-period", type=int, default=0,
+                   help="forecast with --residual: predict the change from the value this many frames before each "
+                        "step (seasonal-naive); -1: the data's daily period (24 for hourly data)")
+    a.add_argument("--input-diff", action="store_true",
+                   help="feed the network each feature's change since the previous frame (level-free inputs)")
     a.add_argument("--pooling", default="last", choices=["last", "mean"], help="classify: last frame or running mean")
     a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
                    help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
@@ -104,7 +110,7 @@ def _data(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rnnstream train`` options (every default matches :class:`~rnnstream.models.train.TrainConfig`)."""
-    p = argparse.ArgumentParser(prog="rnnstream train", description="Train a stateful RNN on a featurized dataset.")
+    p = new_parser("rnnstream train", "Train a stateful RNN on a featurized dataset.")
     p.add_argument("--data", required=True, help="featurized dataset directory (rnnstream featurize output)")
     p.add_argument("--out", required=True, help="checkpoint path (best weights + resume state)")
     p.add_argument("--task", default="classify", choices=["classify", "tag", "forecast", "generate"])
@@ -123,14 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``rnnstream train``: returns the exit status (0 ok, 1 a typed input error)."""
-    args = build_parser().parse_args(argv)
-    try:
-        _recipe(args, sys.argv[1:] if argv is None else argv)
-        result = _run(args)
-    except RnnstreamError as exc:
-        print(f"rnnstream train: error: {exc}", file=sys.stderr)
-        return 1
+    """``rnnstream train``: returns the exit status (the CLI's policy: 2 for usage and input errors, 1 for
+    runtime failures, one ``rnnstream train: error: ...`` line on stderr)."""
+    return TRAIN.main(argv)
+
+
+def _run_and_report(args: argparse.Namespace, argv: list[str]) -> int:
+    _recipe(args, argv)
+    result = _run(args)
     summary = {"checkpoint": args.out, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early}
     for split, m in result.metrics.items():
@@ -158,6 +164,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
         vanish_threshold=args.vanish_threshold, steps_per_epoch=args.steps_per_epoch,
         progress=True if args.progress else False if args.no_progress else None, num_threads=args.threads, level_shift=args.level_shift, residual=args.residual,
+        seasonal_period=args.seasonal_period, input_diff=args.input_diff,
         augment=args.augment, conv_channels=tuple(args.conv_channels), conv_kernel=tuple(args.conv_kernel),
         conv_pool=args.conv_pool, norm_decay=args.norm_decay, norm_prior=args.norm_prior,
     )
@@ -209,6 +216,9 @@ def _run(args: argparse.Namespace):  # -> TrainResult
     return train(data.train, cfg, val_data=data.val, test_data=data.test, model=init.model if init else None,
                  stats=stats, feature_config=data.feature_config, checkpoint=args.out, resume=args.resume,
                  plots_dir=args.plots)
+
+
+TRAIN = Command("train", build_parser, _run_and_report)
 
 
 if __name__ == "__main__":

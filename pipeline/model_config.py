@@ -36,6 +36,10 @@ class ModelConfig:
     normalisation) with the weight of ``norm_prior`` frames (decaying like a frame), so the first frames of a
     stream are not normalised by themselves alone. The state stays zero-initialised.
 
+    ``input_diff`` feeds the network the change of each normalised feature since the previous frame (level-free
+    inputs for drifting series: the first frame's change is zero; the previous frame is carried as state
+    ``prev_input`` with ``prev_seen``).
+
     ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
     frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
     count), ReLU, and max-pooling over frequency by ``conv_pool``. Each layer carries its last
@@ -55,6 +59,7 @@ class ModelConfig:
     target_dims: tuple[int, ...] = ()
     residual: bool = False
     seasonal_period: int = 0
+    input_diff: bool = False
     input_norm: InputNorm = "none"
     norm_decay: float = 1.0
     norm_prior: float = 0.0
@@ -85,6 +90,8 @@ class ModelConfig:
         self._validate_norm()
         if self.residual and self.task != "forecast":
             raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
+        if self.input_diff and self.bidirectional:
+            raise ConfigError("input_diff applies to streaming (unidirectional) models only")
         if self.seasonal_period:
             if not self.residual or self.seasonal_period < 0:
                 raise ConfigError(f"seasonal_period={self.seasonal_period} needs residual=True and a positive period")
@@ -157,6 +164,8 @@ class ModelConfig:
             specs += [StateSpec("pool_sum", (self.hidden_size,)), StateSpec("pool_count", (1,))]
         if self.seasonal_period:
             specs.append(StateSpec("season", (self.seasonal_period, len(self.target_dims))))
+        if self.input_diff:
+            specs += [StateSpec("prev_input", (self.input_dim,)), StateSpec("prev_seen", (1,))]
         return tuple(specs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +179,8 @@ class ModelConfig:
                 d.pop(key)
         if not self.seasonal_period:
             d.pop("seasonal_period")
+        if not self.input_diff:
+            d.pop("input_diff")
         for key, default in (("norm_decay", 1.0), ("norm_prior", 0.0)):  # as before these fields existed
             if d[key] == default:
                 d.pop(key)

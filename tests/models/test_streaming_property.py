@@ -143,3 +143,35 @@ def test_seasonal_residual_adds_the_value_one_period_before_each_step():
     # frame t=5 (value 6): steps k=1..3 look at frames t+k-4 = 2, 3, 4 (values 3, 4, 5)
     assert y[5].tolist() == [3.0, 4.0, 5.0]
     assert y[0].tolist() == [0.0, 0.0, 0.0]  # before the stream began: zeros (the normalised mean)
+
+
+@settings(max_examples=15)
+@given(chunks=chunkings(), seed=st.integers(0, 2**16))
+def test_input_differences_stream_like_offline(chunks, seed):
+    """``input_diff`` carries the previous normalised frame as state: streaming == offline."""
+    total, sizes = chunks
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_dim=D, output_dim=2 * 2, task="forecast", horizon=2, target_dims=(0, 1), hidden_size=6,
+                      num_layers=1, residual=True, seasonal_period=3, input_diff=True)
+    model = StreamingRNN(cfg).eval()
+    x = torch.randn(2, total, D, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = model(x)
+        state, outs, t = model.initial_state(2), [], 0
+        for n in sizes:
+            y, state = model.step(x[:, t: t + n], state)
+            outs.append(y)
+            t += n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_input_differences_make_persistence_residual_forecasts_level_free():
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_dim=D, output_dim=2 * 2, task="forecast", horizon=2, target_dims=(0, 1), hidden_size=6,
+                      num_layers=1, residual=True, input_diff=True)
+    model = StreamingRNN(cfg).eval()
+    x = torch.randn(2, 12, D)
+    with torch.no_grad():
+        full, shifted = model(x), model(x + 5.0)
+    # A level shift changes only the first frame's difference; later forecasts move by exactly the shift.
+    torch.testing.assert_close(shifted[:, 1:] - full[:, 1:], torch.full_like(full[:, 1:], 5.0), rtol=0, atol=1e-4)
