@@ -12,7 +12,8 @@ value)::
 
 Fields:
 
-* ``stream`` (string, required, non-empty): the stream id, the key of all per-stream state.
+* ``stream`` (string, required): the stream id, the key of all per-stream state: 1 to 256 characters, no
+  control characters, no ``/`` or ``\\``, not ``.``/``..`` (:func:`rnnstream.pipeline.stream_checks.check_stream_id`).
 * ``seq`` (integer >= 0, required): the chunk's position in its stream, from 0 with no holes.
 * ``event_time`` (number, required): seconds since the Unix epoch (float) when the chunk was recorded.
 * ``kind``: ``"chunk"`` (default) or ``"resume"`` (restore a stream from an eviction snapshot).

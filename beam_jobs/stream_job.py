@@ -12,8 +12,8 @@ Reads chunk messages (format: :mod:`rnnstream.beam_jobs.messages`, ``docs/stream
 * ``summary.json`` (when the run ends): the Beam counters and the balance
   ``messages_in == chunks + duplicates + dead_letters + resumes``.
 
-Each writer bundle writes its own ``{kind}-{uuid}.jsonl`` file (through ``FileSystems``, so ``gs://`` works),
-which is what makes the same sink work in batch and streaming; :func:`read_records` merges them.
+Files are named by their data and written once, atomically (:class:`WriteRecords`), so a runner retrying a
+bundle does not duplicate records; :func:`read_records` merges them.
 
 Sources (exactly one):
 

@@ -1,13 +1,10 @@
 """The stream core: one stream's life around a :class:`~rnnstream.pipeline.streaming.StreamSession`, free of
 Beam and asyncio, shared by the Beam stream job (a stateful ``DoFn``) and the server (a cross-stream batcher).
 
-It owns everything between "a message arrived" and "a record goes out": the stream id's and the message's
-validity (:func:`check_message`: what reaches a session is a finite array of the right dtype and shape),
-opening at the stream's sample rate, ordering by ``seq`` through a bounded reorder buffer, duplicates, gaps
-and their policy (``fill``/``reset``) with due times the adapter turns into timers, end of stream, idle
-eviction (an ``eviction`` record carrying the snapshot) and resume from a snapshot (validated by
-:mod:`rnnstream.pipeline.snapshot` before a session is made).
-
+It owns the stream id's and message's validity (:func:`check_message`: only finite arrays of the right dtype
+and shape reach a session), opening at the stream's rate, ordering by ``seq`` (bounded reorder buffer),
+duplicates, gaps and their policy (``fill``/``reset``) with due times the adapter turns into timers, end,
+idle eviction (a record carrying the snapshot) and resume (from a snapshot validated before a session is made).
 Ordering is split from stepping, so an adapter can step the chunks of many streams in one model call::
 
     state = core.load("mic-7", stored)             # StreamState: plain, picklable data (+ a live session)
@@ -17,17 +14,14 @@ Ordering is split from stepping, so an adapter can step the chunks of many strea
         records += core.commit(state, step, outcome)
     stored = core.save(state)                      # None once the stream is closed (its state is dropped)
 
-:meth:`StreamCore.run` is that loop stepping alone. At most one step per stream may be outstanding: commit it
-before asking for the next. Timers: :meth:`StreamCore.gap_deadline` and :meth:`StreamCore.idle_deadline`;
-when due, :meth:`StreamCore.expire` (then step as above) and :meth:`StreamCore.evict`.
-
-Accounting: every accepted message ends as exactly one of a prediction, a duplicate (counted), a dead letter,
-or an accepted resume (counted); filled chunks add predictions that correspond to no message.
+:meth:`StreamCore.run` is that loop stepping alone; at most one step per stream may be outstanding. Timers:
+:meth:`~StreamCore.gap_deadline` -> :meth:`~StreamCore.expire` (then step), :meth:`~StreamCore.idle_deadline`
+-> :meth:`~StreamCore.evict`. Every accepted message ends as exactly one of a prediction, a duplicate
+(counted), a dead letter or an accepted resume (counted); filled chunks add predictions of no message.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -56,9 +50,11 @@ from rnnstream.pipeline.stream_state import (
     Step,
     StreamState,
     dead_letter,
+    eviction_record,
     finite,
     peek_final,
     prediction_fields,
+    prediction_record,
     rollback,
     step_many,
     step_one,
@@ -269,7 +265,7 @@ class StreamCore:
         if msg is not None and msg.size and not msg.end:
             state.chunk_len = msg.size
         self._count(state, "filled" if step.filled else "chunks")
-        records = [self._prediction(state, step, outcome, flushed)]
+        records = [prediction_record(step, outcome, flushed)]
         if msg is not None and msg.end:
             records += self._end(state, msg)
         return records
@@ -301,11 +297,7 @@ class StreamCore:
     def _eviction(self, state: StreamState) -> Record:
         session = self._session(state, None)  # after a reset: a fresh session at the stream's rate
         self._count(state, "evictions")
-        return Record("event", state.stream, kind="eviction", fields={
-            "next_seq": state.next, "t": session.t, "sample_rate": session.sample_rate,
-            **prediction_fields(peek_final(session)),
-            "snapshot": base64.b64encode(session.snapshot()).decode("ascii"),
-            "model": self.info.weights_hash, "counters": dict(state.counters)})
+        return eviction_record(state, session, self.info.weights_hash)
 
     def _close(self, state: StreamState) -> None:
         self._cache.pop(state.stream, None)
@@ -388,15 +380,6 @@ class StreamCore:
         fields["filled_samples"] = length
         state.ready[:0] = [("fill", seq, length) for seq in missing]
         return reason
-
-    def _prediction(self, state: StreamState, step: Step, result: ChunkResult, flushed: ChunkResult | None) -> Record:
-        d = result.to_dict()
-        if flushed is not None and flushed.n_frames:
-            d = {**flushed.to_dict(), "frames": d["frames"] + flushed.n_frames}
-        fields = {"event_time": None if step.msg is None else step.msg.event_time, **d}
-        if step.filled:
-            fields["filled"] = True
-        return Record("prediction", state.stream, step.seq, fields=fields)
 
     def _end(self, state: StreamState, msg: ChunkMessage) -> list[Record]:
         session = self._session(state, None) if state.opened else None  # None: the stream never opened

@@ -4,6 +4,7 @@ stream's persisted state and a step of work. Plain data, free of Beam and asynci
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +175,26 @@ def peek_final(session: StreamSession) -> Any:
 Outcome = ChunkResult | RnnstreamError
 
 
+def prediction_record(step: Step, result: ChunkResult, flushed: ChunkResult | None) -> Record:
+    """The prediction of one stepped chunk; ``flushed``: what the end-of-stream flush added after it."""
+    d = result.to_dict()
+    if flushed is not None and flushed.n_frames:
+        d = {**flushed.to_dict(), "frames": d["frames"] + flushed.n_frames}
+    fields = {"event_time": None if step.msg is None else step.msg.event_time, **d}
+    if step.filled:
+        fields["filled"] = True
+    return Record("prediction", step.stream, step.seq, fields=fields)
+
+
+def eviction_record(state: StreamState, session: StreamSession, model: str) -> Record:
+    """The ``eviction`` event: the stream's position, rate, prediction so far and snapshot (base64)."""
+    return Record("event", state.stream, kind="eviction", fields={
+        "next_seq": state.next, "t": session.t, "sample_rate": session.sample_rate,
+        **prediction_fields(peek_final(session)),
+        "snapshot": base64.b64encode(session.snapshot()).decode("ascii"),
+        "model": model, "counters": dict(state.counters)})
+
+
 def step_one(step: Step) -> Outcome:
     """Push one step's chunk alone: its result, or the error that refused it (the session rolled back)."""
     try:
@@ -214,9 +235,11 @@ __all__ = [
     "Step",
     "StreamState",
     "dead_letter",
+    "eviction_record",
     "finite",
     "peek_final",
     "prediction_fields",
+    "prediction_record",
     "rollback",
     "step_many",
     "step_one",
