@@ -13,12 +13,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from rnnstream.models.backend import TorchBackend
 from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import StreamIdError
-from rnnstream.pipeline.stream_core import ChunkMessage, CoreConfig, Record, StreamCore, StreamState, check_stream_id
+from rnnstream.pipeline.stream_core import (
+    ChunkMessage,
+    CoreConfig,
+    Record,
+    StreamCore,
+    StreamState,
+    check_stream_id,
+)
 from rnnstream.pipeline.streaming import StreamSession
 
 RATE = 8000
