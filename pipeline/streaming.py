@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -450,34 +450,95 @@ def step_streams(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_b
     """Advance each session by its chunk, batching streams whose chunks give the same input length.
 
     Equal to ``[s.push(c) for s, c in zip(sessions, chunks)]``, with at most one backend call per distinct
-    input length (per ``max_batch`` streams). A session must appear at most once per call.
+    input length (per ``max_batch`` streams). A session must appear at most once per call. The first error
+    raises (see :func:`step_streams_contained` for per-stream outcomes).
     """
+    results: list[Any] = [None] * len(sessions)
+    for part in _batches(sessions, chunks, max_batch, results, contain=False):
+        ys, states = _call(sessions, part)
+        for (i, w), yi, si in zip(part, ys, states):
+            results[i] = sessions[i]._commit(w, yi, si)
+    return results
+
+
+class NonFiniteOutputError(ArithmeticError):
+    """The model produced NaN or infinity for a stream; that stream's state is left as it was."""
+
+
+def step_streams_contained(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int = 256,
+                           on_split: Callable[[], None] | None = None) -> list[ChunkResult | Exception]:
+    """:func:`step_streams` where one stream's failure stays that stream's: each element is its
+    :class:`ChunkResult` or the exception for its chunk (same grouping, same commits, so the same numbers).
+
+    * a chunk whose featurizing fails is that stream's error, found without a backend call;
+    * a batched backend call that raises is split in two and each half retried (bisection; ``on_split`` is
+      called per split) until the culprit stream is alone; every other stream of the batch gets its prediction;
+    * a stream whose output is not finite gets :class:`NonFiniteOutputError` and its state is not committed;
+    * a session is committed only with its own good result, so a retried half never applies a chunk twice.
+    """
+    out: list[Any] = [None] * len(sessions)
+    for part in _batches(sessions, chunks, max_batch, out, contain=True):
+        _run_contained(sessions, part, out, on_split)
+    return out
+
+
+def _batches(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int, out: list[Any], *,
+             contain: bool) -> list[list[tuple[int, _Work]]]:
+    """Prepare every chunk; fill ``out`` for chunks that need no batched call; return the batches to run."""
     if len(sessions) != len(chunks):
         raise ShapeError(f"step_streams got {len(sessions)} sessions and {len(chunks)} chunks")
     if len({id(s) for s in sessions}) != len(sessions):
         raise StateError("step_streams: a session appears twice in one call; its chunks must be applied in order")
-    results: list[ChunkResult | None] = [None] * len(sessions)
     groups: dict[tuple[int, ...], list[tuple[int, _Work]]] = {}
     for i, (s, c) in enumerate(zip(sessions, chunks)):
-        work = s._prepare(c)
-        if work.x is None or work.segment_starts:
+        try:
+            work = s._prepare(c)
             if work.x is None:
-                results[i] = s._commit(work, None, s.states)
-            else:  # rare: sensor gap resets inside the chunk; run alone
-                results[i] = s.push(c)
-            continue
-        groups.setdefault((id(s.backend), *work.x.shape[1:]), []).append((i, work))
-    for members in groups.values():
-        for start in range(0, len(members), max_batch):
-            part = members[start : start + max_batch]
-            backend = sessions[part[0][0]].backend
-            x = np.concatenate([w.x for _, w in part], axis=0)
-            st = gather_states([{**sessions[i].states, **w.extra_states} for i, w in part])
-            y, new = backend.step(x, st)
-            new.pop(FRONTEND_STATE, None)
-            for (i, w), yi, si in zip(part, np.split(y, len(part), axis=0), scatter_states(new, [1] * len(part))):
-                results[i] = sessions[i]._commit(w, yi, si)
-    return results  # type: ignore[return-value]
+                out[i] = s._commit(work, None, s.states)
+            elif work.segment_starts:  # rare: sensor gap resets inside the chunk; run alone
+                out[i] = _finite(s.push(c)) if contain else s.push(c)
+            else:
+                groups.setdefault((id(s.backend), *work.x.shape[1:]), []).append((i, work))
+        except Exception as exc:  # noqa: BLE001 -- contained: this stream's chunk or state, its error only
+            if not contain:
+                raise
+            out[i] = exc
+    return [m[k : k + max_batch] for m in groups.values() for k in range(0, len(m), max_batch)]
+
+
+def _call(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]]) -> tuple[list[np.ndarray], list[dict]]:
+    """One backend call for a batch: per-stream outputs ``[1, T, O]`` and states."""
+    backend = sessions[part[0][0]].backend
+    x = np.concatenate([w.x for _, w in part], axis=0)
+    y, new = backend.step(x, gather_states([{**sessions[i].states, **w.extra_states} for i, w in part]))
+    new.pop(FRONTEND_STATE, None)
+    return np.split(np.asarray(y), len(part), axis=0), scatter_states(new, [1] * len(part))
+
+
+def _finite(result: ChunkResult) -> ChunkResult:
+    if result.outputs.size and not np.isfinite(result.outputs).all():
+        raise NonFiniteOutputError("the model produced NaN or infinity for this stream")
+    return result
+
+
+def _run_contained(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]], out: list[Any],
+                   on_split: Callable[[], None] | None) -> None:
+    try:
+        ys, states = _call(sessions, part)
+    except Exception as exc:  # noqa: BLE001 -- any backend failure: bisect to find its stream
+        if len(part) == 1:
+            out[part[0][0]] = exc
+            return
+        if on_split is not None:
+            on_split()
+        _run_contained(sessions, part[: len(part) // 2], out, on_split)
+        _run_contained(sessions, part[len(part) // 2 :], out, on_split)
+        return
+    for (i, w), yi, si in zip(part, ys, states):
+        if yi.size and not np.isfinite(yi).all():
+            out[i] = NonFiniteOutputError("the model produced NaN or infinity for this stream; its state is unchanged")
+        else:
+            out[i] = sessions[i]._commit(w, yi, si)
 
 
 def predict_features(backend: Backend, features: np.ndarray) -> Prediction | None:
@@ -514,4 +575,6 @@ __all__ = [
     "scatter_states",
     "softmax",
     "step_streams",
+    "step_streams_contained",
+    "NonFiniteOutputError",
 ]

@@ -9,7 +9,7 @@ eligible until that chunk is committed, so one stream's chunks are applied in or
 batch.
 
 Chunks are validated before :meth:`Batcher.submit` (the server decodes and checks them). Should a batch
-still fail, :func:`rnnstream.serving.contain.step_contained` bisects it: the culprit stream's result is its
+still fail, :func:`rnnstream.pipeline.streaming.step_streams_contained` bisects it: the culprit stream's result is its
 exception, every other stream gets its prediction. ``on_results`` receives one outcome per chunk (a
 ``ChunkResult`` or an exception); ``on_failure`` only when the scheduling itself broke (a bug).
 """
@@ -26,9 +26,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rnnstream.pipeline.streaming import StreamSession
-from rnnstream.serving.contain import Outcome, step_contained
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession, step_streams_contained
 from rnnstream.serving.metrics import ServerMetrics
+
+#: One stream's result of a batched step: its ChunkResult, or the exception for its chunk.
+ChunkOutcome = ChunkResult | Exception
 
 log = logging.getLogger("rnnstream.serve")
 
@@ -70,9 +72,9 @@ class BatchStream:
 
 
 def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int,
-                on_split: Callable[[], None] | None) -> tuple[list[Outcome], float]:
+                on_split: Callable[[], None] | None) -> tuple[list[ChunkOutcome], float]:
     start = time.thread_time()
-    results = step_contained(sessions, chunks, max_batch, on_split)
+    results = step_streams_contained(sessions, chunks, max_batch, on_split)
     return results, time.thread_time() - start
 
 
@@ -80,7 +82,7 @@ def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int
 _Item = tuple["BatchStream", int, Any, float]
 
 #: ``(stream, seq, outcome, received_at)`` for every chunk of a finished batch (a ChunkResult or an exception).
-Results = list[tuple[BatchStream, int, Outcome, float]]
+Results = list[tuple[BatchStream, int, ChunkOutcome, float]]
 
 
 class Batcher:
@@ -210,7 +212,7 @@ class Batcher:
     async def _run_batch(self, items: list[_Item]) -> None:
         assert self._free is not None
         start = time.monotonic()
-        results: list[Outcome] | None = None
+        results: list[ChunkOutcome] | None = None
         error: BaseException | None = None
         try:
             if self.metrics is not None:
@@ -224,7 +226,7 @@ class Batcher:
             results, cpu = await loop.run_in_executor(self._executor, _timed_step, sessions, chunks, self.max_batch,
                                                       on_split)
             self.worker_cpu_s += cpu
-        except Exception as exc:  # step_contained returns per-stream errors; this is a bug in the scheduling
+        except Exception as exc:  # step_streams_contained returns per-stream errors; this is a bug in the scheduling
             error = exc
         finally:
             self._free.release()
