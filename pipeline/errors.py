@@ -92,30 +92,6 @@ class ResumeError(RnnstreamError):
     """A resume for a stream that is already active, or whose snapshot cannot be restored."""
 
 
-class MessageError(RnnstreamError):
-    """A stream message is not valid JSON, lacks a field, or has a field of the wrong type, dtype or shape."""
-
-
-class PayloadError(MessageError):
-    """A message's payload does not fit the model: wrong size, channel count, dtype, or NaN/Inf values."""
-
-
-class ModelMismatchError(MessageError):
-    """A message names a model (``weights_hash``) other than the one running."""
-
-
-class StreamIdError(MessageError):
-    """A stream id is empty, too long, holds control characters or path separators, or is ``.``/``..``."""
-
-
-class OrderingError(RnnstreamError):
-    """A chunk that cannot be placed in its stream: after end-of-stream, too far ahead, or too late."""
-
-
-class ResumeError(RnnstreamError):
-    """A resume for a stream that is already active, or whose snapshot cannot be restored."""
-
-
 class DatasetError(RnnstreamError):
     """A featurized dataset is missing, empty or inconsistent."""
 
