@@ -2,22 +2,31 @@
 
 ::
 
-    .venv/bin/python -m experiments.fsdd --data-root ../shared/data --out out/experiments/fsdd
+    .venv/bin/python -m experiments.fsdd --data-root ../shared/data --out out/experiments/fsdd --seeds 0,1,2
 
-1. The Beam featurize job turns the 2,000 WAVs (8 kHz) into 40-band log-mel frames (25 ms / 10 ms).
+1. The Beam featurize job turns the 2,000 WAVs (8 kHz) into log-mel frames (25 ms / 10 ms; ``--n-mels``).
 2. Splits: ``documented`` (takes 0-4 test, 5-49 train; FSDD's README) and ``loso-<speaker>`` for each of
-   the four speakers (train on the other three). Validation (model selection) is a seeded 10% of the
-   training files; the test files are never seen in training or selection.
-3. Each split: a GRU classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and every test
-   file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy, streamed
-   accuracy and their agreement are reported.
+   the four speakers (train on the other three). Validation (model selection: best epoch by validation loss)
+   is, with ``--val-by speaker`` (the ``speech`` recipe), one held-out *training* speaker in a leave-one-speaker-out
+   fold (the next speaker after the test speaker, in george, jackson, lucas, nicolas order; the fold trains on
+   the other two), and a seeded 10% of the training files on the documented split. The test files are never
+   seen in training or selection.
+3. Training-only augmentation (:mod:`rnnstream.models.augment`): ``--wave-copies`` speed-perturbed (+ noise)
+   copies of each training WAV, re-featurized; ``--spec-augment`` SpecAugment masks and random gain per batch.
+4. Each split and seed: a classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and
+   every test file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy,
+   streamed accuracy and their agreement are reported, with mean and standard deviation over seeds.
 
-Writes ``results.json`` (every number), per-split folders (curves, confusion matrices, stream trace) and
-prints a table. Skips (exit 0, with the reason) when the FSDD folder is absent.
+``--recipe`` sets the defaults (``speech``: the configuration chosen on held-out-speaker validation;
+``baseline``: the first configuration). Writes ``results.json`` (every number, updated after every run),
+per-run folders (curves, confusion matrices, stream trace) and prints a table. Skips (exit 0, with the
+reason) when the FSDD folder is absent.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -33,10 +42,12 @@ SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 RECIPES: dict[str, dict] = {
     "baseline": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
                      n_mels=40, augment=2, wave_copies=0, spec_augment="none", conv_channels="", conv_kernel="3,3",
-                     conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="random", weight_decay=0.0),
+                     conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="random", weight_decay=0.0, log_eps=1e-6,
+                     refit=False),
     "speech": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
-                   n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="", conv_kernel="3,3",
-                   conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0),
+                   n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="16,32", conv_kernel="3,3",
+                   conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
+                   refit=False),
 }
 
 
@@ -69,12 +80,20 @@ def build_parser():
     p.add_argument("--f-min", type=float, default=100.0,
                    help="lowest mel frequency (Hz); 100 drops the rumble band whose level differs most between "
                         "FSDD's speakers' recordings")
+    p.add_argument("--log-eps", type=float, default=None,
+                   help="added to the mel power before the log (a floor: 1e-3 clips everything below the noisier "
+                        "recordings' noise floor; the featurizer's default is 1e-6)")
     p.add_argument("--chunk-s", type=float, default=0.1)
     p.add_argument("--refeaturize", action="store_true", help="run the Beam job again even if OUT/features exists")
     p.add_argument("--val-by", default=None, choices=["speaker", "random"],
                    help="speaker: leave-one-speaker-out folds validate on one held-out *training* speaker (the next "
                         "one after the test speaker in george, jackson, lucas, nicolas order) and train on the other "
                         "two; random: a seeded 10%% of the training files. The documented split always uses random")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --val-by speaker: after the run that validates on the held-out training speaker, train "
+                        "again on all three training speakers for its selected number of epochs (the epoch count is "
+                        "the only thing taken from validation); both runs are reported, the refit one is the "
+                        "fold's result")
     p.add_argument("--wave-copies", type=int, default=None,
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     feat_dir = os.path.join(out, "features")
     cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=args.n_mels, win_ms=25.0, hop_ms=10.0,
-                                      feature=args.feature, f_min=args.f_min)
+                                      feature=args.feature, f_min=args.f_min, log_eps=args.log_eps)
     t0 = time.perf_counter()
     if args.refeaturize or not os.path.exists(os.path.join(feat_dir, "summary.json")):
         log(f"featurize (Beam): {rec} -> {feat_dir}")
@@ -229,6 +248,20 @@ def main(argv: list[str] | None = None) -> int:
             r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
                                    threads=args.threads, progress=not args.no_progress, trace_features=True)
             r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
+            if args.refit and val_speaker is not None:
+                sel = {k: v for k, v in r.items() if k != "history"}
+                all_ex = [e for e in rest]  # the three training speakers' files
+                if args.augment:
+                    all_ex = augment_examples(all_ex, args.augment, seed)
+                all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
+                all_d = classify_data(all_ex, feature_config=ds.config)
+                test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
+                rcfg = dataclasses.replace(tcfg, epochs=max(1, int(r["best_epoch"])))
+                log(f"   refit on {len(rest)} files of 3 speakers for {rcfg.epochs} epochs")
+                r = classification_run(run_dir + "-refit", all_d, None, test_d, test_ex, rcfg, chunk_s=args.chunk_s,
+                                       threads=args.threads, progress=not args.no_progress, trace_features=True)
+                r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest), selection=sel,
+                         val_accuracy=sel["val_accuracy"], val_loss=sel["val_loss"])
             results.setdefault(name, {})[seed] = r
             log(f"   val {r['val_accuracy']:.4f} (loss {r['val_loss']:.4f}, {val_speaker or 'random 10%'})  "
                 f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}  "

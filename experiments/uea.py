@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = featurize_dataset(written["train"] + written["test"], os.path.join(set_dir, "features"),
                                D.uea_feature_config(name), label_pattern=D.TABLE_PATTERN)
         featurize_s = time.perf_counter() - t0
-        rest, test_ex = split_by(ds.examples, "split", "test")
+        # sorted by id: the Beam job's output order varies from run to run, the seeded validation split must not
+        rest, test_ex = split_by(sorted(ds.examples, key=lambda e: e.id), "split", "test")
         for seed in seeds:
             train_ex, val_ex = split_fraction(rest, args.val_fraction, seed)
             train_d = classify_data(train_ex, feature_config=ds.config)

@@ -243,7 +243,7 @@ def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies:
 #: accuracy on a held-out *training* speaker of FSDD's leave-one-speaker-out folds (docs/results.md).
 SPEECH_RECIPE: dict[str, Any] = {
     "cell": "gru", "layers": 1, "hidden": 64, "dropout": 0.1, "epochs": 10, "lr": 3e-3, "lr_schedule": "cosine",
-    "augment": "speech", "wave_copies": 2,
+    "augment": "speech", "wave_copies": 2, "conv_channels": (16, 32), "conv_kernel": (3, 3), "conv_pool": 2,
 }
 
 

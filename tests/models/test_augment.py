@@ -34,7 +34,9 @@ def test_parse_and_spec_round_trip() -> None:
     a = BatchAugment.parse("freq=2x4,time=3x10,gain=6")
     assert (a.freq_masks, a.freq_width, a.time_masks, a.time_width, a.gain_db) == (2, 4, 3, 10, 6.0)
     assert BatchAugment.parse(a.spec()) == a
-    for bad in ("freq=2", "loud", "gain=-3"):
+    n = BatchAugment.parse("time=1x2,noise=0.2")
+    assert n.noise == 0.2 and BatchAugment.parse(n.spec()) == n
+    for bad in ("freq=2", "loud", "gain=-3", "noise=-1"):
         with pytest.raises(ConfigError):
             BatchAugment.parse(bad)
     with pytest.raises(ConfigError, match="augment"):
@@ -63,11 +65,14 @@ def test_batch_augment_shapes_masks_gain_and_determinism() -> None:
     torch.testing.assert_close(g, per_seq.expand_as(g))
     assert float(per_seq.abs().max()) <= 6.0 * math.log(10) / 10 + 1e-6
     assert torch.equal(BatchAugment()(x), x)
+    noisy = BatchAugment(noise=0.5)(x, scale=torch.full((20,), 2.0)) - x  # std 0.5 x the band's scale 2
+    assert noisy.shape == x.shape and 0.8 < float(noisy.std()) < 1.2
 
 
 def test_batch_transform_keeps_targets() -> None:
     class M:
         feat_mean = torch.zeros(4)
+        feat_std = torch.ones(4)
 
     b = Batch(torch.randn(3, 6, 4), torch.tensor([6, 4, 2]), torch.tensor([0, 1, 2]), torch.ones(3, 6, dtype=torch.bool))
     out = batch_transform(M(), SPEECH_AUGMENT)(b)
