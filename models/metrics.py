@@ -86,8 +86,8 @@ def seasonal_period_of(feature_config: Any) -> int:
 
 class ForecastMeter(_ErrorMeter):
     """Each sequence's last-frame forecast ``[B, H, Dt]`` (the window protocol) against its truth, normalised;
-    persistence repeats the last input value over the horizon; seasonal-naive (``period`` > 0) takes each
-    step's value one period earlier, from the window (windows shorter than ``period`` leave it out)."""
+    persistence repeats the last input value over the horizon; seasonal-naive (``period`` > 0) repeats the last
+    period the window has (step ``k`` takes the value ``P * ceil(k / P)`` frames earlier)."""
 
     def __init__(self, period: int = 0) -> None:
         super().__init__()
@@ -104,18 +104,25 @@ class ForecastMeter(_ErrorMeter):
         lx = StreamingRNN.last_output(batch.x, batch.lengths)[:, dims]
         persist = ((lx - mean) / std).unsqueeze(1).expand_as(truth)
         self._add(last, truth, persist)
-        horizon = last.shape[1]
-        if self.period and horizon <= self.period:
-            idx = batch.lengths.view(-1, 1).long().cpu() - 1 + torch.arange(1, horizon + 1).view(1, -1) - self.period  # [B, H]
-            ok = (idx >= 0).all(dim=1)
-            if bool(ok.any()):
-                x = batch.x[ok][:, :, dims]  # [B', T, Dt]
-                gather = idx[ok].clamp(min=0).unsqueeze(-1).expand(-1, -1, len(dims)).to(x.device)
-                naive = (x.gather(1, gather) - mean) / std
-                err = naive - truth[ok]
-                self.sse += float((err ** 2).sum())
-                self.sae += float(err.abs().sum())
-                self.s_values += err.numel()
+        if self.period:
+            self._add_seasonal(batch, truth, dims, mean, std)
+
+    def _add_seasonal(self, batch: Batch, truth: Tensor, dims: list[int], mean: Tensor, std: Tensor) -> None:
+        """Seasonal-naive: step ``k`` repeats the value ``P * ceil(k / P)`` frames earlier (the same time of the
+        last period the window has); windows too short for it are left out."""
+        horizon = truth.shape[1]
+        k = torch.arange(1, horizon + 1)
+        back = self.period * torch.div(k + self.period - 1, self.period, rounding_mode="floor")  # P * ceil(k / P)
+        idx = batch.lengths.view(-1, 1).long().cpu() - 1 + k.view(1, -1) - back.view(1, -1)  # [B, H]
+        ok = (idx >= 0).all(dim=1)
+        if not bool(ok.any()):
+            return
+        x = batch.x[ok][:, :, dims]  # [B', T, Dt]
+        gather = idx[ok].unsqueeze(-1).expand(-1, -1, len(dims)).to(x.device)
+        err = (x.gather(1, gather) - mean) / std - truth[ok]
+        self.sse += float((err ** 2).sum())
+        self.sae += float(err.abs().sum())
+        self.s_values += err.numel()
 
     def result(self) -> dict[str, Any]:
         out = super().result()

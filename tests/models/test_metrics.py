@@ -36,3 +36,16 @@ def test_baselines_by_hand(period):
         assert res["seasonal_naive_mse"] == pytest.approx(16.0) and res["seasonal_period"] == 4
     else:
         assert "seasonal_naive_mse" not in res
+
+
+def test_seasonal_naive_beyond_one_period_repeats_the_last_period():
+    model = rnn_forecaster(input_dim=1, horizon=5, target_dims=(0,), hidden_size=4, num_layers=1).eval()
+    x = torch.arange(1.0, 11.0).view(1, 10, 1)  # frames 0..9 hold 1..10; forecast made at frame 9
+    y = torch.zeros(1, 10, 5, 1)
+    y[0, 9, :, 0] = torch.tensor([11.0, 12.0, 13.0, 14.0, 15.0])
+    batch = Batch(x=x, lengths=torch.tensor([10]), y=y, mask=torch.zeros(1, 10, dtype=torch.bool))
+    out = torch.zeros(1, 10, 5)
+    meter = ForecastMeter(2)
+    meter.update(model, batch, out, out, out)
+    # P=2: steps 1..5 repeat frames 8, 9, 8, 9, 8 (values 9, 10, 9, 10, 9): errors 2, 2, 4, 4, 6
+    assert meter.result()["seasonal_naive_mse"] == pytest.approx((4 + 4 + 16 + 16 + 36) / 5)
