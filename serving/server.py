@@ -227,23 +227,11 @@ def _bound_port(site: web.TCPSite) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_model(path: str, provider: str = "auto", threads: int | None = None, raw_audio: bool = False) -> Backend:
-    """A backend for ``path``: ``rnnstream.api.load_backend`` (ONNX or checkpoint) when available."""
-    try:
-        from rnnstream.api import load_backend
-    except ImportError:
-        load_backend = None
-    if load_backend is not None:
-        return load_backend(path, provider=provider, threads=threads, raw_audio=raw_audio)
-    if path.endswith(".onnx"):
-        raise ConfigError(f"{path}: serving an ONNX model needs rnnstream.pipeline.onnx_backend, which this installation lacks")
-    from rnnstream.models.backend import TorchBackend
+def load_model(path: str, provider: str = "auto", threads: int | None = 1, raw_audio: bool = False) -> Backend:
+    """The backend for ``path``: the one model loader, ``rnnstream.api.load_backend`` (ONNX or checkpoint)."""
+    from rnnstream.api import load_backend
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return TorchBackend.from_checkpoint(path, raw_audio=raw_audio)
+    return load_backend(path, provider=provider, threads=threads, raw_audio=raw_audio)
 
 
 def build_parser() -> argparse.ArgumentParser:
