@@ -68,8 +68,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                    "when apache_beam is installed)")
     p.add_argument("--snapshot-ttl", type=float, default=d["snapshot_ttl_s"], help="saved snapshots expire after (s)")
     p.add_argument("--provider", default="auto", help="onnxruntime execution provider (auto, cpu, cuda)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="backend intra-op threads per session (one is 2-4x cheaper per small batch on few cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="backend intra-op threads (default: one onnxruntime thread, 2-4x cheaper per small batch on "
+                        "few cores; a checkpoint keeps PyTorch's setting)")
     p.add_argument("--raw-audio", action="store_true",
                    help="checkpoints: featurize inside the backend (batched) instead of per stream in NumPy")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None,

@@ -227,7 +227,7 @@ def _bound_port(site: web.TCPSite) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_model(path: str, provider: str = "auto", threads: int | None = 1, raw_audio: bool = False) -> Backend:
+def load_model(path: str, provider: str = "auto", threads: int | None = None, raw_audio: bool = False) -> Backend:
     """The backend for ``path``: the one model loader, ``rnnstream.api.load_backend`` (ONNX or checkpoint)."""
     from rnnstream.api import load_backend
 
