@@ -52,14 +52,12 @@ from rnnstream.pipeline.stream_state import (
     dead_letter,
     eviction_record,
     finite,
-    peek_final,
-    prediction_fields,
     prediction_record,
     rollback,
     step_many,
     step_one,
 )
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession, prediction_fields
 
 _SKIPPED_KEEP = 4096
 #: What restoring a foreign snapshot may raise besides our typed errors (malformed header values).
@@ -402,4 +400,4 @@ class StreamCore:
 
 
 __all__ = ["COUNTERS", "ChunkMessage", "CoreConfig", "Outcome", "Record", "Step", "StreamCore", "StreamState",
-           "check_message", "check_stream_id", "dead_letter", "peek_final", "prediction_fields"]
+           "check_message", "check_stream_id", "dead_letter"]

@@ -5,7 +5,6 @@ stream's persisted state and a step of work. Plain data, free of Beam and asynci
 from __future__ import annotations
 
 import base64
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 from rnnstream.pipeline.stream_checks import ChunkMessage
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession, step_streams
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession, prediction_fields, step_streams
 
 GapPolicy = Literal["fill", "reset"]
 RecordType = Literal["prediction", "event", "dead_letter"]
@@ -154,24 +153,6 @@ def rollback(step: Step) -> None:
     step.session.__dict__.update(step.prev.__dict__)
 
 
-def prediction_fields(pred: Any) -> dict[str, Any]:
-    """``predicted`` and ``scores`` (classify/tag, by label) or ``values`` of a prediction (None: ``predicted: null``)."""
-    if pred is None:
-        return {"predicted": None}
-    d = pred.to_dict()
-    d.pop("frames")
-    return d
-
-
-def peek_final(session: StreamSession) -> Any:
-    """The prediction as if the stream ended now (the resampler's held-back tail included), leaving it open."""
-    if session.ended or session.resampler is None:
-        return session.final()
-    peek = copy.copy(session)
-    peek.end()
-    return peek.final()
-
-
 Outcome = ChunkResult | RnnstreamError
 
 
@@ -190,7 +171,7 @@ def eviction_record(state: StreamState, session: StreamSession, model: str) -> R
     """The ``eviction`` event: the stream's position, rate, prediction so far and snapshot (base64)."""
     return Record("event", state.stream, kind="eviction", fields={
         "next_seq": state.next, "t": session.t, "sample_rate": session.sample_rate,
-        **prediction_fields(peek_final(session)),
+        **prediction_fields(session.peek_end()),
         "snapshot": base64.b64encode(session.snapshot()).decode("ascii"),
         "model": model, "counters": dict(state.counters)})
 
@@ -237,8 +218,6 @@ __all__ = [
     "dead_letter",
     "eviction_record",
     "finite",
-    "peek_final",
-    "prediction_fields",
     "prediction_record",
     "rollback",
     "step_many",

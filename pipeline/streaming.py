@@ -80,13 +80,15 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record: ``predicted`` (the model's answer), ``scores`` (classify/tag) or ``values``, ``frames``."""
-        d: dict[str, Any] = {"predicted": self.label}
-        if self.scores:
-            d["scores"] = self.scores
-        else:
-            d["values"] = self.values
-        d["frames"] = self.frames
-        return d
+        return {**prediction_fields(self), "frames": self.frames}
+
+
+def prediction_fields(pred: Prediction | None) -> dict[str, Any]:
+    """``predicted`` (``None`` before the first frame) and ``scores`` by label (classify/tag) or ``values``: the
+    fields every record that carries a prediction uses (stream-job records, server replies, CLI lines)."""
+    if pred is None:
+        return {"predicted": None}
+    return {"predicted": pred.label, **({"scores": pred.scores} if pred.scores else {"values": pred.values})}
 
 
 def interpret(info: ModelInfo, output: np.ndarray, frames: int) -> Prediction:
@@ -147,13 +149,7 @@ class ChunkResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record: ``t``, ``frames`` (this chunk's), then the prediction (``predicted: null`` before one)."""
-        d: dict[str, Any] = {"t": round(self.t, 6), "frames": self.n_frames}
-        if self.prediction is not None:
-            pred = self.prediction.to_dict()
-            pred.pop("frames")
-            d.update(pred)
-        else:
-            d["predicted"] = None
+        d: dict[str, Any] = {"t": round(self.t, 6), "frames": self.n_frames, **prediction_fields(self.prediction)}
         if self.segment_starts:
             d["segment_starts"] = list(self.segment_starts)
         return d
@@ -283,6 +279,16 @@ class StreamSession:
         if self.last_output is None:
             return None
         return interpret(self.info, self.last_output, self.frames_seen)
+
+    def peek_end(self) -> Prediction | None:
+        """The prediction as if the stream ended now, leaving it open: with resampling, the resampler's held-back
+        tail goes through the model on a copy of the session (pushing replaces its arrays, never writes into
+        them); without, it is :meth:`final`."""
+        if self.ended or self.resampler is None:
+            return self.final()
+        peek = copy.copy(self)
+        peek.end()
+        return peek.final()
 
     # -- stepping ------------------------------------------------------------------------------
     def push(self, chunk: Any) -> ChunkResult:
@@ -572,6 +578,7 @@ __all__ = [
     "label_names",
     "predict_features",
     "predict_signal",
+    "prediction_fields",
     "scatter_states",
     "softmax",
     "step_streams",

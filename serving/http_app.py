@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError, SampleRateError
-from rnnstream.pipeline.streaming import SensorChunk, predict_signal
+from rnnstream.pipeline.streaming import SensorChunk, predict_signal, prediction_fields
 from rnnstream.serving import protocol as P
-from rnnstream.serving.stream_state import prediction_fields
 
 if TYPE_CHECKING:
     from rnnstream.serving.server import StreamServer

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from rnnstream.pipeline.streaming import prediction_fields
 from rnnstream.serving import protocol as P
 from rnnstream.serving.connection import Connection
 from rnnstream.serving.streams import Stream
@@ -22,15 +23,6 @@ if TYPE_CHECKING:
     from rnnstream.serving.server import StreamServer
 
 log = logging.getLogger("rnnstream.serve")
-
-
-def prediction_fields(pred: Any) -> dict[str, Any]:
-    """``predicted`` (null before the first frame) and ``scores`` by label (classify/tag) or ``values``."""
-    if pred is None:
-        return {"predicted": None}
-    d = pred.to_dict()
-    d.pop("frames")
-    return d
 
 
 class StateMixin:
@@ -189,4 +181,4 @@ class StateMixin:
             return b"", f"the snapshot could not be taken ({type(exc).__name__}: {exc})"
 
 
-__all__ = ["StateMixin", "prediction_fields"]
+__all__ = ["StateMixin"]

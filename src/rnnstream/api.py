@@ -19,7 +19,6 @@ Loading an ``.onnx`` file imports neither PyTorch nor Apache Beam.
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -93,11 +92,7 @@ class Stream:
         When the stream resamples, the resampler holds back about a millisecond of audio until the end; this
         property accounts for it (one extra model step on a copy of the stream) so it equals offline prediction.
         """
-        if self.session.ended or self.session.resampler is None:
-            return self.session.final()
-        peek = copy.copy(self.session)
-        peek.end()
-        return peek.final()
+        return self.session.peek_end()
 
     def snapshot(self) -> bytes:
         """The stream's whole state as bytes (resume it with :meth:`Model.restore`, on any backend of the model)."""

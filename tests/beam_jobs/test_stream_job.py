@@ -270,8 +270,8 @@ def test_reset_policy_equals_offline_after_the_gap(tmp_path: Path, model_path: s
     assert {g.key.metric.name for g in per_stream["gauges"]} == {"s0/buffer_depth"}
     preds = by_stream(read_records(str(out), "predictions"))["s0"]
     assert [p["seq"] for p in preds] == [0, 1, 3, 4, 5]
-    assert [strip(p) for p in preds[:2]] == offline(backend, sig[:2])
-    assert [strip(p) for p in preds[2:]] == offline(backend, sig[3:])  # a fresh state from seq 3 on
+    assert_matches(preds[:2], offline(backend, sig[:2]))
+    assert_matches(preds[2:], offline(backend, sig[3:]))  # a fresh state from seq 3 on
     gaps = [e for e in read_records(str(out), "events") if e["type"] == "gap"]
     assert [(g["missing"], g["policy"]) for g in gaps] == [([2], "reset")]
     assert json.loads((out / "summary.json").read_text())["balanced"] is True
@@ -293,7 +293,7 @@ def test_evicted_then_resumed_equals_uninterrupted(tmp_path: Path, model_path: s
     stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "b.jsonl", second), "--output", str(out2)])
     preds = by_stream(read_records(str(out1), "predictions"))["s3"] + by_stream(read_records(str(out2), "predictions"))["s3"]
     assert [p["seq"] for p in preds] == list(range(6))
-    assert [strip(p) for p in preds] == offline(backend, sig)
+    assert_matches(preds, offline(backend, sig))
     assert read_records(str(out2), "dead_letters") == []
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["resumes"] == 1 and summary["chunks"] == 3 and summary["balanced"] is True
@@ -353,7 +353,7 @@ def test_processing_time_gap_timer(tmp_path: Path, model_path: str, backend: Any
     preds = by_stream(read_records(out, "predictions"))["s0"]
     filled = [sig[0], sig[1], np.zeros(CHUNK, np.float32), sig[3]]
     assert [(p["seq"], p.get("filled", False)) for p in preds] == [(0, False), (1, False), (2, True), (3, False)]
-    assert [strip(p) for p in preds] == offline(backend, filled)
+    assert_matches(preds, offline(backend, filled))
     (late,) = read_records(out, "dead_letters")
     assert late["kind"] == "OrderingError" and late["seq"] == 2
 
@@ -373,7 +373,7 @@ def test_resume_of_an_active_stream_is_refused(tmp_path: Path, model_path: str, 
     (dead,) = read_records(out, "dead_letters")
     assert dead["kind"] == "ResumeError" and "active" in dead["reason"]
     preds = by_stream(read_records(out, "predictions"))["s1"]
-    assert [strip(p) for p in preds] == offline(backend, sig[:2])  # the refused resume changed nothing
+    assert_matches(preds, offline(backend, sig[:2]))  # the refused resume changed nothing
 
 
 def test_input_dir_picks_up_files_written_while_watching(tmp_path: Path, model_path: str, backend: Any) -> None:
@@ -397,7 +397,7 @@ def test_input_dir_picks_up_files_written_while_watching(tmp_path: Path, model_p
     finally:
         writer.join()
     preds = by_stream(read_records(str(out), "predictions"))["s2"]
-    assert [strip(p) for p in preds] == offline(backend, sig[:4])
+    assert_matches(preds, offline(backend, sig[:4]))
     assert read_records(str(out), "dead_letters") == []
     summary = json.loads((out / "summary.json").read_text())
     assert summary["messages_in"] == 4 and summary["gaps"] == 0 and summary["evictions"] == 1 and summary["balanced"]
@@ -421,12 +421,12 @@ def test_teststream_idle_eviction_then_resume_in_one_run(tmp_path: Path, model_p
     out = str(tmp_path / "out")
     _run_teststream(model_path, ts, out, StreamJobConfig())
     preds = by_stream(read_records(out, "predictions"))["s3"]
-    assert [strip(p) for p in preds] == offline(backend, sig)  # == uninterrupted
+    assert_matches(preds, offline(backend, sig))  # == uninterrupted
     evictions = [e for e in read_records(out, "events") if e["type"] == "eviction"]
     assert sorted(e["next_seq"] for e in evictions) == [3, 6]  # mid-run, and at the end of the input
     first = StreamSession.restore(backend, base64.b64decode(min(evictions, key=lambda e: e["next_seq"])["snapshot"]))
-    for name, value in reference.states.items():
-        np.testing.assert_array_equal(first.states[name], value)
+    for name, value in reference.states.items():  # float32 rounding may differ with torch's thread count
+        np.testing.assert_allclose(first.states[name], value, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(first.carry, reference.carry)
     assert (first.samples_seen, first.frames_seen, first.t) == (reference.samples_seen, reference.frames_seen, reference.t)
     assert read_records(out, "dead_letters") == []
