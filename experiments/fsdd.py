@@ -94,6 +94,10 @@ def build_parser():
                         "again on all three training speakers for its selected number of epochs (the epoch count is "
                         "the only thing taken from validation); both runs are reported, the refit one is the "
                         "fold's result")
+    p.add_argument("--refit-from", default=None,
+                   help="results.json of an earlier run with the same options and --val-by speaker: refit each of its "
+                        "leave-one-speaker-out folds and seeds on all three training speakers for the epoch count it "
+                        "selected, without running the selection again")
     p.add_argument("--wave-copies", type=int, default=None,
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
@@ -216,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     tcfgs = {}
+    selected = None
+    if args.refit_from:
+        import json
+
+        with open(args.refit_from, encoding="utf-8") as fh:
+            selected = json.load(fh)["splits"]
     summary_path = os.path.join(out, "results.json")
     command = "python -m experiments.fsdd " + " ".join(sys.argv[1:] if argv is None else argv)
     for seed in seeds:
@@ -241,14 +251,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.augment:
                 train_ex = augment_examples(train_ex, args.augment, seed)
             train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])]
-            train_d = classify_data(train_ex, feature_config=ds.config)
-            val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)
-            test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
             run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if len(seeds) > 1 else ""))
-            r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
-                                   threads=args.threads, progress=not args.no_progress, trace_features=True)
-            r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
-            if args.refit and val_speaker is not None:
+            if selected is not None:  # the selection runs were done by an earlier command: take their records
+                r = dict(selected[name][str(seed)])
+            else:
+                train_d = classify_data(train_ex, feature_config=ds.config)
+                val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)
+                test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
+                r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
+                                       threads=args.threads, progress=not args.no_progress, trace_features=True)
+                r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
+            if (args.refit or selected is not None) and val_speaker is not None:
                 sel = {k: v for k, v in r.items() if k != "history"}
                 all_ex = [e for e in rest]  # the three training speakers' files
                 if args.augment:
