@@ -63,14 +63,14 @@ import base64
 import binascii
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from rnnstream.pipeline.codec import decode_samples, encode_samples
-from rnnstream.pipeline.errors import RnnstreamError
+from rnnstream.pipeline.errors import RnnstreamError, StreamIdError
+from rnnstream.pipeline.stream_checks import check_stream_id as core_check_stream_id
 
 PROTOCOL = "rnnstream.serve/2"
 HEADER = struct.Struct("<II")
@@ -85,7 +85,8 @@ CLOSE_TRY_LATER = 1013
 
 AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 SENSOR_DTYPE = "float64"
-_STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # fullmatch: no control characters, no trailing newline
+#: Longest ``resume`` value (a snapshot id; the store refuses any it did not issue).
+MAX_SNAPSHOT_ID = 128
 #: Default bound on a snapshot given inline in ``start`` (checked on the base64 text, before decoding).
 MAX_INLINE_SNAPSHOT = 4 * 1024 * 1024
 
@@ -237,10 +238,21 @@ def _flag(data: dict[str, Any], key: str) -> bool:
     return value
 
 
-def check_stream_id(value: Any, what: str = "'stream'") -> str:
-    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
-        raise _bad(f"{what} must be 1-128 characters of letters, digits and _ . : - (no control characters); "
-                   f"got {value!r:.160}")
+def check_stream_id(value: Any) -> str:
+    """``value`` if it is a usable stream id by the one rule of the stream core
+    (:func:`rnnstream.pipeline.stream_checks.check_stream_id`), else a ``bad_message`` error with the core's reason."""
+    try:
+        return core_check_stream_id(value)
+    except StreamIdError as exc:
+        raise _bad(f"start: {exc}") from None
+
+
+def check_snapshot_id(value: Any) -> str:
+    """A ``resume`` value: a non-empty string of at most :data:`MAX_SNAPSHOT_ID` characters (whether it names a
+    saved stream is the store's to say: an id it never issued is an ``unknown_snapshot`` stream error)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_SNAPSHOT_ID:
+        raise _bad(f"start: 'resume' must be a snapshot id (a non-empty string of at most {MAX_SNAPSHOT_ID} "
+                   f"characters, as sent in 'evicted' or 'ended'), got {value!r:.160}")
     return value
 
 
@@ -300,7 +312,7 @@ def _parse_start(data: dict[str, Any], max_snapshot_bytes: int) -> Start:
         raise ProtocolError("bad_sample_rate", f"start: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
     resume = data.get("resume")
     if resume is not None:
-        resume = check_stream_id(resume, "'resume'")
+        resume = check_snapshot_id(resume)
     if resume is not None and data.get("snapshot") is not None:
         raise _bad("start: give either 'resume' (a saved snapshot id) or 'snapshot' (bytes), not both")
     blob = _snapshot_blob(data.get("snapshot"), max_snapshot_bytes, {"channel": _channel(data), "stream": stream})

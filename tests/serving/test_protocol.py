@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -76,3 +77,21 @@ def test_start_sample_rate_must_be_a_positive_integer(rate):
         P.parse_control('{"type": "start", "sample_rate": %s}' % rate)
     assert info.value.code == "bad_sample_rate" and "'sample_rate'" in info.value.message
     assert info.value.close_code == 1008
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "rtl\u202e", "a/b", "..", "x" * 257, 5])
+def test_start_stream_ids_follow_the_stream_core_rule(bad):
+    from rnnstream.pipeline.errors import StreamIdError
+    from rnnstream.pipeline.stream_checks import check_stream_id
+
+    with pytest.raises(StreamIdError) as core:
+        check_stream_id(bad)
+    with pytest.raises(P.ProtocolError) as info:
+        P.parse_control(json.dumps({"type": "start", "stream": bad}))
+    assert info.value.code == "bad_message" and info.value.close_code == 1008
+    assert info.value.message == f"start: {core.value}"
+
+
+@pytest.mark.parametrize("good", ["mic-7", "pump 3", "ñandú", "x" * 256, "a.b", "..."])
+def test_start_accepts_every_stream_id_the_core_accepts(good):
+    assert P.parse_control(json.dumps({"type": "start", "stream": good})).stream == good
