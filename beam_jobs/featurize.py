@@ -74,12 +74,8 @@ from rnnstream.beam_jobs.common import (
     KeepType,
     ShardReport,
     StatsCombineFn,
-    apply_label_pattern,
-    check_input_path,
-    compile_label_pattern,
     counter_values,
     feature_config_from_options,
-    list_inputs,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -90,6 +86,12 @@ from rnnstream.beam_jobs.common import (
     write_shard,
     write_summary,
     write_text,
+)
+from rnnstream.beam_jobs.inputs import (
+    apply_label_pattern,
+    check_input_path,
+    compile_label_pattern,
+    list_inputs,
 )
 from rnnstream.beam_jobs.options import (
     INPUTS_PER_SHARD,
@@ -185,7 +187,7 @@ class FileFeaturizer:
     def __call__(self, record: InputRecord) -> list[Example]:
         """Raises the errors of :data:`~rnnstream.beam_jobs.common.INPUT_ERRORS` for an input that cannot be used.
 
-        The path is checked before it is opened (:func:`~rnnstream.beam_jobs.common.check_input_path`: a name
+        The path is checked before it is opened (:func:`~rnnstream.beam_jobs.inputs.check_input_path`: a name
         not valid UTF-8, a FIFO or other special file, a broken link).
         """
         size = check_input_path(record.path)
@@ -476,7 +478,7 @@ def featurize_corpus(
 ) -> dict[str, Any]:
     """Featurize files into a dataset in ``output_dir`` with Beam; returns the summary dict.
 
-    ``inputs``: files, directories, globs (see :func:`rnnstream.beam_jobs.common.list_inputs`); ``pipeline_args``:
+    ``inputs``: files, directories, globs (see :func:`rnnstream.beam_jobs.inputs.list_inputs`); ``pipeline_args``:
     Beam options such as ``["--direct_num_workers=2", "--direct_running_mode=multi_processing"]``;
     ``limits``: the decoding bounds of audio files (default ``AudioLimits()``).
     The returned dict is ``summary.json`` plus ``"metrics"`` (the Beam counters, or None when the runner

@@ -72,7 +72,6 @@ from rnnstream.beam_jobs.common import (
     KeepType,
     counter_values,
     is_dask_runner,
-    list_inputs,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -81,8 +80,18 @@ from rnnstream.beam_jobs.common import (
     write_jsonl,
     write_summary,
 )
-from rnnstream.beam_jobs.featurize import DEAD_LETTERS, EXAMPLES, FeaturizeFiles, InputCount
-from rnnstream.beam_jobs.options import PREDICTION_FORMATS, add_infer_arguments, audio_limits_from_options
+from rnnstream.beam_jobs.featurize import (
+    DEAD_LETTERS,
+    EXAMPLES,
+    FeaturizeFiles,
+    InputCount,
+)
+from rnnstream.beam_jobs.inputs import list_inputs
+from rnnstream.beam_jobs.options import (
+    PREDICTION_FORMATS,
+    add_infer_arguments,
+    audio_limits_from_options,
+)
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
@@ -92,7 +101,12 @@ from rnnstream.pipeline.dataset import (
     SUMMARY_FILE,
     Example,
 )
-from rnnstream.pipeline.errors import ConfigError, DatasetError, RnnstreamError, ShapeError
+from rnnstream.pipeline.errors import (
+    ConfigError,
+    DatasetError,
+    RnnstreamError,
+    ShapeError,
+)
 
 if TYPE_CHECKING:
     from rnnstream.pipeline.audio_io import AudioLimits

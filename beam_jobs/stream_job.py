@@ -47,10 +47,10 @@ from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
 from rnnstream.beam_jobs.common import (
     InputOptions,
     counter_values,
-    expand_paths,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -58,6 +58,7 @@ from rnnstream.beam_jobs.common import (
     run_pipeline,
     write_text,
 )
+from rnnstream.beam_jobs.inputs import expand_paths
 from rnnstream.beam_jobs.options import add_stream_job_arguments
 from rnnstream.beam_jobs.stateful import (
     DEAD_LETTERS,

@@ -38,7 +38,8 @@ SECTION = "Beam featurize (FSDD)"
 
 def _loop(files: list[str], cfg, out_dir: str) -> dict:
     """The plain loop: the same decode/featurize/stats code, one Parquet file."""
-    from rnnstream.beam_jobs.common import InputRecord, apply_label_pattern, compile_label_pattern, write_examples_parquet
+    from rnnstream.beam_jobs.common import InputRecord, write_examples_parquet
+    from rnnstream.beam_jobs.inputs import apply_label_pattern, compile_label_pattern
     from rnnstream.pipeline.audio_io import decode_audio
     from rnnstream.pipeline.dataset import Example
     from rnnstream.pipeline.features import AudioFeaturizer

@@ -14,15 +14,12 @@ from rnnstream.beam_jobs.common import (
     FeatureOptions,
     InputRecord,
     StatsCombineFn,
-    apply_label_pattern,
-    compile_label_pattern,
     examples_table,
     feature_config_from_options,
-    list_inputs,
-    read_manifest,
     resolve_runner_aliases,
     shard_of,
 )
+from rnnstream.beam_jobs.inputs import apply_label_pattern, compile_label_pattern, list_inputs, read_manifest
 from rnnstream.pipeline.dataset import PARQUET_SCHEMA, Example
 from rnnstream.pipeline.errors import ConfigError, DatasetError
 from rnnstream.pipeline.stats import RunningStats
@@ -132,7 +129,7 @@ def test_broken_links_are_listed_not_dropped(tmp_path):
 def test_check_input_path_refuses_names_and_special_files(tmp_path):
     import os
 
-    from rnnstream.beam_jobs.common import check_input_path
+    from rnnstream.beam_jobs.inputs import check_input_path
     from rnnstream.pipeline.errors import FileNameError, SpecialFileError
 
     bad = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.wav")
