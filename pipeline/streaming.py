@@ -219,8 +219,9 @@ class _Work:
     extra_states: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _stream_rate(info: ModelInfo, sample_rate: int | None, resample: bool) -> tuple[int | None, bool]:
-    """Check a stream's declared rate against the model: ``(rate, needs_resampling)``."""
+def check_stream_rate(info: ModelInfo, sample_rate: int | None, resample: bool = True) -> tuple[int | None, bool]:
+    """Check a stream's declared rate against the model: ``(rate, needs_resampling)``; raises
+    :class:`ConfigError` (missing or malformed rate, or a rate for a sensor model) or :class:`SampleRateError`."""
     audio = info.feature_config.audio
     if audio is None:
         if sample_rate is not None:
@@ -254,7 +255,7 @@ class StreamSession:
         self.backend = backend
         self.info = backend.info
         self.stream_id = stream_id
-        self.sample_rate, self._resamples = _stream_rate(self.info, sample_rate, resample)
+        self.sample_rate, self._resamples = check_stream_rate(self.info, sample_rate, resample)
         self._featurizer = _Featurizer(self.info.feature_config)
         acfg = self.info.feature_config.audio
         self._ctx = acfg.context if acfg is not None else 0
@@ -570,6 +571,7 @@ def predict_signal(backend: Backend, signal: Any, *, sample_rate: int | None = N
 
 __all__ = [
     "ChunkResult",
+    "check_stream_rate",
     "Prediction",
     "SensorChunk",
     "StreamSession",

@@ -26,7 +26,15 @@ import numpy as np
 
 from rnnstream.pipeline.errors import ConfigError, SampleRateError, require
 from rnnstream.pipeline.model_info import Backend, ModelInfo
-from rnnstream.pipeline.streaming import ChunkResult, Prediction, SensorChunk, StreamSession, label_names, predict_signal
+from rnnstream.pipeline.streaming import (
+    ChunkResult,
+    Prediction,
+    SensorChunk,
+    StreamSession,
+    check_stream_rate,
+    label_names,
+    predict_signal,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -171,8 +179,7 @@ class Model:
                               f"{self.sample_rate} Hz")
         x = to_float32(samples, where="samples")
         model_rate = int(self.sample_rate)  # type: ignore[arg-type]
-        if int(rate) != model_rate:
-            StreamSession(self.backend, sample_rate=int(rate))  # validates the rate like a stream would
+        if check_stream_rate(self.info, rate)[1]:
             x = resample(x, int(rate), model_rate)
         return predict_signal(self.backend, x, sample_rate=model_rate)
 
