@@ -171,11 +171,23 @@ def check_message(msg: ChunkMessage, info: Any, chunk_size: int | None = None) -
         if not isinstance(msg.snapshot, (bytes, bytearray)):
             raise MessageError(f"{where}: a resume message must carry a snapshot")
         return
+    check_payload(msg, info, chunk_size)
+
+
+def check_payload(msg: ChunkMessage, info: Any, chunk_size: int | None = None) -> None:
+    """The payload checks of :func:`check_message` alone (for an adapter whose transport already checked the
+    head, e.g. the server's binary frames): the payload fits the model's kind, is a finite float array of the
+    expected dtype and shape (sensor: the model's channel count) and, with ``chunk_size``, of that size.
+
+    Raises:
+        PayloadError: as in :func:`check_message`.
+    """
+    where = msg.describe()
     _check_payload(msg, info, where)
     if chunk_size:
         n = msg.size
         if (n != chunk_size and not msg.end) or n > chunk_size:
-            unit = "samples" if kind == "audio" else "rows"
+            unit = "samples" if info.feature_config.kind == "audio" else "rows"
             raise PayloadError(
                 f"{where}: payload holds {n} {unit}; expected exactly {chunk_size} (the last chunk: at most "
                 f"{chunk_size})")
@@ -198,4 +210,5 @@ def payload_of(msg: ChunkMessage, info: Any) -> Any:
 
 
 __all__ = ["MAX_EVENT_TIME", "MAX_SAMPLE_RATE", "MAX_SEQ", "MAX_STREAM_ID", "ChunkMessage", "MessageKind",
-           "check_head", "check_message", "check_sample_rate", "check_stream_id", "payload_of", "short_repr"]
+           "check_head", "check_message", "check_payload", "check_sample_rate", "check_stream_id", "payload_of",
+           "short_repr"]

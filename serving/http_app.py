@@ -17,7 +17,8 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from rnnstream.pipeline.errors import ConfigError, RnnstreamError, SampleRateError
+from rnnstream.pipeline.errors import ConfigError, MessageError, RnnstreamError, SampleRateError
+from rnnstream.pipeline.stream_checks import check_sample_rate
 from rnnstream.pipeline.streaming import SensorChunk, predict_signal, prediction_fields
 from rnnstream.serving import protocol as P
 
@@ -176,9 +177,12 @@ def query_rate(query: dict[str, str]) -> int | None:
     text = query.get("sample_rate")
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
-        raise ConfigError(f"sample_rate must be a positive integer (Hz), got {text!r}")
-    return int(text)
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ConfigError(f"sample_rate must be a positive integer (Hz), got {text[:40]!r}")
+    try:  # the stream core's bounds, as for a stream's 'start'
+        return check_sample_rate(int(text), "query")
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 __all__ = ["HttpMixin", "query_rate"]

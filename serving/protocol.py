@@ -69,7 +69,8 @@ from typing import Any
 
 import numpy as np
 from rnnstream.pipeline.codec import decode_samples, encode_samples
-from rnnstream.pipeline.errors import RnnstreamError, StreamIdError
+from rnnstream.pipeline.errors import MessageError, RnnstreamError, StreamIdError
+from rnnstream.pipeline.stream_checks import check_sample_rate
 from rnnstream.pipeline.stream_checks import check_stream_id as core_check_stream_id
 
 PROTOCOL = "rnnstream.serve/2"
@@ -247,6 +248,15 @@ def check_stream_id(value: Any) -> str:
         raise _bad(f"start: {exc}") from None
 
 
+def check_start_rate(rate: Any) -> int | None:
+    """A ``start``'s ``sample_rate`` by the core's bounds (:func:`rnnstream.pipeline.stream_checks.check_sample_rate`:
+    a positive integer up to ``MAX_SAMPLE_RATE`` Hz, or absent), else a ``bad_sample_rate`` error with its reason."""
+    try:
+        return check_sample_rate(rate, "start")
+    except MessageError as exc:
+        raise ProtocolError("bad_sample_rate", str(exc)) from None
+
+
 def check_snapshot_id(value: Any) -> str:
     """A ``resume`` value: a non-empty string of at most :data:`MAX_SNAPSHOT_ID` characters (whether it names a
     saved stream is the store's to say: an id it never issued is an ``unknown_snapshot`` stream error)."""
@@ -307,9 +317,7 @@ def _parse_start(data: dict[str, Any], max_snapshot_bytes: int) -> Start:
     dtype = data.get("dtype", "float32")
     if dtype not in ("float32", "int16", SENSOR_DTYPE):
         raise _bad(f"start: 'dtype' must be 'float32' or 'int16' (audio) or 'float64' (sensor rows), got {dtype!r}")
-    rate = data.get("sample_rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0):
-        raise ProtocolError("bad_sample_rate", f"start: 'sample_rate' must be a positive integer (Hz), got {rate!r}")
+    rate = check_start_rate(data.get("sample_rate"))
     resume = data.get("resume")
     if resume is not None:
         resume = check_snapshot_id(resume)

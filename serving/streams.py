@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from rnnstream.pipeline.errors import RnnstreamError
+from rnnstream.pipeline.stream_checks import ChunkMessage, check_payload
 from rnnstream.pipeline.streaming import SensorChunk, StreamSession
 from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import BatchStream
@@ -56,13 +57,19 @@ def check_seq(stream: Stream, seq: int) -> bool:
     return True
 
 
-def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_chunk_s: float, where: str) -> Any:
-    """The chunk as the session takes it: float32 samples, or a validated :class:`SensorChunk`."""
+def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_chunk_s: float, seq: int) -> Any:
+    """The chunk as the session takes it: float32 samples, or a validated :class:`SensorChunk`.
+
+    The wire is decoded here (whole samples/rows, the duration bound); the payload then passes the stream
+    core's checks (:func:`rnnstream.pipeline.stream_checks.check_payload`: kind, dtype, shape, finite values,
+    channel count), the same as a Beam stream job's; sensor times must also follow the stream's last time."""
+    where = f"stream {stream.id!r} seq {seq}"
     try:
         if sensor_channels:
             from rnnstream.pipeline.sensors import validate_chunk
 
             ts, vals = P.decode_sensor_payload(payload, sensor_channels, where=where)
+            check_payload(ChunkMessage(stream.id, seq, 0.0, timestamps=ts, values=vals), stream.session.info)
             ts, vals = validate_chunk(ts, vals, sensor_channels, stream.last_t, where=where)
             return SensorChunk(ts, vals)
         rate = stream.session.sample_rate or 1
@@ -71,7 +78,9 @@ def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_
         if seconds > max_chunk_s:
             raise P.ProtocolError("chunk_too_long", f"{where}: {seconds:.1f} s of audio at {rate} Hz in one chunk "
                                   f"exceeds the limit of {max_chunk_s:g} s; send shorter chunks", P.CLOSE_TOO_BIG)
-        return P.decode_audio_payload(payload, stream.dtype, where=where)
+        samples = P.decode_audio_payload(payload, stream.dtype, where=where)
+        check_payload(ChunkMessage(stream.id, seq, 0.0, audio=samples), stream.session.info)
+        return samples
     except P.ProtocolError as err:
         err.stream, err.channel = stream.id, stream.channel
         raise

@@ -149,7 +149,7 @@ class WsMixin:
             self._send(conn, {"type": "duplicate", **stream.where(), "seq": seq, "expected": stream.next_seq})
             return
         where = f"stream {stream.id!r} seq {seq}"
-        chunk = decode_chunk(stream, payload, self._sensor_channels, self.config.max_chunk_s, where)
+        chunk = decode_chunk(stream, payload, self._sensor_channels, self.config.max_chunk_s, seq)
         size = chunk_bytes(chunk)
         limit = self.config.max_queue_bytes
         if conn.queued_bytes + size > limit:

@@ -152,6 +152,7 @@ def test_sensor_model_rejects_audio_dtype_and_bad_rows():
     rows_bad_len = _frame(0, 0, np.zeros(7, np.float64).tobytes())  # 7 values: not a multiple of 1 + 3
     back_in_time = _frame(0, 1, np.array([[1.0, 0, 0, 0], [0.5, 0, 0, 0]]).tobytes())
     ok = _frame(0, 0, np.array([[2.0, 0, 0, 0]]).tobytes())
+    nan_row = _frame(0, 0, np.array([[1.0, 0, np.nan, 0]]).tobytes())
 
     async def main():
         async with StreamServer(backend, ServerConfig(port=0, http_port=None)) as server:
@@ -159,9 +160,13 @@ def test_sensor_model_rejects_audio_dtype_and_bad_rows():
             b = await _raw(server.url, _start(dtype="float64"), rows_bad_len)
             c = await _raw(server.url, _start(dtype="float64"), ok, back_in_time)
             d = await _raw(server.url, _start(dtype="float64", sample_rate=100))
-            return a, b, c, d
+            e = await _raw(server.url, _start(dtype="float64"), nan_row)
+            return a, b, c, d, e
 
-    a, b, c, d = run(main())
+    a, b, c, d, e = run(main())
+    # the stream core's payload check (stream_checks.check_payload), as in the Beam stream job
+    assert e[0][-1]["code"] == "bad_frame" and "sensor.values: 1 of 3 values are NaN or Inf" in e[0][-1]["message"]
+    assert e[1] == 1007
     assert d[0][0]["code"] == "bad_sample_rate" and "sensor model" in d[0][0]["message"] and d[1] == 1008
     assert a[0][0]["code"] == "bad_dtype" and "float64" in a[0][0]["message"] and a[1] == 1008
     assert b[0][-1]["code"] == "bad_frame" and "32 bytes per row" in b[0][-1]["message"] and b[1] == 1007

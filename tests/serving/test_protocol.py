@@ -95,3 +95,27 @@ def test_start_stream_ids_follow_the_stream_core_rule(bad):
 @pytest.mark.parametrize("good", ["mic-7", "pump 3", "ñandú", "x" * 256, "a.b", "..."])
 def test_start_accepts_every_stream_id_the_core_accepts(good):
     assert P.parse_control(json.dumps({"type": "start", "stream": good})).stream == good
+
+
+@pytest.mark.parametrize("rate", [0, 384_001, 10**12, True, 8000.0])
+def test_start_and_predict_sample_rates_follow_the_stream_core_bounds(rate):
+    from rnnstream.pipeline.errors import ConfigError, MessageError
+    from rnnstream.pipeline.stream_checks import check_sample_rate
+    from rnnstream.serving.http_app import query_rate
+
+    with pytest.raises(MessageError) as core:
+        check_sample_rate(rate, "start")
+    with pytest.raises(P.ProtocolError) as info:
+        P.parse_control(json.dumps({"type": "start", "sample_rate": rate}))
+    assert info.value.code == "bad_sample_rate" and info.value.message == str(core.value)
+    if isinstance(rate, int) and not isinstance(rate, bool):
+        with pytest.raises(ConfigError, match="sample_rate"):
+            query_rate({"sample_rate": str(rate)})
+
+
+def test_highest_sample_rate_is_the_cores():
+    from rnnstream.pipeline.stream_checks import MAX_SAMPLE_RATE
+    from rnnstream.serving.http_app import query_rate
+
+    assert P.parse_control(json.dumps({"type": "start", "sample_rate": MAX_SAMPLE_RATE})).sample_rate == MAX_SAMPLE_RATE
+    assert query_rate({"sample_rate": str(MAX_SAMPLE_RATE)}) == MAX_SAMPLE_RATE
