@@ -18,6 +18,10 @@ Ordering is split from stepping, so an adapter can step the chunks of many strea
 :meth:`~StreamCore.gap_deadline` -> :meth:`~StreamCore.expire` (then step), :meth:`~StreamCore.idle_deadline`
 -> :meth:`~StreamCore.evict`. Every accepted message ends as exactly one of a prediction, a duplicate
 (counted), a dead letter or an accepted resume (counted); filled chunks add predictions of no message.
+
+The server's mode (``CoreConfig(strict_order=True, duplicate_records=True)``): a chunk ahead of the next seq
+is an ordering dead letter (no buffering, no gaps), a duplicate a ``duplicate`` record; :meth:`~StreamCore.end`
+ends a stream without a seq and :meth:`~StreamCore.step_batch` takes the adapter's stepping function.
 """
 
 from __future__ import annotations
@@ -42,12 +46,14 @@ from rnnstream.pipeline.stream_checks import (
     check_stream_id,
     payload_of,
 )
+from rnnstream.pipeline.stream_events import EventsMixin
 from rnnstream.pipeline.stream_state import (
     COUNTERS,
     CoreConfig,
     Outcome,
     Record,
     Step,
+    Stepper,
     StreamState,
     dead_letter,
     eviction_record,
@@ -56,8 +62,9 @@ from rnnstream.pipeline.stream_state import (
     rollback,
     step_many,
     step_one,
+    step_with,
 )
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession, prediction_fields
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession
 
 _SKIPPED_KEEP = 4096
 #: What restoring a foreign snapshot may raise besides our typed errors (malformed header values).
@@ -65,7 +72,7 @@ _RESTORE_ERRORS = (RnnstreamError, LookupError, TypeError, ArithmeticError)
 CountHook = Callable[[str, str, int], None]
 
 
-class StreamCore:
+class StreamCore(EventsMixin):
     """The lifecycle of streams over one backend (see the module docstring).
 
     Args:
@@ -130,7 +137,30 @@ class StreamCore:
             return self._resume(state, msg)
         return self._order(state, msg, now)
 
+    def order(self, state: StreamState, seq: int, msg: ChunkMessage | None = None) -> list[Record] | None:
+        """Strict order's verdict on ``seq`` (callable before a chunk is decoded): None for the next expected
+        seq; else its records: after the end or ahead of the next seq an ordering dead letter, below it a
+        duplicate (counted; a ``duplicate`` record with ``duplicate_records``)."""
+        where = msg.describe() if msg is not None else f"stream {state.stream!r} seq {seq}"
+        if state.ended or (state.end is not None and seq > state.end):
+            return [self._dead(state, OrderingError(f"{where}: after end-of-stream"), msg, seq)]
+        if seq < state.next:
+            return self._duplicate(state, seq)
+        if seq != state.next:
+            return [self._dead(state, OrderingError(
+                f"{where}: expected seq {state.next} (chunks are numbered 0, 1, 2, ... in order, continuing after a "
+                "resume; a gap means chunks were lost)"), msg, seq)]
+        return None
+
+    def _duplicate(self, state: StreamState, seq: int) -> list[Record]:
+        self._count(state, "duplicates")
+        if not self.config.duplicate_records:
+            return []
+        return [Record("duplicate", state.stream, seq, fields={"expected": state.next})]
+
     def _order(self, state: StreamState, msg: ChunkMessage, now: float) -> list[Record]:
+        if self.config.strict_order and (verdict := self.order(state, msg.seq, msg)) is not None:
+            return verdict
         ahead = msg.seq - state.next
         if state.end is not None and msg.seq > state.end:
             return [self._dead(state, OrderingError(f"{msg.describe()}: after end-of-stream at seq {state.end}"), msg)]
@@ -138,8 +168,7 @@ class StreamCore:
             return [self._dead(state, OrderingError(
                 f"{msg.describe()}: arrived after its gap was resolved (policy {self.config.gap_policy})"), msg)]
         if msg.seq < state.next or msg.seq in state.buffer:
-            self._count(state, "duplicates")
-            return []
+            return self._duplicate(state, msg.seq)
         if ahead >= self.config.max_buffer:
             hint = (" This stream has no state here: if it was evicted, send a 'resume' message with its eviction "
                     "snapshot first." if state.fresh else "")
@@ -233,9 +262,21 @@ class StreamCore:
         """Push one step's chunk alone: its result, or the error that refused it (the session unchanged)."""
         return step_one(step)
 
-    def step_batch(self, steps: Sequence[Step], max_batch: int = 256) -> list[Outcome]:
-        """One step of each of many streams, audio chunks in one model call (:func:`step_many`)."""
-        return step_many(steps, max_batch)
+    def step_batch(self, steps: Sequence[Step], max_batch: int = 256, stepper: Stepper | None = None) -> list[Outcome]:
+        """One step of each of many streams, audio chunks in one model call (:func:`step_many`), or with the
+        adapter's ``stepper`` (:func:`step_with`; the server's is ``streaming.step_streams_contained``)."""
+        return step_many(steps, max_batch) if stepper is None else step_with(steps, stepper, max_batch)
+
+    def end(self, state: StreamState, now: float) -> None:
+        """End the stream without using up a seq (the server's ``end`` message): pending holes are resolved,
+        then the ``end`` event (``seq`` None; ``next_seq``, ``frames``) follows what is ready, as
+        :meth:`next_step` reaches it."""
+        if state.ended or state.end is not None:
+            raise OrderingError(f"stream {state.stream!r}: already ended")
+        state.last_seen = now
+        self.expire(state, now, everything=True)
+        state.end = state.next - 1
+        state.ready.append(("end", None))
 
     def commit(self, state: StreamState, step: Step, outcome: Outcome) -> list[Record]:
         """The records of a stepped chunk; a refused one (or one that made the model's output or state NaN/Inf,
@@ -307,9 +348,10 @@ class StreamCore:
         if self._count_hook is not None:
             self._count_hook(state.stream, name, n)
 
-    def _dead(self, state: StreamState, error: RnnstreamError, msg: ChunkMessage) -> Record:
+    def _dead(self, state: StreamState, error: RnnstreamError, msg: ChunkMessage | None,
+              seq: int | None = None) -> Record:
         self._count(state, "dead_letters")
-        return dead_letter(error, stream=state.stream, seq=msg.seq, message=msg)
+        return dead_letter(error, stream=state.stream, seq=msg.seq if msg is not None else seq, message=msg)
 
     def _refuse(self, state: StreamState, msg: ChunkMessage, error: RnnstreamError) -> list[Record]:
         """A chunk the stream cannot take: a dead letter, its seq a gap at once (then the end, if it was one)."""
@@ -351,52 +393,6 @@ class StreamCore:
         if msg.sample_rate is not None and state.rate is not None and msg.sample_rate != state.rate:
             raise SampleRateError(f"{msg.describe()}: 'sample_rate' {msg.sample_rate} Hz differs from the stream's "
                                   f"{state.rate} Hz, declared when it opened; a stream keeps one rate")
-
-    def _gap(self, state: StreamState, missing: list[int], reason: str) -> list[Record]:
-        self._count(state, "gaps")
-        self._count(state, "missing", len(missing))
-        fields: dict[str, Any] = {"missing": missing, "policy": self.config.gap_policy}
-        if self.config.gap_policy == "reset":
-            self._cache.pop(state.stream, None)
-            state.session, state.snapshot, state.dirty = None, None, False
-        elif self.info.feature_config.kind == "audio":
-            reason = self._queue_fill(state, missing, reason, fields)
-        else:
-            fields["filled_samples"] = 0  # the hole is in the timestamps; the sensor featurizer handles it
-        return [Record("event", state.stream, kind="gap", reason=reason, fields=fields)]
-
-    def _queue_fill(self, state: StreamState, missing: list[int], reason: str, fields: dict[str, Any]) -> str:
-        """The fill policy: zeros of the chunk length for each missing seq, stepped before what follows. A stream
-        not opened yet opens at the rate of the chunk after the hole; without one nothing is filled."""
-        following = next((item[1] for item in state.ready if item[0] == "chunk"), None)
-        try:
-            self._session(state, following)
-        except RnnstreamError as exc:
-            fields["filled_samples"] = 0
-            return f"{reason}; nothing filled, the stream cannot open ({exc})"
-        length = self.config.chunk_size or state.chunk_len or (following.size if following is not None else 0)
-        fields["filled_samples"] = length
-        state.ready[:0] = [("fill", seq, length) for seq in missing]
-        return reason
-
-    def _end(self, state: StreamState, msg: ChunkMessage) -> list[Record]:
-        session = self._session(state, None) if state.opened else None  # None: the stream never opened
-        if session is not None and not session.ended:
-            ended = copy.copy(session)
-            if finite(ended.end(), ended):
-                session = ended
-        self._count(state, "ends")
-        record = Record("event", state.stream, msg.seq, kind="end", fields={
-            "event_time": msg.event_time, "t": 0.0 if session is None else session.t, "sample_rate": state.rate,
-            **prediction_fields(None if session is None else session.final()), "counters": dict(state.counters)})
-        state.ended, state.next = True, msg.seq + 1
-        self._cache.pop(state.stream, None)
-        state.session, state.snapshot, state.dirty = None, None, False
-        out = [record]
-        for seq in sorted(state.buffer):  # cannot happen (seqs > end are refused), kept for safety
-            late, _ = state.buffer.pop(seq)
-            out.append(self._dead(state, OrderingError(f"{late.describe()}: after end-of-stream at seq {msg.seq}"), late))
-        return out
 
 
 __all__ = ["COUNTERS", "ChunkMessage", "CoreConfig", "Outcome", "Record", "Step", "StreamCore", "StreamState",

@@ -5,6 +5,7 @@ stream's persisted state and a step of work. Plain data, free of Beam and asynci
 from __future__ import annotations
 
 import base64
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,10 +13,15 @@ from typing import Any, Literal
 import numpy as np
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 from rnnstream.pipeline.stream_checks import ChunkMessage
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession, prediction_fields, step_streams
+from rnnstream.pipeline.streaming import (
+    ChunkResult,
+    StreamSession,
+    prediction_fields,
+    step_streams,
+)
 
 GapPolicy = Literal["fill", "reset"]
-RecordType = Literal["prediction", "event", "dead_letter"]
+RecordType = Literal["prediction", "event", "dead_letter", "duplicate"]
 #: Per-stream counters kept in the state (and reported through the ``count`` hook, with ``ends``).
 COUNTERS = ("chunks", "filled", "gaps", "missing", "duplicates", "dead_letters", "evictions", "resumes")
 
@@ -30,6 +36,11 @@ class CoreConfig:
     max_buffer: int = 64
     chunk_size: int | None = None  # exact samples/rows per chunk (the last may be shorter); None: any
     resample: bool = True  # audio streams at another rate than the model's: resample (False: dead letters)
+    #: Strict order (the server's protocol): a chunk ahead of the next expected seq is refused with an
+    #: ordering dead letter instead of buffered; there are no gaps to time out.
+    strict_order: bool = False
+    #: A duplicate is a ``duplicate`` record (``fields["expected"]``: the next expected seq), not only a count.
+    duplicate_records: bool = False
 
     def __post_init__(self) -> None:
         if self.gap_policy not in ("fill", "reset"):
@@ -47,8 +58,9 @@ class CoreConfig:
 
 @dataclass(frozen=True)
 class Record:
-    """What the core emits: a ``prediction``, an ``event`` (``kind``: gap, end, eviction) or a ``dead_letter``
-    (``kind``: the error class, ``reason``: its message, ``message``: the offending message or raw text)."""
+    """What the core emits: a ``prediction``, an ``event`` (``kind``: gap, end, eviction), a ``dead_letter``
+    (``kind``: the error class, ``reason``: its message, ``message``: the offending message or raw text) or,
+    with ``CoreConfig(duplicate_records=True)``, a ``duplicate`` (``fields["expected"]``: the next seq)."""
 
     type: RecordType
     stream: str | None
@@ -62,6 +74,8 @@ class Record:
         """The JSON record; ``encode`` writes a dead letter's :class:`ChunkMessage` back (else it is omitted)."""
         if self.type == "prediction":
             return {"stream": self.stream, "seq": self.seq, **self.fields}
+        if self.type == "duplicate":
+            return {"type": "duplicate", "stream": self.stream, "seq": self.seq, **self.fields}
         if self.type == "event":
             head: dict[str, Any] = {"type": self.kind, "stream": self.stream}
             if self.seq is not None:
@@ -185,6 +199,25 @@ def step_one(step: Step) -> Outcome:
         return exc
 
 
+#: A stepping function: ``(sessions, payloads, max_batch) -> one ChunkResult or exception per session``, that
+#: applies a session's chunk only with its own good result (e.g. ``streaming.step_streams_contained``).
+Stepper = Callable[[list[StreamSession], list[Any], int], list[Any]]
+
+
+def step_with(steps: Sequence[Step], stepper: Stepper, max_batch: int = 256) -> list[Outcome]:
+    """Push one step of each of many streams with ``stepper``; each ``prev`` is taken right before, so a step
+    made while earlier chunks of its stream were still queued rolls back to the right state."""
+    for step in steps:
+        step.prev = copy.copy(step.session)
+    results = stepper([s.session for s in steps], [s.payload for s in steps], max_batch)
+    out: list[Outcome] = []
+    for step, result in zip(steps, results):
+        if isinstance(result, BaseException):
+            rollback(step)
+        out.append(result)
+    return out
+
+
 def step_many(steps: Sequence[Step], max_batch: int = 256) -> list[Outcome]:
     """Push one step of each of many streams: audio chunks in one ``step_streams`` call (a call that fails is
     rolled back and its chunks pushed alone); sensor chunks alone, as the runtime may still refuse one (its
@@ -214,6 +247,7 @@ __all__ = [
     "Outcome",
     "Record",
     "Step",
+    "Stepper",
     "StreamState",
     "dead_letter",
     "eviction_record",
@@ -222,4 +256,5 @@ __all__ = [
     "rollback",
     "step_many",
     "step_one",
+    "step_with",
 ]
