@@ -142,7 +142,7 @@ class StreamCore(EventsMixin):
         seq; else its records: after the end or ahead of the next seq an ordering dead letter, below it a
         duplicate (counted; a ``duplicate`` record with ``duplicate_records``)."""
         where = msg.describe() if msg is not None else f"stream {state.stream!r} seq {seq}"
-        if state.ended or (state.end is not None and seq > state.end):
+        if state.ended or (state.end is not None and (seq > state.end or self.config.strict_order)):
             return [self._dead(state, OrderingError(f"{where}: after end-of-stream"), msg, seq)]
         if seq < state.next:
             return self._duplicate(state, seq)

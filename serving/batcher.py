@@ -71,10 +71,14 @@ class BatchStream:
         return bool(self.pending) or self.in_flight
 
 
-def _timed_step(sessions: list[StreamSession], chunks: list[Any], max_batch: int,
+#: How a batch is stepped: ``(sessions, chunks, max_batch, on_split) -> one ChunkOutcome per session``.
+StepFn = Callable[[list[StreamSession], list[Any], int, Callable[[], None] | None], list[ChunkOutcome]]
+
+
+def _timed_step(step: StepFn, sessions: list[StreamSession], chunks: list[Any], max_batch: int,
                 on_split: Callable[[], None] | None) -> tuple[list[ChunkOutcome], float]:
     start = time.thread_time()
-    results = step_streams_contained(sessions, chunks, max_batch, on_split)
+    results = step(sessions, chunks, max_batch, on_split)
     return results, time.thread_time() - start
 
 
@@ -99,6 +103,7 @@ class Batcher:
         workers: int = 1,
         metrics: ServerMetrics | None = None,
         thread_init: Callable[[], None] | None = None,
+        step: StepFn | None = None,
     ):
         if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch, max_queue, workers must be >= 1 and max_wait_s >= 0; got {max_batch}, "
@@ -110,6 +115,7 @@ class Batcher:
         self.metrics = metrics
         self._on_results = on_results
         self._on_failure = on_failure
+        self._step: StepFn = step or step_streams_contained  # the server's: through the stream core
         self._heap: list[tuple[float, int, BatchStream]] = []
         self._counter = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnstream-batch",
@@ -223,8 +229,8 @@ class Batcher:
             chunks = [c for _, _, c, _ in items]
             loop = asyncio.get_running_loop()
             on_split = self.metrics.batch_splits.inc if self.metrics is not None else None
-            results, cpu = await loop.run_in_executor(self._executor, _timed_step, sessions, chunks, self.max_batch,
-                                                      on_split)
+            results, cpu = await loop.run_in_executor(self._executor, _timed_step, self._step, sessions, chunks,
+                                                      self.max_batch, on_split)
             self.worker_cpu_s += cpu
         except Exception as exc:  # step_streams_contained returns per-stream errors; this is a bug in the scheduling
             error = exc

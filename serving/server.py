@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.model_info import Backend
+from rnnstream.pipeline.stream_core import CoreConfig, StreamCore
 from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import Batcher
 from rnnstream.serving.config import ServerConfig
@@ -61,6 +62,8 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self.info = backend.info
         self.metrics = ServerMetrics()
         self.metrics.set_model(self.info)
+        #: the stream core in the server's mode: strict order, duplicate records (its gaps never happen)
+        self.core = StreamCore(backend, CoreConfig(strict_order=True, duplicate_records=True))
         self.streams: dict[str, Stream] = {}
         self.store: SnapshotStore | None = None
         self._connections: set[Connection] = set()
@@ -80,6 +83,7 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
             metrics=self.metrics,
             on_results=self._on_results,
             on_failure=self._on_failure,
+            step=self._step_batch,
         )
         fc = self.info.feature_config
         self._sensor_channels = len(fc.sensor.columns) if fc.kind == "sensor" and fc.sensor is not None else 0

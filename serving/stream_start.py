@@ -76,7 +76,7 @@ class StartMixin:
             return
         if stream_id in self.streams:
             raise P.ProtocolError("stream_busy", f"stream {stream_id!r} is already open on this server", **where)
-        stream = Stream(session, conn, msg.channel, msg, seq)
+        stream = Stream(session, conn, msg.channel, msg, seq, self.core.load(stream_id))
         conn.streams[msg.channel] = stream
         conn.failed.pop(msg.channel, None)
         self.streams[stream_id] = stream

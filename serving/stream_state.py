@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from rnnstream.pipeline.streaming import prediction_fields
+from rnnstream.pipeline.stream_state import Record
 from rnnstream.serving import protocol as P
 from rnnstream.serving.connection import Connection
 from rnnstream.serving.streams import Stream
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from rnnstream.serving.server import StreamServer
 
 log = logging.getLogger("rnnstream.serve")
+#: Fields of the core's end event that are not the final prediction.
+_END_EXTRAS = ("event_time", "t", "sample_rate", "counters", "next_seq", "frames")
 
 
 class StateMixin:
@@ -42,27 +44,31 @@ class StateMixin:
             raise P.ProtocolError("no_snapshot_dir", "end: 'save' needs a server started with --snapshot-dir; ask "
                                   "for the bytes with 'snapshot': true instead", **stream.where())
         stream.ending = msg
+        self.core.end(stream.state, time.monotonic())  # a chunk after this is the core's ordering error (bad_seq)
         if not stream.busy:
             self._finish(stream)
 
     def _finish(self: StreamServer, stream: Stream) -> None:
         """End the stream and send ``ended``. A snapshot asked for is taken first, so a resume continues the
-        stream; then ``session.end()`` flushes the resampler, so the final prediction equals offline."""
+        stream; then the stream core's end flushes the resampler, so the final prediction equals offline."""
         session, end = stream.session, stream.ending
-        assert end is not None  # only called for a stream whose 'end' was accepted
+        if end is None:  # only called for a stream whose 'end' was accepted
+            return
         extra: dict[str, Any] = {}
         blob = session.snapshot() if (end.snapshot or end.save) else b""
         if end.snapshot:
             extra["snapshot"] = P.b64(blob)
+        records: list[Record] = []
         try:
-            if not session.ended:
-                session.end()
+            self.core.next_step(stream.state, records)  # nothing is left to step: this is the end event
         except Exception as exc:  # noqa: BLE001 -- the model failed flushing this stream: its error only
             self._chunk_failed(stream, stream.done_seq, exc)
             return
-        msg: dict[str, Any] = {"type": "ended", **stream.where(), "seq": stream.done_seq, "t": round(session.t, 6),
-                               **prediction_fields(session.final()), "frames": session.frames_seen, **extra}
-        meta = self._meta(stream, "end")
+        fields = next(r.fields for r in records if r.type == "event" and r.kind == "end")
+        scores = {k: v for k, v in fields.items() if k not in _END_EXTRAS}
+        msg: dict[str, Any] = {"type": "ended", **stream.where(), "seq": stream.done_seq, "t": round(fields["t"], 6),
+                               **scores, "frames": fields["frames"], **extra}
+        meta = {**self._meta(stream, "end"), "t": fields["t"]}
         self._remove(stream)
         if not end.save:
             self._send(stream.conn, msg)

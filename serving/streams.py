@@ -1,4 +1,5 @@
-"""A stream as the server holds it, and the checks on its chunks (seq order, size, duration, values)."""
+"""A stream as the server holds it (its order is the stream core's state), and the checks on its chunks
+(size, duration, values)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 from rnnstream.pipeline.errors import RnnstreamError
 from rnnstream.pipeline.stream_checks import ChunkMessage, check_payload
+from rnnstream.pipeline.stream_state import Step, StreamState
 from rnnstream.pipeline.streaming import SensorChunk, StreamSession
 from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import BatchStream
@@ -16,14 +18,17 @@ from rnnstream.serving.batcher import BatchStream
 class Stream(BatchStream):
     """One client stream: its session, where it lives (connection, channel) and its position."""
 
-    def __init__(self, session: StreamSession, conn: Any, channel: int, start: P.Start, seq: int):
+    def __init__(self, session: StreamSession, conn: Any, channel: int, start: P.Start, seq: int, state: StreamState):
         super().__init__(session)
+        #: the stream core's state: ordering, duplicates, end and the commit of every result go through the core
+        self.state = state
+        state.session, state.rate, state.next, state.fresh = session, session.sample_rate, seq, False
+        self.steps: dict[int, Step] = {}  # seq -> the core's step of each chunk queued or in flight
         self.id = session.stream_id
         self.conn = conn
         self.channel = channel
         self.dtype = start.dtype
         self.outputs = start.outputs
-        self.next_seq = seq  # next seq expected from the client
         self.done_seq = seq  # next seq whose prediction has not been sent
         self.last_activity = time.monotonic()
         self.ending: P.End | None = None
@@ -32,6 +37,11 @@ class Stream(BatchStream):
         carry = session.carry
         if session.info.feature_config.kind == "sensor" and carry[0] != 0.0:
             self.last_t = float(carry[1])
+
+    @property
+    def next_seq(self) -> int:
+        """The next seq expected from the client."""
+        return self.state.next
 
     def where(self) -> dict[str, Any]:
         return {"stream": self.id, "channel": self.channel}
@@ -42,19 +52,6 @@ def chunk_bytes(chunk: Any) -> int:
     if isinstance(chunk, SensorChunk):
         return int(chunk.timestamps.nbytes + chunk.values.nbytes)
     return int(np.asarray(chunk).nbytes)
-
-
-def check_seq(stream: Stream, seq: int) -> bool:
-    """True for the next chunk; False for a duplicate (a seq already received); a gap is a ``bad_seq`` error."""
-    where = f"stream {stream.id!r} seq {seq}"
-    if stream.ending is not None:
-        raise P.ProtocolError("bad_seq", f"{where}: chunk after 'end'", **stream.where())
-    if seq < stream.next_seq:
-        return False
-    if seq != stream.next_seq:
-        raise P.ProtocolError("bad_seq", f"{where}: expected seq {stream.next_seq} (chunks are numbered 0, 1, 2, ... in "
-                              "order, continuing after a resume; a gap means chunks were lost)", **stream.where())
-    return True
 
 
 def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_chunk_s: float, seq: int) -> Any:
@@ -88,4 +85,4 @@ def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_
         raise P.ProtocolError("bad_frame", str(exc), P.CLOSE_BAD_DATA, **stream.where()) from None
 
 
-__all__ = ["Stream", "check_seq", "chunk_bytes", "decode_chunk"]
+__all__ = ["Stream", "chunk_bytes", "decode_chunk"]

@@ -7,15 +7,21 @@ stream table and the stream lifecycle of :mod:`rnnstream.serving.stream_state`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
+from rnnstream.pipeline.errors import StateError
+from rnnstream.pipeline.stream_checks import ChunkMessage
+from rnnstream.pipeline.stream_state import Record, Step
+from rnnstream.pipeline.streaming import SensorChunk, step_streams_contained
 from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import QueueFull, Results
 from rnnstream.serving.connection import Connection
-from rnnstream.serving.streams import Stream, check_seq, chunk_bytes, decode_chunk
+from rnnstream.serving.streams import Stream, chunk_bytes, decode_chunk
 
 if TYPE_CHECKING:
     from rnnstream.serving.server import StreamServer
@@ -131,6 +137,7 @@ class WsMixin:
             self.metrics.chunks_dropped.labels(reason).inc(len(stream.pending))
             for seq, _, _ in stream.pending:
                 stream.conn.queued_bytes -= stream.sizes.pop(seq, 0)
+                stream.steps.pop(seq, None)
         self.batcher.discard(stream)
 
     # -- chunks ------------------------------------------------------------------------------------------
@@ -144,9 +151,9 @@ class WsMixin:
                                   f"connection (open: {sorted(conn.streams)}); send 'start' first", channel=channel)
         if self._closing:
             return  # not processed; the shutdown message names each stream's next unprocessed seq
-        if not check_seq(stream, seq):
-            self.metrics.duplicates.inc()
-            self._send(conn, {"type": "duplicate", **stream.where(), "seq": seq, "expected": stream.next_seq})
+        verdict = self.core.order(stream.state, seq)  # before decoding: a duplicate is answered as such
+        if verdict is not None:
+            self._out_of_order(stream, seq, verdict)
             return
         where = f"stream {stream.id!r} seq {seq}"
         chunk = decode_chunk(stream, payload, self._sensor_channels, self.config.max_chunk_s, seq)
@@ -157,18 +164,48 @@ class WsMixin:
                                   f"waiting and this one adds {size} (limit {limit} bytes); wait for predictions",
                                   P.CLOSE_TRY_LATER, **stream.where())
         now = time.monotonic()
+        step = self._core_step(stream, seq, chunk, now)
         try:
-            self.batcher.submit(stream, seq, chunk, now)
+            self.batcher.submit(stream, seq, step, now)
         except QueueFull as exc:
             raise P.ProtocolError("queue_full", f"{where}: {exc}; wait for predictions before sending more",
                                   P.CLOSE_TRY_LATER, **stream.where()) from None
+        stream.steps[seq] = step
         stream.sizes[seq] = size
         conn.queued_bytes += size
         if self._sensor_channels and chunk.timestamps.size:
             stream.last_t = float(chunk.timestamps[-1])
-        stream.next_seq += 1
         stream.last_activity = now
         self.metrics.chunks.inc()
+
+    def _out_of_order(self: StreamServer, stream: Stream, seq: int, records: list[Record]) -> None:
+        """The core's verdict on a seq that is not the next: a ``duplicate`` reply, or ``bad_seq``."""
+        for record in records:
+            if record.type == "duplicate":
+                self.metrics.duplicates.inc()
+                self._send(stream.conn, {"type": "duplicate", **stream.where(), "seq": seq,
+                                         "expected": record.fields["expected"]})
+            else:
+                raise P.ProtocolError("bad_seq", record.reason or "out of order", **stream.where())
+
+    def _core_step(self: StreamServer, stream: Stream, seq: int, chunk: Any, now: float) -> Step:
+        """The decoded chunk accepted by the stream core; its step, to queue in the batcher."""
+        sensor = isinstance(chunk, SensorChunk)
+        msg = ChunkMessage(stream.id, seq, 0.0, audio=None if sensor else chunk,
+                           timestamps=chunk.timestamps if sensor else None, values=chunk.values if sensor else None)
+        records = self.core.accept(stream.state, msg, now)
+        step = self.core.next_step(stream.state, records)
+        if step is None or records:  # cannot happen: the chunk passed decode_chunk's checks and the order check
+            reason = "; ".join(r.reason or r.type for r in records) or "the stream core took no step"
+            raise P.ProtocolError("bad_frame", reason, P.CLOSE_BAD_DATA, **stream.where())
+        return step
+
+    def _step_batch(self: StreamServer, sessions: list[Any], steps: list[Step], max_batch: int,
+                    on_split: Callable[[], None] | None) -> list[Any]:
+        """The batcher's stepping (worker thread): the core's steps with ``step_streams_contained`` (bisection,
+        non-finite outputs), each rolled back to its session as it was right before should it fail."""
+        return self.core.step_batch(steps, max_batch, stepper=functools.partial(step_streams_contained,
+                                                                                on_split=on_split))
 
     def _on_results(self: StreamServer, results: Results) -> None:
         now = time.monotonic()
@@ -176,13 +213,16 @@ class WsMixin:
         for bs, seq, outcome, received in results:
             stream: Stream = bs  # type: ignore[assignment]
             stream.conn.queued_bytes -= stream.sizes.pop(seq, 0)
-            if stream.closed:
+            step = stream.steps.pop(seq, None)
+            if stream.closed or step is None:
                 m.chunks_dropped.labels("closed").inc()
                 continue
             stream.done_seq = seq + 1
             stream.last_activity = now
-            if isinstance(outcome, Exception):
-                self._chunk_failed(stream, seq, outcome)
+            failed = [r for r in self.core.commit(stream.state, step, outcome) if r.type == "dead_letter"]
+            if failed or isinstance(outcome, Exception):
+                self._chunk_failed(stream, seq, outcome if isinstance(outcome, Exception)
+                                   else StateError(failed[0].reason or "the stream core refused the result"))
                 continue
             msg = {"type": "prediction", **stream.where(), "seq": seq, **outcome.to_dict()}
             if stream.outputs:
@@ -208,6 +248,7 @@ class WsMixin:
         for bs, seq in items:
             stream: Stream = bs  # type: ignore[assignment]
             stream.conn.queued_bytes -= stream.sizes.pop(seq, 0)
+            stream.steps.pop(seq, None)
             if stream.closed:
                 self.metrics.chunks_dropped.labels("closed").inc()
                 continue
