@@ -9,7 +9,6 @@ import csv
 import glob
 import io
 import json
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -18,22 +17,12 @@ from typing import Any
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from rnnstream.beam_jobs.options import (  # noqa: F401 - re-exported: the jobs and tests import them from here
-    DASK_RUNNER,
-    add_feature_arguments,
-    add_input_arguments,
-    feature_config_from_options,
-    resolve_runner_aliases,
-)
+from rnnstream.beam_jobs.common import InputRecord, has_scheme
 from rnnstream.pipeline.errors import (
     ConfigError,
     DatasetError,
     FileNameError,
 )
-
-from rnnstream.beam_jobs.common import InputRecord, has_scheme
-
-LOG = logging.getLogger(__name__)
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")

@@ -7,40 +7,17 @@ comes out; :class:`RnnModelHandler` is Beam's ``ModelHandler`` over the runtime 
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from rnnstream.beam_jobs.options import PREDICTION_FORMATS
 from rnnstream.pipeline.errors import ConfigError, ShapeError
-
-if TYPE_CHECKING:
-    pass
-
-LOG = logging.getLogger(__name__)
-
-PREDICTIONS_FILE = {fmt: f"predictions.{fmt}" for fmt in PREDICTION_FORMATS}
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("path", pa.string()),
-        ("predicted", pa.string()),  # the model's answer; JSON text for forecast/generate outputs
-        ("scores", pa.list_(pa.float64())),
-        ("frames", pa.int64()),
-        ("label", pa.string()),  # the known label (the truth), or null
-        ("metadata", pa.string()),  # JSON object as text
-        ("segments", pa.string()),  # JSON list of per-segment predictions, or null
-    ]
-)
-COUNTERS = ("inputs", "predictions", "dead_letters")
 
 
 # --------------------------------------------------------------------------------------------
