@@ -58,6 +58,22 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def featurized(inputs: Sequence[str], feat_dir: str, cfg: Any, *, label_pattern: str | None = None,
+               refeaturize: bool = False) -> Any:
+    """The Beam-featurized dataset of ``inputs`` in ``feat_dir``: read when it exists with ``cfg``, else (or with
+    ``refeaturize``) featurized again by the Beam job."""
+    from rnnstream.demo import featurize_dataset
+    from rnnstream.pipeline.dataset import read_dataset
+
+    if not refeaturize and os.path.exists(os.path.join(feat_dir, "summary.json")):
+        ds = read_dataset(feat_dir)
+        if ds.config == cfg:
+            return ds
+        log(f"{feat_dir} was featurized with another config: featurizing again")
+    log(f"featurize (Beam): {', '.join(inputs)} -> {feat_dir}")
+    return featurize_dataset(list(inputs), feat_dir, cfg, label_pattern=label_pattern)
+
+
 def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test_examples: Sequence[Any],
                        tcfg: Any, *, chunk_s: float, threads: int, progress: bool,
                        trace_features: bool = False) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._common import base_parser, log, setup_threads, write_json
+from experiments._common import base_parser, featurized, log, setup_threads, write_json
 
 PUBLISHED = {  # Informer paper (updated tables), MSE/MAE on the normalised scale; see ../shared/data/README.md
     ("univariate", 24): {"Informer": (0.098, 0.247), "LSTMa": (0.114, 0.272)},
@@ -162,19 +162,12 @@ def _features(args: Any, csv: str, out: str) -> tuple[Any, Any]:
     from dataclasses import replace
 
     from rnnstream import datasets as D
-    from rnnstream.demo import featurize_dataset
-    from rnnstream.pipeline.dataset import read_dataset
 
     covariates = tuple(c.strip() for c in args.time_features.split(",") if c.strip())
     base = D.ett_feature_config()
     cfg = replace(base, sensor=replace(base.sensor, time_features=covariates))
     feat_dir = os.path.join(out, "features" + ("-" + "-".join(covariates) if covariates else ""))
-    if os.path.exists(os.path.join(feat_dir, "summary.json")):
-        ds = read_dataset(feat_dir)
-        if ds.config == cfg:
-            return ds, cfg
-    log(f"featurize (Beam): {csv} -> {feat_dir}")
-    return featurize_dataset([csv], feat_dir, cfg), cfg
+    return featurized([csv], feat_dir, cfg), cfg
 
 
 def _spread(values: list[float]) -> str:

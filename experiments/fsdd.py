@@ -31,8 +31,16 @@ import os
 import sys
 import time
 
-from experiments._common import (base_parser, classification_run, int_list, log, mean_std, setup_threads,
-                                 write_json)
+from experiments._common import (
+    base_parser,
+    classification_run,
+    featurized,
+    int_list,
+    log,
+    mean_std,
+    setup_threads,
+    write_json,
+)
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 
@@ -179,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     from rnnstream.models.data import classify_data, split_by, split_fraction
     from rnnstream.models.train import TrainConfig
     from rnnstream.pipeline.config import FeatureConfig
-    from rnnstream.pipeline.dataset import read_dataset
     from rnnstream import datasets as D
-    from rnnstream.demo import featurize_dataset, format_table
+    from rnnstream.demo import format_table
 
     rec = D.fsdd_dir(args.data_root)
     if not os.path.isdir(rec):
@@ -192,14 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=args.n_mels, win_ms=25.0, hop_ms=10.0,
                                       feature=args.feature, f_min=args.f_min, log_eps=args.log_eps)
     t0 = time.perf_counter()
-    if args.refeaturize or not os.path.exists(os.path.join(feat_dir, "summary.json")):
-        log(f"featurize (Beam): {rec} -> {feat_dir}")
-        ds = featurize_dataset([rec], feat_dir, cfg, label_pattern=D.FSDD_PATTERN)
-    else:
-        ds = read_dataset(feat_dir)
-        if ds.config != cfg:
-            print(f"error: {feat_dir} was featurized with another config; pass --refeaturize", file=sys.stderr)
-            return 2
+    ds = featurized([rec], feat_dir, cfg, label_pattern=D.FSDD_PATTERN, refeaturize=args.refeaturize)
     featurize_s = time.perf_counter() - t0
     examples = ds.examples
     log(f"{len(examples)} examples, {sum(e.features.shape[0] for e in examples)} frames")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments._common import base_parser, log, setup_threads, write_json
+from experiments._common import base_parser, featurized, log, setup_threads, write_json
 
 
 def build_parser():
@@ -92,10 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
     from rnnstream import datasets as D
-    from rnnstream.demo import featurize_dataset, format_table
+    from rnnstream.demo import format_table
     from rnnstream.models.data import split_by, split_fraction
     from rnnstream.pipeline.config import FeatureConfig
-    from rnnstream.pipeline.dataset import read_dataset
 
     rec = D.fsdd_dir(args.data_root)
     if not os.path.isdir(rec):
@@ -104,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     feat_dir = os.path.join(out, "features")
     cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=40, f_min=100.0)
-    if os.path.exists(os.path.join(feat_dir, "summary.json")) and read_dataset(feat_dir).config == cfg:
-        ds = read_dataset(feat_dir)
-    else:
-        log(f"featurize (Beam): {rec} -> {feat_dir}")
-        ds = featurize_dataset([rec], feat_dir, cfg, label_pattern=D.FSDD_PATTERN)
+    ds = featurized([rec], feat_dir, cfg, label_pattern=D.FSDD_PATTERN)
     rest, test_ex = split_by(ds.examples, "take", "[0-4]")
     train_ex, val_ex = split_fraction(rest, 0.1, args.seed)
     results = []
