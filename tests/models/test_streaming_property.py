@@ -27,6 +27,16 @@ def _model(cell: str, task: str, pooling: str, layers: int, seed: int) -> Stream
     return model.eval()
 
 
+def _streamed(model: StreamingRNN, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``model.step`` over ``x [B, T, D]`` cut into chunks of ``sizes`` (then the rest), outputs concatenated."""
+    state, outs, t = model.initial_state(x.shape[0]), [], 0
+    for n in [*sizes, x.shape[1] - sum(sizes)]:
+        y, state = model.step(x[:, t: t + n], state)
+        outs.append(y)
+        t += n
+    return torch.cat(outs, dim=1)
+
+
 @st.composite
 def chunkings(draw):
     total = draw(st.integers(min_value=1, max_value=24))
@@ -89,12 +99,8 @@ def test_crnn_front_end_streams_like_offline(kernel, pool, channels, input_norm,
     x = torch.randn(batch, total, dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         full = model(x)
-        state, outs, t = model.initial_state(batch), [], 0
-        for n in sizes:
-            y, state = model.step(x[:, t: t + n], state)
-            outs.append(y)
-            t += n
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+        streamed = _streamed(model, x, sizes)
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
 
 
 def test_crnn_config_is_validated_and_round_trips():
@@ -123,12 +129,8 @@ def test_seasonal_residual_forecasts_stream_like_offline(chunks, period, seed):
     x = torch.randn(1, total, D, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         full = model(x)
-        state, outs, t = model.initial_state(1), [], 0
-        for n in sizes:
-            y, state = model.step(x[:, t: t + n], state)
-            outs.append(y)
-            t += n
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+        streamed = _streamed(model, x, sizes)
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
 
 
 def test_seasonal_residual_adds_the_value_one_period_before_each_step():
@@ -157,12 +159,8 @@ def test_input_differences_stream_like_offline(chunks, seed):
     x = torch.randn(2, total, D, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         full = model(x)
-        state, outs, t = model.initial_state(2), [], 0
-        for n in sizes:
-            y, state = model.step(x[:, t: t + n], state)
-            outs.append(y)
-            t += n
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+        streamed = _streamed(model, x, sizes)
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
 
 
 def test_input_differences_make_persistence_residual_forecasts_level_free():
