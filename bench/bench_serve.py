@@ -203,7 +203,7 @@ async def run_level(backend: Any, mode: str, streams: int, max_batch: int, args:
                        max_wait_ms=args.max_wait_ms, max_queue=max(32, int(10 * args.seconds) + 2 * args.window),
                        idle_timeout_s=0,
                        max_outbound=1 << 16, ping_interval_s=None,
-                       workers=args.workers)
+                       batch_threads=args.workers)
     server = await StreamServer(backend, cfg).start()
     opts = {"url": server.url, "streams": streams, "seconds": args.seconds, "mode": mode, "window": args.window,
             "streams_per_connection": args.streams_per_connection}

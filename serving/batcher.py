@@ -232,6 +232,8 @@ class Batcher:
             results, cpu = await loop.run_in_executor(self._executor, _timed_step, self._step, sessions, chunks,
                                                       self.max_batch, on_split)
             self.worker_cpu_s += cpu
+            if self.metrics is not None:
+                self.metrics.batch_cpu.inc(cpu)
         except Exception as exc:  # step_streams_contained returns per-stream errors; this is a bug in the scheduling
             error = exc
         finally:

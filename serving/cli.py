@@ -28,7 +28,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "max_frame_bytes": 1 << 20,
     "max_chunk_s": 30.0,
     "max_predict_s": 600.0,
-    "workers": 1,
+    "batch_threads": 1,
     "idle_timeout_s": 60.0,
     "snapshot_ttl_s": 24 * 3600.0,
 }
@@ -60,7 +60,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chunk-seconds", type=float, default=d["max_chunk_s"], help="longest audio chunk (s)")
     p.add_argument("--max-predict-seconds", type=float, default=d["max_predict_s"],
                    help="longest signal in one POST /predict (s)")
-    p.add_argument("--workers", type=int, default=d["workers"], help="batch worker threads")
+    p.add_argument("--workers", type=int, default=None,
+                   help="server processes sharing the port (SO_REUSEPORT), each with its own event loop, batcher and "
+                        "backend session (default: the number of cores this process may run on; 1: no supervisor)")
+    p.add_argument("--batch-threads", type=int, default=d["batch_threads"],
+                   help="threads stepping batches in each process")
     p.add_argument("--idle-timeout", type=float, default=d["idle_timeout_s"],
                    help="evict streams idle this long (s; 0: never)")
     p.add_argument("--snapshot-dir", default=None,

@@ -39,7 +39,9 @@ class ServerConfig:
     max_predict_s: float = 600.0  # seconds of signal in one POST /predict
     max_batch: int = 64
     max_wait_ms: float = 5.0
-    workers: int = 1
+    batch_threads: int = 1  # threads stepping batches (one backend session shared; >1 overlaps batches)
+    reuse_port: bool = False  # SO_REUSEPORT: several worker processes share the port (rnnstream.serving.workers)
+    worker: int | None = None  # this process' index among the workers (in hello, /health and logs)
     idle_timeout_s: float = 60.0
     snapshot_dir: str | None = None  # a directory, or a URL Beam's FileSystems handles (gs://, s3://...)
     snapshot_ttl_s: float = 24 * 3600.0
@@ -53,7 +55,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_streams", "max_frame_bytes", "max_queue", "max_queue_bytes",
-                     "max_outbound", "max_outbound_bytes", "max_batch", "workers", "max_body_bytes",
+                     "max_outbound", "max_outbound_bytes", "max_batch", "batch_threads", "max_body_bytes",
                      "max_snapshot_bytes", "snapshot_retries"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -3,9 +3,17 @@
 The registry also carries the process' own metrics (``process_*``: CPU, RSS, open files; ``python_info``)
 and a ``rnnstream_serve_model_info`` series naming the model served. No ``*_created`` series are exported
 (:func:`prometheus_client.disable_created_metrics`).
+
+Under ``rnnstream serve --workers N`` (:mod:`rnnstream.serving.workers`) the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: ``prometheus_client`` then keeps every value in a file
+of that directory, and :meth:`ServerMetrics.render` answers with the sum over all workers (counters and
+histograms of every worker that ran, gauges of the live ones) plus the model-info series; the per-process
+``process_*`` series are left out there, as they describe one worker only.
 """
 
 from __future__ import annotations
+
+import os
 
 import prometheus_client
 from prometheus_client import (
@@ -26,6 +34,16 @@ SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 prometheus_client.disable_created_metrics()
 
 
+class _Single:
+    """One collector of another registry, to render it alone."""
+
+    def __init__(self, collector: object):
+        self._collector = collector
+
+    def collect(self):  # noqa: ANN201 -- prometheus_client's collector protocol
+        return self._collector.collect()  # type: ignore[attr-defined]
+
+
 class ServerMetrics:
     """The server's counters, gauges and histograms (names prefixed ``rnnstream_serve_``)."""
 
@@ -38,8 +56,11 @@ class ServerMetrics:
         PlatformCollector(registry=r)
         p = "rnnstream_serve_"
         self.model_info = Info(p + "model", "the model served: weights hash, task, version, input kind", registry=r)
-        self.connections_open = Gauge(p + "connections_open", "WebSocket connections open", registry=r)
-        self.streams_open = Gauge(p + "streams_open", "streams (sessions) held by the server", registry=r)
+        live = dict(multiprocess_mode="livesum")  # summed over the live workers (ignored in one process)
+        self.workers_up = Gauge(p + "workers_up", "server processes serving", registry=r, **live)
+        self.workers_up.set(1)
+        self.connections_open = Gauge(p + "connections_open", "WebSocket connections open", registry=r, **live)
+        self.streams_open = Gauge(p + "streams_open", "streams (sessions) held by the server", registry=r, **live)
         self.streams_started = Counter(p + "streams_started", "streams started (resumed ones included)", registry=r)
         self.chunks = Counter(p + "chunks", "chunks accepted into a stream's queue", registry=r)
         self.predictions = Counter(p + "predictions", "chunk predictions sent", registry=r)
@@ -55,6 +76,8 @@ class ServerMetrics:
                                     registry=r)
         self.queue_wait = Histogram(p + "queue_wait_seconds", "chunk received -> its batch starts",
                                     buckets=SECONDS_BUCKETS, registry=r)
+        self.batch_cpu = Counter(p + "batch_cpu_seconds", "CPU time of the batch threads in featurize + backend",
+                                 registry=r)
         self.batch_seconds = Histogram(p + "batch_seconds", "one batch: featurize + backend call",
                                        buckets=SECONDS_BUCKETS, registry=r)
         self.latency = Histogram(p + "latency_seconds", "chunk received -> prediction handed to the socket",
@@ -77,7 +100,16 @@ class ServerMetrics:
         self.model_info.info(labels)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text: this process' registry, or every worker's sum under ``--workers N``."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        info = CollectorRegistry()
+        info.register(_Single(self.model_info))
+        return generate_latest(merged) + generate_latest(info)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0.0 when absent), e.g. ``value("rnnstream_serve_batch_size_count")``."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -74,12 +75,12 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self._tasks: list[asyncio.Task[Any]] = []
         self._handlers: set[asyncio.Task[Any]] = set()
         self._bg: set[asyncio.Task[Any]] = set()
-        self._predict_slots = asyncio.Semaphore(max(1, self.config.workers))
+        self._predict_slots = asyncio.Semaphore(max(1, self.config.batch_threads))
         self.batcher = Batcher(
             max_batch=self.config.max_batch,
             max_wait_s=self.config.max_wait_ms / 1000.0,
             max_queue=self.config.max_queue,
-            workers=self.config.workers,
+            workers=self.config.batch_threads,
             metrics=self.metrics,
             on_results=self._on_results,
             on_failure=self._on_failure,
@@ -112,11 +113,12 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self._runner = web.AppRunner(self._make_app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=cfg.shutdown_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.host, cfg.port)
+        reuse = cfg.reuse_port or None  # aiohttp passes None through as "not set"
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_port=reuse)
         await site.start()
         self.port = _bound_port(site)
         if cfg.http_port is not None:
-            extra = web.TCPSite(self._runner, cfg.host, cfg.http_port)
+            extra = web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_port=reuse)
             await extra.start()
             self.http_port = _bound_port(extra)
         self._tasks.append(asyncio.create_task(self.batcher.run(), name="rnnstream-batcher"))
@@ -210,12 +212,17 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
             "idle_timeout_s": cfg.idle_timeout_s,
         }
         return {"type": "hello", "protocol": P.PROTOCOL, "model": self.model_description(), "limits": limits,
-                "snapshots": self.store is not None}
+                "snapshots": self.store is not None, "worker": self.worker_description()}
+
+    def worker_description(self) -> dict[str, Any]:
+        """Which process answers: its index among ``rnnstream serve --workers N`` (0 when alone) and its pid."""
+        return {"index": self.config.worker or 0, "pid": os.getpid()}
 
     def health(self) -> dict[str, Any]:
         info = self.info
         return {"status": "shutting_down" if self._closing else "ok", "protocol": P.PROTOCOL,
                 "streams": len(self.streams), "connections": len(self._connections),
+                "worker": self.worker_description(),
                 "weights_hash": info.weights_hash, "task": info.task, "model": self.model_description()}
 
 
@@ -253,12 +260,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_queue_bytes=args.max_queue_bytes, max_outbound_bytes=args.max_outbound_bytes,
         max_frame_bytes=args.max_frame_bytes, max_chunk_s=args.max_chunk_seconds,
-        max_predict_s=args.max_predict_seconds, workers=args.workers, idle_timeout_s=args.idle_timeout,
+        max_predict_s=args.max_predict_seconds, batch_threads=args.batch_threads, idle_timeout_s=args.idle_timeout,
         snapshot_dir=args.snapshot_dir, snapshot_ttl_s=args.snapshot_ttl,
     )
 
 
-async def _serve(backend: Backend, config: ServerConfig, ready: Any = None) -> None:
+async def _serve(backend: Backend, config: ServerConfig, ready: Any = None, announce: bool = True) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -267,23 +274,55 @@ async def _serve(backend: Backend, config: ServerConfig, ready: Any = None) -> N
         except (NotImplementedError, RuntimeError):  # not the main thread / platform
             pass
     server = await StreamServer(backend, config).start()
-    http = f" and {server.http_url}" if server.http_port else ""
-    print(f"rnnstream serve: {server.url}{http} (task {backend.info.task}, max batch {config.max_batch}); "
-          "Ctrl-C to stop", file=sys.stderr, flush=True)
+    if announce:
+        http = f" and {server.http_url}" if server.http_port else ""
+        print(f"rnnstream serve: {server.url}{http} (task {backend.info.task}, max batch {config.max_batch}); "
+              "Ctrl-C to stop", file=sys.stderr, flush=True)
     if ready is not None:
         ready(server)
     await server.serve_until(stop)
-    print("rnnstream serve: stopped", file=sys.stderr, flush=True)
+    if announce:
+        print("rnnstream serve: stopped", file=sys.stderr, flush=True)
+
+
+def run_server(backend: Backend, config: ServerConfig, *, ready: Any = None, announce: bool = True) -> None:
+    """Serve in this process until SIGINT/SIGTERM: on uvloop when it is installed, with BLAS pinned to one
+    thread (NumPy's featurizing runs in the batch thread; OpenBLAS's own threads would spin against it)."""
+    _pin_blas_threads()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(backend, config, ready, announce))
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _pin_blas_threads() -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM as the parsed command line asks. Errors (a bad model, a busy port) propagate
-    to the CLI's handler, which prints one line without a traceback."""
+    """Serve until SIGINT/SIGTERM as the parsed command line asks: one process, or ``--workers`` processes
+    under :mod:`rnnstream.serving.workers`. Errors (a bad model, a busy port) propagate to the CLI's handler,
+    which prints one line without a traceback."""
+    from rnnstream.serving.workers import WorkerPoolConfig, default_workers, run_workers
+
     if args.log_level:
         logging.getLogger("rnnstream").setLevel(args.log_level)
     config = config_from_args(args)
+    pool = WorkerPoolConfig(workers=default_workers() if args.workers is None else args.workers)
+    if pool.workers > 1:
+        return run_workers(args, pool, config.shutdown_timeout_s)
     backend = load_model(args.model, args.provider, args.threads, args.raw_audio)
-    asyncio.run(_serve(backend, config))
+    run_server(backend, config)
     return 0
 
 
@@ -294,4 +333,4 @@ def main(argv: list[str] | None = None) -> int:
     return SERVE.main(argv)
 
 
-__all__ = ["ServerConfig", "StreamServer", "load_model", "main"]
+__all__ = ["ServerConfig", "StreamServer", "load_model", "main", "run_server"]

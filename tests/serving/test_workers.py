@@ -1,0 +1,142 @@
+"""``rnnstream serve --workers 2``: two processes on one port, metrics summed over both, snapshots saved by one
+worker resumed on the other, a graceful stop of all on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rnnstream.pipeline.streaming import StreamSession
+from rnnstream.serving.client import StreamClient
+from rnnstream.serving.workers import WorkerPoolConfig
+
+from tests.serving._helpers import RATE, audio_backend, signal as make_signal
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
+    from rnnstream.api import load_backend
+    from rnnstream.export.onnx_export import export_onnx
+
+    torch_backend = audio_backend(5)
+    path = export_onnx(torch_backend.model, tmp_path_factory.mktemp("workers") / "m.onnx",
+                       feature_config=torch_backend.info.feature_config, labels=list(torch_backend.info.labels))
+    return str(path), load_backend(str(path), provider="cpu", threads=1)
+
+
+def _start(model: str, snapshot_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "rnnstream", "serve", "--model", model, "--port", "0",
+                             "--workers", "2", "--snapshot-dir", str(snapshot_dir), *extra],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    deadline = time.monotonic() + 90
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        found = re.search(r"rnnstream serve: ws://127\.0\.0\.1:(\d+)/ \(2 worker processes", line)
+        if found:
+            return proc, int(found.group(1))
+    proc.kill()
+    raise AssertionError(f"the server did not start: {proc.stderr.read()}")
+
+
+async def _client_on(url: str, worker: int, tries: int = 60) -> StreamClient:
+    """A connection that the kernel gave to worker ``worker`` (SO_REUSEPORT spreads them)."""
+    for _ in range(tries):
+        client = await StreamClient(url).connect()
+        if client.hello["worker"]["index"] == worker:
+            return client
+        await client.close()
+    raise AssertionError(f"no connection reached worker {worker} in {tries} tries")
+
+
+def _metric(text: str, name: str) -> float:
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_two_workers_share_the_port_metrics_and_snapshots(onnx_model, tmp_path: Path) -> None:
+    model, backend = onnx_model
+    x = make_signal(21, 1.2)
+    chunks = np.array_split(x, 12)
+    offline = StreamSession(backend, sample_rate=RATE)
+    for c in chunks:
+        offline.push(c)
+    proc, port = _start(model, tmp_path / "snaps")
+    url = f"ws://127.0.0.1:{port}/"
+    try:
+        async def main() -> tuple[dict, list[dict], set[int]]:
+            first, second = await _client_on(url, 0), await _client_on(url, 1)
+            pids = {first.hello["worker"]["pid"], second.hello["worker"]["pid"]}
+            stream = await first.start("moving", sample_rate=RATE)
+            for c in chunks[:5]:
+                await stream.send(c)
+            saved = await stream.end(save=True)
+            resumed = await second.start("moving", sample_rate=RATE, resume=saved["saved"])
+            for c in chunks[5:]:
+                await resumed.send(c)
+            ended = await resumed.end()
+            await first.close()
+            await second.close()
+            return ended, stream.predictions + resumed.predictions, pids
+
+        ended, predictions, pids = asyncio.run(asyncio.wait_for(main(), 60))
+        assert len(pids) == 2 and proc.pid not in pids
+        assert [p["seq"] for p in predictions] == list(range(12))
+        np.testing.assert_allclose([ended["scores"][k] for k in backend.info.labels],
+                                   offline.final().values, rtol=0, atol=1e-5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert _metric(text, "rnnstream_serve_predictions_total") == 12  # 5 on one worker + 7 on the other
+        assert _metric(text, "rnnstream_serve_workers_up") == 2
+        assert _metric(text, "rnnstream_serve_streams_started_total") == 2
+        assert "rnnstream_serve_model_info" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=40) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "stopped" in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_a_bad_model_and_a_taken_port_are_one_line_errors(tmp_path: Path) -> None:
+    import socket
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    done = subprocess.run([sys.executable, "-m", "rnnstream", "serve", "--model", str(bad), "--port", "0",
+                           "--workers", "2"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "failed to start" in done.stderr and "Traceback" not in done.stderr
+    with socket.socket() as other:  # another program's listener, without SO_REUSEPORT
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "rnnstream", "serve", "--model", str(bad), "--port", str(port),
+                               "--workers", "2"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "in use" in done.stderr.lower(), done.stderr
+
+
+def test_pool_config_refuses_zero_workers() -> None:
+    from rnnstream.pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--workers must be >= 1, got 0"):
+        WorkerPoolConfig(workers=0)
