@@ -31,7 +31,7 @@ import numpy as np
 
 from rnnstream.pipeline.codec import to_float32
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig
-from rnnstream.pipeline.errors import ConfigError, StateError
+from rnnstream.pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeError, StateError
 
 # --------------------------------------------------------------------------------------------
 # Matrices (pure, cached per config)
@@ -176,14 +176,24 @@ class _Mats:
 _SMALL_T = 32
 
 
+def _window(frames: np.ndarray, win: np.ndarray, n_fft: int) -> np.ndarray:
+    """``frames [..., win_length] * win``, zero-padded at the end to ``[..., n_fft]`` (a new contiguous array)."""
+    width = frames.shape[-1]
+    if n_fft == width:
+        return frames * win
+    windowed = np.zeros((*frames.shape[:-1], n_fft), _F32)
+    np.multiply(frames, win, out=windowed[..., :width])
+    return windowed
+
+
 def _features(frames: np.ndarray, win: np.ndarray, n_fft: int, m: _Mats) -> np.ndarray:
     """``frames [T, win_length]`` -> features ``[T, dim]`` float32 (see :func:`features_from_frames`)."""
-    n, width = frames.shape
-    if n_fft == width:
-        windowed = frames * win
-    else:  # zero-pad each frame at the end to n_fft
-        windowed = np.zeros((n, n_fft), _F32)
-        np.multiply(frames, win, out=windowed[:, :width])
+    return _windowed_features(_window(frames, win, n_fft), n_fft, m)
+
+
+def _windowed_features(windowed: np.ndarray, n_fft: int, m: _Mats) -> np.ndarray:
+    """``windowed [T, n_fft]`` (window applied) -> features ``[T, dim]`` float32."""
+    n = windowed.shape[0]
     sq = _rfft(windowed, n_fft).view(_F32)  # [T, 2 * n_freq]: re, im interleaved
     np.multiply(sq, sq, out=sq)
     if n == 1:  # one gemv with the doubled matrix, no re^2 + im^2 pass
@@ -309,6 +319,33 @@ class AudioFeaturizer:
         # buffer is large so a long chunk is not kept alive by its few hundred carried samples.
         rest = buffer[n * hop :]
         return feats, (rest.copy() if buffer.shape[0] > 8192 else rest)
+
+    def step_batch(self, chunks: np.ndarray, carries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` of ``B`` streams at once, all with chunks of one length and carries of one length.
+
+        ``chunks [B, S]`` and ``carries [B, C]`` float32 (``C >= context``) -> ``(frames [B, T, dim], carries
+        [B, C'])`` with ``T = (C - context + S) // hop``; row ``b`` equals ``step(chunks[b], carries[b])`` (to
+        float32 rounding: one FFT and one mel product over all ``B * T`` frames instead of ``B`` small ones).
+        Raises :class:`NonFiniteSamplesError` when any sample is NaN or Inf (:meth:`step` names the stream).
+        """
+        x = np.asarray(chunks)
+        c = np.asarray(carries)
+        if x.dtype != _F32 or c.dtype != _F32 or x.ndim != 2 or c.ndim != 2 or x.shape[0] != c.shape[0] \
+                or c.shape[1] < self._ctx:
+            raise ShapeError(f"step_batch takes float32 chunks [B, S] and carries [B, >= {self._ctx}], got "
+                             f"{x.dtype} {list(x.shape)} and {c.dtype} {list(c.shape)}")
+        if x.size and not math.isfinite(float(np.dot(x.ravel(), x.ravel()))) and not np.isfinite(x).all():
+            raise NonFiniteSamplesError("step_batch: NaN or Inf among the samples; step each stream to find it")
+        b, total = x.shape[0], c.shape[1] + x.shape[1]
+        n = (total - self._ctx) // self._hop
+        buffer = np.concatenate((c, x), axis=1)  # [B, C + S]
+        if n <= 0:
+            return np.zeros((b, 0, self.dim), _F32), buffer
+        hop, win = self._hop, self._win
+        frames = np.ndarray((b, n, win), _F32, buffer, strides=(total * 4, hop * 4, 4))
+        windowed = _window(frames, self._window, self._nfft).reshape(b * n, self._nfft)
+        feats = _windowed_features(windowed, self._nfft, self._mats).reshape(b, n, self.dim)
+        return feats, buffer[:, n * hop :].copy()
 
     def featurize(self, signal: np.ndarray) -> np.ndarray:
         """Offline features of a whole signal ``[N]`` -> ``[N // hop, dim]``: one streaming step."""

@@ -37,7 +37,7 @@ import numpy as np
 
 from rnnstream.pipeline.codec import to_float32
 from rnnstream.pipeline.config import FeatureConfig
-from rnnstream.pipeline.errors import ConfigError, SampleRateError, ShapeError, StateError
+from rnnstream.pipeline.errors import ConfigError, RnnstreamError, SampleRateError, ShapeError, StateError
 from rnnstream.pipeline.features import AudioFeaturizer
 from rnnstream.pipeline.model_info import FRONTEND_STATE, Backend, ModelInfo
 from rnnstream.pipeline.resample import StreamResampler
@@ -174,13 +174,18 @@ class _Featurizer:
     def __init__(self, cfg: FeatureConfig):
         self.cfg = cfg
         if cfg.kind == "audio":
-            self._audio = AudioFeaturizer(cfg)
+            self._audio: AudioFeaturizer | None = AudioFeaturizer(cfg)
             self._sensor = None
         else:
             from rnnstream.pipeline.sensors import SensorFeaturizer
 
             self._audio = None
             self._sensor = SensorFeaturizer(cfg)
+
+    @property
+    def audio(self) -> AudioFeaturizer | None:
+        """The audio featurizer (``None`` for sensor streams)."""
+        return self._audio
 
     def initial_state(self) -> np.ndarray:
         return (self._audio or self._sensor).initial_state()  # type: ignore[union-attr]
@@ -333,6 +338,14 @@ class StreamSession:
         x, samples, resampler = self._resample(chunk)
         if self.info.input_kind == "audio":
             return self._prepare_raw(x, samples, resampler)
+        return self._featurize((x, samples, resampler))
+
+    def _featurizes_audio(self) -> bool:
+        """An open audio stream into a features graph (its chunks may be featurized with others')."""
+        return self._featurizer.audio is not None and self.info.input_kind != "audio" and not self.ended
+
+    def _featurize(self, resampled: tuple[np.ndarray, int, StreamResampler | None]) -> _Work:
+        x, samples, resampler = resampled
         frames, carry = self._featurizer.step(x, self.carry)[:2]
         return _Work(frames[None] if frames.shape[0] else None, carry, (), samples, None, resampler)
 
@@ -491,26 +504,76 @@ def step_streams_contained(sessions: Sequence[StreamSession], chunks: Sequence[A
 
 def _batches(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int, out: list[Any], *,
              contain: bool) -> list[list[tuple[int, _Work]]]:
-    """Prepare every chunk; fill ``out`` for chunks that need no batched call; return the batches to run."""
+    """Prepare every chunk; fill ``out`` for chunks that need no batched call; return the batches to run.
+
+    Audio streams into a features graph are featurized together where their chunks (after resampling) and
+    carries have equal lengths (:meth:`AudioFeaturizer.step_batch`); other streams one by one."""
     if len(sessions) != len(chunks):
         raise ShapeError(f"step_streams got {len(sessions)} sessions and {len(chunks)} chunks")
     if len({id(s) for s in sessions}) != len(sessions):
         raise StateError("step_streams: a session appears twice in one call; its chunks must be applied in order")
-    groups: dict[tuple[int, ...], list[tuple[int, _Work]]] = {}
+    prepared: list[tuple[int, _Work | Exception]] = []
+    audio: dict[tuple[int, int, int], list[tuple[int, _Resampled]]] = {}
     for i, (s, c) in enumerate(zip(sessions, chunks)):
         try:
-            work = s._prepare(c)
-            if work.x is None:
+            if s._featurizes_audio():
+                r = s._resample(c)
+                audio.setdefault((id(s.backend), r[0].shape[0], s.carry.shape[0]), []).append((i, r))
+            else:
+                prepared.append((i, s._prepare(c)))
+        except Exception as exc:  # noqa: BLE001 -- contained: this stream's chunk or state, its error only
+            prepared.append((i, _raise_or(exc, contain)))
+    for members in audio.values():
+        prepared.extend(_featurize_together(sessions, members, contain))
+    groups: dict[tuple[int, ...], list[tuple[int, _Work]]] = {}
+    for i, work in prepared:
+        s = sessions[i]
+        try:
+            if isinstance(work, Exception):
+                out[i] = work
+            elif work.x is None:
                 out[i] = s._commit(work, None, s.states)
             elif work.segment_starts:  # rare: sensor gap resets inside the chunk; run alone
-                out[i] = _finite(s.push(c)) if contain else s.push(c)
+                out[i] = _finite(s.push(chunks[i])) if contain else s.push(chunks[i])
             else:
                 groups.setdefault((id(s.backend), *work.x.shape[1:]), []).append((i, work))
-        except Exception as exc:  # noqa: BLE001 -- contained: this stream's chunk or state, its error only
-            if not contain:
-                raise
-            out[i] = exc
+        except Exception as exc:  # noqa: BLE001 -- as above
+            out[i] = _raise_or(exc, contain)
     return [m[k : k + max_batch] for m in groups.values() for k in range(0, len(m), max_batch)]
+
+
+def _raise_or(exc: Exception, contain: bool) -> Exception:
+    if not contain:
+        raise exc
+    return exc
+
+
+#: A chunk at the model's rate: ``(samples [S], samples consumed at the stream's rate, resampler afterwards)``.
+_Resampled = tuple[np.ndarray, int, "StreamResampler | None"]
+
+
+def _featurize_together(sessions: Sequence[StreamSession], members: list[tuple[int, _Resampled]],
+                        contain: bool) -> list[tuple[int, _Work | Exception]]:
+    """The :class:`_Work` of each member, featurized in one :meth:`AudioFeaturizer.step_batch` call when there
+    are several; one by one should that call fail, so that the failing stream alone gets its error."""
+    if len(members) > 1:
+        first = sessions[members[0][0]]
+        try:
+            feats, carries = first._featurizer.audio.step_batch(  # type: ignore[union-attr]
+                np.stack([r[0] for _, r in members]), np.stack([sessions[i].carry for i, _ in members]))
+        except RnnstreamError:
+            pass
+        else:
+            n = feats.shape[1]
+            return [(i, _Work(feats[k : k + 1] if n else None, carries[k], (), r[1], None, r[2]))
+                    for k, (i, r) in enumerate(members)]
+    out: list[tuple[int, _Work | Exception]] = []
+    for i, r in members:
+        try:
+            out.append((i, sessions[i]._featurize(r)))
+        except Exception as exc:  # noqa: BLE001 -- contained, as in _batches
+            out.append((i, _raise_or(exc, contain)))
+    return out
 
 
 def _call(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]]) -> tuple[list[np.ndarray], list[dict]]:

@@ -179,3 +179,33 @@ def test_numpy_matrices_equal_torchaudio(sample_rate, n_fft, n_mels, f_min, f_ma
         wcfg = AudioConfig(sample_rate=sample_rate, win_ms=20.0, hop_ms=10.0, window=kind)
         ref_w = fn(wcfg.win_length, periodic=True, dtype=torch.float64).numpy()
         np.testing.assert_allclose(window(wcfg), ref_w, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(batch=st.integers(1, 6), size=st.integers(0, 2000), pending=st.integers(0, 159), seed=st.integers(0, 99))
+def test_step_batch_equals_step_per_stream(name, batch, size, pending, seed):
+    """B streams with equal chunk and carry lengths featurized at once equal each stream stepped alone."""
+    fz = AudioFeaturizer(CONFIGS[name])
+    rng = np.random.default_rng(seed)
+    carries = rng.normal(0, 0.1, (batch, fz.cfg.context + min(pending, fz.cfg.hop_length - 1))).astype(np.float32)
+    chunks = np.stack([_signal(seed + b, size) for b in range(batch)])
+    feats, new = fz.step_batch(chunks, carries)
+    for b in range(batch):
+        want, want_carry = fz.step(chunks[b], carries[b])
+        assert feats[b].shape == want.shape and feats.dtype == np.float32
+        np.testing.assert_allclose(feats[b], want, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(new[b], want_carry)
+
+
+def test_step_batch_refuses_bad_input_naming_it():
+    fz = AudioFeaturizer(CONFIGS["logmel"])
+    carries = np.zeros((2, fz.cfg.context), np.float32)
+    chunks = np.zeros((2, 160), np.float32)
+    chunks[1, 7] = np.nan
+    with pytest.raises(NonFiniteSamplesError, match="NaN or Inf"):
+        fz.step_batch(chunks, carries)
+    with pytest.raises(ShapeError, match=r"float32 chunks \[B, S\].*float64 \[2, 160\]"):
+        fz.step_batch(chunks.astype(np.float64), carries)
+    with pytest.raises(ShapeError, match=r"carries \[B, >= 240\]"):
+        fz.step_batch(chunks, carries[:, :10])
