@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from rnnstream.pipeline.codec import all_finite
 from rnnstream.pipeline.errors import (
     MessageError,
     ModelMismatchError,
@@ -67,6 +68,8 @@ def check_stream_id(stream: Any) -> str:
     NULs, escape sequences, bidi overrides), without ``/`` or ``\\\\``, and is not ``.`` or ``..``: adapters use it
     as a key, a metric name and (the server) a file name, so it must be safe as all three.
     """
+    if type(stream) is str and stream in _VALID_IDS:  # every chunk of a stream names it: check it once
+        return stream
     if not isinstance(stream, str) or not stream:
         raise StreamIdError(f"'stream' must be a non-empty string, got {short_repr(stream)}")
     if len(stream) > MAX_STREAM_ID:
@@ -78,7 +81,16 @@ def check_stream_id(stream: Any) -> str:
     if "/" in stream or "\\" in stream or stream in (".", ".."):
         raise StreamIdError(f"'stream' {short_repr(stream)} is refused: stream ids may not contain '/' or '\\' "
                             "nor be '.' or '..' (they name files)")
+    if type(stream) is str:
+        if len(_VALID_IDS) >= _MAX_REMEMBERED:
+            _VALID_IDS.clear()
+        _VALID_IDS.add(stream)
     return stream
+
+
+#: Stream ids already found valid (bounded: forgotten all at once past :data:`_MAX_REMEMBERED`).
+_VALID_IDS: set[str] = set()
+_MAX_REMEMBERED = 1 << 16
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
@@ -111,7 +123,7 @@ def _check_array(arr: Any, where: str, ndim: int, kind: str) -> None:
     if not isinstance(arr, np.ndarray) or arr.dtype.name not in dtypes or arr.ndim != ndim:
         got = f"{arr.dtype} {list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
         raise PayloadError(f"{where}: expected {' or '.join(dtypes)} with {ndim} dimension(s), got {got}")
-    if arr.size and not np.isfinite(arr).all():
+    if not all_finite(arr):
         bad = int((~np.isfinite(arr)).sum())
         raise PayloadError(f"{where}: {bad} of {arr.size} values are NaN or Inf; expected finite numbers")
 

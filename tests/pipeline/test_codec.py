@@ -44,3 +44,22 @@ def test_wire_round_trips():
         decode_samples(b"\x00\x01\x02", "int16")
     with pytest.raises(ShapeError, match="encoding"):
         decode_samples(b"", "int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 5)])
+def test_all_finite_matches_isfinite_including_values_whose_squares_overflow(shape):
+    from rnnstream.pipeline.codec import all_finite
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = rng.normal(0, 1, shape).astype(dtype)
+        assert all_finite(x)
+        if not x.size:
+            continue
+        big = x.copy()
+        big.flat[0] = np.finfo(dtype).max / 2  # finite, but its square overflows the dot product
+        assert all_finite(big)
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y.flat[-1] = bad
+            assert not all_finite(y)
