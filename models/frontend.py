@@ -1,7 +1,21 @@
 """The audio featurizer as a PyTorch module, for ONNX graphs that take raw audio.
 
-:class:`AudioFrontend` computes the features of :class:`rnnstream.pipeline.features.AudioFeaturizer` with a DFT as
-a strided ``conv1d`` over a fixed windowed basis (which exports to ONNX exactly), from the same NumPy matrices.
+:class:`AudioFrontend` computes the features of :class:`rnnstream.pipeline.features.AudioFeaturizer` from the same
+NumPy matrices, with plain tensor ops that export to ONNX exactly and run fast in onnxruntime:
+
+* framing by reshapes and slices (no ``Gather``, no ``Conv``): the buffer is cut into hop-long blocks and a
+  frame is the concatenation of ``ceil(win / hop)`` consecutive blocks (the first one trimmed);
+* the DFT as ``MatMul`` with bases that have the analysis window folded in and only the columns the mel filters
+  use: cosines of the bins with a non-zero mel weight, sines of those bins except DC and Nyquist (zero);
+* when ``win_length == n_fft`` (even), the DFT folded in half: the window is even about ``n_fft / 2``, so
+  ``x[n] + x[N - n]`` against the cosines and ``x[n] - x[N - n]`` against the sines give the same spectrum with
+  half the multiply-adds (:func:`folded_basis`);
+* the power spectrum and the mel projection as ``spec * spec`` and one ``MatMul`` with the mel rows of those
+  columns (so ``re^2 + im^2`` needs no slicing).
+
+For the default 16 kHz config (400-sample window, 160-sample hop, 80 mels) the DFT is a ``[201, 200]`` and a
+``[199, 199]`` product (79.8k multiply-adds per frame) instead of the ``[402, 400]`` strided convolution
+(160.8k) this module used before. onnxruntime time per chunk: ``bench/bench_stream.py``.
 """
 
 from __future__ import annotations
@@ -11,15 +25,55 @@ import torch
 
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig
 from rnnstream.pipeline.errors import ConfigError
-from rnnstream.pipeline.features import dct_matrix, dft_basis, mel_matrix
+from rnnstream.pipeline.features import dct_matrix, mel_matrix, window
+
+
+def spectral_basis(cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The windowed DFT bases and the mel matrix of their squared columns, float64.
+
+    Returns ``(cos [win_length, U], sin [win_length, V], mel [U + V, n_mels])`` such that for a frame
+    ``x [win_length]``, ``(concat(x @ cos, x @ sin) ** 2) @ mel`` equals
+    ``|rfft(window * x, n_fft)| ** 2 @ mel_matrix(cfg)``. ``U``: the bins whose mel weights are not all zero;
+    ``V``: those bins except DC and Nyquist (whose sine is zero). The window is folded into both bases.
+    """
+    n_fft = cfg.fft_size
+    mel = mel_matrix(cfg).astype(np.float64)  # [n_fft // 2 + 1, n_mels]
+    used = np.flatnonzero(np.any(mel != 0.0, axis=1))
+    with_sine = used[(used != 0) & ~((n_fft % 2 == 0) & (used == n_fft // 2))]
+    n = np.arange(cfg.win_length, dtype=np.float64)[:, None]
+    w = window(cfg).astype(np.float64)[:, None]
+
+    def angle(bins: np.ndarray) -> np.ndarray:
+        return 2.0 * np.pi * ((n * bins[None, :]) % n_fft) / n_fft
+
+    return np.cos(angle(used)) * w, np.sin(angle(with_sine)) * w, np.concatenate([mel[used], mel[with_sine]])
+
+
+def folded_basis(cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`spectral_basis` folded in half, or ``None`` when the window is not even about ``n_fft / 2``.
+
+    With ``win_length == n_fft`` even and a periodic (hence even) window, ``cos`` and ``sin`` rows ``n`` and
+    ``N - n`` are equal and opposite: with ``a = x[1 : N/2 + 1]`` and ``b = x[N/2 :][::-1]``
+    (``b[j] = x[N - 1 - j]``), ``x @ cos == concat(x[:1], a + b) @ cos_f`` and ``x @ sin == (a - b)[: N/2 - 1] @ sin_f``,
+    half the multiply-adds. Returns ``(cos_f [N/2 + 1, U], sin_f [N/2 - 1, V], mel [U + V, n_mels])``.
+    """
+    n_fft = cfg.fft_size
+    if cfg.win_length != n_fft or n_fft % 2 or n_fft < 4:
+        return None
+    cos, sin, mel = spectral_basis(cfg)
+    half = n_fft // 2
+    cos_f = cos[: half + 1].copy()
+    cos_f[half] *= 0.5  # a + b counts x[N/2] twice
+    return cos_f, sin[1:half], mel
 
 
 class AudioFrontend(torch.nn.Module):
     """The featurizer as a stateless PyTorch step, for ONNX graphs that take raw audio.
 
     ``forward(audio [B, S], carry [B, context]) -> (features [B, S // hop, dim], carry [B, context])``.
-    ``S`` must be a multiple of ``hop_length``; the runtime holds the ``< hop`` remainder (the pending
-    tail of :class:`AudioFeaturizer`'s carry).
+    ``S`` must be a multiple of ``hop_length`` (``S == 0`` gives ``[B, 0, dim]``); the runtime holds the ``< hop``
+    remainder (the pending tail of :class:`AudioFeaturizer`'s carry). Batch and length stay dynamic in the
+    exported graph.
     """
 
     def __init__(self, config: FeatureConfig | AudioConfig):
@@ -29,25 +83,55 @@ class AudioFrontend(torch.nn.Module):
             raise ConfigError("AudioFrontend needs a feature config of kind 'audio'")
         cfg.validate()
         self.cfg = cfg
-        self.n_freq = cfg.fft_size // 2 + 1
-        self.register_buffer("basis", torch.from_numpy(dft_basis(cfg)).unsqueeze(1), persistent=False)
-        self.register_buffer("mel", torch.from_numpy(mel_matrix(cfg)), persistent=False)
+        self.hop = cfg.hop_length
+        self.blocks = -(-cfg.win_length // self.hop)  # hop-long blocks a frame spans: ceil(win / hop)
+        self.first = cfg.win_length - (self.blocks - 1) * self.hop  # samples of the first (trimmed) block
+        folded = folded_basis(cfg)
+        self.folded = folded is not None
+        cos, sin, mel = folded if folded is not None else spectral_basis(cfg)
+        if not self.folded:  # one [win, U + V] basis
+            cos, sin = np.concatenate((cos, sin), axis=1), np.zeros((0, 0))
+        for name, arr in (("cos", cos), ("sin", sin), ("mel", mel)):
+            self.register_buffer(name, torch.from_numpy(arr.astype(np.float32)), persistent=False)
         dct = dct_matrix(cfg) if cfg.feature == "mfcc" else np.zeros((0, 0), np.float32)
         self.register_buffer("dct", torch.from_numpy(dct), persistent=False)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(batch_size, self.cfg.context)
 
+    def frames(self, buffer: torch.Tensor, frames: int) -> torch.Tensor:
+        """``buffer [B, context + frames * hop]`` -> the (unwindowed) frames ``[B, frames, win]``.
+
+        Frame ``t`` is ``buffer[:, t*hop : t*hop + win]``: the first ``self.first`` samples of block ``t`` of
+        ``buffer`` cut in hops, then whole hops taken from ``buffer[:, self.first:]`` cut in hops.
+        """
+        batch, hop, last = buffer.shape[0], self.hop, self.blocks - 2
+        head = buffer[:, : frames * hop].reshape(batch, frames, hop)[:, :, : self.first]
+        if self.blocks == 1:
+            return head
+        tail = buffer[:, self.first :].reshape(batch, frames + last, hop)  # [B, frames + blocks - 2, hop]
+        # constant slice bounds (tail[:, j : j + frames]) keep shape arithmetic out of the graph
+        pieces = [head] + [tail[:, j : (j - last) if j < last else None] for j in range(self.blocks - 1)]
+        return torch.cat(pieces, dim=2)
+
+    def spectrum(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames [B, T, win]`` -> ``[B, T, U + V]``: real then imaginary parts of the used bins."""
+        if not self.folded:
+            return torch.matmul(frames, self.cos)
+        half = self.cfg.fft_size // 2
+        a, b = frames[:, :, 1 : half + 1], torch.flip(frames[:, :, half:], dims=[2])  # x[n], x[N - n]
+        re = torch.matmul(torch.cat((frames[:, :, :1], a + b), dim=2), self.cos)
+        im = torch.matmul((a - b)[:, :, : half - 1], self.sin)
+        return torch.cat((re, im), dim=2)
+
     def forward(self, audio: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer = torch.cat((carry, audio), dim=1)  # [B, context + S]
-        spec = torch.nn.functional.conv1d(buffer.unsqueeze(1), self.basis, stride=self.cfg.hop_length)
-        re, im = spec[:, : self.n_freq], spec[:, self.n_freq :]  # [B, n_freq, T]
-        power = (re * re + im * im).transpose(1, 2)  # [B, T, n_freq]
-        feats = torch.log(torch.matmul(power, self.mel) + self.cfg.log_eps)
+        spec = self.spectrum(self.frames(buffer, audio.shape[1] // self.hop))  # [B, T, U + V]
+        feats = torch.log(torch.matmul(spec * spec, self.mel) + self.cfg.log_eps)  # [B, T, n_mels]
         if self.cfg.feature == "mfcc":
             feats = torch.matmul(feats, self.dct)
         new_carry = buffer[:, audio.shape[1] :]
         return feats, new_carry
 
 
-__all__ = ["AudioFrontend"]
+__all__ = ["AudioFrontend", "folded_basis", "spectral_basis"]
