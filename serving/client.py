@@ -34,6 +34,7 @@ from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.streaming import SensorChunk
 from rnnstream.serving import protocol as P
+from rnnstream.serving import replies as R
 from rnnstream.serving.protocol import ServerError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -151,11 +152,14 @@ class StreamClient:
 
     async def start(self, stream: str | None = None, *, sample_rate: int | None = None, channel: int | None = None,
                     dtype: str | None = None, outputs: bool = False, resume: str | None = None,
-                    snapshot: bytes | None = None, seq: int | None = None, timeout: float = 10.0) -> Stream:
+                    snapshot: bytes | None = None, seq: int | None = None, timeout: float = 10.0,
+                    replies: str = "json") -> Stream:
         """Open a stream and wait for ``started``; ``resume``/``snapshot`` continue a saved stream.
 
         ``sample_rate``: audio models, required (also to resume): the rate (Hz) of the samples you will send;
         the server resamples another rate than the model's. Sensor models: leave it out.
+        ``replies="binary"``: the server sends this stream's predictions in packed binary frames (less work on
+        both sides with many streams per connection); ``Stream.predictions`` holds the same messages either way.
         """
         if self.closed is not None:
             raise self.closed
@@ -174,6 +178,8 @@ class StreamClient:
             msg["seq"] = seq
         if sample_rate is not None:
             msg["sample_rate"] = sample_rate
+        if replies != "json":
+            msg["replies"] = replies
         handle = Stream(self, stream or resume or "", channel, dtype, seq or 0)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._starting[channel] = (fut, handle)
@@ -194,9 +200,9 @@ class StreamClient:
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
-                    continue
-                msg = json.loads(raw)
-                self._route(msg)
+                    self._route_rows(raw)
+                else:
+                    self._route(json.loads(raw))
         except ConnectionClosed:
             pass
         code, reason = ws.close_code, ws.close_reason
@@ -215,6 +221,15 @@ class StreamClient:
         stream = self.streams.pop(channel, None)
         if stream is not None:
             stream._deliver(err)
+
+    def _route_rows(self, frame: bytes) -> None:
+        """A binary prediction frame: each row to its stream, as the JSON ``prediction`` message it stands for."""
+        model = self.hello.get("model", {})
+        labels, task, dims = list(model.get("labels", [])), model.get("task", ""), model.get("forecast_dims", 1)
+        for row in R.decode_predictions(frame):
+            stream = self.streams.get(int(row["channel"]))
+            if stream is not None:
+                stream._deliver(R.row_to_message(row, stream.id, labels, task, dims))
 
     def _route(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")

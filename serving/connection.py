@@ -44,7 +44,7 @@ class Connection:
         self.queued_bytes = 0  # audio bytes of this connection's chunks queued or in flight
         self.closing = False
         self.close_code: int | None = None
-        self._out: deque[str | _Close] = deque()
+        self._out: deque[str | bytes | _Close] = deque()
         self._out_bytes = 0
         self._wake = asyncio.Event()
         self._cutoff: asyncio.TimerHandle | None = None
@@ -53,8 +53,9 @@ class Connection:
     def out_bytes(self) -> int:
         return self._out_bytes
 
-    def send(self, text: str) -> P.ProtocolError | None:
-        """Queue one reply; returns the ``slow_consumer`` error when the queue is full (nothing queued then)."""
+    def send(self, text: str | bytes) -> P.ProtocolError | None:
+        """Queue one reply (``str``: a JSON text frame; ``bytes``: a binary frame); returns the ``slow_consumer``
+        error when the queue is full (nothing queued then)."""
         if self.closing:
             return None
         cfg = self.config
@@ -68,9 +69,9 @@ class Connection:
         self._push(text)
         return None
 
-    def _push(self, item: str | _Close) -> None:
+    def _push(self, item: str | bytes | _Close) -> None:
         self._out.append(item)
-        if isinstance(item, str):
+        if not isinstance(item, _Close):
             self._out_bytes += len(item)
         self._wake.set()
 
@@ -110,7 +111,10 @@ class Connection:
                     await ws.close(code=item.code, message=item.reason.encode())
                     return
                 self._out_bytes -= len(item)
-                await ws.send_str(item)
+                if isinstance(item, bytes):
+                    await ws.send_bytes(item)
+                else:
+                    await ws.send_str(item)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:  # the peer went away mid-send
             log.debug("sending to a client stopped: %s: %s", type(exc).__name__, exc)
         finally:

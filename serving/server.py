@@ -190,6 +190,8 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
             value = getattr(self.backend, attr, None)
             if isinstance(value, str):
                 model[attr] = value
+        if info.model_config.task == "forecast":
+            model["forecast_dims"] = len(info.model_config.target_dims)
         if fc.kind == "audio":
             model.update(kind="audio", sample_rate=fc.audio.sample_rate, dtypes=["float32", "int16"])  # type: ignore[union-attr]
         else:

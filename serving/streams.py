@@ -29,6 +29,7 @@ class Stream(BatchStream):
         self.channel = channel
         self.dtype = start.dtype
         self.outputs = start.outputs
+        self.binary = start.replies == "binary"  # predictions in packed binary frames (serving.replies)
         self.done_seq = seq  # next seq whose prediction has not been sent
         self.last_activity = time.monotonic()
         self.ending: P.End | None = None

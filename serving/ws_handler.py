@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 from rnnstream.pipeline.errors import StateError
 from rnnstream.pipeline.stream_checks import ChunkMessage
 from rnnstream.pipeline.stream_state import Record, Step
 from rnnstream.pipeline.streaming import SensorChunk, step_streams_contained
 from rnnstream.serving import protocol as P
+from rnnstream.serving import replies as R
 from rnnstream.serving.batcher import QueueFull, Results
 from rnnstream.serving.connection import Connection
 from rnnstream.serving.streams import Stream, chunk_bytes, decode_chunk
@@ -210,6 +212,10 @@ class WsMixin:
     def _on_results(self: StreamServer, results: Results) -> None:
         now = time.monotonic()
         m = self.metrics
+        binary: dict[Connection, list[tuple[Stream, int, Any]]] = {}
+        latencies = []
+        finishing = []
+        frames = 0
         for bs, seq, outcome, received in results:
             stream: Stream = bs  # type: ignore[assignment]
             stream.conn.queued_bytes -= stream.sizes.pop(seq, 0)
@@ -224,15 +230,53 @@ class WsMixin:
                 self._chunk_failed(stream, seq, outcome if isinstance(outcome, Exception)
                                    else StateError(failed[0].reason or "the stream core refused the result"))
                 continue
-            msg = {"type": "prediction", **stream.where(), "seq": seq, **outcome.to_dict()}
-            if stream.outputs:
-                msg["outputs"] = outcome.outputs.tolist()
-            self._send(stream.conn, msg)
-            m.latency.observe(now - received)
-            m.predictions.inc()
-            m.frames.inc(outcome.n_frames)
+            if stream.binary:
+                binary.setdefault(stream.conn, []).append((stream, seq, outcome))
+            else:
+                msg = {"type": "prediction", **stream.where(), "seq": seq, **outcome.to_dict()}
+                if stream.outputs:
+                    msg["outputs"] = outcome.outputs.tolist()
+                self._send_finite(stream.conn, msg)
+            latencies.append(now - received)
+            frames += outcome.n_frames
             if stream.ending is not None and not stream.busy:
-                self._finish(stream)
+                finishing.append(stream)
+        for conn, rows in binary.items():
+            self._send_rows(conn, rows)
+        for stream in finishing:  # "ended" after the stream's last prediction, binary ones included
+            self._finish(stream)
+        for latency in latencies:
+            m.latency.observe(latency)
+        m.predictions.inc(len(latencies))
+        m.frames.inc(frames)
+
+    def _send_finite(self: StreamServer, conn: Connection, msg: dict[str, Any]) -> None:
+        """:meth:`_send` of a message whose numbers are all finite (a prediction): the fast encoder."""
+        overflow = conn.send(P.dumps_finite(msg))
+        if overflow is not None:
+            self._fail(conn, overflow, drop_pending=True)
+
+    def _send_rows(self: StreamServer, conn: Connection, items: list[tuple[Stream, int, Any]]) -> None:
+        """One binary frame with the predictions of ``items`` (:mod:`rnnstream.serving.replies`)."""
+        info = self.info
+        dim = info.model_config.output_dim
+        rows = np.zeros(len(items), R.prediction_row(dim))
+        rows["channel"] = [s.channel for s, _, _ in items]
+        rows["seq"] = [seq for _, seq, _ in items]
+        rows["frames"] = [o.n_frames for _, _, o in items]
+        rows["frames_total"] = [o.frames_seen for _, _, o in items]
+        rows["t"] = [o.t for _, _, o in items]
+        have = [k for k, (_, _, o) in enumerate(items) if o.last_output is not None]
+        rows["predicted"] = -1
+        if have:
+            last = np.stack([items[k][2].last_output for k in have]).astype(np.float32, copy=False)
+            if info.model_config.task in ("classify", "tag"):
+                last = R.softmax_rows(last)
+                rows["predicted"][have] = last.argmax(axis=1)
+            rows["values"][have] = last
+        overflow = conn.send(R.encode_predictions(rows))
+        if overflow is not None:
+            self._fail(conn, overflow, drop_pending=True)
 
     def _chunk_failed(self: StreamServer, stream: Stream, seq: int, exc: Exception) -> None:
         log.error("stream %r seq %d failed in the model: %s: %s", stream.id, seq, type(exc).__name__, exc)
