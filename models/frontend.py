@@ -130,7 +130,8 @@ class AudioFrontend(torch.nn.Module):
         feats = torch.log(torch.matmul(spec * spec, self.mel) + self.cfg.log_eps)  # [B, T, n_mels]
         if self.cfg.feature == "mfcc":
             feats = torch.matmul(feats, self.dct)
-        new_carry = buffer[:, audio.shape[1] :]
+        ctx = self.cfg.context  # a constant slice: the last ``context`` samples
+        new_carry = buffer[:, buffer.shape[1] - ctx :] if ctx == 0 else buffer[:, -ctx:]
         return feats, new_carry
 
 
