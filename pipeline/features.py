@@ -261,6 +261,12 @@ class AudioFeaturizer:
         fast = self._nfft == self._win and self._fft is not None  # the inlined one-frame path applies
         self._hot = (self._ctx, self._hop, self._win, fast, self._nfreq, self._window, self._fft, mel2_eps, self._dct)
 
+    @staticmethod
+    def shared(config: AudioConfig) -> "AudioFeaturizer":
+        """One featurizer per config for the whole process: it holds no stream state (the carry is the caller's),
+        only its matrices (about 300 KB for 80 mel bins), which thousands of open streams then share."""
+        return _shared_featurizer(config)
+
     def initial_state(self) -> np.ndarray:
         """Zero context, nothing pending: float32 ``[win - hop]``."""
         return np.zeros(self._ctx, dtype=np.float32)
@@ -350,3 +356,8 @@ class AudioFeaturizer:
     def featurize(self, signal: np.ndarray) -> np.ndarray:
         """Offline features of a whole signal ``[N]`` -> ``[N // hop, dim]``: one streaming step."""
         return self.step(signal, self.initial_state())[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_featurizer(config: AudioConfig) -> AudioFeaturizer:
+    return AudioFeaturizer(config)

@@ -174,7 +174,7 @@ class _Featurizer:
     def __init__(self, cfg: FeatureConfig):
         self.cfg = cfg
         if cfg.kind == "audio":
-            self._audio: AudioFeaturizer | None = AudioFeaturizer(cfg)
+            self._audio: AudioFeaturizer | None = AudioFeaturizer.shared(cfg.audio)  # type: ignore[arg-type]
             self._sensor = None
         else:
             from rnnstream.pipeline.sensors import SensorFeaturizer
