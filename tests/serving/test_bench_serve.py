@@ -9,11 +9,12 @@ import pytest
 def test_bench_serve_tiny_run(capsys):
     from bench import bench_serve
 
-    rc = bench_serve.main(["--levels", "4", "--levels-batch1", "", "--saturate-streams", "4", "--window", "2",
-                           "--seconds", "1", "--no-write"])
+    rc = bench_serve.main(["--levels", "4", "--levels-json", "4", "--saturate-streams", "4", "--window", "2",
+                           "--seconds", "1", "--idle", "32", "--no-write"])
     out = capsys.readouterr().out
     assert rc == 0
-    rows = [line for line in out.splitlines() if line.startswith("| realtime") or line.startswith("| saturate")]
-    assert len(rows) >= 3
-    realtime = rows[0].split("|")
-    assert realtime[2].strip() == "4" and realtime[15].strip() == "0"  # 4 streams, nothing lost
+    rows = [line.split("|") for line in out.splitlines() if line.startswith(("| realtime", "| saturate"))]
+    assert len(rows) >= 5  # two realtime rows, three saturation rows (defaults, --workers 1, --max-batch 1)
+    realtime = rows[0]
+    assert realtime[4].strip() == "4" and realtime[18].strip() == "0"  # 4 streams, nothing lost
+    assert "Idle streams: 32 open ->" in out
