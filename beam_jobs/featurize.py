@@ -26,14 +26,15 @@ file, a dangling link or link loop: dead letters ``FileNameError``, ``SpecialFil
 
 Graph::
 
-    Create(records) -> KeyByShard -> GroupByShard (moves paths only)
-      -> FeaturizeShard (ParDo per shard: read bytes via FileSystems, decode_audio / read_sensor_table,
-                         AudioFeaturizer / SensorFeaturizer, write the Parquet shard; dead letters on a
-                         tagged output)
+    Create(shard tasks, reshuffle) (plan_shards on the submitting machine: records dealt round-robin into
+                                    --num-shards tasks; only the tasks, paths and labels, cross processes)
+      -> FeaturizeShard (ParDo per shard task: read bytes (open, or FileSystems for remote paths),
+                         decode_audio / read_sensor_table, AudioFeaturizer / SensorFeaturizer, write the
+                         Parquet shard, one row group; dead letters on a tagged output)
            shard reports (records given, inputs that gave examples, examples, frames, partial stats)
-              -> MergeStats (CombineGlobally(StatsCombineFn) over the per-shard partial stats)
            dead letters
-    all three -> Gather -> Finalize (dead_letter.jsonl, stats.json, feature_config.json, summary.json)
+    both -> Gather -> Finalize (the shards' partial stats merged by StatsCombineFn; dead_letter.jsonl,
+                                stats.json, feature_config.json, summary.json)
 
 :class:`FeaturizeFiles` is the per-file transform (examples + dead letters), for pipelines that want the
 examples themselves (``rnnstream infer`` on raw files uses it).
@@ -54,7 +55,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,8 @@ from rnnstream.beam_jobs.common import (
     StatsCombineFn,
     counter_values,
     feature_config_from_options,
+    has_scheme,
+    is_dask_runner,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -95,6 +98,8 @@ from rnnstream.beam_jobs.inputs import (
 )
 from rnnstream.beam_jobs.options import (
     INPUTS_PER_SHARD,
+    MAX_DEFAULT_SHARDS,
+    SHARDS_PER_WORKER,
     add_featurize_arguments,
     audio_limits_from_options,
 )
@@ -134,8 +139,38 @@ class FeaturizeOptions(PipelineOptions):
         add_featurize_arguments(parser)
 
 
-def default_num_shards(n_inputs: int) -> int:
-    return max(1, min(64, math.ceil(n_inputs / INPUTS_PER_SHARD)))
+def default_num_shards(n_inputs: int, min_shards: int = 1, inputs_per_shard: int | None = None) -> int:
+    """Shards for ``n_inputs`` inputs: one per ``inputs_per_shard`` (default :data:`INPUTS_PER_SHARD`), at
+    least ``min_shards`` (:func:`min_shards`: enough tasks for every parallel worker), at most
+    ``max(MAX_DEFAULT_SHARDS, min_shards)`` and at most ``n_inputs``; always >= 1.
+
+    Raises:
+        ConfigError: ``inputs_per_shard < 1``.
+    """
+    per = INPUTS_PER_SHARD if inputs_per_shard is None else inputs_per_shard
+    if per < 1:
+        raise ConfigError(f"--inputs-per-shard must be >= 1, got {per}")
+    wanted = max(math.ceil(n_inputs / per), min_shards)
+    return max(1, min(wanted, max(MAX_DEFAULT_SHARDS, min_shards), n_inputs))
+
+
+def min_shards(options: PipelineOptions | None) -> int:
+    """The fewest shards that keep every parallel worker the options ask for busy until the end:
+    :data:`SHARDS_PER_WORKER` per DirectRunner worker when ``--direct_num_workers`` > 1 (0: every core),
+    one per partition on the DaskRunner (``--dask_npartitions``: already a few per worker), else 1."""
+    if options is None:
+        return 1
+    if is_dask_runner(options):
+        try:  # registers --dask_npartitions (DaskOptions is defined beside the runner)
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
+        except ImportError:
+            return 1
+        return max(1, int(options.get_all_options().get("npartitions") or 1))  # --dask_npartitions
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    n = options.view_as(DirectOptions).direct_num_workers
+    workers = max(1, os.cpu_count() or 1) if n == 0 else max(1, int(n or 1))
+    return 1 if workers == 1 else SHARDS_PER_WORKER * workers
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +232,20 @@ class FileFeaturizer:
         return self._sensor_examples(record)
 
     @staticmethod
-    def _read(path: str, max_bytes: int | None = None) -> bytes:
-        """The file's bytes, reading at most ``max_bytes + 1`` of them when bounded."""
+    def _read(path: str, max_bytes: int | None = None, size: int | None = None) -> bytes:
+        """The file's bytes, reading at most ``max_bytes + 1`` of them when bounded.
+
+        ``size``: a local file's size (from :func:`check_input_path`): the file is read with ``open``, asking
+        for ``size + 1`` bytes (a buffer of the file's size, not of ``max_bytes``); remote paths go through
+        Beam's ``FileSystems``.
+        """
+        if size is not None and not has_scheme(path):
+            want = size + 1 if max_bytes is None else min(size, max_bytes) + 1
+            with open(path, "rb") as fh:
+                data = fh.read(want)
+                if len(data) > size:  # the file grew since it was stat-ed: read on, within the bound
+                    data += fh.read() if max_bytes is None else fh.read(max(0, max_bytes + 1 - len(data)))
+                return data
         with FileSystems.open(path) as fh:
             return fh.read() if max_bytes is None else fh.read(max_bytes + 1)
 
@@ -208,7 +255,7 @@ class FileFeaturizer:
         check_extension(record.path)  # before reading the bytes
         if size is not None:
             self.limits.check_size(record.path, size)  # a local file: refused before it is read
-        data = self._read(record.path, self.limits.max_bytes)
+        data = self._read(record.path, self.limits.max_bytes, size)
         self.limits.check_size(record.path, len(data), capped=True)  # a remote file (no size known before)
         samples = decode_audio(data, self.config, name=record.path, limits=self.limits)
         feats = self.audio.featurize(samples)
@@ -293,8 +340,36 @@ class _FeaturizeFn(beam.DoFn):
         yield from examples
 
 
+@dataclass(frozen=True)
+class ShardTask:
+    """One Parquet shard's work: its index and the input records it featurizes (paths, labels: small)."""
+
+    index: int
+    records: tuple[InputRecord, ...]
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        """A cheap deterministic token (dask otherwise pickles every task of a ``Create`` to hash it)."""
+        return ("ShardTask", self.index, tuple(r.__dask_tokenize__() for r in self.records))
+
+
+def plan_shards(records: Sequence[InputRecord], num_shards: int) -> list[ShardTask]:
+    """Deal ``records`` (sorted by path) round-robin into ``num_shards`` tasks of equal size (+-1).
+
+    Every record lands in exactly one task; a task may be empty when ``num_shards > len(records)``
+    (it writes no file). Planned on the submitting machine, so the pipeline moves ``num_shards``
+    elements, not one per file.
+
+    Raises:
+        ConfigError: ``num_shards < 1``.
+    """
+    if num_shards < 1:
+        raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
+    ordered = sorted(records, key=lambda r: r.path)
+    return [ShardTask(index=i, records=tuple(ordered[i::num_shards])) for i in range(num_shards)]
+
+
 class _FeaturizeShardFn(beam.DoFn):
-    """``(shard index, records)`` -> featurize each record, write the shard -> one :class:`ShardReport`
+    """A :class:`ShardTask` -> featurize each record, write the shard -> one :class:`ShardReport`
     (main output; no file when every record failed) and a dead letter per failed record (tagged output)."""
 
     def __init__(self, config: FeatureConfig, label_pattern: str | None, prefix: str, num_shards: int,
@@ -310,11 +385,9 @@ class _FeaturizeShardFn(beam.DoFn):
     def setup(self) -> None:
         self._featurize = FileFeaturizer(self.config, self.label_pattern, self.limits)
 
-    def process(self, element: tuple[int, Iterable[InputRecord]]) -> Iterator[Any]:
-        index, group = element
-        records = list(group)
+    def process(self, task: ShardTask) -> Iterator[Any]:
         examples: list[Example] = []
-        for record in sorted(records, key=lambda r: r.path):
+        for record in sorted(task.records, key=lambda r: r.path):
             try:
                 found = self._featurize(record)
             except INPUT_ERRORS as err:
@@ -325,7 +398,8 @@ class _FeaturizeShardFn(beam.DoFn):
             examples += found
         if examples:
             self.shards.inc()
-        yield write_shard(self.prefix, index, self.num_shards, examples, self.config.dim, records=len(records))
+        yield write_shard(self.prefix, task.index, self.num_shards, examples, self.config.dim,
+                          records=len(task.records))
 
 
 class _FinalizeFn(beam.DoFn):
@@ -341,9 +415,10 @@ class _FinalizeFn(beam.DoFn):
         reports = [x for x in items if isinstance(x, ShardReport)]
         shards = sorted((r for r in reports if r.path is not None), key=lambda r: r.path or "")
         dead = sorted((x for x in items if isinstance(x, DeadLetter)), key=lambda d: (d.path, d.kind))
-        merged = [x for x in items if isinstance(x, RunningStats)]
         inputs = sum(r.records for r in reports)  # records each shard was given, apart from their outcomes
-        stats = StatsCombineFn(self.config.dim).merge_accumulators(merged or [RunningStats.empty(self.config.dim)])
+        # the shards' partial statistics, merged exactly (Chan et al.): one small accumulator per shard
+        partial = [r.stats for r in reports]
+        stats = StatsCombineFn(self.config.dim).merge_accumulators(partial or [RunningStats.empty(self.config.dim)])
         join = FileSystems.join
         write_jsonl(join(self.output_dir, DEAD_LETTER_FILE), (d.to_dict() for d in dead))
         write_text(join(self.output_dir, STATS_FILE), stats.to_json() + "\n")
@@ -393,12 +468,15 @@ class FeaturizeFiles(beam.PTransform):
         }
 
 
-class FeaturizeCorpus(beam.PTransform):
-    """:class:`InputRecord` s -> a dataset in ``output_dir``; returns a PCollection of one summary dict.
+class FeaturizeShards(beam.PTransform):
+    """:class:`ShardTask` s (from :func:`plan_shards`) -> a dataset in ``output_dir``; returns a PCollection of
+    one summary dict.
 
-    Records (small) are grouped by shard (``crc32(path) % num_shards``); each shard's records are
-    featurized and written by one ``DoFn`` call, so feature matrices never cross a process boundary:
-    the only shuffle moves paths. Shards are the unit of parallelism (``default_num_shards``).
+    Each task is featurized and written by one ``DoFn`` call (``FeaturizeShard``), so feature matrices
+    never cross a process boundary; shard reports carry partial :class:`RunningStats` (one per shard,
+    ``dim`` x 2 floats), merged exactly by :meth:`StatsCombineFn.merge_accumulators` in the finalize step
+    (a separate ``CombineGlobally`` branch would add a dozen transforms of fixed cost for a few dozen
+    accumulators). Shards are the unit of parallelism: give a few per worker.
     """
 
     def __init__(self, output_dir: str, config: FeatureConfig, *, label_pattern: str | None = None,
@@ -412,27 +490,41 @@ class FeaturizeCorpus(beam.PTransform):
         self.num_shards = num_shards
         self.limits = limits
 
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        n, dim = self.num_shards, self.config.dim
+    def expand(self, tasks: beam.PCollection) -> beam.PCollection:
         prefix = FileSystems.join(self.output_dir, SHARD_PREFIX)
-        fn = _FeaturizeShardFn(self.config, self.label_pattern, prefix, n, self.limits)
-        outs = (
+        fn = _FeaturizeShardFn(self.config, self.label_pattern, prefix, self.num_shards, self.limits)
+        outs = tasks | "FeaturizeShard" >> beam.ParDo(fn).with_outputs(DEAD_LETTERS, main=SHARDS)
+        shards = outs[SHARDS] | "OnlyShards" >> KeepType(ShardReport)
+        dead = outs[DEAD_LETTERS] | "OnlyDeadLetters" >> KeepType(DeadLetter)
+        return (
+            (shards, dead)
+            | "Gather" >> Gather()
+            | "Finalize" >> beam.ParDo(_FinalizeFn(self.output_dir, self.config))
+        )
+
+
+class FeaturizeCorpus(beam.PTransform):
+    """:class:`InputRecord` s -> a dataset in ``output_dir``; returns a PCollection of one summary dict.
+
+    For records that are already a PCollection: they are grouped by shard (``crc32(path) % num_shards``,
+    the only shuffle moves paths) into :class:`ShardTask` s for :class:`FeaturizeShards`. The job itself
+    plans its tasks before the pipeline (:func:`plan_shards`) and skips this shuffle.
+    """
+
+    def __init__(self, output_dir: str, config: FeatureConfig, *, label_pattern: str | None = None,
+                 num_shards: int = 1, label: str | None = None, limits: AudioLimits | None = None):
+        super().__init__(label)
+        self.shards = FeaturizeShards(output_dir, config, label_pattern=label_pattern, num_shards=num_shards,
+                                      limits=limits)
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        n = self.shards.num_shards
+        return (
             records
             | "KeyByShard" >> beam.Map(lambda r: (shard_of(r.path, n), r))
             | "GroupByShard" >> beam.GroupByKey()
-            | "FeaturizeShard" >> beam.ParDo(fn).with_outputs(DEAD_LETTERS, main=SHARDS)
-        )
-        shards = outs[SHARDS] | "OnlyShards" >> KeepType(ShardReport)
-        dead = outs[DEAD_LETTERS] | "OnlyDeadLetters" >> KeepType(DeadLetter)
-        stats = (
-            shards
-            | "ShardStats" >> beam.Map(lambda r: r.stats)
-            | "MergeStats" >> beam.CombineGlobally(StatsCombineFn(dim)).without_defaults()
-        )
-        return (
-            (shards, stats, dead)
-            | "Gather" >> Gather()
-            | "Finalize" >> beam.ParDo(_FinalizeFn(self.output_dir, self.config))
+            | "ToTasks" >> beam.MapTuple(lambda index, group: ShardTask(index, tuple(group)))
+            | "FeaturizeShards" >> self.shards
         )
 
 
@@ -443,20 +535,45 @@ class FeaturizeCorpus(beam.PTransform):
 _STALE = (f"{SHARD_PREFIX}-*.parquet", STATS_FILE, SUMMARY_FILE, DEAD_LETTER_FILE, FEATURE_CONFIG_FILE)
 
 
+def resolve_num_shards(n_inputs: int, num_shards: int | None, inputs_per_shard: int | None,
+                       options: PipelineOptions | None) -> int:
+    """``--num-shards`` when given, else :func:`default_num_shards` for the options' workers.
+
+    Raises:
+        ConfigError: ``--num-shards`` < 1 or ``--inputs-per-shard`` < 1.
+    """
+    if num_shards is not None:
+        if num_shards < 1:
+            raise ConfigError(f"--num-shards must be >= 1, got {num_shards}")
+        return num_shards
+    return default_num_shards(n_inputs, min_shards(options), inputs_per_shard)
+
+
+def _spread(options: PipelineOptions | None) -> bool:
+    """Whether ``Create`` must reshuffle its tasks so that the workers share them: on every runner (a fused
+    ``Create`` -> ``ParDo`` would run on one worker) but one, the DirectRunner with a single worker, where
+    the shuffle is only fixed cost."""
+    if options is None:
+        return True
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    direct = name in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner")
+    return not (direct and min_shards(options) == 1)
+
+
 def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureConfig, label_pattern: str | None,
-                   num_shards: int | None, options: PipelineOptions | None,
+                   shards: int, options: PipelineOptions | None,
                    test_pipeline: beam.Pipeline | None, limits: AudioLimits | None = None) -> Any:
     if label_pattern is not None:
         compile_label_pattern(label_pattern)
-    shards = num_shards if num_shards is not None else default_num_shards(len(records))
-    if shards < 1:
-        raise ConfigError(f"--num-shards must be >= 1, got {shards}")
     prepare_output_dir(output_dir, _STALE)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     _ = (
         pipeline
-        | "ListInputs" >> beam.Create(records, reshuffle=True)
-        | "FeaturizeCorpus" >> FeaturizeCorpus(output_dir, config, label_pattern=label_pattern, num_shards=shards,
+        | "PlanShards" >> beam.Create(plan_shards(records, shards), reshuffle=_spread(options))
+        | "FeaturizeShards" >> FeaturizeShards(output_dir, config, label_pattern=label_pattern, num_shards=shards,
                                                limits=limits)
     )
     return run_pipeline(pipeline)
@@ -475,12 +592,15 @@ def featurize_corpus(
     pipeline_args: Sequence[str] | None = None,
     num_shards: int | None = None,
     limits: AudioLimits | None = None,
+    inputs_per_shard: int | None = None,
 ) -> dict[str, Any]:
     """Featurize files into a dataset in ``output_dir`` with Beam; returns the summary dict.
 
     ``inputs``: files, directories, globs (see :func:`rnnstream.beam_jobs.inputs.list_inputs`); ``pipeline_args``:
     Beam options such as ``["--direct_num_workers=2", "--direct_running_mode=multi_processing"]``;
-    ``limits``: the decoding bounds of audio files (default ``AudioLimits()``).
+    ``limits``: the decoding bounds of audio files (default ``AudioLimits()``); ``num_shards`` /
+    ``inputs_per_shard``: the Parquet shards, the unit of parallel work (default: :func:`default_num_shards`
+    for the workers the options ask for).
     The returned dict is ``summary.json`` plus ``"metrics"`` (the Beam counters, or None when the runner
     does not report them).
 
@@ -489,7 +609,8 @@ def featurize_corpus(
     """
     records = list_inputs(inputs, manifest, label_pattern)
     options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or [])))
-    result = _build_and_run(records, output_dir, feature_config, label_pattern, num_shards, options, None, limits)
+    shards = resolve_num_shards(len(records), num_shards, inputs_per_shard, options)
+    result = _build_and_run(records, output_dir, feature_config, label_pattern, shards, options, None, limits)
     summary = read_summary(output_dir)
     summary["metrics"] = counter_values(result, COUNTERS)
     return summary
@@ -508,8 +629,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     limits = audio_limits_from_options(job_opts)
     records = list_inputs(io_opts.inputs, io_opts.manifest, io_opts.label_pattern)
     LOG.info("featurize: %d input(s) -> %s", len(records), io_opts.output)
+    shards = resolve_num_shards(len(records), job_opts.num_shards, job_opts.inputs_per_shard, options)
     return _build_and_run(
-        records, io_opts.output, config, io_opts.label_pattern, job_opts.num_shards, options, test_pipeline, limits,
+        records, io_opts.output, config, io_opts.label_pattern, shards, options, test_pipeline, limits,
     )
 
 

@@ -189,7 +189,7 @@ def list_inputs(
         by_path = {_norm(r.path): r for r in rows}
         records = []
         for p in expand_paths(inputs):
-            row = by_path.get(_norm(p))
+            row = by_path.get(_norm(p)) if by_path else None  # no manifest: no per-path normalisation
             records.append(InputRecord(path=p, label=row.label if row else None, metadata=dict(row.metadata) if row else {}))
     else:
         if not rows:

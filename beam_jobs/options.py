@@ -18,8 +18,13 @@ from typing import Any
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig, SensorConfig
 from rnnstream.pipeline.errors import ConfigError
 
-#: Inputs per Parquet shard when ``--num-shards`` is not given.
+#: Inputs per Parquet shard when neither ``--num-shards`` nor ``--inputs-per-shard`` is given.
 INPUTS_PER_SHARD = 250
+#: Default shards per DirectRunner worker (``--direct_num_workers`` > 1), at least: enough tasks that the
+#: workers finish together. On the DaskRunner: at least one per ``--dask_npartitions`` partition.
+SHARDS_PER_WORKER = 4
+#: Default shard count's ceiling (raised to that minimum when it is higher).
+MAX_DEFAULT_SHARDS = 64
 #: ``rnnstream infer --format`` values; the predictions file is ``predictions.<format>``.
 PREDICTION_FORMATS = ("jsonl", "parquet")
 
@@ -142,7 +147,11 @@ def add_featurize_arguments(parser: Any) -> None:
     """Options of ``rnnstream featurize`` besides the input and feature flags."""
     add_decode_arguments(parser)
     _add(parser, "--num-shards", dest="num_shards", type=int, default=None,
-         help=f"Parquet shards (default: one per {INPUTS_PER_SHARD} inputs, at most 64)")
+         help=f"Parquet shards, the unit of parallel work (default: one per --inputs-per-shard inputs, at least "
+         f"{SHARDS_PER_WORKER} per --direct_num_workers worker or one per --dask_npartitions partition, at most "
+         f"{MAX_DEFAULT_SHARDS} unless that minimum is higher)")
+    _add(parser, "--inputs-per-shard", dest="inputs_per_shard", type=int, default=None, metavar="N",
+         help=f"inputs per Parquet shard when --num-shards is not given (default: {INPUTS_PER_SHARD})")
 
 
 def add_infer_arguments(parser: Any) -> None:

@@ -196,3 +196,106 @@ def test_real_fsdd_recordings_equal_offline_features(fsdd_dir, tmp_path):
     frames = np.concatenate([e.features for e in ds.examples]).astype(np.float64)
     np.testing.assert_allclose(ds.stats.mean, frames.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(ds.stats.var, frames.var(axis=0), rtol=1e-6)
+
+
+def _records(n: int) -> list:
+    from rnnstream.beam_jobs.common import InputRecord
+
+    return [InputRecord(f"/c/{i:03d}.wav") for i in reversed(range(n))]
+
+
+def test_plan_shards_deals_every_record_to_exactly_one_balanced_task():
+    tasks = featurize.plan_shards(_records(10), 3)
+    assert [t.index for t in tasks] == [0, 1, 2]
+    assert [len(t.records) for t in tasks] == [4, 3, 3]
+    paths = [r.path for t in tasks for r in t.records]
+    assert sorted(paths) == sorted(r.path for r in _records(10)) and len(set(paths)) == 10
+    assert [r.path for r in tasks[1].records] == ["/c/001.wav", "/c/004.wav", "/c/007.wav"]  # round-robin, sorted
+    assert [len(t.records) for t in featurize.plan_shards(_records(2), 4)] == [1, 1, 0, 0]
+    with pytest.raises(ConfigError, match="num_shards must be >= 1, got 0"):
+        featurize.plan_shards(_records(2), 0)
+
+
+def test_default_shards_follow_the_corpus_size_and_the_workers():
+    assert featurize.default_num_shards(8000) == 32  # one per 250 inputs
+    assert featurize.default_num_shards(10) == 1
+    assert featurize.default_num_shards(10, min_shards=8) == 8  # e.g. 4 per worker, so both finish together
+    assert featurize.default_num_shards(3, min_shards=8) == 3  # never more shards than inputs
+    assert featurize.default_num_shards(0) == 1
+    assert featurize.default_num_shards(10**6) == 64 and featurize.default_num_shards(10**6, min_shards=128) == 128
+    assert featurize.default_num_shards(1000, inputs_per_shard=100) == 10
+    with pytest.raises(ConfigError, match="--inputs-per-shard must be >= 1, got 0"):
+        featurize.default_num_shards(10, inputs_per_shard=0)
+
+
+def test_shards_resolved_from_the_beam_options():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from rnnstream.beam_jobs.options import resolve_runner_aliases
+
+    def shards(args: list[str], n: int = 100, **kw) -> int:
+        return featurize.resolve_num_shards(n, kw.get("num_shards"), kw.get("per"),
+                                            PipelineOptions(resolve_runner_aliases(args)))
+
+    assert shards([]) == 1
+    assert shards(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == 8
+    assert shards(["--direct_num_workers=2", "--direct_running_mode=multi_processing"], n=8000) == 32
+    assert shards(["--runner=DaskRunner", "--dask_client_address=tcp://h:1", "--dask_npartitions=3"]) == 3
+    assert shards([], per=10) == 10 and shards([], num_shards=5) == 5
+    with pytest.raises(ConfigError, match="--num-shards must be >= 1, got 0"):
+        shards([], num_shards=0)
+
+
+def test_inputs_per_shard_flag_sets_the_shards(audio_corpus, tmp_path):
+    root, _, _ = audio_corpus
+    out = tmp_path / "out"
+    assert featurize.main(["--input", str(root), "--output", str(out), *AUDIO_FLAGS, "--inputs-per-shard", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["inputs"], summary["outputs"] + summary["dead_letters"]) == (9, 9)
+    assert all(name.endswith("-of-00003.parquet") for name in summary["shards"])  # ceil(9 / 3)
+
+
+def test_featurize_corpus_transform_on_a_pcollection_equals_the_job(audio_corpus, tmp_path):
+    """FeaturizeCorpus (records already in a PCollection, grouped by crc32 shard) gives the job's dataset."""
+    import apache_beam as beam
+
+    from rnnstream.beam_jobs.inputs import list_inputs
+
+    root, good, _ = audio_corpus
+    cfg = FeatureConfig.audio_default(sample_rate=RATE, n_mels=20, resample=False)
+    job = featurize.featurize_corpus([str(root)], str(tmp_path / "job"), cfg, num_shards=2)
+    with beam.Pipeline() as p:
+        _ = (p | beam.Create(list_inputs([str(root)]))
+             | featurize.FeaturizeCorpus(str(tmp_path / "t"), cfg, num_shards=2))
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert {k: summary[k] for k in ("inputs", "outputs", "dead_letters", "frames")} == {
+        k: job[k] for k in ("inputs", "outputs", "dead_letters", "frames")} and job["outputs"] == len(good)
+    a, b = read_dataset(str(tmp_path / "job")), read_dataset(str(tmp_path / "t"))
+    assert {e.id: e.features.tobytes() for e in a.examples} == {e.id: e.features.tobytes() for e in b.examples}
+    np.testing.assert_allclose(a.stats.mean, b.stats.mean, rtol=1e-12)
+    np.testing.assert_allclose(a.stats.var, b.stats.var, rtol=1e-12)
+    assert read_jsonl(tmp_path / "job" / "dead_letter.jsonl") == read_jsonl(tmp_path / "t" / "dead_letter.jsonl")
+
+
+def test_the_featurize_path_in_a_fresh_worker_imports_no_torch(audio_corpus, tmp_path):
+    """What a Beam worker runs: unpickle the shard DoFn, set it up, featurize a shard. torch stays out."""
+    import subprocess
+    import sys
+
+    _, good, bad = audio_corpus
+    code = f"""
+import sys
+from apache_beam.internal import pickler
+from rnnstream.beam_jobs import featurize
+from rnnstream.beam_jobs.common import InputRecord
+from rnnstream.pipeline.config import FeatureConfig
+cfg = FeatureConfig.audio_default(sample_rate={RATE}, n_mels=20, resample=False)
+fn = pickler.loads(pickler.dumps(featurize._FeaturizeShardFn(cfg, None, {str(tmp_path / 'x')!r}, 1)))
+fn.setup()
+task = featurize.ShardTask(0, tuple(InputRecord(p) for p in {[str(p) for p in good + list(bad)]!r}))
+out = list(fn.process(task))
+print(len(out), sorted(m for m in ("torch", "torchaudio", "onnxruntime") if m in sys.modules))
+"""
+    run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == f"{1 + len(bad)} []"  # one shard report + a dead letter per bad file

@@ -203,8 +203,8 @@ def test_a_remote_file_read_is_capped(tmp_path, monkeypatch):
     sf.write(wav, tone(4000, 300.0, seed=0), RATE, subtype="PCM_16")
     asked = []
 
-    def fake_read(path: str, max_bytes: int | None = None) -> bytes:
-        asked.append((path, max_bytes))
+    def fake_read(path: str, max_bytes: int | None = None, size: int | None = None) -> bytes:
+        asked.append((path, max_bytes, size))
         return wav.read_bytes()[: None if max_bytes is None else max_bytes + 1]
 
     fz = FileFeaturizer(FeatureConfig.audio_default(sample_rate=RATE, n_mels=20), limits=AudioLimits(max_bytes=1000))
@@ -212,4 +212,18 @@ def test_a_remote_file_read_is_capped(tmp_path, monkeypatch):
     with pytest.raises(AudioTooLargeError, match=r"^gs://b/0_a_0\.wav: the file holds at least 1001 bytes, more than "
                        r"the maximum of 1000 bytes"):
         fz(InputRecord(path="gs://b/0_a_0.wav"))
-    assert asked == [("gs://b/0_a_0.wav", 1000)]
+    assert asked == [("gs://b/0_a_0.wav", 1000, None)]  # no size known: the capped read decides
+
+
+def test_a_local_read_is_sized_by_the_stat_and_still_bounded_when_the_file_grew(tmp_path):
+    """Local files are read with ``open`` for the size ``stat`` gave; a file that grew since is read on,
+    up to max_bytes + 1 (so the size check still refuses it), never cut at the old size."""
+    from rnnstream.beam_jobs.featurize import FileFeaturizer
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 8)  # 2048 bytes
+    read = FileFeaturizer._read
+    assert read(str(path), None, 2048) == path.read_bytes()
+    assert read(str(path), 4096, 100) == path.read_bytes()  # grew from 100 to 2048 bytes: all of it
+    assert len(read(str(path), 1000, 100)) == 1001  # grew past the bound: max_bytes + 1, refused by check_size
+    assert len(read(str(path), 1000, 2048)) == 1001
