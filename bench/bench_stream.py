@@ -9,11 +9,17 @@ chunks of audio (10 frames each) through :class:`rnnstream.pipeline.streaming.St
 
 and, for reference, (d) the Silero VAD ONNX model shipped inside the ``silero-vad`` package, run with
 onnxruntime directly on 512-sample (32 ms) chunks with its ``state`` and 64-sample context inputs, as
-the package's own ``OnnxWrapper`` does. All four run in the same process, interleaved round by round,
-with torch and onnxruntime pinned to one thread. Per-chunk latency is wall time of one ``push`` (one
+the package's own ``OnnxWrapper`` does. All four run in the same process, side by side chunk by chunk (each
+100 ms chunk through every variant, the order rotating, then Silero over the same 100 ms of audio), so a
+machine whose load changes slows them alike; torch and onnxruntime are pinned to one thread. Per-chunk latency is wall time of one ``push`` (one
 Silero call); the real-time factor is processing time / audio time. Rounds give the median and spread.
 
-    python -m bench.bench_stream [--seconds 20] [--rounds 5] [--no-write]
+A second table splits a raw-audio chunk's CPU time, timed in the same loop: bare ``session.run`` of each graph
+(the features graph is norm + GRU + head alone, so the difference is the in-graph front end), the NumPy
+featurizer, ``OnnxBackend.step``, and ``StreamSession.push`` over a backend that computes nothing (the runtime's
+own Python per chunk), each against Silero's CPU time per 100 ms of audio.
+
+    python -m bench.bench_stream [--seconds 5] [--rounds 20] [--no-write]
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ RATE = 16000
 CHUNK_MS = 100
 SILERO_CHUNK = 512  # samples at 16 kHz = 32 ms
 SILERO_CONTEXT = 64
+BLOCK = 10  # chunks per block of the side-by-side loop (1 s of audio)
 
 
 def bench_signal(seconds: float, seed: int = 0) -> np.ndarray:
@@ -109,66 +116,136 @@ def build_backends(tmp: str) -> dict[str, object]:
     }
 
 
-def time_chunks(fn: Callable[[np.ndarray], object], chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Wall time and CPU time (of this thread, where one-thread torch and onnxruntime run) of ``fn(chunk)`` per chunk, seconds, each ``[len(chunks)]``.
+class NoopBackend:
+    """A backend that computes nothing (zeros out, states unchanged): ``StreamSession.push`` over it is the
+    runtime's own per-chunk Python cost (codec, carry, state bookkeeping, result), without featurizer or model."""
 
-    CPU time is what the work costs; wall time adds waiting for the CPU when other processes compete.
+    def __init__(self, info: object):
+        self.info = info
+
+    def step(self, x: np.ndarray, states: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        frames = x.shape[1] // (self.info.feature_config.audio.hop_length if x.ndim == 2 else 1)  # type: ignore[attr-defined]
+        return np.zeros((x.shape[0], frames, self.info.model_config.output_dim), np.float32), states  # type: ignore[attr-defined]
+
+
+def breakdown_parts(backends: dict[str, object], chunks: list[np.ndarray]) -> dict[str, Callable[[np.ndarray], object]]:
+    """Per-chunk callables for the cost breakdown: bare ``session.run`` of each graph (states carried), the
+    NumPy featurizer alone, ``OnnxBackend.step`` on the raw graph, and ``push`` over :class:`NoopBackend`."""
+    from rnnstream.pipeline.features import AudioFeaturizer
+    from rnnstream.pipeline.model_info import FRONTEND_STATE
+    from rnnstream.pipeline.streaming import StreamSession
+
+    raw, feat = backends["onnx_raw"], backends["onnx"]
+    fz = AudioFeaturizer(feat.info.feature_config)  # type: ignore[attr-defined]
+    feats = {id(c): fz.featurize(c)[None] for c in chunks}  # 10 frames each (the carry does not change the cost)
+
+    def bare(backend: object, make_x: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], object]:
+        sess, names = backend.session, backend.info.graph_inputs()  # type: ignore[attr-defined]
+        outs, shapes = backend.info.graph_outputs(), backend._state_shapes()  # type: ignore[attr-defined]
+        states = [np.zeros((1, *shape), np.float32) for shape in shapes.values()]
+
+        def run(chunk: np.ndarray) -> object:
+            nonlocal states
+            res = sess.run(outs, dict(zip(names, [make_x(chunk), *states])))
+            states = res[1:]
+            return res
+
+        return run
+
+    raw_states = raw.info.initial_states(1)  # type: ignore[attr-defined]
+    raw_states = {FRONTEND_STATE: np.zeros((1, raw.info.feature_config.audio.context), np.float32), **raw_states}  # type: ignore[attr-defined]
+    return {
+        "run_raw": bare(raw, lambda c: c[None]),
+        "run_feat": bare(feat, lambda c: feats[id(c)]),
+        "featurize": lambda c: fz.step(c, fz.initial_state()),
+        "step_raw": lambda c: raw.step(c[None], raw_states),  # type: ignore[attr-defined]
+        "noop_push": StreamSession(NoopBackend(raw.info), sample_rate=RATE).push,  # type: ignore[attr-defined]
+    }
+
+
+BREAKDOWN = {
+    "run_feat": "features graph `session.run` alone (norm + 2x128 GRU + head; 10 frames)",
+    "run_raw": "--raw-audio graph `session.run` alone (front end + the same)",
+    "featurize": "NumPy featurizer alone (`AudioFeaturizer.step`, 1600 samples)",
+    "step_raw": "`OnnxBackend.step` on the --raw-audio graph (input/state checks + run)",
+    "noop_push": "`StreamSession.push` over a backend that computes nothing (runtime Python per chunk)",
+}
+VARIANTS = {
+    "torch": "(a) PyTorch eager: featurizer + TorchBackend",
+    "onnx": "(b) onnxruntime: featurizer + features graph",
+    "onnx_raw": "(c) onnxruntime: --raw-audio graph",
+    "silero": "(d) Silero VAD (onnxruntime, 32 ms chunks)",
+}
+
+
+def _timed(fn: Callable[[np.ndarray], object], x: np.ndarray, wall: list[float], cpu: list[float]) -> None:
+    t0, c0 = time.perf_counter(), time.thread_time()
+    fn(x)
+    cpu.append(time.thread_time() - c0)
+    wall.append(time.perf_counter() - t0)
+
+
+def one_round(calls: dict[str, Callable[[np.ndarray], object]], silero: SileroStream, chunks: list[np.ndarray],
+              signal: np.ndarray, block: int = BLOCK) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One pass over ``chunks`` in blocks of ``block`` chunks: each block goes through every variant and part in
+    turn (the order rotating from block to block), chunk by chunk, then through Silero (the same audio in 32 ms
+    calls). Variants stay warm within a block and alternate often, so a changing machine load hits all alike.
+
+    Returns ``{name: (wall seconds [calls], CPU seconds [calls])}``; Silero's entries are per 32 ms call.
     """
-    wall, cpu = np.empty(len(chunks)), np.empty(len(chunks))
-    clock, cpu_clock = time.perf_counter, time.thread_time
-    for i, c in enumerate(chunks):
-        t0, c0 = clock(), cpu_clock()
-        fn(c)
-        cpu[i] = cpu_clock() - c0
-        wall[i] = clock() - t0
-    return wall, cpu
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in [*calls, "silero"]}
+    keys, chunk, pos = list(calls), chunks[0].size, 0
+    silero.reset()
+    for b, start in enumerate(range(0, len(chunks), block)):
+        group = chunks[start : start + block]
+        for j in range(len(keys)):
+            key = keys[(b + j) % len(keys)]
+            for c in group:
+                _timed(calls[key], c, *times[key])
+        while pos + SILERO_CHUNK <= (start + len(group)) * chunk:
+            _timed(silero, signal[pos : pos + SILERO_CHUNK], *times["silero"])
+            pos += SILERO_CHUNK
+    return {k: (np.array(w), np.array(c)) for k, (w, c) in times.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_stream", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=20.0, help="audio streamed per round (default %(default)s)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds; median and spread over them (default %(default)s)")
-    p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
-    args = p.parse_args(argv)
-    single_thread()
+def run_rounds(args: argparse.Namespace, tmp: str) -> tuple[dict[str, list[np.ndarray]], dict[str, list[float]],
+                                                            dict[str, list[float]], dict[str, list[float]]]:
+    """Warm-up, then ``args.rounds`` rounds of :func:`one_round` (fresh streams each round).
+
+    Returns ``(wall latencies per chunk, CPU RTF, wall RTF, breakdown CPU us per 100 ms chunk)``, one list entry
+    per round.
+    """
     from rnnstream.pipeline.streaming import StreamSession
 
     signal = bench_signal(args.seconds)
     chunk = RATE * CHUNK_MS // 1000
     chunks = [signal[i : i + chunk] for i in range(0, signal.size - chunk + 1, chunk)]
-    silero_chunks = [signal[i : i + SILERO_CHUNK] for i in range(0, signal.size - SILERO_CHUNK + 1, SILERO_CHUNK)]
-    audio_s = len(chunks) * chunk / RATE
-    silero_s = len(silero_chunks) * SILERO_CHUNK / RATE
-    with tempfile.TemporaryDirectory() as tmp:
-        backends = build_backends(tmp)
-        silero = SileroStream(silero_path())
-        names = {
-            "torch": "(a) PyTorch eager: featurizer + TorchBackend",
-            "onnx": "(b) onnxruntime: featurizer + features graph",
-            "onnx_raw": "(c) onnxruntime: --raw-audio graph",
-            "silero": "(d) Silero VAD (onnxruntime, 32 ms chunks)",
-        }
-        lat: dict[str, list[np.ndarray]] = {k: [] for k in names}
-        rtf: dict[str, list[float]] = {k: [] for k in names}  # CPU time / audio time
-        wall_rtf: dict[str, list[float]] = {k: [] for k in names}
-        # Warm-up, then rounds with the variants interleaved so drift hits all alike.
-        for key in ("torch", "onnx", "onnx_raw"):
-            time_chunks(StreamSession(backends[key], sample_rate=RATE).push, chunks[:20])
-        time_chunks(silero, silero_chunks[:20])
-        for _ in range(args.rounds):
-            for key in ("torch", "onnx", "onnx_raw", "silero"):
-                if key == "silero":
-                    silero.reset()
-                    wall, cpu = time_chunks(silero, silero_chunks)
-                    seconds = silero_s
-                else:
-                    wall, cpu = time_chunks(StreamSession(backends[key], sample_rate=RATE).push, chunks)
-                    seconds = audio_s
-                rtf[key].append(float(cpu.sum()) / seconds)
-                wall_rtf[key].append(float(wall.sum()) / seconds)
-                lat[key].append(wall)
+    backends = build_backends(tmp)
+    silero = SileroStream(silero_path())
+    parts = breakdown_parts(backends, chunks)
+    lat: dict[str, list[np.ndarray]] = {k: [] for k in VARIANTS}
+    rtf: dict[str, list[float]] = {k: [] for k in VARIANTS}  # CPU time / audio time
+    wall_rtf: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    parts_us: dict[str, list[float]] = {k: [] for k in parts}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        calls = {k: StreamSession(backends[k], sample_rate=RATE).push for k in ("torch", "onnx", "onnx_raw")}
+        times = one_round({**calls, **parts}, silero, chunks[:20] if r == 0 else chunks, signal)
+        if r == 0:
+            continue
+        for key in VARIANTS:
+            wall, cpu = times[key]
+            audio_s = wall.size * (SILERO_CHUNK if key == "silero" else chunk) / RATE
+            rtf[key].append(float(cpu.sum()) / audio_s)
+            wall_rtf[key].append(float(wall.sum()) / audio_s)
+            lat[key].append(wall)
+        for key in parts:
+            parts_us[key].append(float(np.median(times[key][1])) * 1e6)
+    return lat, rtf, wall_rtf, parts_us
+
+
+def main_table(lat: dict[str, list[np.ndarray]], rtf: dict[str, list[float]], wall_rtf: dict[str, list[float]]) -> str:
     rows = []
-    for key, label in names.items():
+    for key, label in VARIANTS.items():
         p50 = [float(np.percentile(t, 50)) * 1e6 for t in lat[key]]
         p99 = [float(np.percentile(t, 99)) * 1e6 for t in lat[key]]
         ratio = [a / b for a, b in zip(rtf[key], rtf["silero"])]
@@ -183,27 +260,56 @@ def main(argv: list[str] | None = None) -> int:
         ])
     header = ["variant", "chunk ms", "p50 us/chunk (wall)", "p99 us/chunk (wall)", "RTF x1e-3 (CPU)",
               "RTF x1e-3 (wall)", "RTF / Silero (CPU)"]
+    return markdown_table(header, rows)
+
+
+def breakdown_table(parts_us: dict[str, list[float]], rtf: dict[str, list[float]]) -> str:
+    """CPU us per 100 ms chunk of each part, and as a fraction of Silero's CPU per 100 ms of audio (same round)."""
+    silero_us = [r * CHUNK_MS * 1e3 for r in rtf["silero"]]  # CPU us per 100 ms of audio
+    rows = [["Silero VAD, per 100 ms of audio (3.125 calls)", fmt_ms(*median_spread(silero_us), digits=0), "1.00"]]
+    rows.append(["budget: 1/3 of Silero's", fmt_ms(*median_spread([u / 3 for u in silero_us]), digits=0), "0.33"])
+    for key, label in BREAKDOWN.items():
+        frac = [u / s for u, s in zip(parts_us[key], silero_us)]
+        rows.append([label, fmt_ms(*median_spread(parts_us[key]), digits=0), fmt_ms(*median_spread(frac), digits=2)])
+    front = [a - b for a, b in zip(parts_us["run_raw"], parts_us["run_feat"])]
+    rows.append(["in-graph front end (raw run - features run)", fmt_ms(*median_spread(front), digits=0),
+                 fmt_ms(*median_spread([u / s for u, s in zip(front, silero_us)]), digits=2)])
+    return markdown_table(["part (one stream, 100 ms chunk)", "CPU us, median of chunks", "/ Silero per 100 ms"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_stream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="audio streamed per round (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=20, help="rounds; median and spread over them (default %(default)s)")
+    p.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
+    args = p.parse_args(argv)
+    single_thread()
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        lat, rtf, wall_rtf, parts_us = run_rounds(args, tmp)
+    table, parts = main_table(lat, rtf, wall_rtf), breakdown_table(parts_us, rtf)
     raw_ratio = median_spread([a / b for a, b in zip(rtf["onnx_raw"], rtf["silero"])])
+    feat_ratio = median_spread([a / b for a, b in zip(rtf["onnx"], rtf["silero"])])
     speedup = median_spread([a / b for a, b in zip(rtf["torch"], rtf["onnx_raw"])])
     verdict = "met" if raw_ratio[0] <= 1 / 3 else "NOT met"
-    table = markdown_table(header, rows)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     notes = (
         f"2-layer 128-unit GRU, 80 log-mel bands, 16 kHz, {CHUNK_MS} ms chunks (10 frames); {args.seconds:g} s of "
         f"audio per round, {args.rounds} rounds, one thread (torch and onnxruntime intra/inter-op = 1). "
         "Cells: median (min-max) over rounds. Latency is the wall time of one `StreamSession.push` "
         "(featurizer, backend, bookkeeping) or one Silero `session.run` with its context/state handling. "
         "RTF = processing time / audio time, from CPU time of the streaming thread (robust to other processes competing "
-        f"for the CPU; load average {load:.1f} at the end of this run) and from wall time.\n\n"
+        f"for the CPU, not to their cache and memory traffic) and from wall time. 1-min load average {load0:.1f} at "
+        f"the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores.\n\n"
         f"Target: `--raw-audio` streaming RTF <= 1/3 of Silero's: CPU-time ratio {raw_ratio[0]:.2f} "
-        f"({raw_ratio[1]:.2f}-{raw_ratio[2]:.2f}) -> {verdict}. "
-        f"PyTorch eager / `--raw-audio` onnxruntime (CPU RTF): {speedup[0]:.1f}x ({speedup[1]:.1f}-{speedup[2]:.1f})."
+        f"({raw_ratio[1]:.2f}-{raw_ratio[2]:.2f}) -> {verdict} (features path: {feat_ratio[0]:.2f}). "
+        f"PyTorch eager / `--raw-audio` onnxruntime (CPU RTF): {speedup[0]:.1f}x ({speedup[1]:.1f}-{speedup[2]:.1f}).\n\n"
+        "Where a raw-audio chunk's CPU goes (timed in the same loop, chunk by chunk; median over a round's chunks, "
+        "then median (min-max) over rounds):"
     )
-    print(table)
-    print()
-    print(notes)
+    body = table + "\n\n" + notes + "\n\n" + parts
+    print(body)
     if not args.no_write:
-        write_section(SECTION, table + "\n\n" + notes, command="python -m bench.bench_stream")
+        write_section(SECTION, body, command="python -m bench.bench_stream")
     return 0
 
 
