@@ -266,7 +266,8 @@ def main_table(lat: dict[str, list[np.ndarray]], rtf: dict[str, list[float]], wa
 def breakdown_table(parts_us: dict[str, list[float]], rtf: dict[str, list[float]]) -> str:
     """CPU us per 100 ms chunk of each part, and as a fraction of Silero's CPU per 100 ms of audio (same round)."""
     silero_us = [r * CHUNK_MS * 1e3 for r in rtf["silero"]]  # CPU us per 100 ms of audio
-    rows = [["Silero VAD, per 100 ms of audio (3.125 calls)", fmt_ms(*median_spread(silero_us), digits=0), "1.00"]]
+    rows = [["Silero VAD, per 100 ms of audio (the round's CPU time)", fmt_ms(*median_spread(silero_us), digits=0),
+             "1.00"]]
     rows.append(["budget: 1/3 of Silero's", fmt_ms(*median_spread([u / 3 for u in silero_us]), digits=0), "0.33"])
     for key, label in BREAKDOWN.items():
         frac = [u / s for u, s in zip(parts_us[key], silero_us)]
@@ -274,7 +275,8 @@ def breakdown_table(parts_us: dict[str, list[float]], rtf: dict[str, list[float]
     front = [a - b for a, b in zip(parts_us["run_raw"], parts_us["run_feat"])]
     rows.append(["in-graph front end (raw run - features run)", fmt_ms(*median_spread(front), digits=0),
                  fmt_ms(*median_spread([u / s for u, s in zip(front, silero_us)]), digits=2)])
-    return markdown_table(["part (one stream, 100 ms chunk)", "CPU us, median of chunks", "/ Silero per 100 ms"], rows)
+    return markdown_table(["part (one stream, 100 ms chunk)", "CPU us (parts: median of the round's chunks)",
+                           "/ Silero per 100 ms"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
