@@ -58,9 +58,10 @@ def chunk_bytes(chunk: Any) -> int:
 def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_chunk_s: float, seq: int) -> Any:
     """The chunk as the session takes it: float32 samples, or a validated :class:`SensorChunk`.
 
-    The wire is decoded here (whole samples/rows, the duration bound); the payload then passes the stream
-    core's checks (:func:`rnnstream.pipeline.stream_checks.check_payload`: kind, dtype, shape, finite values,
-    channel count), the same as a Beam stream job's; sensor times must also follow the stream's last time."""
+    The wire is decoded here (whole samples/rows, finite values, the duration bound); the payload then passes
+    the stream core's checks when the core accepts it (:func:`rnnstream.pipeline.stream_checks.check_payload`:
+    kind, dtype, shape, finite values, channel count), the same as a Beam stream job's; sensor times must also
+    follow the stream's last time (checked here, before the core, as the server refuses them at once)."""
     where = f"stream {stream.id!r} seq {seq}"
     try:
         if sensor_channels:
@@ -76,9 +77,8 @@ def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_
         if seconds > max_chunk_s:
             raise P.ProtocolError("chunk_too_long", f"{where}: {seconds:.1f} s of audio at {rate} Hz in one chunk "
                                   f"exceeds the limit of {max_chunk_s:g} s; send shorter chunks", P.CLOSE_TOO_BIG)
-        samples = P.decode_audio_payload(payload, stream.dtype, where=where)
-        check_payload(ChunkMessage(stream.id, seq, 0.0, audio=samples), stream.session.info)
-        return samples
+        # whole float32 samples, all finite (decode_samples); the stream core checks the rest on accept
+        return P.decode_audio_payload(payload, stream.dtype, where=where)
     except P.ProtocolError as err:
         err.stream, err.channel = stream.id, stream.channel
         raise
