@@ -299,7 +299,8 @@ def shard_of(example_id: str, num_shards: int) -> int:
 
 def write_shard(prefix: str, index: int, count: int, examples: Sequence[Example], dim: int,
                 records: int) -> ShardReport:
-    """Write ``examples`` (sorted by id) as shard ``index`` of ``count`` through ``FileSystems``.
+    """Write ``examples`` (sorted by id) as shard ``index`` of ``count`` (one row group; local paths by
+    pyarrow, others through ``FileSystems``).
 
     ``records``: how many input records the shard was given (for the summary). Returns the shard's
     :class:`ShardReport`, with its partial statistics accumulated by :class:`StatsCombineFn` (merged
@@ -312,7 +313,10 @@ def write_shard(prefix: str, index: int, count: int, examples: Sequence[Example]
     for e in examples:
         acc = stats_fn.add_input(acc, e.features)
     path = shard_path(prefix, index, count) if examples else None
-    if path is not None:
+    if path is not None and not has_scheme(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as FileSystems.create does
+        write_examples_parquet(path, examples)  # a local path: pyarrow's own file I/O, no Python file object
+    elif path is not None:
         with FileSystems.create(path) as fh:
             write_examples_parquet(fh, examples)
     return ShardReport(
