@@ -3,7 +3,8 @@
 * Beam's DaskRunner on a ``distributed.LocalCluster`` of 2 worker processes on loopback;
 * the DirectRunner with ``--direct_num_workers=2 --direct_running_mode=multi_processing``.
 
-Slow: the worker processes import torch and Beam (tens of seconds on a loaded 2-core machine).
+Slow: the worker processes import Beam (and torch for the infer test's ``.pt`` checkpoint; featurize
+never imports it), tens of seconds on a loaded 2-core machine.
 """
 
 from __future__ import annotations
