@@ -46,7 +46,7 @@ from rnnstream.pipeline.model_info import FRONTEND_STATE, ModelInfo
 
 #: Relative tolerance of the export self-check: ``max|onnx - torch| <= TOLERANCE * max(1, max|torch|)``.
 TOLERANCE = 1e-4
-#: ONNX opset of the exported graphs (GRU/LSTM/RNN ops, Conv for the raw-audio DFT).
+#: ONNX opset of the exported graphs (GRU/LSTM/RNN ops; the raw-audio front end is Slice/Concat/MatMul/Log).
 OPSET = 17
 #: Extra metadata keys written besides ``ModelInfo.to_metadata()``.
 META_QUANTIZATION = "rnnstream.quantization"
