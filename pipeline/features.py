@@ -12,8 +12,9 @@ Framing is causal (see :mod:`rnnstream.pipeline.config`): ``N`` samples give ``N
 (:class:`rnnstream.models.frontend.AudioFrontend`); the pending tail is held by the runtime.
 
 The NumPy path (real FFT) serves Python streaming, where per-call overhead dominates small chunks;
-:class:`rnnstream.models.frontend.AudioFrontend` computes the same features in PyTorch with a DFT as a strided
-``conv1d`` over a fixed windowed basis, which exports to ONNX exactly. Both build their matrices from the same
+:class:`rnnstream.models.frontend.AudioFrontend` computes the same features in PyTorch with frames cut by slices
+and the DFT as ``MatMul``\ s over fixed windowed bases (folded in half when ``win == n_fft``), which export to
+ONNX exactly. Both build their matrices from the same
 functions below (NumPy; tests hold the filterbank and DCT equal to torchaudio's, and the two paths equal).
 This module imports no PyTorch.
 
