@@ -9,9 +9,12 @@ All stream logic — ordering, duplicates, gaps and their policy, end, eviction,
 stream core's (:class:`rnnstream.pipeline.stream_core.StreamCore`, shared with the server). The ``DoFn`` here is
 its Beam adapter, in the style of ``apache_beam.ml.inference``: the model is loaded once per worker process
 (``apache_beam.utils.shared.Shared``), and each callback reads the key's state (one ``ReadModifyWriteState``
-cell, :class:`~rnnstream.pipeline.stream_core.StreamState` as plain data: the session's portable snapshot, the
-next seq, the reorder buffer, counters), delegates to the core, writes the state back (or clears it once the
-stream is closed), sets the core's due times as timers and emits its records.
+cell, :class:`~rnnstream.pipeline.stream_core.StreamState` as plain data: the session as a compact
+:class:`~rnnstream.beam_jobs.session_state.SessionValue`, the next seq, the reorder buffer, counters, and the times
+the timers are set for; encoded by :class:`~rnnstream.beam_jobs.session_state.StreamStateCoder`), delegates to
+the core (whose session cache skips the rebuild when the state is the one this instance wrote), writes the
+state back (or clears it once the stream is closed), moves the timers whose due time changed and emits its
+records.
 
 Two timers per stream, both in one time domain (``time_domain``: ``"event"`` = watermark, the default and the
 only one that makes a bounded replay deterministic; ``"processing"`` = wall clock): ``gap`` (the core's
@@ -33,7 +36,6 @@ from typing import Any, Literal
 import apache_beam as beam
 import numpy as np
 from apache_beam import typehints
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.timeutil import TimeDomain
@@ -46,6 +48,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
 from rnnstream.beam_jobs.messages import ChunkMessage, encode_message, parse_message
+from rnnstream.beam_jobs.session_state import CompactSessions, StreamStateCoder
 from rnnstream.pipeline.errors import (
     ConfigError,
     MessageError,
@@ -164,7 +167,7 @@ class _ParseFn(beam.DoFn):
 class _StreamFnBase(beam.DoFn):
     """Reads the key's state, delegates to the core, writes the state back, sets timers, emits records."""
 
-    STATE = ReadModifyWriteStateSpec("stream", PickleCoder())  # StreamState.to_value()
+    STATE = ReadModifyWriteStateSpec("stream", StreamStateCoder())  # StreamState.to_value() + "timers"
     DOMAIN = TimeDomain.WATERMARK
 
     def __init__(self, model_path: str, config: StreamJobConfig, shared_handle: shared.Shared,
@@ -183,7 +186,8 @@ class _StreamFnBase(beam.DoFn):
         path, loader = self.model_path, self._loader
         loaded = self._shared.acquire(lambda: _Loaded(loader(path)), tag=("stream_job", path))
         backend = TimedBackend(loaded.backend, self.c_model_us)
-        self.core = StreamCore(backend, self.config.core(), count=self._count, session_cache=self.config.session_cache)
+        self.core = StreamCore(backend, self.config.core(), count=self._count, session_cache=self.config.session_cache,
+                               session_codec=CompactSessions(backend))
 
     def _count(self, stream: str, name: str, n: int) -> None:
         self._counters[name].inc(n)
@@ -193,6 +197,13 @@ class _StreamFnBase(beam.DoFn):
     def _now(self, timestamp: Any) -> float:
         return time.time() if self.DOMAIN == TimeDomain.REAL_TIME else float(timestamp.micros) / 1e6
 
+    def _fired(self, timestamp: Any, armed: float | None) -> float:
+        """The time a timer callback runs at: at least the time the timer was set for (``armed``: the exact float
+        the core gave, which the state keeps; a timer fires only once that time has passed), whatever its
+        ``timestamp`` says (microseconds, and not always the time it was set for)."""
+        now = self._now(timestamp)
+        return now if armed is None else max(now, armed)
+
     def _emit(self, records: list[Record]) -> list[Any]:
         out: list[Any] = []
         for r in records:
@@ -200,24 +211,39 @@ class _StreamFnBase(beam.DoFn):
             out.append(d if r.type == "prediction" else TaggedOutput(EVENTS if r.type == "event" else DEAD_LETTERS, d))
         return out
 
-    def _store(self, state: Any, st: StreamState, gap_timer: Any) -> None:
+    def _store(self, state: Any, st: StreamState, armed: list[float | None], gap_timer: Any,
+               idle_timer: Any | None = None) -> None:
+        """Write the state back (or clear it once closed) and move the timers that must move.
+
+        ``armed`` ``[gap, idle]``: the times the key's timers are set for (None: not set), kept in the state so
+        a timer is touched only when its time changes. The gap timer is always exact. The idle timer is only
+        ever moved earlier here; when it fires before the stream's idle deadline, :meth:`_on_idle` sets it
+        again for that deadline, so evictions happen at the same times as with a timer reset on every message.
+        """
         value = self.core.save(st)  # type: ignore[union-attr]
         if value is None:
             state.clear()
-            _set(gap_timer, None)
-        else:
-            state.write(value)
-            _set(gap_timer, self.core.gap_deadline(st))  # type: ignore[union-attr]
+            _move(gap_timer, armed, 0, None)
+            return
+        _move(gap_timer, armed, 0, self.core.gap_deadline(st))  # type: ignore[union-attr]
+        idle = self.core.idle_deadline(st)  # type: ignore[union-attr]
+        if idle_timer is not None and (armed[1] is None or (idle is not None and idle < armed[1])):
+            _move(idle_timer, armed, 1, idle)
+        value["timers"] = tuple(armed)
+        state.write(value)
+
+    def _load(self, key: str, stored: dict[str, Any] | None) -> tuple[StreamState, list[float | None]]:
+        armed = list((stored or {}).get("timers") or (None, None))
+        return self.core.load(key, stored), armed  # type: ignore[union-attr]
 
     # -- the callbacks (the runner's entry points call these) ---------------------------------------
     def _on_message(self, element: tuple[str, ChunkMessage], timestamp: Any, state: Any,
                     gap_timer: Any, idle_timer: Any) -> list[Any]:
         t0 = time.perf_counter()
         key, msg = element
-        st = self.core.load(key, state.read())  # type: ignore[union-attr]
+        st, armed = self._load(key, state.read())
         records = self.core.process(st, msg, self._now(timestamp))  # type: ignore[union-attr]
-        self._store(state, st, gap_timer)
-        _set(idle_timer, self.core.idle_deadline(st))  # type: ignore[union-attr]
+        self._store(state, st, armed, gap_timer, idle_timer)
         self.d_depth.update(len(st.buffer))
         if self.config.per_stream_metrics:
             Metrics.gauge(STREAM_NAMESPACE, f"{key}/buffer_depth").set(len(st.buffer))
@@ -228,20 +254,33 @@ class _StreamFnBase(beam.DoFn):
         stored = state.read()
         if stored is None:
             return []
-        st = self.core.load(key, stored)  # type: ignore[union-attr]
-        self.core.expire(st, self._now(timestamp))  # type: ignore[union-attr]
+        st, armed = self._load(key, stored)
+        now, armed[0] = self._fired(timestamp, armed[0]), None
+        self.core.expire(st, now)  # type: ignore[union-attr]
         records = self.core.run(st)  # type: ignore[union-attr]
-        self._store(state, st, gap_timer)
+        self._store(state, st, armed, gap_timer)
         return self._emit(records)
 
-    def _on_idle(self, key: str, timestamp: Any, state: Any, gap_timer: Any) -> list[Any]:
+    def _on_idle(self, key: str, timestamp: Any, state: Any, gap_timer: Any, idle_timer: Any) -> list[Any]:
         stored = state.read()
         if stored is None:
             return []
-        st = self.core.load(key, stored)  # type: ignore[union-attr]
-        records = self.core.evict(st, self._now(timestamp))  # type: ignore[union-attr]
-        self._store(state, st, gap_timer)
+        st, armed = self._load(key, stored)
+        now, armed[1] = self._fired(timestamp, armed[1]), None
+        deadline = self.core.idle_deadline(st)  # type: ignore[union-attr]
+        if deadline is not None and deadline > now:  # messages came after it was set: wait until the deadline
+            self._store(state, st, armed, gap_timer, idle_timer)
+            return []
+        records = self.core.evict(st, now)  # type: ignore[union-attr]
+        self._store(state, st, armed, gap_timer)
         return self._emit(records)
+
+
+def _move(timer: Any, armed: list[float | None], i: int, at: float | None) -> None:
+    """Set (or clear, ``at`` None) ``timer`` unless it is already set for ``at`` (``armed[i]``)."""
+    if armed[i] != at:
+        _set(timer, at)
+        armed[i] = at
 
 
 def _set(timer: Any, at: float | None) -> None:
@@ -274,8 +313,9 @@ def _bind(domain: Any) -> type:
         @on_timer(idle)
         def on_idle(self, key: Any = beam.DoFn.KeyParam, timestamp: Any = beam.DoFn.TimestampParam,
                     state: Any = beam.DoFn.StateParam(state_spec),
-                    gap_timer: Any = beam.DoFn.TimerParam(gap)) -> list[Any]:
-            return self._on_idle(key, timestamp, state, gap_timer)
+                    gap_timer: Any = beam.DoFn.TimerParam(gap),
+                    idle_timer: Any = beam.DoFn.TimerParam(idle)) -> list[Any]:
+            return self._on_idle(key, timestamp, state, gap_timer, idle_timer)
 
     return _Fn
 
@@ -297,9 +337,10 @@ JsonRecord = dict[str, Any]
 class StreamInference(beam.PTransform[beam.PCollection[str | bytes], dict[str, beam.PCollection[JsonRecord]]]):
     """Chunk messages (JSON lines, str or bytes) -> ``{"predictions", "events", "dead_letters"}``.
 
-    Per stream id, chunks are applied in ``seq`` order through a ``rnnstream.pipeline.streaming.StreamSession`` whose
-    portable snapshot lives in Beam state, so the predictions equal offline inference over the stream's
-    signal whatever the arrival order, duplication and interleaving. See the module docstring.
+    Per stream id, chunks are applied in ``seq`` order through a ``rnnstream.pipeline.streaming.StreamSession``
+    whose state lives in Beam state (compact arrays; portable snapshots on eviction), so the predictions equal
+    offline inference over the stream's signal whatever the arrival order, duplication and interleaving. See
+    the module docstring.
 
     Args:
         model_path: an ``.onnx`` export or a checkpoint (``rnnstream.api.load_backend``), loaded once per

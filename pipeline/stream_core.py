@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from rnnstream.pipeline.errors import (
@@ -72,6 +72,17 @@ _RESTORE_ERRORS = (RnnstreamError, LookupError, TypeError, ArithmeticError)
 CountHook = Callable[[str, str, int], None]
 
 
+class SessionCodec(Protocol):
+    """How an adapter persists a live session in :attr:`StreamState.snapshot` (default: the portable
+    ``rnnstream.snapshot/2`` bytes). ``dump`` must return a value that compares equal (``==``) to itself after a
+    round trip through the adapter's store and unequal to any other dump, so the session cache can tell the
+    stored value is the one it holds."""
+
+    def dump(self, session: StreamSession) -> Any: ...
+
+    def load(self, value: Any, stream: str) -> StreamSession: ...
+
+
 class StreamCore(EventsMixin):
     """The lifecycle of streams over one backend (see the module docstring).
 
@@ -82,16 +93,19 @@ class StreamCore(EventsMixin):
             ``duplicates``, ``dead_letters``, ``evictions``, ``resumes``, ``ends``), for the adapter's metrics.
         session_cache: live sessions kept by stream id for adapters that persist states as bytes (a hit skips
             a snapshot restore when the stored snapshot is the one this core wrote); 0 for none.
+        session_codec: how sessions are written into / read from ``StreamState.snapshot`` (None: the portable
+            snapshot bytes, ``StreamSession.snapshot`` / ``restore``).
     """
 
     def __init__(self, backend: Any, config: CoreConfig | None = None, *, count: CountHook | None = None,
-                 session_cache: int = 0):
+                 session_cache: int = 0, session_codec: SessionCodec | None = None):
         self.backend = backend
         self.info = backend.info
         self.config = config or CoreConfig()
         self._count_hook = count
         self._cache_size = session_cache
-        self._cache: OrderedDict[str, tuple[bytes, StreamSession]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Any, StreamSession]] = OrderedDict()
+        self._codec = session_codec
 
     # -- state ------------------------------------------------------------------------------------
     def load(self, stream: str, stored: dict[str, Any] | None = None) -> StreamState:
@@ -104,7 +118,7 @@ class StreamCore(EventsMixin):
             self._cache.pop(state.stream, None)
             return None
         if state.session is not None and state.dirty:
-            state.snapshot = state.session.snapshot()
+            state.snapshot = state.session.snapshot() if self._codec is None else self._codec.dump(state.session)
             state.dirty = False
         if self._cache_size and state.session is not None and state.snapshot is not None:
             self._cache[state.stream] = (state.snapshot, state.session)
@@ -366,8 +380,10 @@ class StreamCore(EventsMixin):
             cached = self._cache.pop(state.stream, None)
             if state.snapshot is None:
                 state.session = self._open(state, msg)
-            elif cached is not None and cached[0] == state.snapshot:
+            elif cached is not None and (cached[0] is state.snapshot or cached[0] == state.snapshot):
                 state.session = cached[1]
+            elif self._codec is not None:
+                state.session = self._codec.load(state.snapshot, state.stream)
             else:
                 state.session = StreamSession.restore(self.backend, state.snapshot, stream_id=state.stream)
         return state.session
@@ -395,5 +411,5 @@ class StreamCore(EventsMixin):
                                   f"{state.rate} Hz, declared when it opened; a stream keeps one rate")
 
 
-__all__ = ["COUNTERS", "ChunkMessage", "CoreConfig", "Outcome", "Record", "Step", "StreamCore", "StreamState",
-           "check_message", "check_stream_id", "dead_letter"]
+__all__ = ["COUNTERS", "ChunkMessage", "CoreConfig", "Outcome", "Record", "SessionCodec", "Step", "StreamCore",
+           "StreamState", "check_message", "check_stream_id", "dead_letter"]

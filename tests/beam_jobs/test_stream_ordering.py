@@ -97,8 +97,10 @@ class Driver:
             at, name, key = min(due)
             timers = self.timers[key]
             timers[name].clear()
-            handler = self.fn._on_gap if name == "gap" else self.fn._on_idle
-            self.out += handler(key, Timestamp.of(at), self.cells[key], timers["gap"])
+            if name == "gap":
+                self.out += self.fn._on_gap(key, Timestamp.of(at), self.cells[key], timers["gap"])
+            else:  # the idle timer may set itself again (for a later deadline): the loop fires it then
+                self.out += self.fn._on_idle(key, Timestamp.of(at), self.cells[key], timers["gap"], timers["idle"])
 
     def records(self, tag: str | None) -> list[dict[str, Any]]:
         if tag is None:
