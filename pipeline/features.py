@@ -13,7 +13,7 @@ Framing is causal (see :mod:`rnnstream.pipeline.config`): ``N`` samples give ``N
 
 The NumPy path (real FFT) serves Python streaming, where per-call overhead dominates small chunks;
 :class:`rnnstream.models.frontend.AudioFrontend` computes the same features in PyTorch with frames cut by slices
-and the DFT as ``MatMul``\ s over fixed windowed bases (folded in half when ``win == n_fft``), which export to
+and the DFT as ``MatMul`` products over fixed windowed bases (folded in half when ``win == n_fft``), which export to
 ONNX exactly. Both build their matrices from the same
 functions below (NumPy; tests hold the filterbank and DCT equal to torchaudio's, and the two paths equal).
 This module imports no PyTorch.
