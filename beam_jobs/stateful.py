@@ -216,9 +216,9 @@ class _StreamFnBase(beam.DoFn):
         """Write the state back (or clear it once closed) and move the timers that must move.
 
         ``armed`` ``[gap, idle]``: the times the key's timers are set for (None: not set), kept in the state so
-        a timer is touched only when its time changes. The gap timer is always exact. The idle timer is only
-        ever moved earlier here; when it fires before the stream's idle deadline, :meth:`_on_idle` sets it
-        again for that deadline, so evictions happen at the same times as with a timer reset on every message.
+        a timer is touched only when its time changes (a gap timer stays cleared while chunks arrive in order).
+        Both stay exact: moving the idle timer only when it fires would cost the runner another round of timer
+        bundles per stream, each committing (and, in the SDK's state cache, measuring) the key's state again.
         """
         value = self.core.save(st)  # type: ignore[union-attr]
         if value is None:
@@ -226,9 +226,8 @@ class _StreamFnBase(beam.DoFn):
             _move(gap_timer, armed, 0, None)
             return
         _move(gap_timer, armed, 0, self.core.gap_deadline(st))  # type: ignore[union-attr]
-        idle = self.core.idle_deadline(st)  # type: ignore[union-attr]
-        if idle_timer is not None and (armed[1] is None or (idle is not None and idle < armed[1])):
-            _move(idle_timer, armed, 1, idle)
+        if idle_timer is not None:
+            _move(idle_timer, armed, 1, self.core.idle_deadline(st))  # type: ignore[union-attr]
         value["timers"] = tuple(armed)
         state.write(value)
 
@@ -268,7 +267,7 @@ class _StreamFnBase(beam.DoFn):
         st, armed = self._load(key, stored)
         now, armed[1] = self._fired(timestamp, armed[1]), None
         deadline = self.core.idle_deadline(st)  # type: ignore[union-attr]
-        if deadline is not None and deadline > now:  # messages came after it was set: wait until the deadline
+        if deadline is not None and deadline > now:  # not due yet (a message moved it on): wait until the deadline
             self._store(state, st, armed, gap_timer, idle_timer)
             return []
         records = self.core.evict(st, now)  # type: ignore[union-attr]

@@ -239,18 +239,46 @@ def test_eviction_then_resume_continues_exactly(model_path: str) -> None:
     _same(predictions(records), reference(model_path, 1))
 
 
-def test_idle_timer_moves_only_when_needed_and_evicts_at_the_last_deadline(model_path: str) -> None:
+def test_timers_move_only_when_their_time_changes(model_path: str) -> None:
+    """The gap timer is touched only when the earliest hole's deadline changes (untouched while chunks come in
+    order), the idle timer follows the last message; a timer that fires before its due time sets itself again."""
     fn, store = make_fn(model_path, cache=64), Store()
+    calls: list[tuple[str, float | None]] = []
+    timer = store.timer
+
+    def spy(key: str, name: str) -> Any:
+        inner = timer(key, name)
+
+        class _Spy:
+            def set(self, ts: Timestamp) -> None:
+                calls.append((name, ts.micros / 1e6))
+                inner.set(ts)
+
+            def clear(self) -> None:
+                calls.append((name, None))
+                inner.clear()
+
+        return _Spy()
+
+    store.timer = spy  # type: ignore[method-assign]
     idle = fn.config.idle_timeout_s
-    deliver(fn, store, chunk("s0", 0, T0, audio=audio(0, 0), sample_rate=RATE), T0)
-    assert store.timers[("s0", "idle")] == pytest.approx(T0 + idle)
-    deliver(fn, store, chunk("s0", 1, T0 + 1, audio=audio(0, 1)), T0 + 1)
-    assert store.timers[("s0", "idle")] == pytest.approx(T0 + idle)  # left where it was: it re-arms when it fires
-    first = fn._on_idle("s0", Timestamp(micros=round((T0 + idle) * 1e6)), store.state("s0"), store.timer("s0", "gap"),
+    for q in range(3):
+        deliver(fn, store, chunk("s0", q, T0 + q, audio=audio(0, q), sample_rate=RATE), T0 + q)
+    assert calls == [("idle", T0 + idle), ("idle", T0 + 1 + idle), ("idle", T0 + 2 + idle)]  # no gap timer calls
+    calls.clear()
+    deliver(fn, store, chunk("s0", 4, T0 + 4, audio=audio(0, 4)), T0 + 4)  # seq 3 missing: the gap timer is set
+    gap = fn.config.gap_timeout_s
+    assert calls == [("gap", T0 + 4 + gap), ("idle", T0 + 4 + idle)]
+    calls.clear()
+    deliver(fn, store, chunk("s0", 3, T0 + 5, audio=audio(0, 3)), T0 + 5)  # the hole is filled: cleared once
+    assert calls == [("gap", None), ("idle", T0 + 5 + idle)]
+    value = CODER.decode(store.data["s0"])
+    store.data["s0"] = CODER.encode({**value, "timers": None})  # a state that does not know its timers' times
+    early = fn._on_idle("s0", Timestamp.of(T0 + 1 + idle), store.state("s0"), store.timer("s0", "gap"),
                         store.timer("s0", "idle"))
-    assert first == [] and store.timers[("s0", "idle")] == pytest.approx(T0 + 1 + idle)
+    assert early == [] and calls[-1] == ("idle", T0 + 5 + idle)  # not due: set again for the deadline
     ev = fire_idle(fn, store, "s0")
-    assert [r["type"] for r in ev] == ["eviction"] and ev[0]["next_seq"] == 2
+    assert [r["type"] for r in ev] == ["eviction"] and ev[0]["next_seq"] == 5
 
 
 def test_timers_at_times_finer_than_a_microsecond_fire_once(model_path: str) -> None:
