@@ -118,9 +118,14 @@ def check_sample_rate(rate: Any, where: str) -> int | None:
     return rate
 
 
+_AUDIO_DTYPES = (np.dtype(np.float32),)
+_SENSOR_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
 def _check_array(arr: Any, where: str, ndim: int, kind: str) -> None:
-    dtypes = ("float32",) if kind == "audio" else ("float64", "float32")
-    if not isinstance(arr, np.ndarray) or arr.dtype.name not in dtypes or arr.ndim != ndim:
+    allowed = _AUDIO_DTYPES if kind == "audio" else _SENSOR_DTYPES  # dtype objects: `.name` costs ~1 us a call
+    if not isinstance(arr, np.ndarray) or arr.dtype not in allowed or arr.ndim != ndim:
+        dtypes = [d.name for d in allowed]
         got = f"{arr.dtype} {list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
         raise PayloadError(f"{where}: expected {' or '.join(dtypes)} with {ndim} dimension(s), got {got}")
     if not all_finite(arr):

@@ -318,7 +318,7 @@ class StreamCore(EventsMixin):
         if msg is not None and msg.size and not msg.end:
             state.chunk_len = msg.size
         self._count(state, "filled" if step.filled else "chunks")
-        records = [prediction_record(step, outcome, flushed)]
+        records = [prediction_record(step, outcome, flushed)] if self.config.prediction_records else []
         if msg is not None and msg.end:
             records += self._end(state, msg)
         return records

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from rnnstream.pipeline.codec import all_finite
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 from rnnstream.pipeline.stream_checks import ChunkMessage
 from rnnstream.pipeline.streaming import (
@@ -41,6 +42,9 @@ class CoreConfig:
     strict_order: bool = False
     #: A duplicate is a ``duplicate`` record (``fields["expected"]``: the next expected seq), not only a count.
     duplicate_records: bool = False
+    #: ``commit`` returns a ``prediction`` record per chunk (the stream job's output); ``False`` for an adapter
+    #: that builds its own replies from the ``ChunkResult`` (the server), which saves the record's softmax and dict.
+    prediction_records: bool = True
 
     def __post_init__(self) -> None:
         if self.gap_policy not in ("fill", "reset"):
@@ -156,9 +160,8 @@ class Step:
 
 
 def finite(result: ChunkResult, session: StreamSession) -> bool:
-    if result.outputs.size and not np.isfinite(result.outputs).all():
-        return False
-    return all(np.isfinite(v).all() for v in session.states.values())
+    """The chunk's outputs and the session's new states hold no NaN or infinity."""
+    return all_finite(result.outputs) and all(all_finite(v) for v in session.states.values())
 
 
 def rollback(step: Step) -> None:

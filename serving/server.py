@@ -63,8 +63,10 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self.info = backend.info
         self.metrics = ServerMetrics()
         self.metrics.set_model(self.info)
-        #: the stream core in the server's mode: strict order, duplicate records (its gaps never happen)
-        self.core = StreamCore(backend, CoreConfig(strict_order=True, duplicate_records=True))
+        #: the stream core in the server's mode: strict order, duplicate records (its gaps never happen), no
+        #: prediction records (the replies are built from each ChunkResult)
+        self.core = StreamCore(backend, CoreConfig(strict_order=True, duplicate_records=True,
+                                                   prediction_records=False))
         self.streams: dict[str, Stream] = {}
         self.store: SnapshotStore | None = None
         self._connections: set[Connection] = set()

@@ -84,3 +84,26 @@ def test_a_failing_stepper_result_is_rolled_back_and_dead_lettered() -> None:
     out = core.commit(state, step, outcome)
     assert out[0].type == "dead_letter" and out[0].kind == "RuntimeError"
     assert state.session.t == t and np.isfinite(state.session.t)  # type: ignore[union-attr]
+
+
+def test_without_prediction_records_commit_keeps_counts_and_dead_letters() -> None:
+    """The server's mode: no prediction record per chunk, the same state, counts and dead letters."""
+    import dataclasses
+
+    quiet = StreamCore(BACKEND, dataclasses.replace(STRICT, prediction_records=False))
+    loud = StreamCore(BACKEND, STRICT)
+    x = sig(4, 3)
+    states, outputs = [], []
+    for core in (quiet, loud):
+        state = core.load("s")
+        records = []
+        for i in range(3):
+            records += core.accept(state, msg("s", i, x[i]), 1.0)
+            _step_all(core, state, records)
+        states.append(state)
+        outputs.append([r.type for r in records])
+    assert outputs == [[], ["prediction"] * 3]
+    assert states[0].counters == states[1].counters and states[0].next == states[1].next == 3
+    np.testing.assert_array_equal(states[0].session.last_output, states[1].session.last_output)
+    bad = quiet.accept(states[0], msg("s", 3, np.full(160, np.nan, np.float32)), 1.0)
+    assert [r.type for r in bad] == ["dead_letter"] and "NaN or Inf" in (bad[0].reason or "")
