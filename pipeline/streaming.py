@@ -402,6 +402,14 @@ class StreamSession:
         return ChunkResult(t=self.t, outputs=outputs, info=self.info, last_output=self.last_output,
                            frames_seen=self.frames_seen, segment_starts=work.segment_starts)
 
+    def __copy__(self) -> "StreamSession":
+        """A shallow copy (the arrays shared: pushing replaces a session's arrays, never writes into them), as
+        ``copy.copy`` makes it but without its generic protocol: the stream core copies a session per chunk
+        to roll it back should the chunk fail."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
+
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """This stream's whole state in the portable format of :mod:`rnnstream.pipeline.snapshot`."""
