@@ -22,6 +22,7 @@ PCM16_SCALE = 32768.0
 #: Wire encodings of samples: little-endian float32 or int16.
 SampleEncoding = Literal["float32", "int16"]
 _WIRE = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
+_NATIVE = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}  # this machine's order; the singletons
 _F32 = np.dtype(np.float32)
 
 
@@ -81,7 +82,7 @@ def decode_samples(data: bytes | bytearray | memoryview, encoding: SampleEncodin
     width = _WIRE[encoding].itemsize
     if len(data) % width:
         raise ShapeError(f"{where}: {len(data)} bytes is not a whole number of {encoding} samples ({width} bytes each)")
-    return to_float32(np.frombuffer(data, dtype=_WIRE[encoding]).astype(_WIRE[encoding].newbyteorder("=")), where=where)
+    return to_float32(np.frombuffer(data, dtype=_WIRE[encoding]).astype(_NATIVE[encoding]), where=where)
 
 
 __all__ = ["PCM16_SCALE", "SampleEncoding", "all_finite", "decode_samples", "encode_samples", "to_float32"]

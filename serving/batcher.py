@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rnnstream.pipeline.streaming import ChunkResult, StreamSession, step_streams_contained
-from rnnstream.serving.metrics import ServerMetrics
+from rnnstream.serving.metrics import ServerMetrics, observe_many
 
 #: One stream's result of a batched step: its ChunkResult, or the exception for its chunk.
 ChunkOutcome = ChunkResult | Exception
@@ -223,8 +223,7 @@ class Batcher:
         try:
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(items))
-                for _, _, _, received in items:
-                    self.metrics.queue_wait.observe(start - received)
+                observe_many(self.metrics.queue_wait, [start - received for _, _, _, received in items])
             sessions = [s.session for s, *_ in items]
             chunks = [c for _, _, c, _ in items]
             loop = asyncio.get_running_loop()

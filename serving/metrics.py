@@ -14,7 +14,9 @@ histograms of every worker that ran, gauges of the live ones) plus the model-inf
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+import numpy as np
 import prometheus_client
 from prometheus_client import (
     CollectorRegistry,
@@ -32,6 +34,23 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 prometheus_client.disable_created_metrics()
+
+
+def observe_many(hist: Histogram, amounts: Sequence[float]) -> None:
+    """``hist.observe(a)`` for every amount (a batch's latencies), taking one lock per bucket touched instead of
+    two per amount: the server observes two histograms per chunk. Falls back to ``observe`` on a
+    ``prometheus_client`` whose Histogram keeps its values elsewhere."""
+    if not len(amounts):
+        return
+    buckets, bounds, total = (getattr(hist, name, None) for name in ("_buckets", "_upper_bounds", "_sum"))
+    if buckets is None or bounds is None or total is None or getattr(hist, "_labelnames", ()):
+        for amount in amounts:
+            hist.observe(amount)
+        return
+    counts = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))  # amount <= bound
+    total.inc(float(np.sum(amounts)))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
 
 
 class _Single:

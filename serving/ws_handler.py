@@ -23,6 +23,7 @@ from rnnstream.serving import protocol as P
 from rnnstream.serving import replies as R
 from rnnstream.serving.batcher import QueueFull, Results
 from rnnstream.serving.connection import Connection
+from rnnstream.serving.metrics import observe_many
 from rnnstream.serving.streams import Stream, chunk_bytes, decode_chunk
 
 if TYPE_CHECKING:
@@ -245,8 +246,7 @@ class WsMixin:
             self._send_rows(conn, rows)
         for stream in finishing:  # "ended" after the stream's last prediction, binary ones included
             self._finish(stream)
-        for latency in latencies:
-            m.latency.observe(latency)
+        observe_many(m.latency, latencies)
         m.predictions.inc(len(latencies))
         m.frames.inc(frames)
 
