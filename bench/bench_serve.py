@@ -175,12 +175,14 @@ def idle_memory(model: str, counts: list[int], args: argparse.Namespace) -> list
 
 
 def compute_floor(model: str, batch: int, seconds: float = 1.0) -> float:
-    """CPU us per chunk of one ``AudioFeaturizer.step_batch`` + one onnxruntime step over ``batch`` streams."""
+    """CPU us per chunk of one ``AudioFeaturizer.step_batch`` + one onnxruntime step over ``batch`` streams (a
+    ``--raw-audio`` graph: its one step over the batch's samples, featurizing included)."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     from rnnstream.api import load_backend
     from rnnstream.pipeline.features import AudioFeaturizer
+    from rnnstream.pipeline.model_info import FRONTEND_STATE
 
     backend = load_backend(model, provider="cpu", threads=1)
     fz = AudioFeaturizer(backend.info.feature_config)
@@ -188,11 +190,16 @@ def compute_floor(model: str, batch: int, seconds: float = 1.0) -> float:
     x = (0.1 * rng.standard_normal((batch, 1600))).astype(np.float32)
     carries = np.zeros((batch, fz.cfg.context), np.float32)
     states = backend.info.initial_states(batch)
+    raw = backend.info.input_kind == "audio"  # a --raw-audio graph featurizes inside onnxruntime
     n, start = 0, time.thread_time()
     with threadpool_limits(limits=1, user_api="blas"):
         while n < 3 or time.thread_time() - start < seconds:
-            feats, carries = fz.step_batch(x, carries)
-            _, states = backend.step(feats, states)
+            if raw:
+                _, states = backend.step(x, {**states, FRONTEND_STATE: carries})
+                states.pop(FRONTEND_STATE)
+            else:
+                feats, carries = fz.step_batch(x, carries)
+                _, states = backend.step(feats, states)
             n += 1
     return 1e6 * (time.thread_time() - start) / (n * batch)
 
@@ -277,7 +284,7 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], idle: list[dic
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--levels", default="1,64,256,1000", help="real-time stream counts (binary replies)")
+    p.add_argument("--levels", default="1,64,256,512,768,1000", help="real-time stream counts (binary replies)")
     p.add_argument("--levels-json", default="1000", help="real-time stream counts with JSON replies")
     p.add_argument("--saturate-streams", type=int, default=512)
     p.add_argument("--window", type=int, default=4, help="outstanding chunks per stream when saturating")
