@@ -82,7 +82,8 @@ def stream_windows(onnx_backend: Any, ts: np.ndarray, values: np.ndarray, starts
     """
     from tqdm.auto import tqdm
 
-    from rnnstream.pipeline.streaming import SensorChunk, StreamSession, step_streams
+    from rnnstream.pipeline.batching import step_streams
+    from rnnstream.pipeline.streaming import SensorChunk, StreamSession
 
     info = onnx_backend.info
     h, d = info.model_config.horizon, len(info.model_config.target_dims)

@@ -278,7 +278,7 @@ class StreamCore(EventsMixin):
 
     def step_batch(self, steps: Sequence[Step], max_batch: int = 256, stepper: Stepper | None = None) -> list[Outcome]:
         """One step of each of many streams, audio chunks in one model call (:func:`step_many`), or with the
-        adapter's ``stepper`` (:func:`step_with`; the server's is ``streaming.step_streams_contained``)."""
+        adapter's ``stepper`` (:func:`step_with`; the server's is ``batching.step_streams_contained``)."""
         return step_many(steps, max_batch) if stepper is None else step_with(steps, stepper, max_batch)
 
     def end(self, state: StreamState, now: float) -> None:

@@ -14,12 +14,8 @@ import numpy as np
 from rnnstream.pipeline.codec import all_finite
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 from rnnstream.pipeline.stream_checks import ChunkMessage
-from rnnstream.pipeline.streaming import (
-    ChunkResult,
-    StreamSession,
-    prediction_fields,
-    step_streams,
-)
+from rnnstream.pipeline.batching import step_streams
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession, prediction_fields
 
 GapPolicy = Literal["fill", "reset"]
 RecordType = Literal["prediction", "event", "dead_letter", "duplicate"]
@@ -203,7 +199,7 @@ def step_one(step: Step) -> Outcome:
 
 
 #: A stepping function: ``(sessions, payloads, max_batch) -> one ChunkResult or exception per session``, that
-#: applies a session's chunk only with its own good result (e.g. ``streaming.step_streams_contained``).
+#: applies a session's chunk only with its own good result (e.g. ``batching.step_streams_contained``).
 Stepper = Callable[[list[StreamSession], list[Any], int], list[Any]]
 
 

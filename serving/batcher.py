@@ -2,14 +2,14 @@
 
 Each stream queues its chunks in order. The scheduler takes the streams whose *oldest* queued chunk is
 oldest, at most ``max_batch`` of them and at most one chunk per stream, and advances them together with
-:func:`rnnstream.pipeline.streaming.step_streams` (featurizing included) in a worker thread, so the event loop keeps
+:func:`rnnstream.pipeline.batching.step_streams` (featurizing included) in a worker thread, so the event loop keeps
 accepting. A batch starts as soon as ``max_batch`` streams are ready, or when the oldest ready chunk has
 waited ``max_wait_s``, or at once when ``max_wait_s`` is 0. A stream with a chunk in flight is not
 eligible until that chunk is committed, so one stream's chunks are applied in order and never two in a
 batch.
 
 Chunks are validated before :meth:`Batcher.submit` (the server decodes and checks them). Should a batch
-still fail, :func:`rnnstream.pipeline.streaming.step_streams_contained` bisects it: the culprit stream's result is its
+still fail, :func:`rnnstream.pipeline.batching.step_streams_contained` bisects it: the culprit stream's result is its
 exception, every other stream gets its prediction. ``on_results`` receives one outcome per chunk (a
 ``ChunkResult`` or an exception); ``on_failure`` only when the scheduling itself broke (a bug).
 """
@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rnnstream.pipeline.streaming import ChunkResult, StreamSession, step_streams_contained
+from rnnstream.pipeline.batching import step_streams_contained
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession
 from rnnstream.serving.metrics import ServerMetrics, observe_many
 
 #: One stream's result of a batched step: its ChunkResult, or the exception for its chunk.

@@ -12,7 +12,7 @@ One aiohttp application on one port serves
   (:mod:`rnnstream.serving.ws_handler`). Each stream is a
   :class:`~rnnstream.pipeline.streaming.StreamSession` held here; chunks from all streams are batched by
   :class:`~rnnstream.serving.batcher.Batcher` in a worker thread, failures contained per stream
-  (:func:`rnnstream.pipeline.streaming.step_streams_contained`);
+  (:func:`rnnstream.pipeline.batching.step_streams_contained`);
 * HTTP: ``/health``, ``/livez``, ``/readyz``, ``/metrics``, ``POST /predict`` (:mod:`rnnstream.serving.http_app`).
 
 Streams start (and resume from snapshots, validated off the event loop) in

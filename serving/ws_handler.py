@@ -18,7 +18,8 @@ from aiohttp import WSMsgType, web
 from rnnstream.pipeline.errors import StateError
 from rnnstream.pipeline.stream_checks import ChunkMessage
 from rnnstream.pipeline.stream_state import Record, Step
-from rnnstream.pipeline.streaming import SensorChunk, step_streams_contained
+from rnnstream.pipeline.batching import step_streams_contained
+from rnnstream.pipeline.streaming import SensorChunk
 from rnnstream.serving import protocol as P
 from rnnstream.serving import replies as R
 from rnnstream.serving.batcher import QueueFull, Results

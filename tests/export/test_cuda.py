@@ -8,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from rnnstream.pipeline.onnx_backend import OnnxBackend
-from rnnstream.pipeline.streaming import StreamSession, step_streams
+from rnnstream.pipeline.batching import step_streams
+from rnnstream.pipeline.streaming import StreamSession
 
 from tests.export.conftest import RATE, noise
 

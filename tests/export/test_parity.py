@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.models.backend import TorchBackend
 from rnnstream.pipeline.features import AudioFeaturizer
-from rnnstream.pipeline.streaming import StreamSession, predict_features, predict_signal, step_streams
+from rnnstream.pipeline.batching import step_streams
+from rnnstream.pipeline.streaming import StreamSession, predict_features, predict_signal
 from tests.export.conftest import CELLS, FC, HEADS, HOP, RATE, labels_for, noise
 
 SIGNAL = noise(0.37, seed=3)  # 2960 samples = 37 frames

@@ -1,5 +1,5 @@
 """The stream core's server mode: strict order, duplicate records, an end of no seq, and a stepping function
-passed in (``streaming.step_streams_contained``, as the server's batcher steps)."""
+passed in (``batching.step_streams_contained``, as the server's batcher steps)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from rnnstream.pipeline.errors import OrderingError
 from rnnstream.pipeline.stream_core import CoreConfig, StreamCore
-from rnnstream.pipeline.streaming import StreamSession, step_streams_contained
+from rnnstream.pipeline.batching import step_streams_contained
+from rnnstream.pipeline.streaming import StreamSession
 
 from tests.pipeline.test_stream_core import BACKEND, RATE, msg, offline, sig, strip
 

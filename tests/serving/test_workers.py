@@ -4,7 +4,6 @@ worker resumed on the other, a graceful stop of all on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal

@@ -1,0 +1,179 @@
+"""Many streams in one call: :func:`step_streams` and :func:`step_streams_contained`.
+
+Each stream is a :class:`~rnnstream.pipeline.streaming.StreamSession`; one call advances each by one chunk,
+with one backend call per group of streams whose inputs have the same shape (at most ``max_batch`` streams
+each), and audio streams into a features graph featurized together (:meth:`AudioFeaturizer.step_batch`) where
+their chunks and carries have equal lengths. The result equals pushing each session alone (float rounding:
+tests hold it within 1e-5). The server's batcher and the stream core's batched stepping call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from rnnstream.pipeline.errors import RnnstreamError, ShapeError, StateError
+from rnnstream.pipeline.model_info import FRONTEND_STATE
+from rnnstream.pipeline.resample import StreamResampler
+from rnnstream.pipeline.streaming import ChunkResult, StreamSession, _Work
+
+
+def gather_states(states: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack per-stream states (each batch 1, or any batch) along axis 0."""
+    return {k: np.concatenate([s[k] for s in states], axis=0) for k in states[0]}
+
+
+def scatter_states(states: dict[str, np.ndarray], sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Inverse of :func:`gather_states`."""
+    cuts = np.cumsum(sizes)[:-1]
+    parts = {k: np.split(v, cuts, axis=0) for k, v in states.items()}
+    return [{k: parts[k][i] for k in states} for i in range(len(sizes))]
+
+
+def step_streams(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int = 256) -> list[ChunkResult]:
+    """Advance each session by its chunk, batching streams whose chunks give the same input length.
+
+    Equal to ``[s.push(c) for s, c in zip(sessions, chunks)]``, with at most one backend call per distinct
+    input length (per ``max_batch`` streams). A session must appear at most once per call. The first error
+    raises (see :func:`step_streams_contained` for per-stream outcomes).
+    """
+    results: list[Any] = [None] * len(sessions)
+    for part in _batches(sessions, chunks, max_batch, results, contain=False):
+        ys, states = _call(sessions, part)
+        for (i, w), yi, si in zip(part, ys, states):
+            results[i] = sessions[i]._commit(w, yi, si)
+    return results
+
+
+class NonFiniteOutputError(ArithmeticError):
+    """The model produced NaN or infinity for a stream; that stream's state is left as it was."""
+
+
+def step_streams_contained(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int = 256,
+                           on_split: Callable[[], None] | None = None) -> list[ChunkResult | Exception]:
+    """:func:`step_streams` where one stream's failure stays that stream's: each element is its
+    :class:`ChunkResult` or the exception for its chunk (same grouping, same commits, so the same numbers).
+
+    * a chunk whose featurizing fails is that stream's error, found without a backend call;
+    * a batched backend call that raises is split in two and each half retried (bisection; ``on_split`` is
+      called per split) until the culprit stream is alone; every other stream of the batch gets its prediction;
+    * a stream whose output is not finite gets :class:`NonFiniteOutputError` and its state is not committed;
+    * a session is committed only with its own good result, so a retried half never applies a chunk twice.
+    """
+    out: list[Any] = [None] * len(sessions)
+    for part in _batches(sessions, chunks, max_batch, out, contain=True):
+        _run_contained(sessions, part, out, on_split)
+    return out
+
+
+def _batches(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int, out: list[Any], *,
+             contain: bool) -> list[list[tuple[int, _Work]]]:
+    """Prepare every chunk; fill ``out`` for chunks that need no batched call; return the batches to run.
+
+    Audio streams into a features graph are featurized together where their chunks (after resampling) and
+    carries have equal lengths (:meth:`AudioFeaturizer.step_batch`); other streams one by one."""
+    if len(sessions) != len(chunks):
+        raise ShapeError(f"step_streams got {len(sessions)} sessions and {len(chunks)} chunks")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise StateError("step_streams: a session appears twice in one call; its chunks must be applied in order")
+    prepared: list[tuple[int, _Work | Exception]] = []
+    audio: dict[tuple[int, int, int], list[tuple[int, _Resampled]]] = {}
+    for i, (s, c) in enumerate(zip(sessions, chunks)):
+        try:
+            if s._featurizes_audio():
+                r = s._resample(c)
+                audio.setdefault((id(s.backend), r[0].shape[0], s.carry.shape[0]), []).append((i, r))
+            else:
+                prepared.append((i, s._prepare(c)))
+        except Exception as exc:  # noqa: BLE001 -- contained: this stream's chunk or state, its error only
+            prepared.append((i, _raise_or(exc, contain)))
+    for members in audio.values():
+        prepared.extend(_featurize_together(sessions, members, contain))
+    groups: dict[tuple[int, ...], list[tuple[int, _Work]]] = {}
+    for i, work in prepared:
+        s = sessions[i]
+        try:
+            if isinstance(work, Exception):
+                out[i] = work
+            elif work.x is None:
+                out[i] = s._commit(work, None, s.states)
+            elif work.segment_starts:  # rare: sensor gap resets inside the chunk; run alone
+                out[i] = _finite(s.push(chunks[i])) if contain else s.push(chunks[i])
+            else:
+                groups.setdefault((id(s.backend), *work.x.shape[1:]), []).append((i, work))
+        except Exception as exc:  # noqa: BLE001 -- as above
+            out[i] = _raise_or(exc, contain)
+    return [m[k : k + max_batch] for m in groups.values() for k in range(0, len(m), max_batch)]
+
+
+def _raise_or(exc: Exception, contain: bool) -> Exception:
+    if not contain:
+        raise exc
+    return exc
+
+
+#: A chunk at the model's rate: ``(samples [S], samples consumed at the stream's rate, resampler afterwards)``.
+_Resampled = tuple[np.ndarray, int, StreamResampler | None]
+
+
+def _featurize_together(sessions: Sequence[StreamSession], members: list[tuple[int, _Resampled]],
+                        contain: bool) -> list[tuple[int, _Work | Exception]]:
+    """The :class:`_Work` of each member, featurized in one :meth:`AudioFeaturizer.step_batch` call when there
+    are several; one by one should that call fail, so that the failing stream alone gets its error."""
+    if len(members) > 1:
+        first = sessions[members[0][0]]
+        try:
+            feats, carries = first._featurizer.audio.step_batch(  # type: ignore[union-attr]
+                np.stack([r[0] for _, r in members]), np.stack([sessions[i].carry for i, _ in members]))
+        except RnnstreamError:
+            pass
+        else:
+            n = feats.shape[1]
+            return [(i, _Work(feats[k : k + 1] if n else None, carries[k], (), r[1], None, r[2]))
+                    for k, (i, r) in enumerate(members)]
+    out: list[tuple[int, _Work | Exception]] = []
+    for i, r in members:
+        try:
+            out.append((i, sessions[i]._featurize(r)))
+        except Exception as exc:  # noqa: BLE001 -- contained, as in _batches
+            out.append((i, _raise_or(exc, contain)))
+    return out
+
+
+def _call(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]]) -> tuple[list[np.ndarray], list[dict]]:
+    """One backend call for a batch: per-stream outputs ``[1, T, O]`` and states."""
+    backend = sessions[part[0][0]].backend
+    x = np.concatenate([w.x for _, w in part], axis=0)
+    y, new = backend.step(x, gather_states([{**sessions[i].states, **w.extra_states} for i, w in part]))
+    new.pop(FRONTEND_STATE, None)
+    return np.split(np.asarray(y), len(part), axis=0), scatter_states(new, [1] * len(part))
+
+
+def _finite(result: ChunkResult) -> ChunkResult:
+    if result.outputs.size and not np.isfinite(result.outputs).all():
+        raise NonFiniteOutputError("the model produced NaN or infinity for this stream")
+    return result
+
+
+def _run_contained(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]], out: list[Any],
+                   on_split: Callable[[], None] | None) -> None:
+    try:
+        ys, states = _call(sessions, part)
+    except Exception as exc:  # noqa: BLE001 -- any backend failure: bisect to find its stream
+        if len(part) == 1:
+            out[part[0][0]] = exc
+            return
+        if on_split is not None:
+            on_split()
+        _run_contained(sessions, part[: len(part) // 2], out, on_split)
+        _run_contained(sessions, part[len(part) // 2 :], out, on_split)
+        return
+    for (i, w), yi, si in zip(part, ys, states):
+        if yi.size and not np.isfinite(yi).all():
+            out[i] = NonFiniteOutputError("the model produced NaN or infinity for this stream; its state is unchanged")
+        else:
+            out[i] = sessions[i]._commit(w, yi, si)
+
+
+__all__ = ["NonFiniteOutputError", "gather_states", "scatter_states", "step_streams", "step_streams_contained"]
