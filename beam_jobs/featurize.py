@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -78,7 +77,6 @@ from rnnstream.beam_jobs.common import (
     counter_values,
     feature_config_from_options,
     has_scheme,
-    is_dask_runner,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -96,13 +94,8 @@ from rnnstream.beam_jobs.inputs import (
     compile_label_pattern,
     list_inputs,
 )
-from rnnstream.beam_jobs.options import (
-    INPUTS_PER_SHARD,
-    MAX_DEFAULT_SHARDS,
-    SHARDS_PER_WORKER,
-    add_featurize_arguments,
-    audio_limits_from_options,
-)
+from rnnstream.beam_jobs.options import add_featurize_arguments, audio_limits_from_options
+from rnnstream.beam_jobs.shards import ShardTask, plan_shards, resolve_num_shards, spread_tasks
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import (
     DEAD_LETTER_FILE,
@@ -137,40 +130,6 @@ class FeaturizeOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
         add_featurize_arguments(parser)
-
-
-def default_num_shards(n_inputs: int, min_shards: int = 1, inputs_per_shard: int | None = None) -> int:
-    """Shards for ``n_inputs`` inputs: one per ``inputs_per_shard`` (default :data:`INPUTS_PER_SHARD`), at
-    least ``min_shards`` (:func:`min_shards`: enough tasks for every parallel worker), at most
-    ``max(MAX_DEFAULT_SHARDS, min_shards)`` and at most ``n_inputs``; always >= 1.
-
-    Raises:
-        ConfigError: ``inputs_per_shard < 1``.
-    """
-    per = INPUTS_PER_SHARD if inputs_per_shard is None else inputs_per_shard
-    if per < 1:
-        raise ConfigError(f"--inputs-per-shard must be >= 1, got {per}")
-    wanted = max(math.ceil(n_inputs / per), min_shards)
-    return max(1, min(wanted, max(MAX_DEFAULT_SHARDS, min_shards), n_inputs))
-
-
-def min_shards(options: PipelineOptions | None) -> int:
-    """The fewest shards that keep every parallel worker the options ask for busy until the end:
-    :data:`SHARDS_PER_WORKER` per DirectRunner worker when ``--direct_num_workers`` > 1 (0: every core),
-    one per partition on the DaskRunner (``--dask_npartitions``: already a few per worker), else 1."""
-    if options is None:
-        return 1
-    if is_dask_runner(options):
-        try:  # registers --dask_npartitions (DaskOptions is defined beside the runner)
-            import apache_beam.runners.dask.dask_runner  # noqa: F401
-        except ImportError:
-            return 1
-        return max(1, int(options.get_all_options().get("npartitions") or 1))  # --dask_npartitions
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    n = options.view_as(DirectOptions).direct_num_workers
-    workers = max(1, os.cpu_count() or 1) if n == 0 else max(1, int(n or 1))
-    return 1 if workers == 1 else SHARDS_PER_WORKER * workers
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,34 +299,6 @@ class _FeaturizeFn(beam.DoFn):
         yield from examples
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    """One Parquet shard's work: its index and the input records it featurizes (paths, labels: small)."""
-
-    index: int
-    records: tuple[InputRecord, ...]
-
-    def __dask_tokenize__(self) -> tuple[Any, ...]:
-        """A cheap deterministic token (dask otherwise pickles every task of a ``Create`` to hash it)."""
-        return ("ShardTask", self.index, tuple(r.__dask_tokenize__() for r in self.records))
-
-
-def plan_shards(records: Sequence[InputRecord], num_shards: int) -> list[ShardTask]:
-    """Deal ``records`` (sorted by path) round-robin into ``num_shards`` tasks of equal size (+-1).
-
-    Every record lands in exactly one task; a task may be empty when ``num_shards > len(records)``
-    (it writes no file). Planned on the submitting machine, so the pipeline moves ``num_shards``
-    elements, not one per file.
-
-    Raises:
-        ConfigError: ``num_shards < 1``.
-    """
-    if num_shards < 1:
-        raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
-    ordered = sorted(records, key=lambda r: r.path)
-    return [ShardTask(index=i, records=tuple(ordered[i::num_shards])) for i in range(num_shards)]
-
-
 class _FeaturizeShardFn(beam.DoFn):
     """A :class:`ShardTask` -> featurize each record, write the shard -> one :class:`ShardReport`
     (main output; no file when every record failed) and a dead letter per failed record (tagged output)."""
@@ -535,34 +466,6 @@ class FeaturizeCorpus(beam.PTransform):
 _STALE = (f"{SHARD_PREFIX}-*.parquet", STATS_FILE, SUMMARY_FILE, DEAD_LETTER_FILE, FEATURE_CONFIG_FILE)
 
 
-def resolve_num_shards(n_inputs: int, num_shards: int | None, inputs_per_shard: int | None,
-                       options: PipelineOptions | None) -> int:
-    """``--num-shards`` when given, else :func:`default_num_shards` for the options' workers.
-
-    Raises:
-        ConfigError: ``--num-shards`` < 1 or ``--inputs-per-shard`` < 1.
-    """
-    if num_shards is not None:
-        if num_shards < 1:
-            raise ConfigError(f"--num-shards must be >= 1, got {num_shards}")
-        return num_shards
-    return default_num_shards(n_inputs, min_shards(options), inputs_per_shard)
-
-
-def _spread(options: PipelineOptions | None) -> bool:
-    """Whether ``Create`` must reshuffle its tasks so that the workers share them: on every runner (a fused
-    ``Create`` -> ``ParDo`` would run on one worker) but one, the DirectRunner with a single worker, where
-    the shuffle is only fixed cost."""
-    if options is None:
-        return True
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    direct = name in (None, "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner")
-    return not (direct and min_shards(options) == 1)
-
-
 def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureConfig, label_pattern: str | None,
                    shards: int, options: PipelineOptions | None,
                    test_pipeline: beam.Pipeline | None, limits: AudioLimits | None = None) -> Any:
@@ -572,7 +475,7 @@ def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureC
     pipeline = test_pipeline or beam.Pipeline(options=options)
     _ = (
         pipeline
-        | "PlanShards" >> beam.Create(plan_shards(records, shards), reshuffle=_spread(options))
+        | "PlanShards" >> beam.Create(plan_shards(records, shards), reshuffle=spread_tasks(options))
         | "FeaturizeShards" >> FeaturizeShards(output_dir, config, label_pattern=label_pattern, num_shards=shards,
                                                limits=limits)
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from rnnstream.beam_jobs import featurize
+from rnnstream.beam_jobs import featurize, shards
 from rnnstream.beam_jobs.common import DeadLetter
 from rnnstream.pipeline.audio_io import load_audio
 from rnnstream.pipeline.config import FeatureConfig
@@ -205,27 +205,27 @@ def _records(n: int) -> list:
 
 
 def test_plan_shards_deals_every_record_to_exactly_one_balanced_task():
-    tasks = featurize.plan_shards(_records(10), 3)
+    tasks = shards.plan_shards(_records(10), 3)
     assert [t.index for t in tasks] == [0, 1, 2]
     assert [len(t.records) for t in tasks] == [4, 3, 3]
     paths = [r.path for t in tasks for r in t.records]
     assert sorted(paths) == sorted(r.path for r in _records(10)) and len(set(paths)) == 10
     assert [r.path for r in tasks[1].records] == ["/c/001.wav", "/c/004.wav", "/c/007.wav"]  # round-robin, sorted
-    assert [len(t.records) for t in featurize.plan_shards(_records(2), 4)] == [1, 1, 0, 0]
+    assert [len(t.records) for t in shards.plan_shards(_records(2), 4)] == [1, 1, 0, 0]
     with pytest.raises(ConfigError, match="num_shards must be >= 1, got 0"):
-        featurize.plan_shards(_records(2), 0)
+        shards.plan_shards(_records(2), 0)
 
 
 def test_default_shards_follow_the_corpus_size_and_the_workers():
-    assert featurize.default_num_shards(8000) == 32  # one per 250 inputs
-    assert featurize.default_num_shards(10) == 1
-    assert featurize.default_num_shards(10, min_shards=8) == 8  # e.g. 4 per worker, so both finish together
-    assert featurize.default_num_shards(3, min_shards=8) == 3  # never more shards than inputs
-    assert featurize.default_num_shards(0) == 1
-    assert featurize.default_num_shards(10**6) == 64 and featurize.default_num_shards(10**6, min_shards=128) == 128
-    assert featurize.default_num_shards(1000, inputs_per_shard=100) == 10
+    assert shards.default_num_shards(8000) == 32  # one per 250 inputs
+    assert shards.default_num_shards(10) == 1
+    assert shards.default_num_shards(10, min_shards=8) == 8  # e.g. 4 per worker, so both finish together
+    assert shards.default_num_shards(3, min_shards=8) == 3  # never more shards than inputs
+    assert shards.default_num_shards(0) == 1
+    assert shards.default_num_shards(10**6) == 64 and shards.default_num_shards(10**6, min_shards=128) == 128
+    assert shards.default_num_shards(1000, inputs_per_shard=100) == 10
     with pytest.raises(ConfigError, match="--inputs-per-shard must be >= 1, got 0"):
-        featurize.default_num_shards(10, inputs_per_shard=0)
+        shards.default_num_shards(10, inputs_per_shard=0)
 
 
 def test_shards_resolved_from_the_beam_options():
@@ -233,17 +233,17 @@ def test_shards_resolved_from_the_beam_options():
 
     from rnnstream.beam_jobs.options import resolve_runner_aliases
 
-    def shards(args: list[str], n: int = 100, **kw) -> int:
-        return featurize.resolve_num_shards(n, kw.get("num_shards"), kw.get("per"),
-                                            PipelineOptions(resolve_runner_aliases(args)))
+    def resolved(args: list[str], n: int = 100, **kw) -> int:
+        return shards.resolve_num_shards(n, kw.get("num_shards"), kw.get("per"),
+                                         PipelineOptions(resolve_runner_aliases(args)))
 
-    assert shards([]) == 1
-    assert shards(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == 8
-    assert shards(["--direct_num_workers=2", "--direct_running_mode=multi_processing"], n=8000) == 32
-    assert shards(["--runner=DaskRunner", "--dask_client_address=tcp://h:1", "--dask_npartitions=3"]) == 3
-    assert shards([], per=10) == 10 and shards([], num_shards=5) == 5
+    assert resolved([]) == 1
+    assert resolved(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == 8
+    assert resolved(["--direct_num_workers=2", "--direct_running_mode=multi_processing"], n=8000) == 32
+    assert resolved(["--runner=DaskRunner", "--dask_client_address=tcp://h:1", "--dask_npartitions=3"]) == 3
+    assert resolved([], per=10) == 10 and resolved([], num_shards=5) == 5
     with pytest.raises(ConfigError, match="--num-shards must be >= 1, got 0"):
-        shards([], num_shards=0)
+        resolved([], num_shards=0)
 
 
 def test_inputs_per_shard_flag_sets_the_shards(audio_corpus, tmp_path):
@@ -286,13 +286,13 @@ def test_the_featurize_path_in_a_fresh_worker_imports_no_torch(audio_corpus, tmp
     code = f"""
 import sys
 from apache_beam.internal import pickler
-from rnnstream.beam_jobs import featurize
+from rnnstream.beam_jobs import featurize, shards
 from rnnstream.beam_jobs.common import InputRecord
 from rnnstream.pipeline.config import FeatureConfig
 cfg = FeatureConfig.audio_default(sample_rate={RATE}, n_mels=20, resample=False)
 fn = pickler.loads(pickler.dumps(featurize._FeaturizeShardFn(cfg, None, {str(tmp_path / 'x')!r}, 1)))
 fn.setup()
-task = featurize.ShardTask(0, tuple(InputRecord(p) for p in {[str(p) for p in good + list(bad)]!r}))
+task = shards.ShardTask(0, tuple(InputRecord(p) for p in {[str(p) for p in good + list(bad)]!r}))
 out = list(fn.process(task))
 print(len(out), sorted(m for m in ("torch", "torchaudio", "onnxruntime") if m in sys.modules))
 """
