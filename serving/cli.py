@@ -61,7 +61,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-predict-seconds", type=float, default=d["max_predict_s"],
                    help="longest signal in one POST /predict (s)")
     p.add_argument("--workers", type=int, default=None,
-                   help="server processes sharing the port (SO_REUSEPORT), each with its own event loop, batcher and "
+                   help="server processes behind the port (each connection goes to the least-loaded one), each with "
+                        "its own event loop, batcher and "
                         "backend session (default: the number of cores this process may run on; 1: no supervisor)")
     p.add_argument("--batch-threads", type=int, default=d["batch_threads"],
                    help="threads stepping batches in each process")

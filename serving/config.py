@@ -40,7 +40,6 @@ class ServerConfig:
     max_batch: int = 64
     max_wait_ms: float = 5.0
     batch_threads: int = 1  # threads stepping batches (one backend session shared; >1 overlaps batches)
-    reuse_port: bool = False  # SO_REUSEPORT: several worker processes share the port (rnnstream.serving.workers)
     worker: int | None = None  # this process' index among the workers (in hello, /health and logs)
     idle_timeout_s: float = 60.0
     snapshot_dir: str | None = None  # a directory, or a URL Beam's FileSystems handles (gs://, s3://...)

@@ -43,6 +43,7 @@ from rnnstream.serving import protocol as P
 from rnnstream.serving.batcher import Batcher
 from rnnstream.serving.config import ServerConfig
 from rnnstream.serving.connection import Connection
+from rnnstream.serving.handoff import HandoffReceiver
 from rnnstream.serving.http_app import HttpMixin
 from rnnstream.serving.metrics import ServerMetrics
 from rnnstream.serving.snapshots import SnapshotStore
@@ -92,6 +93,7 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self._sensor_channels = len(fc.sensor.columns) if fc.kind == "sensor" and fc.sensor is not None else 0
         self.port: int | None = None
         self.http_port: int | None = None
+        self._handoff: HandoffReceiver | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     @property
@@ -107,7 +109,9 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         """The model is loaded, the server started and not shutting down (``/readyz``)."""
         return self._started and not self._closing
 
-    async def start(self) -> StreamServer:
+    async def start(self, handoff: HandoffReceiver | None = None) -> StreamServer:
+        """Listen on ``config.port`` (and ``config.http_port``), or, under ``rnnstream serve --workers N``, serve
+        the connections the supervisor hands over (``handoff``)."""
         cfg = self.config
         if cfg.snapshot_dir is not None:
             self.store = await asyncio.to_thread(SnapshotStore, cfg.snapshot_dir, ttl_s=cfg.snapshot_ttl_s,
@@ -115,14 +119,18 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         self._runner = web.AppRunner(self._make_app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=cfg.shutdown_timeout_s)
         await self._runner.setup()
-        reuse = cfg.reuse_port or None  # aiohttp passes None through as "not set"
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, reuse_port=reuse)
-        await site.start()
-        self.port = _bound_port(site)
-        if cfg.http_port is not None:
-            extra = web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_port=reuse)
-            await extra.start()
-            self.http_port = _bound_port(extra)
+        if handoff is not None:
+            handoff.attach(self._runner.server, lambda: len(self.streams))
+            self._handoff = handoff
+            self.port, self.http_port = handoff.port, handoff.http_port
+        else:
+            site = web.TCPSite(self._runner, cfg.host, cfg.port)
+            await site.start()
+            self.port = _bound_port(site)
+            if cfg.http_port is not None:
+                extra = web.TCPSite(self._runner, cfg.host, cfg.http_port)
+                await extra.start()
+                self.http_port = _bound_port(extra)
         self._tasks.append(asyncio.create_task(self.batcher.run(), name="rnnstream-batcher"))
         if cfg.idle_timeout_s > 0 or self.store is not None:
             self._tasks.append(asyncio.create_task(self._sweep(), name="rnnstream-evictor"))
@@ -140,6 +148,8 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
         if self._closing:
             return
         self._closing = True
+        if self._handoff is not None:
+            self._handoff.detach()
         cfg = self.config
         finished = await self.batcher.drain(list(self.streams.values()), cfg.shutdown_timeout_s)
         if not finished:
@@ -269,7 +279,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-async def _serve(backend: Backend, config: ServerConfig, ready: Any = None, announce: bool = True) -> None:
+async def _serve(backend: Backend, config: ServerConfig, ready: Any = None, announce: bool = True,
+                 handoff: HandoffReceiver | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -277,7 +288,7 @@ async def _serve(backend: Backend, config: ServerConfig, ready: Any = None, anno
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread / platform
             pass
-    server = await StreamServer(backend, config).start()
+    server = await StreamServer(backend, config).start(handoff)
     if announce:
         http = f" and {server.http_url}" if server.http_port else ""
         print(f"rnnstream serve: {server.url}{http} (task {backend.info.task}, max batch {config.max_batch}); "
@@ -289,12 +300,14 @@ async def _serve(backend: Backend, config: ServerConfig, ready: Any = None, anno
         print("rnnstream serve: stopped", file=sys.stderr, flush=True)
 
 
-def run_server(backend: Backend, config: ServerConfig, *, ready: Any = None, announce: bool = True) -> None:
+def run_server(backend: Backend, config: ServerConfig, *, ready: Any = None, announce: bool = True,
+               handoff: HandoffReceiver | None = None) -> None:
     """Serve in this process until SIGINT/SIGTERM: on uvloop when it is installed, with BLAS pinned to one
-    thread (NumPy's featurizing runs in the batch thread; OpenBLAS's own threads would spin against it)."""
+    thread (NumPy's featurizing runs in the batch thread; OpenBLAS's own threads would spin against it).
+    ``handoff``: a worker of ``rnnstream serve --workers N`` (:mod:`rnnstream.serving.workers`)."""
     _pin_blas_threads()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve(backend, config, ready, announce))
+        runner.run(_serve(backend, config, ready, announce, handoff))
 
 
 def _loop_factory() -> Any:

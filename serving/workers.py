@@ -1,11 +1,11 @@
-"""``rnnstream serve --workers N``: N server processes sharing one port, under a small supervisor.
+"""``rnnstream serve --workers N``: N server processes behind one port, under a small supervisor.
 
 Each worker is a whole :class:`~rnnstream.serving.server.StreamServer` in its own process (spawned, not
 forked): its own event loop, batcher and backend session (one intra-op thread by default), so N workers use
-N cores where one process is bound by its GIL. The port is shared with ``SO_REUSEPORT``: the supervisor binds
-it first (port 0 picks a free one) and keeps that socket, never listening on it, so the port stays reserved
-while workers start and restart; the kernel spreads new connections over the workers' listening sockets. A
-connection stays with its worker for its whole life, and so do its streams.
+N cores where one process is bound by its GIL. The supervisor listens on the port (port 0 picks a free one)
+and hands every accepted connection to the least-loaded worker (:mod:`rnnstream.serving.handoff`: streams
+plus open connections, passed as a file descriptor); a connection stays with its worker for its whole life,
+and so do its streams.
 
 What the workers share:
 
@@ -15,10 +15,11 @@ What the workers share:
 * **snapshots**: ``--snapshot-dir`` is one directory for all, so a stream saved by one worker resumes on any
   other (inline snapshots in ``start`` are portable anyway).
 
-Shutdown: SIGINT/SIGTERM to the supervisor is passed to every worker as SIGTERM; each shuts down gracefully
-(finishes queued chunks, saves and tells its clients, closes with 1001). A worker still running after
-``shutdown_timeout_s`` + 10 s is killed. A worker that dies on its own is restarted (at most
-:data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_S`; past that the supervisor shuts everything down and exits 1).
+Shutdown: SIGINT/SIGTERM to the supervisor stops accepting, then goes to every worker as SIGTERM; each shuts
+down gracefully (finishes queued chunks, saves and tells its clients, closes with 1001). A worker still
+running after ``shutdown_timeout_s`` + 10 s is killed. A worker that dies on its own is restarted (at most
+:data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW_S`; past that the supervisor shuts everything down and
+exits 1); meanwhile new connections go to the others.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rnnstream.pipeline.errors import ConfigError
+from rnnstream.serving.handoff import ConnectionBalancer, listen, shared_loads
 
 log = logging.getLogger("rnnstream.serve")
 
@@ -66,28 +68,17 @@ class WorkerPoolConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if not hasattr(socket, "SO_REUSEPORT") and self.workers > 1:
-            raise ConfigError(f"--workers {self.workers} needs SO_REUSEPORT, which this platform lacks; use --workers 1")
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` with ``SO_REUSEPORT`` (not listening): it keeps the port for the workers.
-    Port 0 binds a free port (read it from ``getsockname()``). Raises ``OSError`` when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+        if not hasattr(socket, "send_fds") and self.workers > 1:
+            raise ConfigError(f"--workers {self.workers} needs socket.send_fds (Unix), which this platform lacks; "
+                              "use --workers 1")
 
 
 def _worker_main(args: argparse.Namespace, index: int, port: int, http_port: int | None, conn: Any,
-                 log_level: int) -> None:
-    """One worker process: load the model, serve on the shared port, report ``("ready", pid)`` or an error."""
+                 log_level: int, channel: socket.socket, loads: Any) -> None:
+    """One worker process: load the model, serve the connections the supervisor hands over on ``channel``,
+    report ``("ready", pid)`` or an error."""
+    from rnnstream.serving.handoff import HandoffReceiver
+
     import dataclasses
 
     from rnnstream.serving import server as S
@@ -98,13 +89,14 @@ def _worker_main(args: argparse.Namespace, index: int, port: int, http_port: int
     logger.addHandler(handler)
     logger.setLevel(log_level)
     try:
-        config = dataclasses.replace(S.config_from_args(args), port=port, http_port=http_port, reuse_port=True,
-                                     worker=index)
+        config = dataclasses.replace(S.config_from_args(args), port=port, http_port=http_port, worker=index)
         backend = S.load_model(args.model, args.provider, args.threads, args.raw_audio)
     except Exception as exc:  # noqa: BLE001 -- reported to the supervisor, which names it and exits
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    S.run_server(backend, config, ready=lambda server: conn.send(("ready", os.getpid())), announce=False)
+    handoff = HandoffReceiver(channel, loads, index, port, http_port)
+    S.run_server(backend, config, ready=lambda server: conn.send(("ready", os.getpid())), announce=False,
+                 handoff=handoff)
 
 
 class Supervisor:
@@ -118,28 +110,38 @@ class Supervisor:
         self.restarts: list[float] = []
         self.stopping = False
         self.metrics_dir = tempfile.mkdtemp(prefix="rnnstream-metrics-")
-        self._holders: list[socket.socket] = []
+        self.loads = shared_loads(self.ctx, pool.workers)
+        self.balancer: ConnectionBalancer | None = None
         self.port = 0
         self.http_port: int | None = None
 
-    def reserve(self) -> None:
+    def listen(self) -> None:
+        """Listen on the port (and ``--http-port``) and start handing connections to the workers as they become
+        ready (until then they wait in the backlog). Raises ``OSError`` when a port is taken."""
         args = self.args
-        main = reserve_port(args.host, args.port)
-        self._holders.append(main)
-        self.port = main.getsockname()[1]
+        listeners = [listen(args.host, args.port)]
+        self.port = listeners[0].getsockname()[1]
         if args.http_port is not None and args.http_port >= 0:
-            extra = reserve_port(args.host, args.http_port)
-            self._holders.append(extra)
-            self.http_port = extra.getsockname()[1]
+            try:
+                listeners.append(listen(args.host, args.http_port))
+            except OSError:
+                listeners[0].close()
+                raise
+            self.http_port = listeners[1].getsockname()[1]
+        self.balancer = ConnectionBalancer(listeners, self.loads, self.pool.workers)
+        self.balancer.start()
 
     def start_worker(self, index: int) -> tuple[Any, Any]:
         """Spawn worker ``index``; returns (process, the parent's end of its pipe)."""
+        assert self.balancer is not None, "listen() first"
         parent, child = self.ctx.Pipe(duplex=False)
+        channel = self.balancer.new_channel(index)
         level = logging.getLogger("rnnstream").getEffectiveLevel()
         proc = self.ctx.Process(target=_worker_main, name=f"rnnstream-serve-{index}", daemon=False,
-                                args=(self.args, index, self.port, self.http_port, child, level))
+                                args=(self.args, index, self.port, self.http_port, child, level, channel, self.loads))
         proc.start()
         child.close()
+        channel.close()
         self.procs[index] = proc
         return proc, parent
 
@@ -168,6 +170,8 @@ class Supervisor:
                 if kind != "ready":
                     raise ConfigError(f"worker {index} failed to start: {detail}")
                 waiting.pop(index).close()
+                if self.balancer is not None:
+                    self.balancer.set_alive(index, True)
 
     def watch(self) -> int:
         """Until a stop signal: restart workers that die; returns the exit status."""
@@ -178,6 +182,8 @@ class Supervisor:
                 if self.stopping:
                     break
                 code = self.procs[index].exitcode
+                if self.balancer is not None:
+                    self.balancer.set_alive(index, False)
                 self._mark_dead(self.procs[index].pid)
                 if not self._may_restart():
                     log.error("worker %d exited (status %s) and workers have restarted %d times in %.0f s; "
@@ -205,8 +211,10 @@ class Supervisor:
         multiprocess.mark_process_dead(pid, self.metrics_dir)
 
     def stop(self, timeout: float) -> None:
-        """SIGTERM to every live worker; kill those still running after ``timeout`` seconds."""
+        """Stop accepting, then SIGTERM to every live worker; kill those still running after ``timeout`` seconds."""
         self.stopping = True
+        if self.balancer is not None:
+            self.balancer.stop()
         live = [p for p in self.procs if p is not None and p.is_alive()]
         for proc in live:
             proc.terminate()
@@ -219,8 +227,6 @@ class Supervisor:
                 proc.join()
 
     def close(self) -> None:
-        for sock in self._holders:
-            sock.close()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
@@ -236,7 +242,7 @@ def run_workers(args: argparse.Namespace, pool: WorkerPoolConfig, shutdown_timeo
     try:
         for sig in previous:
             signal.signal(sig, on_signal)
-        sup.reserve()
+        sup.listen()
         pipes = [(i, sup.start_worker(i)[1]) for i in range(pool.workers)]
         sup.wait_ready(pipes)
         host = args.host if ":" not in args.host else f"[{args.host}]"
@@ -254,4 +260,4 @@ def run_workers(args: argparse.Namespace, pool: WorkerPoolConfig, shutdown_timeo
     return status
 
 
-__all__ = ["Supervisor", "WorkerPoolConfig", "default_workers", "reserve_port", "run_workers"]
+__all__ = ["Supervisor", "WorkerPoolConfig", "default_workers", "run_workers"]

@@ -54,7 +54,7 @@ def _start(model: str, snapshot_dir: Path, *extra: str) -> tuple[subprocess.Pope
 
 
 async def _client_on(url: str, worker: int, tries: int = 60) -> StreamClient:
-    """A connection that the kernel gave to worker ``worker`` (SO_REUSEPORT spreads them)."""
+    """A connection that the supervisor gave to worker ``worker`` (ties between workers go in turn)."""
     for _ in range(tries):
         client = await StreamClient(url).connect()
         if client.hello["worker"]["index"] == worker:
@@ -79,6 +79,10 @@ def test_two_workers_share_the_port_metrics_and_snapshots(onnx_model, tmp_path: 
     url = f"ws://127.0.0.1:{port}/"
     try:
         async def main() -> tuple[dict, list[dict], set[int]]:
+            held = [await StreamClient(url).connect() for _ in range(4)]  # least-loaded first: 2 and 2
+            assert sorted(c.hello["worker"]["index"] for c in held) == [0, 0, 1, 1]
+            for client in held:
+                await client.close()
             first, second = await _client_on(url, 0), await _client_on(url, 1)
             pids = {first.hello["worker"]["pid"], second.hello["worker"]["pid"]}
             stream = await first.start("moving", sample_rate=RATE)
@@ -124,7 +128,7 @@ def test_a_bad_model_and_a_taken_port_are_one_line_errors(tmp_path: Path) -> Non
                            "--workers", "2"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "failed to start" in done.stderr and "Traceback" not in done.stderr
-    with socket.socket() as other:  # another program's listener, without SO_REUSEPORT
+    with socket.socket() as other:  # another program's listener
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]

@@ -1,0 +1,262 @@
+"""Connections handed to the least-loaded worker: the accept side of ``rnnstream serve --workers N``.
+
+The supervisor listens on the port and accepts; each accepted socket goes, as a file descriptor over a Unix
+socket pair (``socket.send_fds``), to the worker with the least load, which serves it on its own event loop
+as if it had accepted it. A worker's load is the number of streams it holds plus its open connections:
+
+* **connections** are counted exactly: the supervisor counts the sockets it sent to worker *i*, the worker
+  counts (in shared memory) those that have since closed;
+* **streams** are published by each worker a few times a second (:data:`PUBLISH_S`).
+
+Ties go round-robin, so a burst of new connections (no streams yet) alternates between the workers. With
+``SO_REUSEPORT`` the kernel hashes connections to workers at random: 63 connections of 16 streams each split
+28/35 in one benchmark run, and two clients multiplexing many streams each share one worker half the time.
+
+The supervisor's part is one thread (:class:`ConnectionBalancer`); a worker's is :class:`HandoffReceiver`,
+attached to its aiohttp server. Connections stay with their worker for their whole life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing.sharedctypes
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("rnnstream.serve")
+
+#: How often a worker publishes its stream count and its closed connections (seconds).
+PUBLISH_S = 0.1
+_CLOSED, _STREAMS = 0, 1  # the two shared counters of each worker
+
+
+def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one); ``OSError`` when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def shared_loads(ctx: Any, workers: int) -> Any:
+    """The counters workers publish, two per worker (closed connections, open streams), in shared memory."""
+    return ctx.RawArray("q", 2 * workers)
+
+
+@dataclass
+class WorkerChannel:
+    """The supervisor's end of one worker's socket pair, and what it has sent there."""
+
+    sock: socket.socket
+    sent: int = 0
+    alive: bool = False
+
+
+class ConnectionBalancer:
+    """Accepts on the listening sockets and hands each connection to the least-loaded live worker (one thread).
+
+    ``loads`` is :func:`shared_loads`; a worker's slot must be zeroed (:meth:`reset`) before it starts.
+    """
+
+    def __init__(self, listeners: list[socket.socket], loads: Any, workers: int):
+        self.listeners = listeners
+        self.loads = loads
+        self.channels: list[WorkerChannel | None] = [None] * workers
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.handed = 0
+
+    # -- worker lifecycle (supervisor thread) ---------------------------------------------------
+    def new_channel(self, index: int) -> socket.socket:
+        """A fresh socket pair for worker ``index``: returns the worker's end (give it to the process)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with self._lock:
+            old = self.channels[index]
+            if old is not None:
+                old.sock.close()
+            self.channels[index] = WorkerChannel(ours)
+            self.loads[2 * index + _CLOSED] = 0
+            self.loads[2 * index + _STREAMS] = 0
+        return theirs
+
+    def set_alive(self, index: int, alive: bool) -> None:
+        with self._lock:
+            channel = self.channels[index]
+            if channel is not None:
+                channel.alive = alive
+
+    # -- the accept thread ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rnnstream-accept", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening sockets (new connections are refused from now on)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        for sock in self.listeners:
+            sock.close()
+        with self._lock:
+            for channel in self.channels:
+                if channel is not None:
+                    channel.sock.close()
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            for sock in self.listeners:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                if not self._any_alive():  # leave connections in the backlog until a worker is ready
+                    self._stop.wait(0.05)
+                    continue
+                for key, _ in sel.select(timeout=0.2):
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+
+    def _any_alive(self) -> bool:
+        with self._lock:
+            return any(c is not None and c.alive for c in self.channels)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. EMFILE: say so, keep serving the connections already open
+            log.warning("accepting a connection failed: %s", exc)
+            self._stop.wait(0.05)
+            return
+        with conn:
+            self.hand_over(conn)
+
+    def hand_over(self, conn: socket.socket) -> int | None:
+        """Send ``conn`` to the least-loaded live worker; its index, or None when no worker took it."""
+        with self._lock:
+            while True:
+                index = self.pick()
+                if index is None:
+                    log.warning("no worker is ready; a new connection is closed")
+                    return None
+                channel = self.channels[index]
+                assert channel is not None
+                try:
+                    socket.send_fds(channel.sock, [b"c"], [conn.fileno()])
+                except OSError as exc:  # the worker is gone; the supervisor restarts it
+                    log.warning("handing a connection to worker %d failed (%s); trying another", index, exc)
+                    channel.alive = False
+                    continue
+                channel.sent += 1
+                self.handed += 1
+                return index
+
+    def load(self, index: int) -> int:
+        """Worker ``index``'s load: its streams plus its open connections."""
+        channel = self.channels[index]
+        assert channel is not None
+        open_conns = channel.sent - self.loads[2 * index + _CLOSED]
+        return self.loads[2 * index + _STREAMS] + max(0, open_conns)
+
+    def pick(self) -> int | None:
+        """The live worker with the least load (ties in turn); None when none is live. Call under the lock."""
+        live = [i for i, c in enumerate(self.channels) if c is not None and c.alive]
+        if not live:
+            return None
+        loads = {i: self.load(i) for i in live}
+        least = min(loads.values())
+        tied = [i for i in live if loads[i] == least]
+        return tied[next(self._turn) % len(tied)]
+
+
+class HandoffReceiver:
+    """A worker's end: serves the connections the supervisor sends, and publishes this worker's load.
+
+    Made in the worker process from its end of the socket pair, the shared counters and its index; the server
+    calls :meth:`attach` with its aiohttp protocol factory and a function counting its streams.
+    """
+
+    def __init__(self, sock: socket.socket, loads: Any, index: int, port: int, http_port: int | None = None):
+        self.sock = sock
+        self.loads = loads
+        self.index = index
+        self.port = port  # the supervisor's port, for the server's URL and logs
+        self.http_port = http_port
+        self._transports: set[Any] = set()
+        self._closed = 0
+        self._task: asyncio.Task[None] | None = None
+        self._factory: Callable[[], Any] | None = None
+        self._streams: Callable[[], int] = lambda: 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, protocol_factory: Callable[[], Any], streams: Callable[[], int]) -> None:
+        """Start serving handed-over connections with ``protocol_factory`` (on the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._factory = protocol_factory
+        self._streams = streams
+        self.sock.setblocking(False)
+        self._loop.add_reader(self.sock.fileno(), self._receive)
+        self._task = self._loop.create_task(self._publish(), name="rnnstream-handoff-load")
+
+    def detach(self) -> None:
+        """Take no more connections (shutdown); the open ones stay with the server until it closes them."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        if self._task is not None:
+            self._task.cancel()
+        self.sock.close()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(self.sock, 16, 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("receiving connections from the supervisor failed: %s", exc)
+                self.detach()
+                return
+            if not msg and not fds:  # the supervisor closed its end: it is stopping
+                self.detach()
+                return
+            for fd in fds:
+                conn = socket.socket(fileno=fd)
+                conn.setblocking(False)
+                assert self._loop is not None
+                self._loop.create_task(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        assert self._loop is not None and self._factory is not None
+        try:
+            transport, _ = await self._loop.connect_accepted_socket(self._factory, conn)
+        except OSError as exc:
+            log.info("a handed-over connection failed before it was served: %s", exc)
+            conn.close()
+            self._closed += 1
+            return
+        self._transports.add(transport)
+
+    async def _publish(self) -> None:
+        while True:
+            closed = [t for t in self._transports if t.is_closing()]
+            self._transports.difference_update(closed)
+            self._closed += len(closed)
+            self.loads[2 * self.index + _CLOSED] = self._closed
+            self.loads[2 * self.index + _STREAMS] = self._streams()
+            await asyncio.sleep(PUBLISH_S)
+
+
+__all__ = ["ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "listen", "shared_loads"]
