@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from rnnstream.pipeline.codec import all_finite
 from rnnstream.pipeline.errors import RnnstreamError, ShapeError, StateError
 from rnnstream.pipeline.model_info import FRONTEND_STATE
 from rnnstream.pipeline.resample import StreamResampler
@@ -25,10 +26,10 @@ def gather_states(states: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarr
 
 
 def scatter_states(states: dict[str, np.ndarray], sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Inverse of :func:`gather_states`."""
-    cuts = np.cumsum(sizes)[:-1]
-    parts = {k: np.split(v, cuts, axis=0) for k, v in states.items()}
-    return [{k: parts[k][i] for k in states} for i in range(len(sizes))]
+    """Inverse of :func:`gather_states` (views of ``states``)."""
+    ends = np.cumsum(sizes).tolist()
+    bounds = list(zip([0, *ends[:-1]], ends))
+    return [{k: v[a:b] for k, v in states.items()} for a, b in bounds]
 
 
 def step_streams(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch: int = 256) -> list[ChunkResult]:
@@ -40,7 +41,7 @@ def step_streams(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_b
     """
     results: list[Any] = [None] * len(sessions)
     for part in _batches(sessions, chunks, max_batch, results, contain=False):
-        ys, states = _call(sessions, part)
+        ys, states = _rows(*_call(sessions, part), len(part))
         for (i, w), yi, si in zip(part, ys, states):
             results[i] = sessions[i]._commit(w, yi, si)
     return results
@@ -58,7 +59,8 @@ def step_streams_contained(sessions: Sequence[StreamSession], chunks: Sequence[A
     * a chunk whose featurizing fails is that stream's error, found without a backend call;
     * a batched backend call that raises is split in two and each half retried (bisection; ``on_split`` is
       called per split) until the culprit stream is alone; every other stream of the batch gets its prediction;
-    * a stream whose output is not finite gets :class:`NonFiniteOutputError` and its state is not committed;
+    * a stream whose output or new state is not finite gets :class:`NonFiniteOutputError` and its state is not
+      committed (so every :class:`ChunkResult` returned has finite outputs and a finite state);
     * a session is committed only with its own good result, so a retried half never applies a chunk twice.
     """
     out: list[Any] = [None] * len(sessions)
@@ -99,7 +101,15 @@ def _batches(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch
             elif work.x is None:
                 out[i] = s._commit(work, None, s.states)
             elif work.segment_starts:  # rare: sensor gap resets inside the chunk; run alone
-                out[i] = _finite(s.push(chunks[i])) if contain else s.push(chunks[i])
+                if contain:
+                    prev = s.__copy__()
+                    try:
+                        out[i] = _finite(s.push(chunks[i]), s)
+                    except NonFiniteOutputError:
+                        s.__dict__.update(prev.__dict__)  # not committed, as in _run_contained
+                        raise
+                else:
+                    out[i] = s.push(chunks[i])
             else:
                 groups.setdefault((id(s.backend), *work.x.shape[1:]), []).append((i, work))
         except Exception as exc:  # noqa: BLE001 -- as above
@@ -141,17 +151,34 @@ def _featurize_together(sessions: Sequence[StreamSession], members: list[tuple[i
     return out
 
 
-def _call(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]]) -> tuple[list[np.ndarray], list[dict]]:
-    """One backend call for a batch: per-stream outputs ``[1, T, O]`` and states."""
+def _call(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One backend call for a batch: outputs ``[B, T, O]`` and states (batch first), row ``k`` for ``part[k]``."""
     backend = sessions[part[0][0]].backend
     x = np.concatenate([w.x for _, w in part], axis=0)
     y, new = backend.step(x, gather_states([{**sessions[i].states, **w.extra_states} for i, w in part]))
     new.pop(FRONTEND_STATE, None)
-    return np.split(np.asarray(y), len(part), axis=0), scatter_states(new, [1] * len(part))
+    return np.asarray(y), new
 
 
-def _finite(result: ChunkResult) -> ChunkResult:
-    if result.outputs.size and not np.isfinite(result.outputs).all():
+def _rows(y: np.ndarray, states: dict[str, np.ndarray], n: int) -> tuple[list[np.ndarray], list[dict]]:
+    """Per-stream outputs ``[1, T, O]`` and states of a batch of ``n`` (views)."""
+    return [y[k : k + 1] for k in range(n)], scatter_states(states, [1] * n)
+
+
+def _finite_rows(y: np.ndarray, states: dict[str, np.ndarray]) -> np.ndarray:
+    """Which rows of a batch have finite outputs and states (bool ``[B]``): one check of the whole batch,
+    row by row only when it finds NaN or infinity."""
+    arrays = [y, *states.values()]
+    if all(all_finite(a) for a in arrays):
+        return np.ones(y.shape[0], bool)
+    ok = np.ones(y.shape[0], bool)
+    for a in arrays:
+        ok &= np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+    return ok
+
+
+def _finite(result: ChunkResult, session: StreamSession) -> ChunkResult:
+    if not (all_finite(result.outputs) and all(all_finite(v) for v in session.states.values())):
         raise NonFiniteOutputError("the model produced NaN or infinity for this stream")
     return result
 
@@ -159,7 +186,7 @@ def _finite(result: ChunkResult) -> ChunkResult:
 def _run_contained(sessions: Sequence[StreamSession], part: list[tuple[int, _Work]], out: list[Any],
                    on_split: Callable[[], None] | None) -> None:
     try:
-        ys, states = _call(sessions, part)
+        y, new = _call(sessions, part)
     except Exception as exc:  # noqa: BLE001 -- any backend failure: bisect to find its stream
         if len(part) == 1:
             out[part[0][0]] = exc
@@ -169,8 +196,10 @@ def _run_contained(sessions: Sequence[StreamSession], part: list[tuple[int, _Wor
         _run_contained(sessions, part[: len(part) // 2], out, on_split)
         _run_contained(sessions, part[len(part) // 2 :], out, on_split)
         return
-    for (i, w), yi, si in zip(part, ys, states):
-        if yi.size and not np.isfinite(yi).all():
+    ok = _finite_rows(y, new)
+    ys, states = _rows(y, new, len(part))
+    for k, ((i, w), yi, si) in enumerate(zip(part, ys, states)):
+        if not ok[k]:
             out[i] = NonFiniteOutputError("the model produced NaN or infinity for this stream; its state is unchanged")
         else:
             out[i] = sessions[i]._commit(w, yi, si)

@@ -155,6 +155,8 @@ class StreamCore(EventsMixin):
         """Strict order's verdict on ``seq`` (callable before a chunk is decoded): None for the next expected
         seq; else its records: after the end or ahead of the next seq an ordering dead letter, below it a
         duplicate (counted; a ``duplicate`` record with ``duplicate_records``)."""
+        if seq == state.next and not state.ended and state.end is None:
+            return None  # the common case, before any message text is built
         where = msg.describe() if msg is not None else f"stream {state.stream!r} seq {seq}"
         if state.ended or (state.end is not None and (seq > state.end or self.config.strict_order)):
             return [self._dead(state, OrderingError(f"{where}: after end-of-stream"), msg, seq)]
@@ -259,8 +261,7 @@ class StreamCore(EventsMixin):
                 records += self._end(state, item[1])
             elif item[0] == "fill":
                 session = self._session(state, None)
-                return Step(state.stream, item[1], session, np.zeros(item[2], np.float32), copy.copy(session),
-                            filled=True)
+                return Step(state.stream, item[1], session, np.zeros(item[2], np.float32), filled=True)
             else:
                 msg = item[1]
                 try:
@@ -269,7 +270,7 @@ class StreamCore(EventsMixin):
                 except RnnstreamError as exc:
                     records += self._refuse(state, msg, exc)
                     continue
-                return Step(state.stream, msg.seq, session, payload_of(msg, self.info), copy.copy(session), msg)
+                return Step(state.stream, msg.seq, session, payload_of(msg, self.info), msg)
         return None
 
     def step(self, step: Step) -> Outcome:
@@ -292,11 +293,12 @@ class StreamCore(EventsMixin):
         state.end = state.next - 1
         state.ready.append(("end", None))
 
-    def commit(self, state: StreamState, step: Step, outcome: Outcome) -> list[Record]:
+    def commit(self, state: StreamState, step: Step, outcome: Outcome, *, finite_checked: bool = False) -> list[Record]:
         """The records of a stepped chunk; a refused one (or one that made the model's output or state NaN/Inf,
-        rolled back) is a dead letter and its seq a gap, resolved at once by the policy."""
+        rolled back) is a dead letter and its seq a gap, resolved at once by the policy. ``finite_checked``: the
+        stepper already refused non-finite outputs and states (``batching.step_streams_contained`` does)."""
         flushed = None
-        if isinstance(outcome, ChunkResult) and not finite(outcome, step.session):
+        if isinstance(outcome, ChunkResult) and not finite_checked and not finite(outcome, step.session):
             rollback(step)
             outcome = StateError(f"stream {state.stream!r} seq {step.seq}: the model's output or state became NaN "
                                  "or Inf on this chunk; the chunk was not applied")

@@ -140,15 +140,16 @@ class StreamState:
 @dataclass
 class Step:
     """One chunk to push through ``session`` (``payload``: float32 samples or a SensorChunk); ``prev`` is the
-    session as it was, to roll back to when the chunk is refused."""
+    session as it was right before the chunk was stepped (taken by the stepping functions below), to roll back
+    to when the chunk is refused."""
 
     stream: str
     seq: int
     session: StreamSession
     payload: Any
-    prev: StreamSession
     msg: ChunkMessage | None = None  # None for a filled chunk
     filled: bool = False
+    prev: StreamSession | None = None
 
     @property
     def end(self) -> bool:
@@ -161,9 +162,17 @@ def finite(result: ChunkResult, session: StreamSession) -> bool:
 
 
 def rollback(step: Step) -> None:
-    """Put the session back as it was before the step (pushing replaces its attributes, never writes into them)."""
+    """Put the session back as it was before the step (pushing replaces its attributes, never writes into them);
+    nothing to do for a step not yet stepped."""
+    if step.prev is None:
+        return
     step.session.__dict__.clear()
     step.session.__dict__.update(step.prev.__dict__)
+
+
+def _keep_prev(step: Step) -> None:
+    """Take the session as it is now, right before stepping, for :func:`rollback`."""
+    step.prev = copy.copy(step.session)
 
 
 Outcome = ChunkResult | RnnstreamError
@@ -191,6 +200,7 @@ def eviction_record(state: StreamState, session: StreamSession, model: str) -> R
 
 def step_one(step: Step) -> Outcome:
     """Push one step's chunk alone: its result, or the error that refused it (the session rolled back)."""
+    _keep_prev(step)
     try:
         return step.session.push(step.payload)
     except RnnstreamError as exc:
@@ -207,7 +217,7 @@ def step_with(steps: Sequence[Step], stepper: Stepper, max_batch: int = 256) -> 
     """Push one step of each of many streams with ``stepper``; each ``prev`` is taken right before, so a step
     made while earlier chunks of its stream were still queued rolls back to the right state."""
     for step in steps:
-        step.prev = copy.copy(step.session)
+        _keep_prev(step)
     results = stepper([s.session for s in steps], [s.payload for s in steps], max_batch)
     out: list[Outcome] = []
     for step, result in zip(steps, results):
@@ -225,6 +235,8 @@ def step_many(steps: Sequence[Step], max_batch: int = 256) -> list[Outcome]:
     batch = [i for i, s in enumerate(steps) if isinstance(s.payload, np.ndarray)]
     alone = [i for i, s in enumerate(steps) if not isinstance(s.payload, np.ndarray)]
     if batch:
+        for i in batch:
+            _keep_prev(steps[i])
         try:
             results = step_streams([steps[i].session for i in batch], [steps[i].payload for i in batch], max_batch)
         except RnnstreamError:

@@ -227,7 +227,9 @@ class WsMixin:
                 continue
             stream.done_seq = seq + 1
             stream.last_activity = now
-            failed = [r for r in self.core.commit(stream.state, step, outcome) if r.type == "dead_letter"]
+            # finite_checked: _step_batch's step_streams_contained refused non-finite outputs and states already
+            failed = [r for r in self.core.commit(stream.state, step, outcome, finite_checked=True)
+                      if r.type == "dead_letter"]
             if failed or isinstance(outcome, Exception):
                 self._chunk_failed(stream, seq, outcome if isinstance(outcome, Exception)
                                    else StateError(failed[0].reason or "the stream core refused the result"))

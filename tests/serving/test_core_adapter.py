@@ -35,9 +35,9 @@ def test_a_stream_goes_through_the_core_and_ends_as_offline() -> None:
         async with StreamServer(backend, ServerConfig(port=0, http_port=None, max_wait_ms=0)) as server:
             commit = server.core.commit
 
-            def spy(state, step, outcome):  # type: ignore[no-untyped-def]
+            def spy(state, step, outcome, **kw):  # type: ignore[no-untyped-def]
                 seen["counters"] = state.counters
-                return commit(state, step, outcome)
+                return commit(state, step, outcome, **kw)
 
             server.core.commit = spy  # type: ignore[method-assign]
             msgs = [_start(stream="c"), *[_frame(0, k, c.tobytes()) for k, c in enumerate(x)], _frame(0, 1, b""),
