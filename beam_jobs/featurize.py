@@ -330,7 +330,7 @@ class _FeaturizeShardFn(beam.DoFn):
         if examples:
             self.shards.inc()
         yield write_shard(self.prefix, task.index, self.num_shards, examples, self.config.dim,
-                          records=len(task.records))
+                          records=len(task))
 
 
 class _FinalizeFn(beam.DoFn):

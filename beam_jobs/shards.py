@@ -3,10 +3,10 @@ shard, planned on the submitting machine, sized from the corpus and the runner's
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -49,16 +49,79 @@ def min_shards(options: PipelineOptions | None) -> int:
     return 1 if workers == 1 else SHARDS_PER_WORKER * workers
 
 
-@dataclass(frozen=True)
 class ShardTask:
-    """One Parquet shard's work: its index and the input records it featurizes (paths, labels: small)."""
+    """One Parquet shard's work: its index and the input records it featurizes (:attr:`records`).
 
-    index: int
-    records: tuple[InputRecord, ...]
+    Held compactly: the paths' common prefix and the rest of each path joined by NUL, labels and metadata only
+    when some record has them. The planned tasks are pickled into the pipeline at submission (Beam's ``Create``,
+    bz2-compressed several times); one record object per file made that 2.8x larger and 7x slower to pickle
+    (32,000 files: 0.22 s per pickling, serial, before any worker starts).
+    """
+
+    __slots__ = ("index", "_prefix", "_names", "_labels", "_metadata", "_n")
+
+    def __init__(self, index: int, records: Sequence[InputRecord]):
+        paths = [r.path for r in records]
+        prefix = _dir_prefix(paths)
+        self.index = index
+        self._prefix = prefix
+        rest = [p[len(prefix):] for p in paths]
+        self._names: str | tuple[str, ...] = tuple(rest) if any("\0" in p for p in rest) else "\0".join(rest)
+        labels = tuple(r.label for r in records)
+        self._labels = labels if any(label is not None for label in labels) else None
+        metadata = tuple(r.metadata for r in records)
+        self._metadata = metadata if any(metadata) else None
+        self._n = len(paths)
+
+    @property
+    def records(self) -> tuple[InputRecord, ...]:
+        """The input records, in the order given."""
+        if not self._n:
+            return ()
+        names = self._names if isinstance(self._names, tuple) else self._names.split("\0")
+        labels = self._labels or (None,) * self._n
+        metadata = self._metadata or tuple({} for _ in range(self._n))
+        return tuple(InputRecord(self._prefix + name, label, dict(meta))
+                     for name, label, meta in zip(names, labels, metadata))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.index, self._prefix, self._names, self._labels, self._metadata, self._n)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_task, self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ShardTask) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((self.index, self._prefix, self._names, self._n))
+
+    def __repr__(self) -> str:
+        return f"ShardTask(index={self.index}, records=<{self._n} under {self._prefix!r}>)"
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         """A cheap deterministic token (dask otherwise pickles every task of a ``Create`` to hash it)."""
-        return ("ShardTask", self.index, tuple(r.__dask_tokenize__() for r in self.records))
+        meta = json.dumps(self._metadata, sort_keys=True, default=str) if self._metadata else None
+        return ("ShardTask", self.index, self._prefix, self._names, self._labels, meta)
+
+
+def _rebuild_task(index: int, prefix: str, names: str | tuple[str, ...], labels: tuple[str | None, ...] | None,
+                  metadata: tuple[dict[str, Any], ...] | None, n: int) -> ShardTask:
+    task = ShardTask.__new__(ShardTask)
+    task.index, task._prefix, task._names, task._labels, task._metadata, task._n = index, prefix, names, labels, \
+        metadata, n
+    return task
+
+
+def _dir_prefix(paths: Sequence[str]) -> str:
+    """The longest common prefix of ``paths`` that ends with ``/`` (any scheme: ``gs://b/x/`` stays as written)."""
+    if not paths:
+        return ""
+    common = os.path.commonprefix(list(paths))
+    return common[: common.rfind("/") + 1]
 
 
 def plan_shards(records: Sequence[InputRecord], num_shards: int) -> list[ShardTask]:

@@ -9,6 +9,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +56,45 @@ def machine_info() -> str:
         pass
     return (
         f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}"
+        f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}; speed probe {speed_probe_ms():.1f} ms"
     )
+
+
+def speed_probe_ms(rounds: int = 5) -> float:
+    """CPU ms of one fixed single-thread workload (a Python loop, and NumPy FFTs and a matmul): the best of
+    ``rounds``. Hosts with the same CPU name differ in speed (two "AMD EPYC" hosts here differed ~2x); the probe
+    tells sections run on different hosts apart. Lower is faster."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    w = rng.standard_normal((512, 512)).astype(np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # the probe then counts only the calling thread's share of a threaded matmul
+        import contextlib
+
+        limits = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(limits=1)
+    with limits:
+        return _probe(x, w, rounds)
+
+
+def _probe(x: Any, w: Any, rounds: int) -> float:
+    import numpy as np
+
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.thread_time()
+        total = 0
+        for i in range(200_000):
+            total += i & 7
+        for _ in range(20):
+            np.fft.rfft(x, axis=1)
+            x @ w
+        best = min(best, time.thread_time() - start)
+    return 1000 * best
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

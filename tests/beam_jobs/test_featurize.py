@@ -216,6 +216,22 @@ def test_plan_shards_deals_every_record_to_exactly_one_balanced_task():
         shards.plan_shards(_records(2), 0)
 
 
+@pytest.mark.parametrize("paths", [["gs://bucket/a/x.wav", "gs://bucket/a/b/y.wav", "gs://bucket/ab.wav"],
+                                   ["/d/one.wav"], ["rel.wav", "sub/rel2.wav"], [], ["/d/odd\0name.wav", "/d/n.wav"]])
+def test_a_shard_task_keeps_its_records_exactly_through_pickling(paths):
+    import pickle
+
+    from rnnstream.beam_jobs.common import InputRecord
+
+    records = tuple(InputRecord(p, None if i % 2 else f"L{i}", {"k": i} if i == 1 else {}) for i, p in enumerate(paths))
+    task = shards.ShardTask(7, records)
+    back = pickle.loads(pickle.dumps(task))
+    assert back == task and back.index == 7 and len(back) == len(paths)
+    assert back.records == records
+    plain = shards.ShardTask(1, tuple(InputRecord(p) for p in paths))
+    assert pickle.loads(pickle.dumps(plain)).records == tuple(InputRecord(p) for p in paths)
+
+
 def test_default_shards_follow_the_corpus_size_and_the_workers():
     assert shards.default_num_shards(8000) == 32  # one per 250 inputs
     assert shards.default_num_shards(10) == 1
