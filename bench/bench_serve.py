@@ -59,13 +59,16 @@ def build_model(workdir: str) -> str:
 class ServerProcess:
     """``rnnstream serve --model M --port 0 [flags]`` as a child process: its port, CPU, memory and metrics."""
 
+    #: ``--provider`` given to every server (``bench_serve --provider``)
+    provider = "cpu"
+
     def __init__(self, model: str, flags: list[str]):
         import psutil
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.flags = flags
         self.proc = subprocess.Popen([sys.executable, "-m", "rnnstream", "--quiet", "serve", "--model", model,
-                                      "--port", "0", *flags], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                                      "--port", "0", "--provider", self.provider, *flags], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         deadline = time.monotonic() + 120
         self.port = 0
         while time.monotonic() < deadline and not self.port:
@@ -174,7 +177,7 @@ def idle_memory(model: str, counts: list[int], args: argparse.Namespace) -> list
     return out
 
 
-def compute_floor(model: str, batch: int, seconds: float = 1.0) -> float:
+def compute_floor(model: str, batch: int, seconds: float = 1.0, provider: str = "cpu") -> float:
     """CPU us per chunk of one ``AudioFeaturizer.step_batch`` + one onnxruntime step over ``batch`` streams (a
     ``--raw-audio`` graph: its one step over the batch's samples, featurizing included)."""
     import numpy as np
@@ -184,7 +187,7 @@ def compute_floor(model: str, batch: int, seconds: float = 1.0) -> float:
     from rnnstream.pipeline.features import AudioFeaturizer
     from rnnstream.pipeline.model_info import FRONTEND_STATE
 
-    backend = load_backend(model, provider="cpu", threads=1)
+    backend = load_backend(model, provider=provider, threads=1)
     fz = AudioFeaturizer(backend.info.feature_config)
     rng = np.random.default_rng(0)
     x = (0.1 * rng.standard_normal((batch, 1600))).astype(np.float32)
@@ -222,7 +225,7 @@ def _fmt(r: dict[str, Any]) -> list[Any]:
 def _with_floor(res: dict[str, Any], model: str, floors: dict[int, float]) -> dict[str, Any]:
     batch = max(1, round(res["mean_batch"])) if res["mean_batch"] == res["mean_batch"] else 1
     if batch not in floors:
-        floors[batch] = compute_floor(model, batch)
+        floors[batch] = compute_floor(model, batch, provider=ServerProcess.provider)
     res["floor_us"] = floors[batch]
     return res
 
@@ -258,7 +261,8 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], idle: list[dic
     sat = {r["server"]: r for r in rows if r["mode"] == "saturate"}
     d = sat.get("defaults")
     lines = [
-        f"`rnnstream serve --model gru2x128.onnx --port 0` with its defaults ({os.cpu_count()} worker processes here, "
+        f"`rnnstream serve --model gru2x128.onnx --port 0 --provider {args.provider}` with its other defaults "
+        f"({os.cpu_count()} worker processes here, "
         "one onnxruntime thread each, max batch 64, max wait 5 ms); the model is a 2-layer 128-unit GRU over 80 "
         "log-mel bins, 12 classes (untrained, ONNX). Load generator: a separate process on the same machine, "
         f"{args.streams_per_connection} streams per WebSocket connection, 100 ms chunks of float32 audio, "
@@ -293,12 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streams-per-connection", type=int, default=16)
     p.add_argument("--quick", action="store_true", help="short smoke run: levels 1,64; 3 s each; 100 idle streams")
     p.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
+                   help="onnxruntime provider of the servers and the compute floor (cuda: its own BENCHMARKS.md section)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    ServerProcess.provider = args.provider
     ints = lambda s: [int(v) for v in s.split(",") if v.strip()]  # noqa: E731
     args.levels, args.levels_json, args.idle = ints(args.levels), ints(args.levels_json), ints(args.idle)
     if args.quick:
@@ -313,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     text = summary(args, rows, idle) + "\n" + markdown_table(HEADER, [_fmt(r) for r in rows])
     print("\n" + text)
     if not args.no_write:
-        write_section(SECTION, text, "python -m bench.bench_serve " + " ".join(argv))
+        section = SECTION if args.provider == "cpu" else f"{SECTION} ({args.provider})"
+        write_section(section, text, "python -m bench.bench_serve " + " ".join(argv))
     return 0
 
 
