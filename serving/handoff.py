@@ -33,6 +33,8 @@ log = logging.getLogger("rnnstream.serve")
 
 #: How often a worker publishes its stream count and its closed connections (seconds).
 PUBLISH_S = 0.1
+#: How long the supervisor waits for a worker to take a connection before it tries another (seconds).
+SEND_TIMEOUT_S = 2.0
 _CLOSED, _STREAMS = 0, 1  # the two shared counters of each worker
 
 
@@ -84,6 +86,7 @@ class ConnectionBalancer:
     def new_channel(self, index: int) -> socket.socket:
         """A fresh socket pair for worker ``index``: returns the worker's end (give it to the process)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.settimeout(SEND_TIMEOUT_S)
         with self._lock:
             old = self.channels[index]
             if old is not None:
@@ -145,17 +148,20 @@ class ConnectionBalancer:
             self.hand_over(conn)
 
     def hand_over(self, conn: socket.socket) -> int | None:
-        """Send ``conn`` to the least-loaded live worker; its index, or None when no worker took it."""
+        """Send ``conn`` to the least-loaded live worker; its index, or None when no worker took it (then the
+        connection is closed). A worker whose end does not take it within :data:`SEND_TIMEOUT_S` (its loop
+        stuck, thousands of connections unread) is skipped for this connection; one whose end is gone is marked
+        dead (the supervisor restarts it)."""
         with self._lock:
-            while True:
-                index = self.pick()
-                if index is None:
-                    log.warning("no worker is ready; a new connection is closed")
-                    return None
+            for index in self.candidates():
                 channel = self.channels[index]
                 assert channel is not None
                 try:
                     socket.send_fds(channel.sock, [b"c"], [conn.fileno()])
+                except TimeoutError:
+                    log.warning("worker %d did not take a connection within %.0f s; trying another", index,
+                                SEND_TIMEOUT_S)
+                    continue
                 except OSError as exc:  # the worker is gone; the supervisor restarts it
                     log.warning("handing a connection to worker %d failed (%s); trying another", index, exc)
                     channel.alive = False
@@ -163,6 +169,8 @@ class ConnectionBalancer:
                 channel.sent += 1
                 self.handed += 1
                 return index
+        log.warning("no worker took a new connection; it is closed")
+        return None
 
     def load(self, index: int) -> int:
         """Worker ``index``'s load: its streams plus its open connections."""
@@ -171,15 +179,14 @@ class ConnectionBalancer:
         open_conns = channel.sent - self.loads[2 * index + _CLOSED]
         return self.loads[2 * index + _STREAMS] + max(0, open_conns)
 
-    def pick(self) -> int | None:
-        """The live worker with the least load (ties in turn); None when none is live. Call under the lock."""
+    def candidates(self) -> list[int]:
+        """The live workers, least load first, ties in turn (call under the lock)."""
         live = [i for i, c in enumerate(self.channels) if c is not None and c.alive]
         if not live:
-            return None
-        loads = {i: self.load(i) for i in live}
-        least = min(loads.values())
-        tied = [i for i in live if loads[i] == least]
-        return tied[next(self._turn) % len(tied)]
+            return []
+        turn = next(self._turn) % len(live)
+        order = {i: k for k, i in enumerate(live[turn:] + live[:turn])}
+        return sorted(live, key=lambda i: (self.load(i), order[i]))
 
 
 class HandoffReceiver:
@@ -259,4 +266,4 @@ class HandoffReceiver:
             await asyncio.sleep(PUBLISH_S)
 
 
-__all__ = ["ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "listen", "shared_loads"]
+__all__ = ["ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "SEND_TIMEOUT_S", "listen", "shared_loads"]

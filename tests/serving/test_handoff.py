@@ -134,3 +134,29 @@ def test_listen_refuses_a_taken_port() -> None:
         other.listen()
         with pytest.raises(OSError):
             listen("127.0.0.1", other.getsockname()[1])
+
+
+def test_a_worker_that_does_not_take_a_connection_in_time_is_skipped_not_dropped(monkeypatch) -> None:
+    bal, ends = _balancer(2)
+    real = socket.send_fds
+    stuck = bal.channels[0].sock  # type: ignore[union-attr]
+
+    def send_fds(sock, buffers, fds):  # type: ignore[no-untyped-def]
+        if sock is stuck:
+            raise TimeoutError("timed out")
+        return real(sock, buffers, fds)
+
+    monkeypatch.setattr(socket, "send_fds", send_fds)
+    try:
+        a, b = _pair()
+        with a, b:
+            assert [bal.hand_over(a) for _ in range(3)] == [1, 1, 1]
+        assert bal.channels[0].alive  # type: ignore[union-attr]  # busy, not dead: it gets connections again later
+        monkeypatch.setattr(socket, "send_fds", real)
+        a, b = _pair()
+        with a, b:
+            assert bal.hand_over(a) == 0  # now the least loaded
+    finally:
+        bal.stop()
+        for end in ends:
+            end.close()

@@ -143,3 +143,41 @@ def test_pool_config_refuses_zero_workers() -> None:
 
     with pytest.raises(ConfigError, match="--workers must be >= 1, got 0"):
         WorkerPoolConfig(workers=0)
+
+
+def test_a_killed_worker_is_restarted_and_new_connections_avoid_it_meanwhile(onnx_model, tmp_path: Path) -> None:
+    model, _ = onnx_model
+    proc, port = _start(model, tmp_path / "snaps")
+    url = f"ws://127.0.0.1:{port}/"
+    try:
+        async def main() -> tuple[int, list[int], int]:
+            victim = await _client_on(url, 1)
+            old_pid = victim.hello["worker"]["pid"]
+            os.kill(old_pid, signal.SIGKILL)
+            with pytest.raises(Exception):  # its connection dies with it
+                await victim.start("gone", sample_rate=RATE)
+            seen = []
+            for _ in range(4):  # at once: the supervisor has not restarted it yet, or it is starting
+                client = await StreamClient(url).connect()
+                seen.append(client.hello["worker"]["index"])
+                await client.close()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # back after the restart, a new process
+                client = await StreamClient(url).connect()
+                hello = client.hello["worker"]
+                await client.close()
+                if hello["index"] == 1:
+                    return old_pid, seen, hello["pid"]
+                await asyncio.sleep(0.1)
+            raise AssertionError("worker 1 did not come back within 60 s")
+
+        old_pid, seen, new_pid = asyncio.run(asyncio.wait_for(main(), 90))
+        assert seen == [0, 0, 0, 0] and new_pid != old_pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=40) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "worker 1 exited" in proc.stderr.read()  # type: ignore[union-attr]
