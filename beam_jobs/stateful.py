@@ -47,6 +47,7 @@ from apache_beam.transforms.userstate import (
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Timestamp
+from rnnstream.beam_jobs import message_coder
 from rnnstream.beam_jobs.messages import ChunkMessage, encode_message, parse_message
 from rnnstream.beam_jobs.session_state import CompactSessions, StreamStateCoder
 from rnnstream.pipeline.errors import (
@@ -362,8 +363,9 @@ class StreamInference(beam.PTransform[beam.PCollection[str | bytes], dict[str, b
 
     def expand(self, lines: beam.PCollection[str | bytes]) -> dict[str, beam.PCollection[JsonRecord]]:
         fn_cls = _EventTimeStreamFn if self.config.time_domain == "event" else _ProcessingTimeStreamFn
+        message_coder.register()  # (stream, ChunkMessage) crosses the keyed shuffle in ChunkMessageCoder
         parsed = lines | "ParseMessages" >> (
-            beam.ParDo(_ParseFn(self.timestamps_from_messages)).with_output_types(typehints.Tuple[str, typehints.Any])
+            beam.ParDo(_ParseFn(self.timestamps_from_messages)).with_output_types(typehints.Tuple[str, ChunkMessage])
             .with_outputs(DEAD_LETTERS, main="chunks")
         )
         applied = (

@@ -106,7 +106,8 @@ def _batches(sessions: Sequence[StreamSession], chunks: Sequence[Any], max_batch
                     try:
                         out[i] = _finite(s.push(chunks[i]), s)
                     except NonFiniteOutputError:
-                        s.__dict__.update(prev.__dict__)  # not committed, as in _run_contained
+                        s.__dict__.clear()  # not committed, as in _run_contained
+                        s.__dict__.update(prev.__dict__)
                         raise
                 else:
                     out[i] = s.push(chunks[i])

@@ -69,7 +69,7 @@ class WorkerChannel:
 class ConnectionBalancer:
     """Accepts on the listening sockets and hands each connection to the least-loaded live worker (one thread).
 
-    ``loads`` is :func:`shared_loads`; a worker's slot must be zeroed (:meth:`reset`) before it starts.
+    ``loads`` is :func:`shared_loads`; :meth:`new_channel` zeroes a worker's counters before it starts.
     """
 
     def __init__(self, listeners: list[socket.socket], loads: Any, workers: int):
@@ -219,7 +219,10 @@ class HandoffReceiver:
         self._task = self._loop.create_task(self._publish(), name="rnnstream-handoff-load")
 
     def detach(self) -> None:
-        """Take no more connections (shutdown); the open ones stay with the server until it closes them."""
+        """Take no more connections (shutdown, or the supervisor gone); the open ones stay with the server until
+        it closes them. Idempotent."""
+        if self.sock.fileno() < 0:
+            return
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
         if self._task is not None:

@@ -120,6 +120,7 @@ def test_a_worker_serves_what_it_receives_and_publishes_its_load() -> None:
             await asyncio.sleep(PUBLISH_S)
         assert list(loads) == [1, 7]  # one connection closed; 7 streams
         receiver.detach()
+        receiver.detach()  # idempotent: the supervisor's end closing, then shutdown
 
     try:
         asyncio.run(main())
