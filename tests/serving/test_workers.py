@@ -63,6 +63,16 @@ async def _client_on(url: str, worker: int, tries: int = 60) -> StreamClient:
     raise AssertionError(f"no connection reached worker {worker} in {tries} tries")
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to the supervisor: it must stop every worker and exit 0 within 40 s (killed otherwise)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _metric(text: str, name: str) -> float:
     found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
@@ -109,12 +119,7 @@ def test_two_workers_share_the_port_metrics_and_snapshots(onnx_model, tmp_path: 
         assert _metric(text, "rnnstream_serve_streams_started_total") == 2
         assert "rnnstream_serve_model_info" in text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=40) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        _stop(proc)
     assert "stopped" in proc.stderr.read()  # type: ignore[union-attr]
 
 
@@ -174,10 +179,5 @@ def test_a_killed_worker_is_restarted_and_new_connections_avoid_it_meanwhile(onn
         old_pid, seen, new_pid = asyncio.run(asyncio.wait_for(main(), 90))
         assert seen == [0, 0, 0, 0] and new_pid != old_pid
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=40) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        _stop(proc)
     assert "worker 1 exited" in proc.stderr.read()  # type: ignore[union-attr]
