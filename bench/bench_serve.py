@@ -59,16 +59,14 @@ def build_model(workdir: str) -> str:
 class ServerProcess:
     """``rnnstream serve --model M --port 0 [flags]`` as a child process: its port, CPU, memory and metrics."""
 
-    #: ``--provider`` given to every server (``bench_serve --provider``)
-    provider = "cpu"
-
-    def __init__(self, model: str, flags: list[str]):
+    def __init__(self, model: str, flags: list[str], provider: str = "cpu"):
         import psutil
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.flags = flags
         self.proc = subprocess.Popen([sys.executable, "-m", "rnnstream", "--quiet", "serve", "--model", model,
-                                      "--port", "0", "--provider", self.provider, *flags], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                                      "--port", "0", "--provider", provider, *flags],
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         deadline = time.monotonic() + 120
         self.port = 0
         while time.monotonic() < deadline and not self.port:
@@ -157,7 +155,7 @@ def idle_memory(model: str, counts: list[int], args: argparse.Namespace) -> list
     """Resident memory per open idle stream, one fresh server per count."""
     out = []
     for n in counts:
-        server = ServerProcess(model, ["--max-streams", str(max(n, 1024)), "--idle-timeout", "0"])
+        server = ServerProcess(model, ["--max-streams", str(max(n, 1024)), "--idle-timeout", "0"], args.provider)
         try:
             time.sleep(1.0)
             base = server.rss_bytes()
@@ -222,10 +220,10 @@ def _fmt(r: dict[str, Any]) -> list[Any]:
             f"{r['loadavg']:.1f}"]
 
 
-def _with_floor(res: dict[str, Any], model: str, floors: dict[int, float]) -> dict[str, Any]:
+def _with_floor(res: dict[str, Any], model: str, floors: dict[int, float], provider: str) -> dict[str, Any]:
     batch = max(1, round(res["mean_batch"])) if res["mean_batch"] == res["mean_batch"] else 1
     if batch not in floors:
-        floors[batch] = compute_floor(model, batch, provider=ServerProcess.provider)
+        floors[batch] = compute_floor(model, batch, provider=provider)
     res["floor_us"] = floors[batch]
     return res
 
@@ -245,8 +243,8 @@ def run_all(args: argparse.Namespace, model: str) -> tuple[list[dict[str, Any]],
             if flags != flags_now:
                 if server is not None:
                     server.stop()
-                server, flags_now = ServerProcess(model, flags), flags
-            res = _with_floor(run_level(server, mode, n, args, replies, label), model, floors)
+                server, flags_now = ServerProcess(model, flags, args.provider), flags
+            res = _with_floor(run_level(server, mode, n, args, replies, label), model, floors, args.provider)
             rows.append(res)
             print(markdown_table(HEADER, [_fmt(res)]).splitlines()[-1], flush=True)
     finally:
@@ -305,7 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    ServerProcess.provider = args.provider
     ints = lambda s: [int(v) for v in s.split(",") if v.strip()]  # noqa: E731
     args.levels, args.levels_json, args.idle = ints(args.levels), ints(args.levels_json), ints(args.idle)
     if args.quick:
