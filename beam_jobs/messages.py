@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import math
 from typing import Any
@@ -172,9 +171,9 @@ def parse_message(line: str | bytes) -> ChunkMessage:
         names = sorted(str(k)[:40] for k in unknown)[:10]
         raise MessageError(f"unknown fields {names}; expected some of {sorted(_KNOWN_FIELDS)}")
     head = _parse_head(obj)
-    where = f"stream {head.stream!r} seq {head.seq}"
+    where = f"stream {head['stream']!r} seq {head['seq']}"
     rate = check_sample_rate(obj.get("sample_rate"), where)
-    if head.kind == "resume":
+    if head["kind"] == "resume":
         if "audio" in obj or "sensor" in obj:
             raise MessageError(f"{where}: a resume message carries a snapshot, not a payload")
         snap = _b64(obj.get("snapshot"), f"{where}: snapshot")
@@ -191,7 +190,7 @@ def parse_message(line: str | bytes) -> ChunkMessage:
             raise MessageError(f"{where}: 'sample_rate' belongs to audio chunks; sensor rows carry their own timestamps")
         ts, vals = _parse_sensor(obj["sensor"], where)
         return _with(head, timestamps=ts, values=vals)
-    if not head.end:
+    if not head["end"]:
         raise MessageError(f"{where}: a chunk needs an 'audio' or 'sensor' payload (only an end marker may omit it)")
     return _with(head, sample_rate=rate)
 
@@ -217,8 +216,8 @@ def _load_json(line: str | bytes) -> Any:
         raise MessageError(f"not valid JSON: {str(exc)[:200]}") from None
 
 
-def _parse_head(obj: dict[str, Any]) -> ChunkMessage:
-    """The fields every message has (``stream``, ``seq``, ``event_time``, ``kind``, ``end``, ``model``)."""
+def _parse_head(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields every message has (``stream``, ``seq``, ``event_time``, ``kind``, ``end``, ``model``), checked."""
     stream, seq, et = obj.get("stream"), obj.get("seq"), obj.get("event_time")
     check_head(stream, seq, et)
     kind = obj.get("kind", "chunk")
@@ -230,11 +229,12 @@ def _parse_head(obj: dict[str, Any]) -> ChunkMessage:
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
         raise MessageError(f"stream {stream!r} seq {seq}: 'model' must be a string, got {short_repr(model)}")
-    return ChunkMessage(stream, seq, float(et), kind, end, model)
+    return {"stream": stream, "seq": seq, "event_time": float(et), "kind": kind, "end": end, "model": model}
 
 
-def _with(head: ChunkMessage, **fields: Any) -> ChunkMessage:
-    return dataclasses.replace(head, **fields)
+def _with(head: dict[str, Any], **fields: Any) -> ChunkMessage:
+    """The message: its head and payload fields, made once (a frozen dataclass: ``replace`` would make it twice)."""
+    return ChunkMessage(**head, **fields)
 
 
 def _parse_sensor(sensor: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
