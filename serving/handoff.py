@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing.sharedctypes
 import selectors
 import socket
 import threading
