@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
 import time
 
@@ -125,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench._report import markdown_table, single_thread, write_section
 
     single_thread()
+    load0 = os.getloadavg()[0]
     rows, ratio = run_benchmark(args)
     table = markdown_table(["implementation", "frames / CPU-second, median (min-max)"], rows)
     note = (f"2-layer 128-unit GRU classifier, 40 features, 10 classes; {args.steps} steps of batch {args.batch_size} "
             f"x {args.frames} frames per run, Adam lr 1e-3, one thread, {args.repeats} repeats (order alternating). "
-            f"Ratio = bare throughput / ours (1.0 = no overhead).")
+            f"Ratio = bare throughput / ours (1.0 = no overhead). 1-min load average {load0:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores (throughput is per CPU-second).")
     print(table)
     print(note)
     if not args.no_write:
