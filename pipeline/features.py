@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from rnnstream.pipeline.codec import to_float32
+from rnnstream.pipeline.codec import all_finite, to_float32
 from rnnstream.pipeline.config import AudioConfig, FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeError, StateError
 
@@ -341,7 +341,7 @@ class AudioFeaturizer:
                 or c.shape[1] < self._ctx:
             raise ShapeError(f"step_batch takes float32 chunks [B, S] and carries [B, >= {self._ctx}], got "
                              f"{x.dtype} {list(x.shape)} and {c.dtype} {list(c.shape)}")
-        if x.size and not math.isfinite(float(np.dot(x.ravel(), x.ravel()))) and not np.isfinite(x).all():
+        if not all_finite(x):
             raise NonFiniteSamplesError("step_batch: NaN or Inf among the samples; step each stream to find it")
         b, total = x.shape[0], c.shape[1] + x.shape[1]
         n = (total - self._ctx) // self._hop
