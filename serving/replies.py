@@ -38,13 +38,6 @@ def prediction_row(output_dim: int) -> np.dtype:
                      ("t", "<f8"), ("predicted", "<i4"), ("values", "<f4", (output_dim,))])
 
 
-def softmax_rows(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``z [N, C]`` (float32 in, float32 out)."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    e /= e.sum(axis=1, keepdims=True)
-    return e
-
-
 def encode_predictions(rows: np.ndarray) -> bytes:
     """One frame from ``rows`` (an array of :func:`prediction_row`)."""
     dim = rows.dtype["values"].shape[0]
@@ -84,4 +77,4 @@ def row_to_message(row: Any, stream: str, labels: list[str], task: str, forecast
     return msg
 
 
-__all__ = ["MAGIC", "decode_predictions", "encode_predictions", "prediction_row", "row_to_message", "softmax_rows"]
+__all__ = ["MAGIC", "decode_predictions", "encode_predictions", "prediction_row", "row_to_message"]

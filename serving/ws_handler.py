@@ -19,7 +19,7 @@ from rnnstream.pipeline.errors import StateError
 from rnnstream.pipeline.stream_checks import ChunkMessage
 from rnnstream.pipeline.stream_state import Record, Step
 from rnnstream.pipeline.batching import step_streams_contained
-from rnnstream.pipeline.streaming import SensorChunk
+from rnnstream.pipeline.streaming import SensorChunk, softmax
 from rnnstream.serving import protocol as P
 from rnnstream.serving import replies as R
 from rnnstream.serving.batcher import QueueFull, Results
@@ -274,7 +274,7 @@ class WsMixin:
         if have:
             last = np.stack([items[k][2].last_output for k in have]).astype(np.float32, copy=False)
             if info.model_config.task in ("classify", "tag"):
-                last = R.softmax_rows(last)
+                last = softmax(last)  # rows: the probabilities, as interpret() gives them
                 rows["predicted"][have] = last.argmax(axis=1)
             rows["values"][have] = last
         overflow = conn.send(R.encode_predictions(rows))
