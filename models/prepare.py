@@ -37,6 +37,7 @@ class DataSpec:
         stats: ``train`` (fit on the training split) or ``dataset`` (the dataset's stats.json).
         wave_copies: audio only: add this many waveform-perturbed copies (speed, noise) of each *training*
             file, re-read from its path and featurized again (:func:`rnnstream.models.augment.augment_audio_examples`).
+        wave_speed: the copies' speed-perturbation range ``(lo, hi)`` (factors within [0.5, 2]).
     """
 
     task: str = "classify"
@@ -55,6 +56,7 @@ class DataSpec:
     stats: Literal["train", "dataset"] = "train"
     seed: int = 0
     wave_copies: int = 0
+    wave_speed: tuple[float, float] = (0.9, 1.1)
 
 
 @dataclass
@@ -131,11 +133,12 @@ def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Fe
 
 
 def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> list[Example]:
-    from rnnstream.models.augment import augment_audio_examples
+    from rnnstream.models.augment import WaveAugment, augment_audio_examples
 
     if fc.kind != "audio" or spec.channels:
         raise ConfigError("wave_copies (waveform augmentation) needs audio features with every channel")
-    return augment_audio_examples(train_ex, fc, spec.wave_copies, spec.seed)
+    return augment_audio_examples(train_ex, fc, spec.wave_copies, spec.seed,
+                                  wave=WaveAugment(speed=tuple(spec.wave_speed)))
 
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data"]

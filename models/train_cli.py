@@ -33,6 +33,14 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    return lo, hi
+
+
 def _architecture(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("architecture")
     a.add_argument("--cell", default="gru", choices=["rnn_tanh", "rnn_relu", "lstm", "gru"])
@@ -104,7 +112,9 @@ def _data(p: argparse.ArgumentParser) -> None:
                    help="forecast train,val[,test] rows, e.g. 0:8640,8640:11520,11520:14400")
     d.add_argument("--forecast-loss", default="all", choices=["all", "last"])
     d.add_argument("--wave-copies", type=int, default=0,
-                   help="audio: waveform-perturbed copies (speed 0.9-1.1, noise) of each training file, re-featurized")
+                   help="audio: waveform-perturbed copies (speed, noise) of each training file, re-featurized")
+    d.add_argument("--wave-speed", type=_range, default=(0.9, 1.1),
+                   help="audio: the copies' speed-perturbation range LO,HI (default 0.9,1.1)")
     d.add_argument("--stats", default="train", choices=["train", "dataset"], help="normalisation statistics source")
 
 
@@ -153,7 +163,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         test_by=args.test_by, test_match=args.test_match, frame_labels=args.frame_labels,
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
-        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies,
+        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies, wave_speed=args.wave_speed,
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,

@@ -194,3 +194,28 @@ def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
                  "--threads", "1", "--recipe", "none"]) == 0
     assert "held-out training speaker" not in capsys.readouterr().err
     assert load_checkpoint(out).model.config.num_layers == 2
+
+
+def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
+    import rnnstream.models.augment as augment_mod
+    from rnnstream.models.train_cli import main
+
+    seen = []
+    real = augment_mod.perturb_waveform
+
+    def spy(samples, rate, rng, wave=augment_mod.WaveAugment()):
+        y, info = real(samples, rate, rng, wave)
+        seen.append((wave.speed, info["speed"]))
+        return y, info
+
+    monkeypatch.setattr(augment_mod, "perturb_waveform", spy)
+    out = str(tmp_path / "m.pt")
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress",
+                 "--threads", "1", "--conv-channels", "", "--wave-copies", "1", "--wave-speed", "1.25,1.3"]) == 0
+    assert seen and all(w == (1.25, 1.3) and 1.25 <= s <= 1.3 for w, s in seen)
+    # outside [0.5, 2]: an error naming the range, exit 2
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--no-progress", "--wave-copies", "1",
+                 "--wave-speed", "0.2,1.1"]) == 2
+    assert "(0.2, 1.1)" in capsys.readouterr().err
+    assert main(["--data", speech_dir, "--out", out, "--wave-speed", "fast"]) == 2
+    assert "expected LO,HI" in capsys.readouterr().err
