@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("output")
     r.add_argument("--plots", default=None, help="directory for PNG plots (default: beside the checkpoint)")
     r.add_argument("--resume", action="store_true", help="continue from --out's saved epoch")
+    r.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
+                   help="after the run that validates, train again on the training and validation examples for the "
+                        "epoch count it chose (its checkpoint is kept as OUT.selection.pt, its plots in selection/)")
     r.add_argument("--init", default=None, help="fine-tune: start from this checkpoint's weights")
     shown = r.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true",
@@ -146,13 +149,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_and_report(args: argparse.Namespace, argv: list[str]) -> int:
     _recipe(args, argv)
-    result = _run(args)
+    result, selection = _run(args)
     summary = {"checkpoint": args.out, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early}
-    for split, m in result.metrics.items():
-        summary[split] = {k: v for k, v in m.items() if k not in ("confusion", "labels")}
+    summary.update(_scores(result.metrics))
+    if selection is not None:
+        summary["selection"] = {"checkpoint": selection.checkpoint, "best_epoch": selection.best_epoch,
+                                **_scores(selection.metrics)}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _scores(metrics: dict) -> dict:
+    """Each split's scalar metrics (no confusion matrix or label list)."""
+    return {split: {k: v for k, v in m.items() if k not in ("confusion", "labels")} for split, m in metrics.items()}
 
 
 def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
@@ -202,16 +212,43 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
                   file=sys.stderr)
 
 
-def _run(args: argparse.Namespace):  # -> TrainResult
-    """Prepare the data, load ``--init`` (checked against the data), train; typed errors propagate."""
+def _run(args: argparse.Namespace):  # -> tuple[TrainResult, TrainResult | None]
+    """Prepare the data, load ``--init`` (checked against the data), train; with ``--refit`` train again on the
+    training and validation examples for the epoch count validation chose. Returns ``(result, selection run or
+    None)``; typed errors propagate."""
+    import dataclasses
+
+    from rnnstream.models.train import prepare_data
+
+    spec, cfg = _specs(args)
+    if args.refit and args.resume:
+        raise ConfigError("--refit trains twice from the start; it cannot be combined with --resume")
+    data = prepare_data(args.data, spec)
+    if not args.refit:
+        return _train_once(args, data, cfg, args.out, args.plots), None
+    if data.val is None:
+        raise ConfigError("--refit needs a validation split to choose the epoch count (--val-by and --val-match, "
+                          "or --val-fraction > 0)")
+    root, ext = os.path.splitext(args.out)
+    plots = os.path.join(args.plots or os.path.dirname(os.path.abspath(args.out)), "selection")
+    selection = _train_once(args, data, cfg, f"{root}.selection{ext or '.pt'}", plots)
+    full = prepare_data(args.data, dataclasses.replace(spec, val_fraction=0.0, val_by=None, val_match=None))
+    print(f"rnnstream train: --refit: training again on the training and validation examples "
+          f"({len(full.train)} sequences) for {selection.best_epoch} epochs, the count validation chose",
+          file=sys.stderr)
+    refit = dataclasses.replace(cfg, epochs=max(1, selection.best_epoch))
+    return _train_once(args, full, refit, args.out, args.plots), selection
+
+
+def _train_once(args: argparse.Namespace, data, cfg, out: str, plots: str | None):  # -> TrainResult
+    """One :func:`~rnnstream.models.train.train` run on prepared ``data`` into checkpoint ``out`` (plots into
+    ``plots``, default beside it)."""
     from rnnstream.models.checkpoint import load_checkpoint
     from rnnstream.models.evaluate import check_compatible
-    from rnnstream.models.train import prepare_data, train
+    from rnnstream.models.train import train
     from rnnstream.pipeline.errors import DatasetError
     from rnnstream.pipeline.stats import RunningStats
 
-    spec, cfg = _specs(args)
-    data = prepare_data(args.data, spec)
     init = load_checkpoint(args.init) if args.init else None
     stats = data.stats
     if init is not None:
@@ -222,10 +259,10 @@ def _run(args: argparse.Namespace):  # -> TrainResult
                 f"{list(data.train.labels)}"
             )
         stats = RunningStats.from_dict(init.stats, where=f"checkpoint {args.init!r} stats") if init.stats else None
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     return train(data.train, cfg, val_data=data.val, test_data=data.test, model=init.model if init else None,
-                 stats=stats, feature_config=data.feature_config, checkpoint=args.out, resume=args.resume,
-                 plots_dir=args.plots)
+                 stats=stats, feature_config=data.feature_config, checkpoint=out, resume=args.resume,
+                 plots_dir=plots)
 
 
 TRAIN = Command("train", build_parser, _run_and_report)

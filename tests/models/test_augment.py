@@ -219,3 +219,28 @@ def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypat
     assert "(0.2, 1.1)" in capsys.readouterr().err
     assert main(["--data", speech_dir, "--out", out, "--wave-speed", "fast"]) == 2
     assert "expected LO,HI" in capsys.readouterr().err
+
+
+def test_train_cli_refit_trains_again_on_train_and_validation(speech_dir, tmp_path, capsys) -> None:
+    from rnnstream.models.checkpoint import load_checkpoint
+    from rnnstream.models.train_cli import main
+
+    out = str(tmp_path / "m.pt")
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "3", "--hidden", "8", "--no-progress",
+                 "--threads", "1", "--conv-channels", "", "--wave-copies", "0", "--refit"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    chosen = summary["selection"]["best_epoch"]
+    assert summary["selection"]["checkpoint"] == str(tmp_path / "m.selection.pt")
+    assert "val" in summary["selection"] and "val" not in summary  # the refit has no validation split
+    assert summary["epochs_run"] == chosen  # the refit ran the chosen number of epochs
+    assert f"for {chosen} epochs" in captured.err
+    # the selection model trained on two speakers (ann validates); the refit one on all three, 2 labels x 3 x 3
+    sel, fin = load_checkpoint(str(tmp_path / "m.selection.pt")), load_checkpoint(out)
+    assert fin.stats["count"] > sel.stats["count"]
+    assert (tmp_path / "selection" / "curves.png").exists() and (tmp_path / "curves.png").exists()
+    # --refit needs a validation split; --resume cannot follow it
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--no-progress", "--val-fraction", "0",
+                 "--refit", "--recipe", "none"]) == 2
+    assert "--refit needs a validation split" in capsys.readouterr().err
+    assert main(["--data", speech_dir, "--out", out, "--refit", "--resume"]) == 2
