@@ -183,17 +183,21 @@ def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
                  "--threads", "1", "--conv-channels", "4", "--conv-kernel", "3,3", "--conv-pool", "2"]) == 0
     err = capsys.readouterr().err
     assert "validation = held-out training speaker 'ann'" in err
+    assert "--refit: training again" in err  # the recipe refits on every training speaker
     ck = load_checkpoint(out)
     assert ck.model.config.conv_channels == (4,) and ck.model.config.hidden_size == 8
-    assert ck.model.config.num_layers == 1  # the recipe's value (not given)
+    # the recipe's values (not given): 2 layers, mean pooling
+    assert ck.model.config.num_layers == 2 and ck.model.config.pooling == "mean"
+    assert (tmp_path / "m.selection.pt").exists()
     tc = json.loads(ck.extra["resume"]["train_config"]) if "resume" in ck.extra else None
     if tc is not None:
         assert tc["augment"] == "speech" and tc["epochs"] == 1
-    # --recipe none keeps the plain defaults (2 layers, random validation)
+    # --recipe none keeps the plain defaults (last-frame pooling, random validation, no refit)
     assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress",
                  "--threads", "1", "--recipe", "none"]) == 0
-    assert "held-out training speaker" not in capsys.readouterr().err
-    assert load_checkpoint(out).model.config.num_layers == 2
+    err = capsys.readouterr().err
+    assert "held-out training speaker" not in err and "--refit" not in err
+    assert load_checkpoint(out).model.config.pooling == "last"
 
 
 def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
