@@ -66,8 +66,9 @@ def _architecture(p: argparse.ArgumentParser) -> None:
     a.add_argument("--conv-kernel", type=_ints, default=(3, 3), help="conv kernel TIME,FREQ (default 3,3)")
     a.add_argument("--conv-pool", type=int, default=2, help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
-                   help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, augmentation, "
-                        "held-out-speaker validation, refit; see docs/results.md); auto: speech when the data is audio")
+                   help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
+                        "augmentation, held-out-speaker validation, refit; see docs/results.md); auto: speech when "
+                        "the data is audio")
 
 
 def _optimisation(p: argparse.ArgumentParser) -> None:
