@@ -174,7 +174,8 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         test_by=args.test_by, test_match=args.test_match, frame_labels=args.frame_labels,
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
-        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies, wave_speed=args.wave_speed,
+        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies,
+        wave_speed=args.wave_speed,
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
