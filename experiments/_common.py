@@ -74,6 +74,21 @@ def featurized(inputs: Sequence[str], feat_dir: str, cfg: Any, *, label_pattern:
     return featurize_dataset(list(inputs), feat_dir, cfg, label_pattern=label_pattern)
 
 
+def refit_run(selection: dict[str, Any], train_d: Any, test_d: Any, test_examples: Sequence[Any], tcfg: Any,
+              run_dir: str, **run_kw: Any) -> dict[str, Any]:
+    """Train again on ``train_d`` (the training and validation examples) for the epoch count the ``selection``
+    run (a :func:`classification_run` record) chose, with no validation; returns the refit run's record with the
+    selection run's under ``selection`` and its validation scores. ``run_kw`` go to :func:`classification_run`."""
+    import dataclasses
+
+    rcfg = dataclasses.replace(tcfg, epochs=max(1, int(selection["best_epoch"])))
+    log(f"   refit on {len(train_d)} sequences for {rcfg.epochs} epochs")
+    r = classification_run(run_dir, train_d, None, test_d, test_examples, rcfg, **run_kw)
+    r.update(selection={k: v for k, v in selection.items() if k != "history"}, val_loss=selection["val_loss"],
+             val_accuracy=selection["val_accuracy"])
+    return r
+
+
 def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test_examples: Sequence[Any],
                        tcfg: Any, *, chunk_s: float, threads: int, progress: bool,
                        trace_features: bool = False) -> dict[str, Any]:

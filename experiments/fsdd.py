@@ -26,7 +26,6 @@ reason) when the FSDD folder is absent.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from experiments._common import (
     int_list,
     log,
     mean_std,
+    refit_run,
     setup_threads,
     write_json,
 )
@@ -267,19 +267,15 @@ def main(argv: list[str] | None = None) -> int:
                                        threads=args.threads, progress=not args.no_progress, trace_features=True)
                 r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
             if (args.refit or selected is not None) and val_speaker is not None:
-                sel = {k: v for k, v in r.items() if k != "history"}
                 all_ex = [e for e in rest]  # the three training speakers' files
                 if args.augment:
                     all_ex = augment_examples(all_ex, args.augment, seed)
                 all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
                 all_d = classify_data(all_ex, feature_config=ds.config)
                 test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
-                rcfg = dataclasses.replace(tcfg, epochs=max(1, int(r["best_epoch"])))
-                log(f"   refit on {len(rest)} files of 3 speakers for {rcfg.epochs} epochs")
-                r = classification_run(run_dir + "-refit", all_d, None, test_d, test_ex, rcfg, chunk_s=args.chunk_s,
-                                       threads=args.threads, progress=not args.no_progress, trace_features=True)
-                r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest), selection=sel,
-                         val_accuracy=sel["val_accuracy"], val_loss=sel["val_loss"])
+                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", chunk_s=args.chunk_s,
+                              threads=args.threads, progress=not args.no_progress, trace_features=True)
+                r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest))
             results.setdefault(name, {})[seed] = r
             log(f"   val {r['val_accuracy']:.4f} (loss {r['val_loss']:.4f}, {val_speaker or 'random 10%'})  "
                 f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}  "

@@ -17,8 +17,8 @@ import os
 import sys
 import time
 
-from experiments._common import (base_parser, classification_run, int_list, log, mean_std, setup_threads,
-                                 write_json)
+from experiments._common import (base_parser, classification_run, int_list, log, mean_std, refit_run,
+                                 setup_threads, write_json)
 
 #: Per-set settings: (epochs, hidden, layers, dropout, lr, batch size, chunk seconds).
 SETTINGS = {
@@ -33,6 +33,9 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=None, help="override every set's epochs")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one run per set and seed (default: --seed)")
+    p.add_argument("--refit", action="store_true",
+                   help="after each run, train again on the whole UEA train split (validation included) for the "
+                        "epoch count validation chose; both are reported, the refit one is the result")
     for flag, typ in (("--hidden", int), ("--layers", int), ("--dropout", float), ("--lr", float),
                       ("--weight-decay", float), ("--pooling", str), ("--augment", str), ("--conv-channels", str),
                       ("--conv-kernel", str), ("--conv-pool", int), ("--input-norm", str), ("--norm-prior", float),
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = set_dir if len(seeds) == 1 else os.path.join(set_dir, f"seed{seed}")
             r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=st["chunk_s"],
                                    threads=args.threads, progress=not args.no_progress)
+            if args.refit and val_d is not None:
+                r = refit_run(r, classify_data(rest, train_d.labels, feature_config=ds.config), test_d, test_ex, tcfg,
+                              run_dir + "-refit", chunk_s=st["chunk_s"], threads=args.threads,
+                              progress=not args.no_progress)
             r["featurize_seconds"] = featurize_s
             r["settings"] = st
             r["seed"] = seed
