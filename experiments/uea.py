@@ -33,6 +33,10 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=None, help="override every set's epochs")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one run per set and seed (default: --seed)")
+    p.add_argument("--cv-folds", type=int, default=0,
+                   help="selection only: K-fold cross-validation over the UEA train split per seed (every recording "
+                        "validates once); writes the mean validation loss and accuracy to cv.json, never touches "
+                        "the test split")
     p.add_argument("--refit", action="store_true",
                    help="after each run, train again on the whole UEA train split (validation included) for the "
                         "epoch count validation chose; both are reported, the refit one is the result")
@@ -48,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
     from rnnstream.models.data import classify_data, split_by, split_fraction
-    from rnnstream.models.train import TrainConfig
     from rnnstream import datasets as D
     from rnnstream.demo import featurize_dataset, format_table
 
@@ -73,19 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         featurize_s = time.perf_counter() - t0
         # sorted by id: the Beam job's output order varies from run to run, the seeded validation split must not
         rest, test_ex = split_by(sorted(ds.examples, key=lambda e: e.id), "split", "test")
+        if args.cv_folds:
+            results[name] = _cross_validate(rest, ds.config, st, seeds, args, os.path.join(out, "cv.json"))
+            continue
         for seed in seeds:
             train_ex, val_ex = split_fraction(rest, args.val_fraction, seed)
             train_d = classify_data(train_ex, feature_config=ds.config)
             val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config) if val_ex else None
             test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
-            tcfg = TrainConfig(cell="gru", hidden_size=st["hidden"], num_layers=st["layers"], dropout=st["dropout"],
-                               epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], lr_schedule="cosine",
-                               weight_decay=st.get("weight_decay", 0.0), pooling=st.get("pooling", "last"),
-                               augment=st.get("augment", "none"), conv_channels=int_list(st.get("conv_channels", "")),
-                               conv_kernel=int_list(st.get("conv_kernel", "3,3")), conv_pool=st.get("conv_pool", 2),
-                               input_norm=st.get("input_norm", "none"), norm_prior=st.get("norm_prior", 0.0),
-                               norm_decay=st.get("norm_decay", 1.0),
-                               seed=seed, device="cpu", progress=not args.no_progress)
+            tcfg = _train_config(st, seed, args)
             run_dir = set_dir if len(seeds) == 1 else os.path.join(set_dir, f"seed{seed}")
             r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=st["chunk_s"],
                                    threads=args.threads, progress=not args.no_progress)
@@ -101,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}")
             write_json(os.path.join(out, "results.json"), _summary(args, argv, results))
 
+    if args.cv_folds:
+        return 0
     rows = [[n, seed, r["n_train"], r["n_val"], r["n_test"], f"{r['val_loss']:.4f}", r["offline_accuracy_torch"],
              r["streaming_accuracy_onnx"], r["streaming"]["label_agreement"],
              f"{r['streaming']['max_abs_score_diff']:.1e}", f"{r['streaming']['latency_ms_mean']:.2f}"]
@@ -113,6 +114,52 @@ def main(argv: list[str] | None = None) -> int:
                               "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"]))
     write_json(os.path.join(out, "results.json"), summ)
     return 0
+
+
+def _train_config(st: dict, seed: int, args):  # -> TrainConfig
+    """The set's settings (with the command line's overrides) as a :class:`TrainConfig` for ``seed``."""
+    from rnnstream.models.train import TrainConfig
+
+    return TrainConfig(cell="gru", hidden_size=st["hidden"], num_layers=st["layers"], dropout=st["dropout"],
+                       epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], lr_schedule="cosine",
+                       weight_decay=st.get("weight_decay", 0.0), pooling=st.get("pooling", "last"),
+                       augment=st.get("augment", "none"), conv_channels=int_list(st.get("conv_channels", "")),
+                       conv_kernel=int_list(st.get("conv_kernel", "3,3")), conv_pool=st.get("conv_pool", 2),
+                       input_norm=st.get("input_norm", "none"), norm_prior=st.get("norm_prior", 0.0),
+                       norm_decay=st.get("norm_decay", 1.0), seed=seed, device="cpu", progress=not args.no_progress)
+
+
+def _cross_validate(rest, feature_config, st: dict, seeds, args, path: str) -> dict:
+    """K-fold cross-validation over ``rest`` for each seed (folds from a seeded permutation; each fold's model
+    keeps its best epoch by validation loss). Returns and writes the per-fold and mean validation scores."""
+    import numpy as np
+
+    from rnnstream.models.data import classify_data
+    from rnnstream.models.train import train
+
+    k = args.cv_folds
+    if not 2 <= k <= len(rest):
+        raise SystemExit(f"--cv-folds must be in 2..{len(rest)}, got {k}")
+    folds = []
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(rest))
+        for i, held in enumerate(np.array_split(order, k)):
+            held_set = set(held.tolist())
+            tr = [e for j, e in enumerate(rest) if j not in held_set]
+            train_d = classify_data(tr, feature_config=feature_config)
+            val_d = classify_data([rest[j] for j in sorted(held_set)], train_d.labels, feature_config=feature_config)
+            res = train(train_d, _train_config(st, seed, args), val_data=val_d, stats=train_d.fit_stats())
+            v = res.metrics["val"]
+            folds.append({"seed": seed, "fold": i, "val_loss": v["loss"], "val_accuracy": v["accuracy"],
+                          "best_epoch": res.best_epoch, "n_val": len(val_d)})
+            log(f"   seed {seed} fold {i}: val loss {v['loss']:.4f} acc {v['accuracy']:.4f} (epoch {res.best_epoch})")
+    out = {"cv_folds": k, "seeds": list(seeds), "settings": st, "folds": folds,
+           "val_loss_mean": float(np.mean([f["val_loss"] for f in folds])),
+           "val_accuracy_mean": float(np.mean([f["val_accuracy"] for f in folds]))}
+    log(f"   {k}-fold CV over {len(rest)} recordings x {len(seeds)} seeds: val loss {out['val_loss_mean']:.4f} "
+        f"acc {out['val_accuracy_mean']:.4f}")
+    write_json(path, out)
+    return out
 
 
 def _summary(args, argv, results) -> dict:
