@@ -4,6 +4,8 @@ Each layer is ``Conv2d(c_in, c_out, (kt, kf))`` over ``[B, c_in, time, bands]`` 
 current frame and the ``kt - 1`` before it, which a stream carries as state), zero-padded in frequency — then ReLU
 and max-pooling over frequency. Streaming equals offline under any chunking: the carried frames are exactly the
 ones the offline convolution would look back at, and zeros before the first frame are the initial state.
+With ``conv_kernel = (kt, 0)`` the first kernel spans every input band (unpadded, one band out) and the later ones
+that single band: a stack of causal 1-D temporal convolutions over all features, as in FCN for sensor series.
 
 Shapes: ``step(z [B, T, F], states) -> (y [B, T, c_last * F_last], states)`` with ``states["conv<i>"]`` of shape
 ``[B, kt - 1, c_in_i, F_i]`` (see :meth:`rnnstream.pipeline.model_config.ModelConfig.state_specs`).
@@ -26,8 +28,11 @@ class CausalConvFrontend(nn.Module):
         chans = (1, *config.conv_channels)
         self.kt = kt
         self.pool = config.conv_pool
+        bands = config.conv_bands()
+        widths = [bands[i] if kf == 0 else kf for i in range(len(chans) - 1)]  # kf 0: across every band
         self.convs = nn.ModuleList(
-            nn.Conv2d(chans[i], chans[i + 1], (kt, kf), padding=(0, kf // 2)) for i in range(len(chans) - 1)
+            nn.Conv2d(chans[i], chans[i + 1], (kt, widths[i]), padding=(0, widths[i] // 2 if kf else 0))
+            for i in range(len(chans) - 1)
         )
 
     def forward(self, z: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

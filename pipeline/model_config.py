@@ -42,7 +42,10 @@ class ModelConfig:
 
     ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
     frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
-    count), ReLU, and max-pooling over frequency by ``conv_pool``. Each layer carries its last
+    count), ReLU, and max-pooling over frequency by ``conv_pool``. A frequency size of 0 makes it a 1-D temporal
+    convolution over every input feature at once (FCN-style, for sensor channels that are not a frequency axis):
+    the first layer's kernel spans all ``input_dim`` features (no padding, one band out), later layers see that one
+    band, and ``conv_pool`` must be 1. Each layer carries its last
     ``conv_kernel[0] - 1`` input frames as state ``conv<i>`` ``[kt - 1, channels_in, bands_in]``, so it streams.
     """
 
@@ -123,17 +126,28 @@ class ModelConfig:
     def _validate_conv(self) -> None:
         if any(int(c) < 1 for c in self.conv_channels):
             raise ConfigError(f"conv_channels must be positive, got {list(self.conv_channels)}")
-        if len(self.conv_kernel) != 2 or min(self.conv_kernel) < 1 or self.conv_kernel[1] % 2 == 0:
-            raise ConfigError(f"conv_kernel is (time, frequency), both >= 1 and the frequency size odd; got "
-                              f"{list(self.conv_kernel)}")
+        if (len(self.conv_kernel) != 2 or self.conv_kernel[0] < 1 or self.conv_kernel[1] < 0
+                or (self.conv_kernel[1] and self.conv_kernel[1] % 2 == 0)):
+            raise ConfigError(f"conv_kernel is (time, frequency): time >= 1, frequency odd, or 0 for a kernel across "
+                              f"every feature; got {list(self.conv_kernel)}")
         if self.conv_pool < 1:
             raise ConfigError(f"conv_pool must be >= 1, got {self.conv_pool}")
+        if self.conv_full_width and self.conv_pool != 1:
+            raise ConfigError(f"conv_pool must be 1 with a kernel across every feature (conv_kernel "
+                              f"{list(self.conv_kernel)} leaves one band to pool), got {self.conv_pool}")
         if self.conv_channels and self.conv_bands()[-1] < 1:
             raise ConfigError(f"{len(self.conv_channels)} conv layers pooling frequency by {self.conv_pool} leave no "
                               f"band of input_dim={self.input_dim}")
 
+    @property
+    def conv_full_width(self) -> bool:
+        """True when the conv kernel spans every input feature (``conv_kernel[1] == 0``): a 1-D temporal conv."""
+        return len(self.conv_kernel) == 2 and self.conv_kernel[1] == 0
+
     def conv_bands(self) -> list[int]:
         """Frequency bands entering each conv layer, then leaving the last: ``[input_dim, ..., F_out]``."""
+        if self.conv_full_width:
+            return [self.input_dim] + [1] * len(self.conv_channels)
         bands = [self.input_dim]
         for _ in self.conv_channels:
             bands.append(bands[-1] // self.conv_pool)

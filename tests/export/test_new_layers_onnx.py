@@ -48,6 +48,28 @@ def test_onnx_streaming_equals_torch_offline(crnn, cuts):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def temporal_conv(tmp_path_factory):
+    """A full-width (FCN-style) causal conv front end: kernel (4, 0) spans every feature."""
+    torch.manual_seed(4)
+    model = crnn_classifier(input_dim=DIM, num_classes=len(LABELS), conv_channels=(5, 7), conv_kernel=(4, 0),
+                            conv_pool=1, hidden_size=10, pooling="mean").eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("fcn") / "m.onnx", FC, LABELS)
+    return model, OnnxBackend(path, provider="cpu", threads=1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(0, SIGNAL.size), max_size=8).map(sorted))
+def test_temporal_conv_onnx_streaming_equals_torch_offline(temporal_conv, cuts):
+    model, backend = temporal_conv
+    assert {s.name: s.shape for s in backend.info.state_specs}["conv1"] == (3, 5, 1)
+    with torch.no_grad():
+        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
+    session = StreamSession(backend, sample_rate=RATE)
+    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
 def test_seasonal_forecaster_exports_and_streams(tmp_path):
     """The seasonal-naive residual head carries its ``season`` buffer through the ONNX graph."""
     from rnnstream.models.rnn import rnn_forecaster

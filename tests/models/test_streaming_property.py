@@ -82,7 +82,8 @@ def test_bidirectional_forwards_but_refuses_to_stream(cell):
 
 
 @pytest.mark.parametrize("kernel,pool,channels", [((3, 3), 2, (4, 6)), ((5, 1), 1, (3,)), ((1, 3), 2, (2, 2)),
-                                                  ((2, 5), 3, (4,))])
+                                                  ((2, 5), 3, (4,)),
+                                                  ((4, 0), 1, (5, 6))])
 @pytest.mark.parametrize("input_norm,pooling", [("none", "last"), ("causal_mean", "mean")])
 @settings(max_examples=10)
 @given(chunks=chunkings(), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
@@ -110,8 +111,13 @@ def test_crnn_config_is_validated_and_round_trips():
     assert cfg.conv_bands() == [8, 4, 2] and cfg.rnn_input_size == 16
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert "conv_channels" not in ModelConfig(input_dim=8, output_dim=2).to_dict()  # old configs read the same
+    fcn = ModelConfig(input_dim=8, output_dim=2, conv_channels=(4, 6), conv_kernel=(5, 0), conv_pool=1)
+    assert fcn.conv_bands() == [8, 1, 1] and fcn.rnn_input_size == 6  # a temporal conv across all 8 features
+    assert [s.shape for s in fcn.state_specs() if s.name.startswith("conv")] == [(4, 1, 8), (4, 4, 1)]
+    assert ModelConfig.from_dict(fcn.to_dict()) == fcn
     for bad in (dict(conv_channels=(4,), conv_kernel=(3, 2)), dict(conv_channels=(0,)),
-                dict(conv_channels=(4, 4, 4, 4), conv_pool=2)):
+                dict(conv_channels=(4, 4, 4, 4), conv_pool=2), dict(conv_channels=(4,), conv_kernel=(3, -1)),
+                dict(conv_channels=(4,), conv_kernel=(3, 0), conv_pool=2)):
         with pytest.raises(ConfigError):
             ModelConfig(input_dim=8, output_dim=2, **bad)
 
