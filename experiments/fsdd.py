@@ -77,7 +77,7 @@ def build_parser():
     p.add_argument("--dropout", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
-    p.add_argument("--pooling", default=None, choices=["last", "mean"])
+    p.add_argument("--pooling", default=None, choices=["last", "mean", "attention"])
     p.add_argument("--input-norm", default=None, choices=["none", "causal_mean"],
                    help="causal_mean: subtract the running mean of the features so far (streamable CMN, in the model)")
     p.add_argument("--norm-prior", type=float, default=None,

@@ -14,8 +14,8 @@ and gives their per-stream shapes; the ONNX graph uses the same names with ``_in
 Outputs are per frame for every task; what a frame's output means depends on the task:
 
 * ``classify`` (many-to-one): logits ``[C]`` for the stream *so far* (pooled ``last`` frame or running
-  ``mean`` over frames; the mean is carried as state, so it streams too). The sequence's prediction is the
-  output at its last frame.
+  ``mean`` over frames, or ``attention``: a running mean weighted by a learned, bounded score per frame; the
+  sums are carried as state, so both stream too). The sequence's prediction is the output at its last frame.
 * ``tag`` (many-to-many): logits ``[C]`` for this frame (e.g. voice activity).
 * ``forecast`` (many-to-many, seq2seq): the next ``horizon`` values of the ``target_dims`` channels, flat
   ``[horizon * len(target_dims)]``, in the *normalised* scale of those channels. With ``residual=True`` the
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from rnnstream.models.conv_frontend import CausalConvFrontend
 from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
-from rnnstream.pipeline.model_config import Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
+from rnnstream.pipeline.model_config import ATTENTION_BOUND, Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
 
 State = dict[str, Tensor]
 
@@ -56,7 +56,7 @@ _STREAMING_REFUSAL = (
 
 
 class StreamingRNN(nn.Module):
-    """Normalise -> RNN (RNN/LSTM/GRU) -> optional running mean -> linear head. See the module docstring."""
+    """Normalise -> RNN (RNN/LSTM/GRU) -> optional running (weighted) mean -> linear head. See the module docstring."""
 
     def __init__(self, config: ModelConfig, *, feat_mean: np.ndarray | Tensor | None = None,
                  feat_std: np.ndarray | Tensor | None = None):
@@ -80,6 +80,8 @@ class StreamingRNN(nn.Module):
             self.rnn = nn.RNN(nonlinearity="tanh" if c.cell == "rnn_tanh" else "relu", **rnn_kwargs)
         self.num_directions = 2 if c.bidirectional else 1
         self.head = nn.Linear(c.hidden_size * self.num_directions, c.output_dim)
+        # pooling="attention": frame weight exp(ATTENTION_BOUND * tanh(score(out_t))), a weighted running mean
+        self.pool_score = nn.Linear(c.hidden_size * self.num_directions, 1) if c.pooling == "attention" else None
         mean = torch.zeros(c.input_dim) if feat_mean is None else torch.as_tensor(np.asarray(feat_mean), dtype=torch.float32)
         std = torch.ones(c.input_dim) if feat_std is None else torch.as_tensor(np.asarray(feat_std), dtype=torch.float32)
         if mean.shape != (c.input_dim,) or std.shape != (c.input_dim,):
@@ -155,18 +157,28 @@ class StreamingRNN(nn.Module):
         else:
             out, h = self.rnn(z, h0)
             new_state["h"] = h.transpose(0, 1)
-        if c.pooling == "mean":
-            csum = torch.cumsum(out, dim=1) + state["pool_sum"].unsqueeze(1)
-            steps = torch.arange(1, out.shape[1] + 1, device=out.device, dtype=out.dtype).view(1, -1, 1)
-            count = state["pool_count"].unsqueeze(1) + steps  # [B, T, 1]
-            out = csum / count
-            new_state["pool_sum"] = csum[:, -1]
-            new_state["pool_count"] = count[:, -1]
+        if c.pooling != "last":
+            out, new_state["pool_sum"], new_state["pool_count"] = self._pool(out, state["pool_sum"],
+                                                                             state["pool_count"])
         y = self.head(out)
         if c.seasonal_period:
             y, new_state["season"] = self._seasonal(y, x, state["season"])
             return y, new_state
         return self._residual(y, x), new_state
+
+    def _frame_weights(self, out: Tensor) -> Tensor:
+        """Pooling weight of each frame, ``out [B, T, H] -> [B, T, 1]``: 1 (mean) or the bounded attention score."""
+        if self.pool_score is None:
+            return torch.ones_like(out[..., :1])
+        return torch.exp(ATTENTION_BOUND * torch.tanh(self.pool_score(out)))
+
+    def _pool(self, out: Tensor, s0: Tensor, n0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Running weighted mean of ``out [B, T, H]`` from the carried ``pool_sum [B, H]`` and ``pool_count
+        [B, 1]``: returns ``(pooled [B, T, H], new pool_sum, new pool_count)``."""
+        w = self._frame_weights(out)
+        csum = torch.cumsum(out * w, dim=1) + s0.unsqueeze(1)
+        count = torch.cumsum(w, dim=1) + n0.unsqueeze(1)  # [B, T, 1]
+        return csum / count, csum[:, -1], count[:, -1]
 
     def _causal_mean(self, z: Tensor, s0: Tensor, n0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Causal (decayed) mean normalisation of ``z [B, T, D]`` from the carried ``norm_sum [B, D]`` and
@@ -249,9 +261,10 @@ class StreamingRNN(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(z, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        if self.config.pooling == "mean":
+        if self.config.pooling != "last":
             mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(out.dtype)
-            out = torch.cumsum(out * mask.unsqueeze(-1), 1) / torch.cumsum(mask, 1).clamp(min=1).unsqueeze(-1)
+            w = self._frame_weights(out) * mask.unsqueeze(-1)
+            out = torch.cumsum(out * w, 1) / torch.cumsum(w, 1).clamp(min=1e-30)
         y = self.head(out)
         if self.config.seasonal_period:
             return self._seasonal(y, x, self.initial_state(x.shape[0])["season"])[0]

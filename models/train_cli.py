@@ -14,6 +14,7 @@ import sys
 
 from rnnstream._cli_support import Command, new_parser
 from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.model_config import POOLINGS
 
 
 def _rows(text: str) -> tuple[tuple[int, int], ...]:
@@ -54,7 +55,8 @@ def _architecture(p: argparse.ArgumentParser) -> None:
                         "step (seasonal-naive); -1: the data's daily period (24 for hourly data)")
     a.add_argument("--input-diff", action="store_true",
                    help="feed the network each feature's change since the previous frame (level-free inputs)")
-    a.add_argument("--pooling", default="last", choices=["last", "mean"], help="classify: last frame or running mean")
+    a.add_argument("--pooling", default="last", choices=list(POOLINGS),
+                   help="classify: last frame, running mean, or attention (a running mean weighted by a learned score)")
     a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
                    help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
     a.add_argument("--norm-decay", type=float, default=1.0,

@@ -17,8 +17,16 @@ from rnnstream.pipeline.errors import ConfigError
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Task = Literal["classify", "tag", "forecast", "generate"]
-Pooling = Literal["last", "mean"]
+Pooling = Literal["last", "mean", "attention"]
 InputNorm = Literal["none", "causal_mean"]
+
+
+#: The classify head's poolings over time (:attr:`ModelConfig.pooling`).
+POOLINGS = ("last", "mean", "attention")
+
+#: ``pooling="attention"``: frame weights are ``exp(b * tanh(score))`` with ``b`` this bound, so one frame
+#: weighs at most ``exp(2 b)`` (about 8.9e6) times another and the carried sums stay finite in float32.
+ATTENTION_BOUND = 8.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,11 @@ class ModelConfig:
     prior from the training statistics: the running mean starts as the training mean (zero after the fitted
     normalisation) with the weight of ``norm_prior`` frames (decaying like a frame), so the first frames of a
     stream are not normalised by themselves alone. The state stays zero-initialised.
+
+    ``pooling`` (classify): ``last`` reads the RNN's last output; ``mean`` the running mean of its outputs;
+    ``attention`` a running weighted mean whose weight per frame is ``exp(ATTENTION_BOUND * tanh(w . out_t + b))``
+    (a learned score, bounded so the carried sums stay finite without a running maximum). Both carry the weighted
+    sum and the sum of weights as state ``pool_sum``/``pool_count``; ``mean`` is the case of equal weights.
 
     ``input_diff`` feeds the network the change of each normalised feature since the previous frame (level-free
     inputs for drifting series: the first frame's change is zero; the previous frame is carried as state
@@ -83,10 +96,10 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.pooling not in ("last", "mean"):
-            raise ConfigError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
-        if self.pooling == "mean" and self.task != "classify":
-            raise ConfigError(f"pooling='mean' applies to task 'classify' only, not {self.task!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling != "last" and self.task != "classify":
+            raise ConfigError(f"pooling={self.pooling!r} applies to task 'classify' only, not {self.task!r}")
         self._validate_conv()
         if self.input_norm not in ("none", "causal_mean"):
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
@@ -174,7 +187,7 @@ class ModelConfig:
             specs.append(StateSpec("c", (layers, self.hidden_size)))
         if self.input_norm == "causal_mean":
             specs += [StateSpec("norm_sum", (self.input_dim,)), StateSpec("norm_count", (1,))]
-        if self.pooling == "mean":
+        if self.pooling != "last":
             specs += [StateSpec("pool_sum", (self.hidden_size,)), StateSpec("pool_count", (1,))]
         if self.seasonal_period:
             specs.append(StateSpec("season", (self.seasonal_period, len(self.target_dims))))
@@ -225,4 +238,4 @@ class StateSpec:
     dtype: str = "float32"
 
 
-__all__ = ["Cell", "InputNorm", "ModelConfig", "Pooling", "StateSpec", "Task"]
+__all__ = ["ATTENTION_BOUND", "POOLINGS", "Cell", "InputNorm", "ModelConfig", "Pooling", "StateSpec", "Task"]

@@ -19,7 +19,7 @@ RATE = FC.audio.sample_rate  # type: ignore[union-attr]
 LABELS = ("yes", "no", "maybe")
 
 CELLS = ("rnn_tanh", "lstm", "gru")
-HEADS = ("classify_last", "classify_mean", "tag", "forecast", "generate")
+HEADS = ("classify_last", "classify_mean", "classify_attention", "tag", "forecast", "generate")
 
 
 def make_model(cell: str, head: str, *, hidden: int = 12, layers: int = 2, seed: int = 0) -> StreamingRNN:
@@ -31,8 +31,8 @@ def make_model(cell: str, head: str, *, hidden: int = 12, layers: int = 2, seed:
     kw = dict(input_dim=DIM, cell=cell, hidden_size=hidden, num_layers=layers)
     if head == "classify_last":
         m = rnn_classifier(num_classes=len(LABELS), **kw)
-    elif head == "classify_mean":
-        m = rnn_classifier(num_classes=len(LABELS), pooling="mean", **kw)
+    elif head in ("classify_mean", "classify_attention"):
+        m = rnn_classifier(num_classes=len(LABELS), pooling=head.split("_")[1], **kw)
     elif head == "tag":
         m = rnn_tagger(num_classes=len(LABELS), **kw)
     elif head == "forecast":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,8 +13,8 @@ from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.pipeline.errors import StateError
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
-# (task, pooling): the five task heads
-HEADS = [("classify", "last"), ("classify", "mean"), ("tag", "last"), ("forecast", "last"), ("generate", "last")]
+# (task, pooling): the task heads
+HEADS = [("classify", "last"), ("classify", "mean"), ("classify", "attention"), ("tag", "last"), ("forecast", "last"), ("generate", "last")]
 D = 3
 
 
@@ -84,7 +86,7 @@ def test_bidirectional_forwards_but_refuses_to_stream(cell):
 @pytest.mark.parametrize("kernel,pool,channels", [((3, 3), 2, (4, 6)), ((5, 1), 1, (3,)), ((1, 3), 2, (2, 2)),
                                                   ((2, 5), 3, (4,)),
                                                   ((4, 0), 1, (5, 6))])
-@pytest.mark.parametrize("input_norm,pooling", [("none", "last"), ("causal_mean", "mean")])
+@pytest.mark.parametrize("input_norm,pooling", [("none", "last"), ("causal_mean", "mean"), ("none", "attention")])
 @settings(max_examples=10)
 @given(chunks=chunkings(), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_crnn_front_end_streams_like_offline(kernel, pool, channels, input_norm, pooling, chunks, batch, seed):
@@ -102,6 +104,45 @@ def test_crnn_front_end_streams_like_offline(kernel, pool, channels, input_norm,
         full = model(x)
         streamed = _streamed(model, x, sizes)
     torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_pooled_bidirectional_ignores_padding(pooling):
+    """Offline bidirectional models pool only each sequence's own frames (padding weighs nothing)."""
+    cfg = ModelConfig(input_dim=D, output_dim=3, cell="gru", hidden_size=8, num_layers=1, bidirectional=True,
+                      pooling=pooling)
+    torch.manual_seed(2)
+    model = StreamingRNN(cfg).eval()
+    x = torch.randn(2, 9, D)
+    with torch.no_grad():
+        y = model(x, torch.tensor([9, 5]))
+        torch.testing.assert_close(model(x[1:, :5]), y[1:, :5], rtol=1e-5, atol=1e-5)
+
+
+def test_attention_pooling_weighs_frames_by_a_bounded_learned_score():
+    """pooling='attention' is a weighted running mean; with a zero score it is exactly the mean pooling."""
+    from rnnstream.pipeline.errors import ConfigError
+    from rnnstream.pipeline.model_config import ATTENTION_BOUND
+
+    cfg = ModelConfig(input_dim=D, output_dim=3, hidden_size=8, num_layers=1, pooling="attention")
+    torch.manual_seed(1)
+    att = StreamingRNN(cfg).eval()
+    mean = StreamingRNN(dataclasses.replace(cfg, pooling="mean")).eval()
+    mean.load_state_dict({k: v for k, v in att.state_dict().items() if not k.startswith("pool_score")})
+    x = torch.randn(2, 11, D)
+    with torch.no_grad():
+        assert not torch.allclose(att(x), mean(x), atol=1e-4)  # a learned score changes the pooled output
+        att.pool_score.weight.zero_()
+        att.pool_score.bias.fill_(0.3)  # equal weights: the plain running mean
+        torch.testing.assert_close(att(x), mean(x), rtol=1e-5, atol=1e-6)
+        att.pool_score.bias.fill_(1e6)  # saturated scores stay finite
+        w = att._frame_weights(torch.randn(1, 4, 8))
+        assert torch.isfinite(w).all() and float(w.max()) <= float(torch.exp(torch.tensor(ATTENTION_BOUND))) * 1.0001
+    assert [s.name for s in att.state_spec()][-2:] == ["pool_sum", "pool_count"]
+    with pytest.raises(ConfigError, match="pooling='attention' applies to task 'classify' only"):
+        ModelConfig(input_dim=D, output_dim=2, task="tag", pooling="attention")
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        ModelConfig(input_dim=D, output_dim=2, pooling="max")
 
 
 def test_crnn_config_is_validated_and_round_trips():
