@@ -75,18 +75,38 @@ def featurized(inputs: Sequence[str], feat_dir: str, cfg: Any, *, label_pattern:
 
 
 def refit_run(selection: dict[str, Any], train_d: Any, test_d: Any, test_examples: Sequence[Any], tcfg: Any,
-              run_dir: str, **run_kw: Any) -> dict[str, Any]:
+              run_dir: str, *, epochs: int | None = None, **run_kw: Any) -> dict[str, Any]:
     """Train again on ``train_d`` (the training and validation examples) for the epoch count the ``selection``
-    run (a :func:`classification_run` record) chose, with no validation; returns the refit run's record with the
-    selection run's under ``selection`` and its validation scores. ``run_kw`` go to :func:`classification_run`."""
+    run (a :func:`classification_run` record) chose, or ``epochs`` when given (a count chosen over many
+    selection runs), with no validation; returns the refit run's record with the selection run's under
+    ``selection`` and its validation scores. ``run_kw`` go to :func:`classification_run`."""
     import dataclasses
 
-    rcfg = dataclasses.replace(tcfg, epochs=max(1, int(selection["best_epoch"])))
+    rcfg = dataclasses.replace(tcfg, epochs=int(epochs) if epochs else max(1, int(selection["best_epoch"])))
     log(f"   refit on {len(train_d)} sequences for {rcfg.epochs} epochs")
     r = classification_run(run_dir, train_d, None, test_d, test_examples, rcfg, **run_kw)
     r.update(selection={k: v for k, v in selection.items() if k != "history"}, val_loss=selection["val_loss"],
              val_accuracy=selection["val_accuracy"])
     return r
+
+
+def pooled_best_epoch(run_dirs: Sequence[str], metric: str = "val_accuracy") -> tuple[int, list[float]]:
+    """The epoch count whose validation ``metric`` (accuracy: highest; loss: lowest), averaged over the
+    selection runs in ``run_dirs`` (folders with a ``metrics.json`` training history of equal length), is best;
+    returns ``(epoch, the mean per epoch)``."""
+    import json
+
+    import numpy as np
+
+    curves = []
+    for d in run_dirs:
+        with open(os.path.join(d, "metrics.json"), encoding="utf-8") as fh:
+            curves.append([h[metric] for h in json.load(fh)["history"]])
+    if not curves or len({len(c) for c in curves}) != 1:
+        raise SystemExit(f"pooled_best_epoch needs runs with histories of equal length, got {[len(c) for c in curves]}")
+    mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+    best = int(np.argmin(mean) if metric.endswith("loss") else np.argmax(mean))
+    return best + 1, [float(v) for v in mean]
 
 
 def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test_examples: Sequence[Any],
@@ -140,3 +160,16 @@ def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test
     write_json(os.path.join(run_dir, "result.json"), out)
     # the model files are large-ish and reproducible: keep the ONNX for inspection, drop nothing else
     return out
+
+
+if __name__ == "__main__":  # python -m experiments._common pooled-epoch RUN_DIR... [--metric val_loss]
+    import argparse
+
+    _p = argparse.ArgumentParser(prog="python -m experiments._common pooled-epoch")
+    _p.add_argument("command", choices=["pooled-epoch"])
+    _p.add_argument("run_dirs", nargs="+")
+    _p.add_argument("--metric", default="val_accuracy", choices=["val_accuracy", "val_loss"])
+    _a = _p.parse_args()
+    _epoch, _mean = pooled_best_epoch(_a.run_dirs, _a.metric)
+    print(f"best epoch by mean {_a.metric} over {len(_a.run_dirs)} runs: {_epoch}; per epoch "
+          + " ".join(f"{v:.4f}" for v in _mean))

@@ -111,6 +111,10 @@ def build_parser():
                    help="results.json of an earlier run with the same options and --val-by speaker: refit each of its "
                         "leave-one-speaker-out folds and seeds on all three training speakers for the epoch count it "
                         "selected, without running the selection again")
+    p.add_argument("--refit-epochs", type=int, default=None,
+                   help="with --refit or --refit-from: refit every fold for this many epochs instead of each selection "
+                        "run's own best epoch (e.g. the count with the best validation accuracy pooled over every "
+                        "fold and seed of the selection runs: python -m experiments._common pooled-epoch RUN_DIR...)")
     p.add_argument("--wave-copies", type=int, default=None,
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
@@ -220,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"error: unknown split {item!r}", file=sys.stderr)
             return 2
+    if args.refit_epochs is not None and args.refit_epochs < 1:
+        print(f"error: --refit-epochs must be >= 1, got {args.refit_epochs}", file=sys.stderr)
+        return 2
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
     speed = tuple(float(v) for v in args.speed.split(","))
 
@@ -273,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
                 all_d = classify_data(all_ex, feature_config=ds.config)
                 test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
-                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", chunk_s=args.chunk_s,
+                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
+                              chunk_s=args.chunk_s,
                               threads=args.threads, progress=not args.no_progress, trace_features=True)
                 r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest))
             results.setdefault(name, {})[seed] = r
