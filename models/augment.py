@@ -13,7 +13,8 @@ Two levels:
   (:class:`~torchaudio.transforms.FrequencyMasking` / :class:`~torchaudio.transforms.TimeMasking`, one mask
   draw per sequence; masked cells take the training mean of their band, i.e. zero after the model's
   normalisation) and a random gain per sequence (a gain of ``g`` dB multiplies the power spectrum by
-  ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``).
+  ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``),
+  feature noise, and a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like).
 
 Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
 and the ONNX export never see it. Every random draw comes from a seeded generator (the waveform level) or
@@ -49,6 +50,10 @@ class BatchAugment:
             0: off).
         noise: additive Gaussian noise per cell with this standard deviation in units of each band's training
             std (``scale`` passed to the call; 0: off). For any features, e.g. cepstra or sensor channels.
+        warp: random frequency warp per sequence (a vocal-tract-length perturbation on the band axis): output
+            band ``f`` reads the input at band ``f / alpha``, linearly interpolated and clamped to the edge band,
+            with ``alpha`` uniform in ``[1 - warp, 1 + warp]`` (0: off; below 1). On mel bands it scales formant
+            positions in mel rather than Hz, an approximation of VTLP.
     """
 
     freq_masks: int = 0
@@ -57,6 +62,7 @@ class BatchAugment:
     time_width: int = 0
     gain_db: float = 0.0
     noise: float = 0.0
+    warp: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
@@ -66,15 +72,17 @@ class BatchAugment:
             raise ConfigError(f"augment gain_db must be >= 0, got {self.gain_db}")
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise ConfigError(f"augment noise must be >= 0, got {self.noise}")
+        if not 0 <= self.warp < 1:
+            raise ConfigError(f"augment warp must be in [0, 1), got {self.warp}")
 
     @property
     def active(self) -> bool:
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
-                    or self.noise)
+                    or self.noise or self.warp)
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
-        """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or ``"freq=2x4,time=2x10,gain=6,noise=0.1"``."""
+        """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()
@@ -82,13 +90,15 @@ class BatchAugment:
             return SPEECH_AUGMENT
         kw: dict[str, Any] = {}
         for part in text.split(","):
-            m = re.fullmatch(r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise)\s*=\s*([0-9.]+)\s*", part)
+            m = re.fullmatch(r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise|warp)\s*=\s*([0-9.]+)\s*",
+                             part)
             if not m:
-                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD; got {text!r}")
+                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD,warp=A; "
+                                  f"got {text!r}")
             if m.group(1):
                 kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
             else:
-                kw["gain_db" if m.group(4) == "gain" else "noise"] = float(m.group(5))
+                kw["gain_db" if m.group(4) == "gain" else m.group(4)] = float(m.group(5))
         return cls(**kw)
 
     def spec(self) -> str:
@@ -104,6 +114,8 @@ class BatchAugment:
             parts.append(f"gain={self.gain_db:g}")
         if self.noise:
             parts.append(f"noise={self.noise:g}")
+        if self.warp:
+            parts.append(f"warp={self.warp:g}")
         return ",".join(parts)
 
     def __call__(self, x: Tensor, fill: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
@@ -115,6 +127,8 @@ class BatchAugment:
             raise ConfigError(f"BatchAugment expects [batch, time, bands], got shape {list(x.shape)}")
         if not self.active or x.shape[0] == 0 or x.shape[1] == 0:
             return x
+        if self.warp:
+            x = warp_bands(x, self.warp)
         base = fill if fill is not None else torch.zeros(x.shape[2], dtype=x.dtype, device=x.device)
         keep = torch.ones((x.shape[0], 1, x.shape[2], x.shape[1]), dtype=x.dtype, device=x.device)  # (.., freq, time)
         for _ in range(self.freq_masks if self.freq_width else 0):
@@ -129,6 +143,23 @@ class BatchAugment:
             unit = scale if scale is not None else torch.ones(x.shape[2], dtype=x.dtype, device=x.device)
             y = y + torch.randn_like(y) * (self.noise * unit)
         return y.contiguous()
+
+
+def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
+    """Frequency warp of ``x [B, T, F]`` along its band axis: output band ``f`` is the input at ``f / alpha``
+    (linear interpolation, clamped to the last band); ``alpha [B]`` defaults to uniform in ``[1 - warp, 1 + warp]``
+    per sequence. ``alpha > 1`` moves spectral content to higher bands."""
+    bands = x.shape[2]
+    if alpha is None:
+        alpha = 1.0 + (torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * 2 - 1) * warp
+    pos = (torch.arange(bands, device=x.device, dtype=x.dtype)[None, :] / alpha[:, None]).clamp(0, bands - 1)
+    lo = pos.floor().long()  # [B, F]
+    hi = (lo + 1).clamp(max=bands - 1)
+    frac = (pos - lo.to(x.dtype))[:, None, :]  # [B, 1, F]
+    idx = (slice(None), None, slice(None))
+    x_lo = x.gather(2, lo[idx].expand(-1, x.shape[1], -1))
+    x_hi = x.gather(2, hi[idx].expand(-1, x.shape[1], -1))
+    return x_lo + (x_hi - x_lo) * frac
 
 
 #: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md).

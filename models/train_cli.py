@@ -94,8 +94,9 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--level-shift", type=float, default=0.0,
                    help="forecast/generate: random level-offset augmentation, in normalisation stds")
     o.add_argument("--augment", default="none",
-                   help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB "
-                        "(SpecAugment frequency/time masks, random gain in dB; log-mel features)")
+                   help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB,noise=STD,"
+                        "warp=A (SpecAugment frequency/time masks, random gain in dB, feature noise in training stds, "
+                        "a random band-axis warp by 1 +- A)")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
 
 

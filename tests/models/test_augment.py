@@ -69,6 +69,25 @@ def test_batch_augment_shapes_masks_gain_and_determinism() -> None:
     assert noisy.shape == x.shape and 0.8 < float(noisy.std()) < 1.2
 
 
+def test_warp_moves_bands_by_the_factor_and_parses() -> None:
+    from rnnstream.models.augment import warp_bands
+
+    ramp = torch.arange(10, dtype=torch.float32).expand(2, 3, 10)  # band f holds the value f
+    out = warp_bands(ramp, 0.2, alpha=torch.tensor([1.25, 0.8]))
+    torch.testing.assert_close(out[0, 0], torch.arange(10) / 1.25)  # content moved up: band f reads f / 1.25
+    torch.testing.assert_close(out[1, 0], (torch.arange(10) / 0.8).clamp(max=9))  # moved down, edge band held
+    torch.testing.assert_close(warp_bands(ramp, 0.2, alpha=torch.ones(2)), ramp)
+    a = BatchAugment.parse("warp=0.1,noise=0.05")
+    assert a.warp == 0.1 and a.active and BatchAugment.parse(a.spec()) == a
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 20)
+    y = BatchAugment(warp=0.15)(x)
+    assert y.shape == x.shape and not torch.equal(y, x)
+    for bad in ("warp=1.5", "warp=1"):
+        with pytest.raises(ConfigError, match="warp must be in"):
+            BatchAugment.parse(bad)
+
+
 def test_batch_transform_keeps_targets() -> None:
     class M:
         feat_mean = torch.zeros(4)
