@@ -175,9 +175,14 @@ class StreamingRNN(nn.Module):
     def _pool(self, out: Tensor, s0: Tensor, n0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Running weighted mean of ``out [B, T, H]`` from the carried ``pool_sum [B, H]`` and ``pool_count
         [B, 1]``: returns ``(pooled [B, T, H], new pool_sum, new pool_count)``."""
-        w = self._frame_weights(out)
-        csum = torch.cumsum(out * w, dim=1) + s0.unsqueeze(1)
-        count = torch.cumsum(w, dim=1) + n0.unsqueeze(1)  # [B, T, 1]
+        if self.pool_score is None:  # equal weights: the frame count (no weight tensor in the graph)
+            csum = torch.cumsum(out, dim=1) + s0.unsqueeze(1)
+            steps = torch.arange(1, out.shape[1] + 1, device=out.device, dtype=out.dtype).view(1, -1, 1)
+            count = n0.unsqueeze(1) + steps  # [B, T, 1]
+        else:
+            w = self._frame_weights(out)
+            csum = torch.cumsum(out * w, dim=1) + s0.unsqueeze(1)
+            count = torch.cumsum(w, dim=1) + n0.unsqueeze(1)  # [B, T, 1]
         return csum / count, csum[:, -1], count[:, -1]
 
     def _causal_mean(self, z: Tensor, s0: Tensor, n0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
