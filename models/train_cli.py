@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
                    help="after the run that validates, train again on the training and validation examples for the "
                         "epoch count it chose (its checkpoint is kept as OUT.selection.pt, its plots in selection/)")
+    r.add_argument("--refit-epochs", type=_refit_epochs, default="best", metavar="best|all|N",
+                   help="with --refit, the refit's epoch count: best (the validating run's best epoch, default), all "
+                        "(every --epochs: validation reports generalisation but chooses nothing), or a number")
     r.add_argument("--init", default=None, help="fine-tune: start from this checkpoint's weights")
     shown = r.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true",
@@ -238,11 +241,33 @@ def _run(args: argparse.Namespace):  # -> tuple[TrainResult, TrainResult | None]
     plots = os.path.join(args.plots or os.path.dirname(os.path.abspath(args.out)), "selection")
     selection = _train_once(args, data, cfg, f"{root}.selection{ext or '.pt'}", plots)
     full = prepare_data(args.data, dataclasses.replace(spec, val_fraction=0.0, val_by=None, val_match=None))
+    epochs, why = _refit_count(args.refit_epochs, selection.best_epoch, cfg.epochs)
     print(f"rnnstream train: --refit: training again on the training and validation examples "
-          f"({len(full.train)} sequences) for {selection.best_epoch} epochs, the count validation chose",
-          file=sys.stderr)
-    refit = dataclasses.replace(cfg, epochs=max(1, selection.best_epoch))
+          f"({len(full.train)} sequences) for {epochs} epochs, {why}", file=sys.stderr)
+    refit = dataclasses.replace(cfg, epochs=epochs)
     return _train_once(args, full, refit, args.out, args.plots), selection
+
+
+def _refit_epochs(text: str) -> str | int:
+    """``--refit-epochs``: ``best``, ``all`` or a positive number."""
+    if text in ("best", "all"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected best, all or a number of epochs >= 1, got {text!r}")
+    return n
+
+
+def _refit_count(choice: str | int, best_epoch: int, epochs: int) -> tuple[int, str]:
+    """The refit's epoch count for ``--refit-epochs choice`` and why (for the log)."""
+    if choice == "best":
+        return max(1, best_epoch), "the count validation chose"
+    if choice == "all":
+        return epochs, f"every epoch of the schedule (validation's best was {best_epoch})"
+    return int(choice), f"as --refit-epochs says (validation's best was {best_epoch})"
 
 
 def _train_once(args: argparse.Namespace, data, cfg, out: str, plots: str | None):  # -> TrainResult

@@ -267,3 +267,20 @@ def test_train_cli_refit_trains_again_on_train_and_validation(speech_dir, tmp_pa
                  "--refit", "--recipe", "none"]) == 2
     assert "--refit needs a validation split" in capsys.readouterr().err
     assert main(["--data", speech_dir, "--out", out, "--refit", "--resume"]) == 2
+
+
+def test_train_cli_refit_epochs_all_and_fixed(speech_dir, tmp_path, capsys) -> None:
+    from rnnstream.models.train_cli import main
+
+    out = str(tmp_path / "m.pt")
+    base = ["--data", speech_dir, "--out", out, "--epochs", "3", "--hidden", "8", "--no-progress", "--threads", "1",
+            "--conv-channels", "", "--wave-copies", "0", "--refit"]
+    assert main([*base, "--refit-epochs", "all"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["epochs_run"] == 3 and "for 3 epochs, every epoch of the schedule" in captured.err
+    assert main([*base, "--refit-epochs", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs_run"] == 2
+    for bad in ("0", "most"):
+        assert main([*base, "--refit-epochs", bad]) == 2
+        assert "expected best, all or a number of epochs >= 1" in capsys.readouterr().err
