@@ -16,6 +16,10 @@
 4. Each split and seed: a classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and
    every test file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy,
    streamed accuracy and their agreement are reported, with mean and standard deviation over seeds.
+5. ``--refit`` (the ``speech`` recipe): each leave-one-speaker-out fold trains again on all three training
+   speakers, for ``--refit-epochs`` epochs (``speech``: ``all``, the whole schedule, which is what validation
+   accuracy pooled over every fold and seed chose; ``best``: each selection run's own best epoch); the refit
+   model's test accuracy is the fold's result.
 
 ``--recipe`` sets the defaults (``speech``: the configuration chosen on held-out-speaker validation;
 ``baseline``: the first configuration). Writes ``results.json`` (every number, updated after every run),
@@ -41,6 +45,7 @@ from experiments._common import (
     setup_threads,
     write_json,
 )
+from rnnstream.models.train_cli import parse_refit_epochs, refit_count
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 
@@ -52,15 +57,15 @@ RECIPES: dict[str, dict] = {
     "baseline": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
                      n_mels=40, augment=2, wave_copies=0, spec_augment="none", conv_channels="", conv_kernel="3,3",
                      conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="random", weight_decay=0.0, log_eps=1e-6,
-                     refit=False),
+                     refit=False, refit_epochs="best"),
     "speech": dict(epochs=10, hidden=128, layers=2, dropout=0.1, pooling="mean", input_norm="none", lr=3e-3,
                    n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="32,64", conv_kernel="3,3",
                    conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
-                   refit=True),
+                   refit=True, refit_epochs="all"),
     "speech-d": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
                    n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="16,32", conv_kernel="3,3",
                    conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
-                   refit=False),
+                   refit=False, refit_epochs="best"),
 }
 
 
@@ -111,10 +116,10 @@ def build_parser():
                    help="results.json of an earlier run with the same options and --val-by speaker: refit each of its "
                         "leave-one-speaker-out folds and seeds on all three training speakers for the epoch count it "
                         "selected, without running the selection again")
-    p.add_argument("--refit-epochs", type=int, default=None,
-                   help="with --refit or --refit-from: refit every fold for this many epochs instead of each selection "
-                        "run's own best epoch (e.g. the count with the best validation accuracy pooled over every "
-                        "fold and seed of the selection runs: python -m experiments._common pooled-epoch RUN_DIR...)")
+    p.add_argument("--refit-epochs", type=parse_refit_epochs, default=None, metavar="best|all|N",
+                   help="with --refit or --refit-from, the refit's epoch count: best (each selection run's own best "
+                        "epoch), all (every --epochs; the speech recipe: the count with the best validation accuracy "
+                        "pooled over every fold and seed, python -m experiments._common pooled-epoch RUN_DIR...) or N")
     p.add_argument("--wave-copies", type=int, default=None,
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
@@ -224,9 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"error: unknown split {item!r}", file=sys.stderr)
             return 2
-    if args.refit_epochs is not None and args.refit_epochs < 1:
-        print(f"error: --refit-epochs must be >= 1, got {args.refit_epochs}", file=sys.stderr)
-        return 2
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
     speed = tuple(float(v) for v in args.speed.split(","))
 
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                 all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
                 all_d = classify_data(all_ex, feature_config=ds.config)
                 test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
-                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
+                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit",
+                              epochs=refit_count(args.refit_epochs, int(r["best_epoch"]), tcfg.epochs)[0],
                               chunk_s=args.chunk_s,
                               threads=args.threads, progress=not args.no_progress, trace_features=True)
                 r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest))

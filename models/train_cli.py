@@ -65,11 +65,13 @@ def _architecture(p: argparse.ArgumentParser) -> None:
                    help="causal_mean: the running mean starts at the training mean with this weight, in frames")
     a.add_argument("--conv-channels", type=_ints, default=(),
                    help="causal convolutional front end (CRNN): channels per conv layer, e.g. 16,32 (empty: none)")
-    a.add_argument("--conv-kernel", type=_ints, default=(3, 3), help="conv kernel TIME,FREQ (default 3,3)")
+    a.add_argument("--conv-kernel", type=_ints, default=(3, 3), help="conv kernel TIME,FREQ (FREQ 0: one kernel across every feature, a "
+                   "1-D temporal conv for sensor channels, with --conv-pool 1)")
     a.add_argument("--conv-pool", type=int, default=2, help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
-                        "augmentation, held-out-speaker validation, refit; see docs/results.md); auto: speech when "
+                        "augmentation, held-out-speaker validation, refit on every speaker for the whole schedule; see "
+                        "docs/results.md); auto: speech when "
                         "the data is audio")
 
 
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
                    help="after the run that validates, train again on the training and validation examples for the "
                         "epoch count it chose (its checkpoint is kept as OUT.selection.pt, its plots in selection/)")
-    r.add_argument("--refit-epochs", type=_refit_epochs, default="best", metavar="best|all|N",
+    r.add_argument("--refit-epochs", type=parse_refit_epochs, default="best", metavar="best|all|N",
                    help="with --refit, the refit's epoch count: best (the validating run's best epoch, default), all "
                         "(every --epochs: validation reports generalisation but chooses nothing), or a number")
     r.add_argument("--init", default=None, help="fine-tune: start from this checkpoint's weights")
@@ -241,14 +243,14 @@ def _run(args: argparse.Namespace):  # -> tuple[TrainResult, TrainResult | None]
     plots = os.path.join(args.plots or os.path.dirname(os.path.abspath(args.out)), "selection")
     selection = _train_once(args, data, cfg, f"{root}.selection{ext or '.pt'}", plots)
     full = prepare_data(args.data, dataclasses.replace(spec, val_fraction=0.0, val_by=None, val_match=None))
-    epochs, why = _refit_count(args.refit_epochs, selection.best_epoch, cfg.epochs)
+    epochs, why = refit_count(args.refit_epochs, selection.best_epoch, cfg.epochs)
     print(f"rnnstream train: --refit: training again on the training and validation examples "
           f"({len(full.train)} sequences) for {epochs} epochs, {why}", file=sys.stderr)
     refit = dataclasses.replace(cfg, epochs=epochs)
     return _train_once(args, full, refit, args.out, args.plots), selection
 
 
-def _refit_epochs(text: str) -> str | int:
+def parse_refit_epochs(text: str) -> str | int:
     """``--refit-epochs``: ``best``, ``all`` or a positive number."""
     if text in ("best", "all"):
         return text
@@ -261,7 +263,7 @@ def _refit_epochs(text: str) -> str | int:
     return n
 
 
-def _refit_count(choice: str | int, best_epoch: int, epochs: int) -> tuple[int, str]:
+def refit_count(choice: str | int, best_epoch: int, epochs: int) -> tuple[int, str]:
     """The refit's epoch count for ``--refit-epochs choice`` and why (for the log)."""
     if choice == "best":
         return max(1, best_epoch), "the count validation chose"

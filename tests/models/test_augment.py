@@ -202,7 +202,8 @@ def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
                  "--threads", "1", "--conv-channels", "4", "--conv-kernel", "3,3", "--conv-pool", "2"]) == 0
     err = capsys.readouterr().err
     assert "validation = held-out training speaker 'ann'" in err
-    assert "--refit: training again" in err  # the recipe refits on every training speaker
+    assert "--refit: training again" in err  # the recipe refits on every training speaker, the whole schedule
+    assert "for 1 epochs, every epoch of the schedule" in err
     ck = load_checkpoint(out)
     assert ck.model.config.conv_channels == (4,) and ck.model.config.hidden_size == 8
     # the recipe's values (not given): 2 layers, mean pooling
