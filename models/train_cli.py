@@ -70,8 +70,8 @@ def _architecture(p: argparse.ArgumentParser) -> None:
     a.add_argument("--conv-pool", type=int, default=2, help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
-                        "augmentation, held-out-speaker validation, refit on every speaker for the whole schedule; see "
-                        "docs/results.md); auto: speech when "
+                        "augmentation with a band warp, held-out-speaker validation, then a refit on every speaker for 9 "
+                        "epochs; see docs/results.md); auto: speech when "
                         "the data is audio")
 
 
@@ -214,6 +214,8 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
         return
     given = explicit_dests(build_parser(), argv)
     apply_recipe(args, SPEECH_RECIPE, given)
+    if "epochs" in given and "refit_epochs" not in given:
+        args.refit_epochs = "all"  # the recipe's refit count belongs to its own schedule
     if not ({"val_by", "val_match", "val_fraction"} & given):
         speaker = held_out_speaker(ds.examples, args.test_by, args.test_match)
         if speaker is not None:

@@ -220,6 +220,19 @@ def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
     assert load_checkpoint(out).model.config.pooling == "last"
 
 
+def test_speech_recipe_refit_count_follows_its_schedule(speech_dir) -> None:
+    """The recipe refits for its pooled epoch count (9 of its 10); with another --epochs, for every epoch."""
+    from rnnstream.models.train_cli import _recipe, build_parser
+
+    for argv, epochs, refit_epochs in ((["--data", speech_dir, "--out", "m.pt"], 10, 9),
+                                       (["--data", speech_dir, "--out", "m.pt", "--epochs", "4"], 4, "all"),
+                                       (["--data", speech_dir, "--out", "m.pt", "--refit-epochs", "best"], 10, "best")):
+        args = build_parser().parse_args(argv)
+        _recipe(args, argv)
+        assert (args.epochs, args.refit_epochs, args.refit) == (epochs, refit_epochs, True)
+        assert args.augment == "speech" and BatchAugment.parse(args.augment).warp == 0.1
+
+
 def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
     import rnnstream.models.augment as augment_mod
     from rnnstream.models.train_cli import main
