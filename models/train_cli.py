@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from --out's saved epoch")
     r.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
                    help="after the run that validates, train again on the training and validation examples for the "
-                        "epoch count it chose (its checkpoint is kept as OUT.selection.pt, its plots in selection/)")
+                        "epoch count it chose (its checkpoint is kept as OUT.selection.pt, its plots and metrics.json "
+                        "in selection/)")
     r.add_argument("--refit-epochs", type=parse_refit_epochs, default="best", metavar="best|all|N",
                    help="with --refit, the refit's epoch count: best (the validating run's best epoch, default), all "
                         "(every --epochs: validation reports generalisation but chooses nothing), or a number")
@@ -243,7 +244,9 @@ def _run(args: argparse.Namespace):  # -> tuple[TrainResult, TrainResult | None]
                           "or --val-fraction > 0)")
     root, ext = os.path.splitext(args.out)
     plots = os.path.join(args.plots or os.path.dirname(os.path.abspath(args.out)), "selection")
-    selection = _train_once(args, data, cfg, f"{root}.selection{ext or '.pt'}", plots)
+    # the selection run's plots and metrics.json go to selection/, so the refit's beside the checkpoint keep theirs
+    selection = _train_once(args, data, cfg, f"{root}.selection{ext or '.pt'}", plots,
+                            os.path.join(plots, "metrics.json"))
     full = prepare_data(args.data, dataclasses.replace(spec, val_fraction=0.0, val_by=None, val_match=None))
     epochs, why = refit_count(args.refit_epochs, selection.best_epoch, cfg.epochs)
     print(f"rnnstream train: --refit: training again on the training and validation examples "
@@ -274,9 +277,10 @@ def refit_count(choice: str | int, best_epoch: int, epochs: int) -> tuple[int, s
     return int(choice), f"as --refit-epochs says (validation's best was {best_epoch})"
 
 
-def _train_once(args: argparse.Namespace, data, cfg, out: str, plots: str | None):  # -> TrainResult
+def _train_once(args: argparse.Namespace, data, cfg, out: str, plots: str | None,
+                metrics: str | None = None):  # -> TrainResult
     """One :func:`~rnnstream.models.train.train` run on prepared ``data`` into checkpoint ``out`` (plots into
-    ``plots``, default beside it)."""
+    ``plots`` and ``metrics.json`` to ``metrics``, both by default beside it)."""
     from rnnstream.models.checkpoint import load_checkpoint
     from rnnstream.models.evaluate import check_compatible
     from rnnstream.models.train import train
@@ -296,7 +300,7 @@ def _train_once(args: argparse.Namespace, data, cfg, out: str, plots: str | None
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     return train(data.train, cfg, val_data=data.val, test_data=data.test, model=init.model if init else None,
                  stats=stats, feature_config=data.feature_config, checkpoint=out, resume=args.resume,
-                 plots_dir=plots)
+                 plots_dir=plots, metrics_path=metrics)
 
 
 TRAIN = Command("train", build_parser, _run_and_report)

@@ -276,6 +276,10 @@ def test_train_cli_refit_trains_again_on_train_and_validation(speech_dir, tmp_pa
     sel, fin = load_checkpoint(str(tmp_path / "m.selection.pt")), load_checkpoint(out)
     assert fin.stats["count"] > sel.stats["count"]
     assert (tmp_path / "selection" / "curves.png").exists() and (tmp_path / "curves.png").exists()
+    # each run keeps its own metrics.json: the selection's has the validation, the refit's only the test
+    sel_metrics = json.loads((tmp_path / "selection" / "metrics.json").read_text())
+    assert "val" in sel_metrics and sel_metrics["best_epoch"] == chosen
+    assert "val" not in json.loads((tmp_path / "metrics.json").read_text())
     # --refit needs a validation split; --resume cannot follow it
     assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--no-progress", "--val-fraction", "0",
                  "--refit", "--recipe", "none"]) == 2
