@@ -52,7 +52,8 @@ SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 
 #: Recipes: the experiment's defaults. ``speech`` is ``rnnstream train``'s audio recipe, chosen on held-out-speaker
 #: validation (see docs/results.md); ``speech-d`` the previous one (configuration D: a smaller CRNN, last-frame
-#: pooling, no refit, SpecAugment without the band warp); ``baseline`` reproduces the first configuration's defaults (random 10% validation).
+#: pooling, no refit, SpecAugment without the band warp); ``baseline`` reproduces the first configuration's defaults
+#: (random 10% validation).
 RECIPES: dict[str, dict] = {
     "baseline": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
                      n_mels=40, augment=2, wave_copies=0, spec_augment="none", conv_channels="", conv_kernel="3,3",
@@ -63,7 +64,8 @@ RECIPES: dict[str, dict] = {
                    conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
                    refit=True, refit_epochs=9),
     "speech-d": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
-                   n_mels=40, augment=0, wave_copies=2, spec_augment="freq=2x4,time=2x8,gain=6", conv_channels="16,32", conv_kernel="3,3",
+                   n_mels=40, augment=0, wave_copies=2, spec_augment="freq=2x4,time=2x8,gain=6", conv_channels="16,32",
+                   conv_kernel="3,3",
                    conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
                    refit=False, refit_epochs="best"),
 }
@@ -119,7 +121,8 @@ def build_parser():
     p.add_argument("--refit-epochs", type=parse_refit_epochs, default=None, metavar="best|all|N",
                    help="with --refit or --refit-from, the refit's epoch count: best (each selection run's own best "
                         "epoch), all (every --epochs) or N (the speech recipe: 9, the count with the best validation "
-                        "accuracy pooled over every fold and seed: python -m experiments._common pooled-epoch RUN_DIR...)")
+                        "accuracy pooled over every fold and seed: python -m experiments._common pooled-epoch "
+                        "RUN_DIR...; with an explicit --epochs it becomes all)")
     p.add_argument("--wave-copies", type=int, default=None,
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
@@ -134,6 +137,8 @@ def build_parser():
 
 
 def _resolve(args):
+    if args.epochs is not None and args.refit_epochs is None:
+        args.refit_epochs = "all"  # a recipe's fixed refit count belongs to its own schedule
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -82,7 +82,8 @@ class BatchAugment:
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
-        """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1"``."""
+        """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as
+        ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()

@@ -65,14 +65,14 @@ def _architecture(p: argparse.ArgumentParser) -> None:
                    help="causal_mean: the running mean starts at the training mean with this weight, in frames")
     a.add_argument("--conv-channels", type=_ints, default=(),
                    help="causal convolutional front end (CRNN): channels per conv layer, e.g. 16,32 (empty: none)")
-    a.add_argument("--conv-kernel", type=_ints, default=(3, 3), help="conv kernel TIME,FREQ (FREQ 0: one kernel across every feature, a "
-                   "1-D temporal conv for sensor channels, with --conv-pool 1)")
+    a.add_argument("--conv-kernel", type=_ints, default=(3, 3),
+                   help="conv kernel TIME,FREQ (FREQ 0: one kernel across every feature, a 1-D temporal conv for "
+                        "sensor channels, with --conv-pool 1)")
     a.add_argument("--conv-pool", type=int, default=2, help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
-                        "augmentation with a band warp, held-out-speaker validation, then a refit on every speaker for 9 "
-                        "epochs; see docs/results.md); auto: speech when "
-                        "the data is audio")
+                        "augmentation with a band warp, held-out-speaker validation, then a refit on every speaker "
+                        "for 9 epochs; see docs/results.md); auto: speech when the data is audio")
 
 
 def _optimisation(p: argparse.ArgumentParser) -> None:

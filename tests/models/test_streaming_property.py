@@ -14,7 +14,8 @@ from rnnstream.pipeline.errors import StateError
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 # (task, pooling): the task heads
-HEADS = [("classify", "last"), ("classify", "mean"), ("classify", "attention"), ("tag", "last"), ("forecast", "last"), ("generate", "last")]
+HEADS = [("classify", "last"), ("classify", "mean"), ("classify", "attention"), ("tag", "last"),
+         ("forecast", "last"), ("generate", "last")]
 D = 3
 
 
