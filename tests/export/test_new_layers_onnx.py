@@ -92,3 +92,23 @@ def test_seasonal_forecaster_exports_and_streams(tmp_path):
     got = np.concatenate([session.push(SensorChunk(ts[a:b], vals[a:b])).outputs
                           for a, b in ((0, 7), (7, 8), (8, 31), (31, 50))])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,pool,pooling", [((3, 3), 2, "attention"), ((4, 0), 1, "mean")])
+def test_int8_export_of_the_new_layers_streams_close_to_float(tmp_path, kernel, pool, pooling):
+    """int8 quantisation handles the conv front ends and attention pooling: the graph streams, close to float."""
+    from rnnstream.export.onnx_export import export_with_report
+
+    torch.manual_seed(6)
+    model = crnn_classifier(input_dim=DIM, num_classes=len(LABELS), conv_channels=(4, 6), conv_kernel=kernel,
+                            conv_pool=pool, hidden_size=16, pooling=pooling).eval()
+    float_path = export_onnx(model, tmp_path / "f.onnx", FC, LABELS)
+    rep = export_with_report(model, tmp_path / "q.onnx", FC, LABELS, quantize="int8")
+    assert rep.quantization is not None and rep.quantization.agreement >= 0.9
+    assert rep.quantization.quantized_ops.get("GRU (int8 weights)") == 1
+    fb, qb = OnnxBackend(float_path, provider="cpu", threads=1), OnnxBackend(rep.path, provider="cpu", threads=1)
+    assert qb.quantization == "int8" and qb.info.state_specs == fb.info.state_specs
+    pf, pq = StreamSession(fb, sample_rate=RATE), StreamSession(qb, sample_rate=RATE)
+    for chunk in np.array_split(SIGNAL, 4):
+        rf, rq = pf.push(chunk), pq.push(chunk)
+        np.testing.assert_allclose(rq.prediction.values, rf.prediction.values, atol=0.1)
