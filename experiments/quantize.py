@@ -31,6 +31,9 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--chunk-s", type=float, default=0.1)
+    p.add_argument("--checkpoints", default=None,
+                   help="comma-separated checkpoints already trained on the documented split (e.g. experiments.fsdd's "
+                        "documented-seed<N>/model.pt): compare their float and int8 graphs instead of training --cells")
     return p
 
 
@@ -68,23 +71,30 @@ def run_cell(cell: str, train_ex: list[Any], val_ex: list[Any], test_ex: list[An
     t0 = time.perf_counter()
     train(train_d, tcfg, val_data=val_d, feature_config=cfg, checkpoint=ckpt)
     train_s = time.perf_counter() - t0
+    return {"cell": cell, **compare_checkpoint(ckpt, test_ex, os.path.join(out, cell), args.chunk_s),
+            "train_seconds": train_s}
+
+
+def compare_checkpoint(ckpt: str, test_ex: list[Any], out: str, chunk_s: float) -> dict[str, Any]:
+    """Export ``ckpt`` float and int8 into ``out``, stream every test file through both; accuracies and sizes."""
+    from rnnstream.export.onnx_export import export_with_report
+
     paths = {}
     for kind in ("float", "int8"):
-        rep = export_with_report(ckpt, os.path.join(out, cell, f"{kind}.onnx"),
-                                 quantize="int8" if kind == "int8" else None)
+        rep = export_with_report(ckpt, os.path.join(out, f"{kind}.onnx"), quantize="int8" if kind == "int8" else None)
         paths[kind] = rep.path
         if rep.quantization is not None:
             qops = rep.quantization.quantized_ops
     truth = [str(e.label) for e in test_ex]
-    got = {kind: stream_accuracy(path, test_ex, args.chunk_s) for kind, path in paths.items()}
+    got = {kind: stream_accuracy(path, test_ex, chunk_s) for kind, path in paths.items()}
     acc = {kind: float(np.mean([p == t for p, t in zip(lab, truth)])) for kind, (lab, _) in got.items()}
     return {
-        "cell": cell, "test_files": len(test_ex), "accuracy_float": acc["float"], "accuracy_int8": acc["int8"],
+        "test_files": len(test_ex), "accuracy_float": acc["float"], "accuracy_int8": acc["int8"],
         "accuracy_delta": acc["int8"] - acc["float"],
         "label_agreement": float(np.mean([a == b for a, b in zip(got["float"][0], got["int8"][0])])),
         "max_score_diff": float(np.abs(got["float"][1] - got["int8"][1]).max()),
         "float_bytes": os.path.getsize(paths["float"]), "int8_bytes": os.path.getsize(paths["int8"]),
-        "quantized_ops": qops, "train_seconds": train_s,
+        "quantized_ops": qops,
     }
 
 
@@ -107,7 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     rest, test_ex = split_by(ds.examples, "take", "[0-4]")
     train_ex, val_ex = split_fraction(rest, 0.1, args.seed)
     results = []
-    for cell in [c.strip() for c in args.cells.split(",") if c.strip()]:
+    for i, ckpt in enumerate([c.strip() for c in (args.checkpoints or "").split(",") if c.strip()]):
+        from rnnstream.models.checkpoint import load_checkpoint
+
+        mc = load_checkpoint(ckpt).model.config
+        name = f"{mc.cell} {mc.num_layers}x{mc.hidden_size} conv {list(mc.conv_channels)} {mc.pooling} ({i})"
+        log(f"== {name}: {ckpt}; test {len(test_ex)} files")
+        r = {"cell": name, "checkpoint": ckpt,
+             **compare_checkpoint(ckpt, test_ex, os.path.join(out, f"checkpoint{i}"), args.chunk_s)}
+        log(f"   float {r['accuracy_float']:.4f}  int8 {r['accuracy_int8']:.4f}  agreement {r['label_agreement']:.4f}")
+        results.append(r)
+    for cell in [c.strip() for c in args.cells.split(",") if c.strip()] if not args.checkpoints else []:
         log(f"== {cell}: train {len(train_ex)}, val {len(val_ex)}, test {len(test_ex)} files")
         r = run_cell(cell, train_ex, val_ex, test_ex, cfg, args, out)
         log(f"   float {r['accuracy_float']:.4f}  int8 {r['accuracy_int8']:.4f}  agreement {r['label_agreement']:.4f}")
