@@ -75,14 +75,16 @@ def featurized(inputs: Sequence[str], feat_dir: str, cfg: Any, *, label_pattern:
 
 
 def refit_run(selection: dict[str, Any], train_d: Any, test_d: Any, test_examples: Sequence[Any], tcfg: Any,
-              run_dir: str, *, epochs: int | None = None, **run_kw: Any) -> dict[str, Any]:
-    """Train again on ``train_d`` (the training and validation examples) for the epoch count the ``selection``
-    run (a :func:`classification_run` record) chose, or ``epochs`` when given (a count chosen over many
-    selection runs), with no validation; returns the refit run's record with the selection run's under
-    ``selection`` and its validation scores. ``run_kw`` go to :func:`classification_run`."""
+              run_dir: str, *, epochs: str | int = "best", **run_kw: Any) -> dict[str, Any]:
+    """Train again on ``train_d`` (the training and validation examples), with no validation, for the epoch count
+    ``epochs`` says (``rnnstream train --refit-epochs``: ``best``, the one the ``selection`` run, a
+    :func:`classification_run` record, chose; ``all``; or a number); returns the refit run's record with the
+    selection run's under ``selection`` and its validation scores. ``run_kw`` go to :func:`classification_run`."""
     import dataclasses
 
-    rcfg = dataclasses.replace(tcfg, epochs=int(epochs) if epochs else max(1, int(selection["best_epoch"])))
+    from rnnstream.models.train_cli import refit_count
+
+    rcfg = dataclasses.replace(tcfg, epochs=refit_count(epochs, int(selection["best_epoch"]), tcfg.epochs)[0])
     log(f"   refit on {len(train_d)} sequences for {rcfg.epochs} epochs")
     r = classification_run(run_dir, train_d, None, test_d, test_examples, rcfg, **run_kw)
     r.update(selection={k: v for k, v in selection.items() if k != "history"}, val_loss=selection["val_loss"],

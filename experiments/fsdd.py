@@ -45,7 +45,7 @@ from experiments._common import (
     setup_threads,
     write_json,
 )
-from rnnstream.models.train_cli import parse_refit_epochs, refit_count
+from rnnstream.models.train_cli import parse_refit_epochs
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 
@@ -137,11 +137,11 @@ def build_parser():
 
 
 def _resolve(args):
-    if args.epochs is not None and args.refit_epochs is None:
-        args.refit_epochs = "all"  # a recipe's fixed refit count belongs to its own schedule
-    for key, value in RECIPES[args.recipe].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    """The recipe's values for every option not given (``None``), by the same rules as ``rnnstream train``."""
+    from rnnstream.models.augment import apply_recipe
+
+    recipe = RECIPES[args.recipe]
+    apply_recipe(args, recipe, {key for key in recipe if getattr(args, key) is not None})
     return args
 
 
@@ -287,10 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                 all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
                 all_d = classify_data(all_ex, feature_config=ds.config)
                 test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
-                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit",
-                              epochs=refit_count(args.refit_epochs, int(r["best_epoch"]), tcfg.epochs)[0],
-                              chunk_s=args.chunk_s,
-                              threads=args.threads, progress=not args.no_progress, trace_features=True)
+                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
+                              chunk_s=args.chunk_s, threads=args.threads, progress=not args.no_progress,
+                              trace_features=True)
                 r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest))
             results.setdefault(name, {})[seed] = r
             log(f"   val {r['val_accuracy']:.4f} (loss {r['val_loss']:.4f}, {val_speaker or 'random 10%'})  "

@@ -71,7 +71,7 @@ def run_cell(cell: str, train_ex: list[Any], val_ex: list[Any], test_ex: list[An
     t0 = time.perf_counter()
     train(train_d, tcfg, val_data=val_d, feature_config=cfg, checkpoint=ckpt)
     train_s = time.perf_counter() - t0
-    return {"cell": cell, **compare_checkpoint(ckpt, test_ex, os.path.join(out, cell), args.chunk_s),
+    return {**compare_checkpoint(ckpt, test_ex, os.path.join(out, cell), args.chunk_s), "cell": cell,
             "train_seconds": train_s}
 
 
@@ -85,10 +85,12 @@ def compare_checkpoint(ckpt: str, test_ex: list[Any], out: str, chunk_s: float) 
         paths[kind] = rep.path
         if rep.quantization is not None:
             qops = rep.quantization.quantized_ops
+    mc = rep.info.model_config  # the model, named from the export (no second checkpoint load)
     truth = [str(e.label) for e in test_ex]
     got = {kind: stream_accuracy(path, test_ex, chunk_s) for kind, path in paths.items()}
     acc = {kind: float(np.mean([p == t for p, t in zip(lab, truth)])) for kind, (lab, _) in got.items()}
     return {
+        "cell": f"{mc.cell} {mc.num_layers}x{mc.hidden_size} conv {list(mc.conv_channels)} {mc.pooling}",
         "test_files": len(test_ex), "accuracy_float": acc["float"], "accuracy_int8": acc["int8"],
         "accuracy_delta": acc["int8"] - acc["float"],
         "label_agreement": float(np.mean([a == b for a, b in zip(got["float"][0], got["int8"][0])])),
@@ -116,20 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     ds = featurized([rec], feat_dir, cfg, label_pattern=D.FSDD_PATTERN)
     rest, test_ex = split_by(ds.examples, "take", "[0-4]")
     train_ex, val_ex = split_fraction(rest, 0.1, args.seed)
+    if args.checkpoints:  # given models: compare only
+        jobs = [(f"checkpoint {i}: {ckpt}",
+                 lambda i=i, ckpt=ckpt: {"checkpoint": ckpt, **compare_checkpoint(
+                     ckpt, test_ex, os.path.join(out, f"checkpoint{i}"), args.chunk_s)})
+                for i, ckpt in enumerate(c.strip() for c in args.checkpoints.split(",") if c.strip())]
+    else:
+        jobs = [(f"{cell}: train {len(train_ex)}, val {len(val_ex)}",
+                 lambda cell=cell: run_cell(cell, train_ex, val_ex, test_ex, cfg, args, out))
+                for cell in (c.strip() for c in args.cells.split(",") if c.strip())]
     results = []
-    for i, ckpt in enumerate([c.strip() for c in (args.checkpoints or "").split(",") if c.strip()]):
-        from rnnstream.models.checkpoint import load_checkpoint
-
-        mc = load_checkpoint(ckpt).model.config
-        name = f"{mc.cell} {mc.num_layers}x{mc.hidden_size} conv {list(mc.conv_channels)} {mc.pooling} ({i})"
-        log(f"== {name}: {ckpt}; test {len(test_ex)} files")
-        r = {"cell": name, "checkpoint": ckpt,
-             **compare_checkpoint(ckpt, test_ex, os.path.join(out, f"checkpoint{i}"), args.chunk_s)}
-        log(f"   float {r['accuracy_float']:.4f}  int8 {r['accuracy_int8']:.4f}  agreement {r['label_agreement']:.4f}")
-        results.append(r)
-    for cell in [c.strip() for c in args.cells.split(",") if c.strip()] if not args.checkpoints else []:
-        log(f"== {cell}: train {len(train_ex)}, val {len(val_ex)}, test {len(test_ex)} files")
-        r = run_cell(cell, train_ex, val_ex, test_ex, cfg, args, out)
+    for what, job in jobs:
+        log(f"== {what}, test {len(test_ex)} files")
+        r = job()
         log(f"   float {r['accuracy_float']:.4f}  int8 {r['accuracy_int8']:.4f}  agreement {r['label_agreement']:.4f}")
         results.append(r)
     rows = [[r["cell"], f"{r['accuracy_float']:.4f}", f"{r['accuracy_int8']:.4f}", f"{r['accuracy_delta']:+.4f}",

@@ -278,7 +278,7 @@ def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies:
 #: (docs/results.md): a CRNN (32, 64 channels) into a GRU 2x128 with mean pooling over time, SpecAugment, gain and
 #: a band-axis warp; ``refit`` then trains again on every training speaker for 9 epochs, the count whose validation
 #: accuracy pooled over every fold and seed was best (one run's own best epoch is too noisy a choice). With another
-#: ``--epochs`` the refit runs every epoch of that schedule instead (``rnnstream train``'s ``_recipe``).
+#: ``--epochs`` the refit runs every epoch of that schedule instead (:func:`apply_recipe`).
 SPEECH_RECIPE: dict[str, Any] = {
     "cell": "gru", "layers": 2, "hidden": 128, "dropout": 0.1, "epochs": 10, "lr": 3e-3, "lr_schedule": "cosine",
     "pooling": "mean", "augment": "speech", "wave_copies": 2, "conv_channels": (32, 64), "conv_kernel": (3, 3),
@@ -300,10 +300,15 @@ def explicit_dests(parser: Any, argv: Sequence[str]) -> set[str]:
 
 
 def apply_recipe(args: Any, recipe: dict[str, Any], explicit: set[str]) -> list[str]:
-    """Set ``recipe``'s values on ``args`` for the options not in ``explicit``; returns the dests it set."""
+    """Set ``recipe``'s values on ``args`` for the options not in ``explicit``; returns the dests it set.
+
+    A recipe's fixed ``refit_epochs`` count belongs to the recipe's own schedule: when ``epochs`` is explicit, the
+    refit runs every epoch of the given schedule (``"all"``) instead."""
     done = []
     for dest, value in recipe.items():
         if dest not in explicit and hasattr(args, dest):
+            if dest == "refit_epochs" and isinstance(value, int) and "epochs" in explicit:
+                value = "all"
             setattr(args, dest, value)
             done.append(dest)
     return done

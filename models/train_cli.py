@@ -183,8 +183,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         test_by=args.test_by, test_match=args.test_match, frame_labels=args.frame_labels,
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
-        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies,
-        wave_speed=args.wave_speed,
+        stats=args.stats, seed=args.seed, wave_copies=args.wave_copies, wave_speed=args.wave_speed,
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
@@ -215,8 +214,6 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
         return
     given = explicit_dests(build_parser(), argv)
     apply_recipe(args, SPEECH_RECIPE, given)
-    if "epochs" in given and "refit_epochs" not in given:
-        args.refit_epochs = "all"  # the recipe's refit count belongs to its own schedule
     if not ({"val_by", "val_match", "val_fraction"} & given):
         speaker = held_out_speaker(ds.examples, args.test_by, args.test_match)
         if speaker is not None:
