@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
+import platform
 import signal
 import sys
 from typing import Any
@@ -306,6 +308,7 @@ def run_server(backend: Backend, config: ServerConfig, *, ready: Any = None, ann
     thread (NumPy's featurizing runs in the batch thread; OpenBLAS's own threads would spin against it).
     ``handoff``: a worker of ``rnnstream serve --workers N`` (:mod:`rnnstream.serving.workers`)."""
     _pin_blas_threads()
+    _keep_freed_memory()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(backend, config, ready, announce, handoff))
 
@@ -316,6 +319,33 @@ def _loop_factory() -> Any:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+#: glibc's mallopt parameters (malloc.h) and the values the server sets (see :func:`_keep_freed_memory`).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+TRIM_THRESHOLD_BYTES = 32 << 20
+MMAP_THRESHOLD_BYTES = 4 << 20
+
+
+def _keep_freed_memory() -> None:
+    """Keep freed heap memory for reuse instead of handing it back to the kernel after every batch (glibc only).
+
+    A batch's featurizing allocates arrays of up to ~1 MB and frees them at once; glibc returned those pages to
+    the kernel (mmap/munmap, heap trimming), so every batch faulted them in again: 4-5 page faults per chunk,
+    about 5 us of server CPU per chunk measured at 1,000 streams, none left with these bounds (at most
+    ``TRIM_THRESHOLD_BYTES`` of free heap kept per arena; arrays over ``MMAP_THRESHOLD_BYTES`` still get their own
+    mapping). Left alone when the environment sets glibc's malloc tunables itself."""
+    if any(k in os.environ for k in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+        return
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def _pin_blas_threads() -> None:
