@@ -167,6 +167,11 @@ class ModelConfig:
         return bands
 
     @property
+    def outputs_logits(self) -> bool:
+        """Whether the outputs are class logits (classify, tag), read as probabilities by a softmax."""
+        return self.task in ("classify", "tag")
+
+    @property
     def rnn_input_size(self) -> int:
         """Width of the RNN's input: ``input_dim``, or channels x bands after the conv front end."""
         return self.conv_channels[-1] * self.conv_bands()[-1] if self.conv_channels else self.input_dim

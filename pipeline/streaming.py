@@ -98,7 +98,7 @@ def interpret(info: ModelInfo, output: np.ndarray, frames: int) -> Prediction:
     values is computed on Python floats (float64, as ``softmax``), several NumPy calls cheaper at this size."""
     values = np.asarray(output, dtype=np.float64).tolist()
     task = info.model_config.task
-    if task in ("classify", "tag"):
+    if info.model_config.outputs_logits:
         top = max(values)
         exps = [math.exp(v - top) for v in values]
         total = math.fsum(exps)

@@ -24,9 +24,11 @@ keyed by label; :func:`row_to_message` turns a row back into that message given 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from rnnstream.pipeline.streaming import softmax
 
 MAGIC = b"RSP1"
 _HEAD = struct.Struct("<4sHHI")
@@ -36,6 +38,29 @@ def prediction_row(output_dim: int) -> np.dtype:
     """The packed row of one prediction for a model with ``output_dim`` outputs (see the module doc)."""
     return np.dtype([("channel", "<u4"), ("seq", "<u4"), ("frames", "<u4"), ("frames_total", "<u4"),
                      ("t", "<f8"), ("predicted", "<i4"), ("values", "<f4", (output_dim,))])
+
+
+def prediction_rows(channels: Sequence[int], seqs: Sequence[int], results: Sequence[Any], output_dim: int, *,
+                    probabilities: bool) -> np.ndarray:
+    """The rows of many predictions at once (one array for a whole batch; a connection's frame takes its rows).
+
+    ``results``: the chunks' ``ChunkResult`` (``n_frames``, ``frames_seen``, ``t``, ``last_output [C]`` or None);
+    ``probabilities``: softmax the values and fill ``predicted`` (classify/tag models)."""
+    rows = np.zeros(len(results), prediction_row(output_dim))
+    rows["channel"] = channels
+    rows["seq"] = seqs
+    rows["frames"] = [r.n_frames for r in results]
+    rows["frames_total"] = [r.frames_seen for r in results]
+    rows["t"] = [r.t for r in results]
+    rows["predicted"] = -1
+    have = [k for k, r in enumerate(results) if r.last_output is not None]
+    if have:
+        last = np.stack([results[k].last_output for k in have]).astype(np.float32, copy=False)
+        if probabilities:
+            last = softmax(last)  # the probabilities, as interpret() gives them
+            rows["predicted"][have] = last.argmax(axis=1)
+        rows["values"][have] = last
+    return rows
 
 
 def encode_predictions(rows: np.ndarray) -> bytes:
@@ -77,4 +102,4 @@ def row_to_message(row: Any, stream: str, labels: list[str], task: str, forecast
     return msg
 
 
-__all__ = ["MAGIC", "decode_predictions", "encode_predictions", "prediction_row", "row_to_message"]
+__all__ = ["MAGIC", "decode_predictions", "encode_predictions", "prediction_row", "prediction_rows", "row_to_message"]

@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from aiohttp import WSMsgType, web
 from rnnstream.pipeline.errors import StateError
 from rnnstream.pipeline.stream_checks import ChunkMessage
 from rnnstream.pipeline.stream_state import Record, Step
 from rnnstream.pipeline.batching import step_streams_contained
-from rnnstream.pipeline.streaming import SensorChunk, softmax
+from rnnstream.pipeline.streaming import SensorChunk
 from rnnstream.serving import protocol as P
 from rnnstream.serving import replies as R
 from rnnstream.serving.batcher import QueueFull, Results
@@ -214,7 +213,7 @@ class WsMixin:
     def _on_results(self: StreamServer, results: Results) -> None:
         now = time.monotonic()
         m = self.metrics
-        binary: dict[Connection, list[tuple[Stream, int, Any]]] = {}
+        binary: list[tuple[Stream, int, Any]] = []
         latencies = []
         finishing = []
         frames = 0
@@ -235,7 +234,7 @@ class WsMixin:
                                    else StateError(failed[0].reason or "the stream core refused the result"))
                 continue
             if stream.binary:
-                binary.setdefault(stream.conn, []).append((stream, seq, outcome))
+                binary.append((stream, seq, outcome))
             else:
                 msg = {"type": "prediction", **stream.where(), "seq": seq, **outcome.to_dict()}
                 if stream.outputs:
@@ -245,8 +244,8 @@ class WsMixin:
             frames += outcome.n_frames
             if stream.ending is not None and not stream.busy:
                 finishing.append(stream)
-        for conn, rows in binary.items():
-            self._send_rows(conn, rows)
+        if binary:
+            self._send_rows(binary)
         for stream in finishing:  # "ended" after the stream's last prediction, binary ones included
             self._finish(stream)
         observe_many(m.latency, latencies)
@@ -259,27 +258,19 @@ class WsMixin:
         if overflow is not None:
             self._fail(conn, overflow, drop_pending=True)
 
-    def _send_rows(self: StreamServer, conn: Connection, items: list[tuple[Stream, int, Any]]) -> None:
-        """One binary frame with the predictions of ``items`` (:mod:`rnnstream.serving.replies`)."""
-        info = self.info
-        dim = info.model_config.output_dim
-        rows = np.zeros(len(items), R.prediction_row(dim))
-        rows["channel"] = [s.channel for s, _, _ in items]
-        rows["seq"] = [seq for _, seq, _ in items]
-        rows["frames"] = [o.n_frames for _, _, o in items]
-        rows["frames_total"] = [o.frames_seen for _, _, o in items]
-        rows["t"] = [o.t for _, _, o in items]
-        have = [k for k, (_, _, o) in enumerate(items) if o.last_output is not None]
-        rows["predicted"] = -1
-        if have:
-            last = np.stack([items[k][2].last_output for k in have]).astype(np.float32, copy=False)
-            if info.model_config.task in ("classify", "tag"):
-                last = softmax(last)  # rows: the probabilities, as interpret() gives them
-                rows["predicted"][have] = last.argmax(axis=1)
-            rows["values"][have] = last
-        overflow = conn.send(R.encode_predictions(rows))
-        if overflow is not None:
-            self._fail(conn, overflow, drop_pending=True)
+    def _send_rows(self: StreamServer, items: list[tuple[Stream, int, Any]]) -> None:
+        """The binary predictions of a batch: its rows built at once, one frame per connection with its rows
+        (:mod:`rnnstream.serving.replies`)."""
+        mc = self.info.model_config
+        rows = R.prediction_rows([s.channel for s, _, _ in items], [seq for _, seq, _ in items],
+                                 [o for _, _, o in items], mc.output_dim, probabilities=mc.outputs_logits)
+        by_conn: dict[Connection, list[int]] = {}
+        for k, (stream, _, _) in enumerate(items):
+            by_conn.setdefault(stream.conn, []).append(k)
+        for conn, idx in by_conn.items():
+            overflow = conn.send(R.encode_predictions(rows if len(idx) == len(rows) else rows[idx]))
+            if overflow is not None:
+                self._fail(conn, overflow, drop_pending=True)
 
     def _chunk_failed(self: StreamServer, stream: Stream, seq: int, exc: Exception) -> None:
         log.error("stream %r seq %d failed in the model: %s: %s", stream.id, seq, type(exc).__name__, exc)

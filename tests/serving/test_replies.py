@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from rnnstream.pipeline.streaming import StreamSession
 from rnnstream.serving import replies as R
 from rnnstream.serving.client import StreamClient
 from rnnstream.serving.protocol import ProtocolError, parse_control
@@ -92,3 +93,50 @@ def test_frames_are_decoded_strictly_and_rows_become_messages() -> None:
     assert R.row_to_message(back[0], "s", ["a"], "classify")["predicted"] is None
     forecast = R.row_to_message(back[1], "s", [], "forecast", forecast_dims=2)
     assert forecast["predicted"] == [[0.5, 1.0], [1.5, 2.0]] and forecast["values"] == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_one_batch_over_two_connections_gives_each_its_own_rows() -> None:
+    backend = audio_backend(1)
+    chunks = [signal(k, 0.1) for k in range(8)]
+
+    async def main() -> list[np.ndarray]:
+        cfg = ServerConfig(port=0, http_port=None, max_wait_ms=300, max_batch=8)
+        async with StreamServer(backend, cfg) as server:
+            async with connect(server.url) as a, connect(server.url) as b:
+                for ws in (a, b):
+                    json.loads(await ws.recv())  # hello
+                    for ch in range(4):
+                        await ws.send(json.dumps({"type": "start", "channel": ch, "stream": f"{id(ws)}-{ch}",
+                                                  "sample_rate": RATE, "replies": "binary"}))
+                        assert json.loads(await ws.recv())["type"] == "started"
+                for k, ws in enumerate((a, a, a, a, b, b, b, b)):
+                    await ws.send(np.array([k % 4, 0], "<u4").tobytes() + chunks[k].astype("<f4").tobytes())
+                return [R.decode_predictions(await asyncio.wait_for(ws.recv(), 10)) for ws in (a, b)]
+
+    rows_a, rows_b = run(main())
+    for rows in (rows_a, rows_b):  # one batch of 8: each connection one frame, with its own 4 streams only
+        assert sorted(rows["channel"].tolist()) == [0, 1, 2, 3] and set(rows["seq"].tolist()) == {0}
+    want = {}  # the same chunks pushed alone give the same probabilities, row by row
+    for k in range(8):
+        want[k] = StreamSession(backend, sample_rate=RATE).push(chunks[k]).prediction.values
+    for base, rows in ((0, rows_a), (4, rows_b)):
+        for row in rows:
+            np.testing.assert_allclose(row["values"], want[base + int(row["channel"])], rtol=0, atol=1e-5)
+
+
+def test_prediction_rows_fill_every_field() -> None:
+    class Result:
+        def __init__(self, last: list[float] | None, frames: int, seen: int, t: float):
+            self.last_output = None if last is None else np.array(last, np.float32)
+            self.n_frames, self.frames_seen, self.t = frames, seen, t
+
+    results = [Result(None, 0, 0, 0.05), Result([0.0, 2.0, 1.0], 3, 13, 0.15)]
+    probs = R.prediction_rows([5, 6], [1, 2], results, 3, probabilities=True)
+    assert probs["channel"].tolist() == [5, 6] and probs["seq"].tolist() == [1, 2]
+    assert probs["frames"].tolist() == [0, 3] and probs["frames_total"].tolist() == [0, 13]
+    assert probs["t"].tolist() == [0.05, 0.15] and probs["predicted"].tolist() == [-1, 1]
+    assert probs["values"][0].tolist() == [0.0, 0.0, 0.0]
+    e = np.exp([0.0, 2.0, 1.0])
+    np.testing.assert_allclose(probs["values"][1], e / e.sum(), rtol=1e-6)
+    raw = R.prediction_rows([5, 6], [1, 2], results, 3, probabilities=False)  # forecast/generate: outputs as is
+    assert raw["predicted"].tolist() == [-1, -1] and raw["values"][1].tolist() == [0.0, 2.0, 1.0]
