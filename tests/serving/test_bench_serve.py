@@ -10,7 +10,7 @@ def test_bench_serve_tiny_run(capsys):
     from bench import bench_serve
 
     rc = bench_serve.main(["--levels", "4", "--levels-json", "4", "--saturate-streams", "4", "--window", "2",
-                           "--seconds", "1", "--idle", "32", "--no-write"])
+                           "--seconds", "1", "--idle", "32", "--repeats", "2", "--no-write"])
     out = capsys.readouterr().out
     assert rc == 0
     rows = [line.split("|") for line in out.splitlines() if line.startswith(("| realtime", "| saturate"))]
@@ -18,3 +18,5 @@ def test_bench_serve_tiny_run(capsys):
     realtime = rows[0]
     assert realtime[4].strip() == "4" and realtime[18].strip() == "0"  # 4 streams, nothing lost
     assert "Idle streams: 32 open ->" in out
+    assert "- 4 real-time streams, 2 run(s): kept up in 2;" in out  # the target rows twice: median (min-max)
+    assert "- saturation, 2 run(s): " in out and "Repeats of the target rows" in out
