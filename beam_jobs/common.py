@@ -71,6 +71,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from rnnstream.beam_jobs.options import (  # noqa: F401 - re-exported: the jobs and tests import them from here
+    BATCH_DEFAULT_RUNNER,
     DASK_RUNNER,
     add_feature_arguments,
     add_input_arguments,

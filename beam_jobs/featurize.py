@@ -64,6 +64,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from rnnstream.beam_jobs.common import (
+    BATCH_DEFAULT_RUNNER,
     INPUT_ERRORS,
     METRICS_NAMESPACE,
     DeadLetter,
@@ -511,7 +512,7 @@ def featurize_corpus(
         DatasetError: no inputs / a pattern matching nothing / bad manifest. ConfigError: bad options.
     """
     records = list_inputs(inputs, manifest, label_pattern)
-    options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or [])))
+    options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or []), BATCH_DEFAULT_RUNNER))
     shards = resolve_num_shards(len(records), num_shards, inputs_per_shard, options)
     result = _build_and_run(records, output_dir, feature_config, label_pattern, shards, options, None, limits)
     summary = read_summary(output_dir)
@@ -521,7 +522,7 @@ def featurize_corpus(
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> Any:
     """Parse ``argv`` (job flags and Beam options together), run the job, return the PipelineResult."""
-    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]))
+    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]), BATCH_DEFAULT_RUNNER)
     reject_unknown_args(argv)
     options = PipelineOptions(argv)
     io_opts = options.view_as(InputOptions)

@@ -58,6 +58,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from rnnstream.beam_jobs.common import (
+    BATCH_DEFAULT_RUNNER,
     INPUT_ERRORS,
     METRICS_NAMESPACE,
     DeadLetter,
@@ -427,7 +428,7 @@ def infer_corpus(
     """
     if fmt not in PREDICTIONS_FILE:
         raise ConfigError(f"--format must be one of {sorted(PREDICTIONS_FILE)}, got {fmt!r}")
-    options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or [])))
+    options = PipelineOptions(resolve_runner_aliases(list(pipeline_args or []), BATCH_DEFAULT_RUNNER))
     if batch_size != 1 and is_dask_runner(options):
         raise ConfigError("--batch-size must be 1 on the DaskRunner (it drops batches emitted at bundle end)")
     backend = load_model_backend(model, threads)  # fail early on a bad model file; gives the feature config
@@ -435,14 +436,7 @@ def infer_corpus(
     if info.input_kind != "features":
         raise ConfigError(f"{model!r} is a raw-audio graph; batch inference takes a features graph or a checkpoint")
     handler = RnnModelHandler(model, batch_size=batch_size, threads=threads)
-    ins = list(inputs or [])
-    datasets = [p for p in ins if is_dataset_dir(p)]
-    if datasets and len(datasets) != len(ins):
-        raise ConfigError("--input: give either dataset directories or raw files, not both")
-    if datasets and (label_pattern or manifest):
-        raise ConfigError("--label-pattern/--manifest apply to raw files; a dataset already holds its labels")
-    records: list[InputRecord] = [] if datasets else list_inputs(ins, manifest, label_pattern)
-    shards = dataset_shards(datasets, info.feature_config) if datasets else []
+    datasets, shards, records = _infer_inputs(list(inputs or []), manifest, label_pattern, info.feature_config)
     prepare_output_dir(output_dir, _STALE)
 
     pipeline = test_pipeline or beam.Pipeline(options=options)
@@ -472,9 +466,27 @@ def infer_corpus(
     return summary
 
 
+def _infer_inputs(ins: list[str], manifest: str | None, label_pattern: str | None,
+                  feature_config: Any) -> tuple[list[str], list[str], list[InputRecord]]:
+    """``(dataset directories, their shards, raw input records)``: either datasets or raw files, never both.
+
+    Raises:
+        ConfigError: datasets mixed with raw files, or labelled by a pattern or manifest.
+        DatasetError: a dataset without shards, raw inputs that match nothing.
+    """
+    datasets = [p for p in ins if is_dataset_dir(p)]
+    if datasets and len(datasets) != len(ins):
+        raise ConfigError("--input: give either dataset directories or raw files, not both")
+    if datasets and (label_pattern or manifest):
+        raise ConfigError("--label-pattern/--manifest apply to raw files; a dataset already holds its labels")
+    if datasets:
+        return datasets, dataset_shards(datasets, feature_config), []
+    return [], [], list_inputs(ins, manifest, label_pattern)
+
+
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """Parse ``argv`` (job flags and Beam options together), run the job, return the summary dict."""
-    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]))
+    argv = resolve_runner_aliases(list(argv if argv is not None else sys.argv[1:]), BATCH_DEFAULT_RUNNER)
     reject_unknown_args(argv)
     options = PipelineOptions(argv)
     io_opts = options.view_as(InputOptions)

@@ -31,6 +31,12 @@ PREDICTION_FORMATS = ("jsonl", "parquet")
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _RUNNER_ALIASES = {"DaskRunner": DASK_RUNNER}
 
+#: The batch jobs' runner (featurize, infer) when no ``--runner`` is given: Beam's FnApiRunner, the runner the
+#: DirectRunner itself ends up running them on, without the DirectRunner's first attempt at the PrismRunner
+#: (Beam >= 2.6x), which downloads the Prism binary at run time and, where it cannot, falls back after leaving
+#: three temporary folders behind per run. ``--runner=DirectRunner`` (or PrismRunner) still asks for that path.
+BATCH_DEFAULT_RUNNER = "FnApiRunner"
+
 # (flag, AudioConfig/SensorConfig field, type, choices, help). The fields' defaults are shown in --help;
 # the flags themselves default to None so that --feature-config's values stay unless a flag is given.
 _AUDIO_SPECS: tuple[tuple[str, str, Any, tuple[str, ...] | None, str], ...] = (
@@ -236,16 +242,22 @@ def feature_config_from_options(opts: Any) -> FeatureConfig:
     return FeatureConfig(kind="sensor", audio=None, sensor=SensorConfig(**{**section.__dict__, **changes}))
 
 
-def resolve_runner_aliases(argv: Sequence[str]) -> list[str]:
-    """``--runner=DaskRunner`` (or ``--runner DaskRunner``) -> Beam's fully qualified DaskRunner name.
+def resolve_runner_aliases(argv: Sequence[str], default_runner: str | None = None) -> list[str]:
+    """``--runner=DaskRunner`` (or ``--runner DaskRunner``) -> Beam's fully qualified DaskRunner name; with
+    ``default_runner``, ``--runner=default_runner`` added when ``argv`` names no runner.
 
     Beam knows the DaskRunner only by its module path; the short name is what people type.
     """
     out = list(argv)
+    named = False
     for i, arg in enumerate(out):
         if arg.startswith("--runner="):
             name = arg.split("=", 1)[1]
             out[i] = "--runner=" + _RUNNER_ALIASES.get(name, name)
+            named = True
         elif arg == "--runner" and i + 1 < len(out):
             out[i + 1] = _RUNNER_ALIASES.get(out[i + 1], out[i + 1])
+            named = True
+    if default_runner is not None and not named:
+        out.append(f"--runner={default_runner}")
     return out

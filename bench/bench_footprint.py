@@ -209,67 +209,24 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
+#: A variant: its command line and working folder.
+Variant = tuple[list[str], Path]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     load_start = _loadavg()
     print(f"bench_footprint: work folder {work}; load average {load_start:.2f}", flush=True)
-
-    runtime_py = _runtime_venv(work, args.rebuild)
-    old = _old_checkout(work, args.old_rev, args.rebuild)
-    if args.rebuild:
-        for stale in ("model.onnx", "clip16k.wav"):
-            (work / stale).unlink(missing_ok=True)
-    model, wav = _model_and_wav(work)
-    run_dir = work / "run"
-    run_dir.mkdir(exist_ok=True)
-
-    stream = ["-m", "rnnstream.cli", "stream", "--model", str(model), "--input", str(wav), "--chunk-ms", "100"]
-    full_py = sys.executable
-    variants = {
-        "(a) runtime-only: pip install rnnstream (wheel, no extras)": ([str(runtime_py), *stream], run_dir),
-        f"(b) before the namespace move ({args.old_rev}), full venv": ([full_py, *stream], old),
-        "(c) full install (.venv, every extra), new code": ([full_py, *stream], run_dir),
-    }
-    variants = {k: v for k, v in variants.items() if k[1] in args.variants}
+    variants = _variants(args, work)
     names = list(variants)
     ref_name = next((n for n in names if n.startswith("(b)")), names[0])
     if args.variants != "abc":
         args.no_write = True
-
-    # Warm-up (page cache, .pyc files) and the checks: same final prediction; (b) ran the old code.
-    finals, imported = {}, {}
-    for name, (cmd, cwd) in variants.items():
-        _, _, stdout = _measure(cmd, cwd)
-        finals[name] = _final(stdout)
-        _, tops, modules = _importtime(cmd, cwd)
-        imported[name] = tops
-        if name.startswith("(b)") and not ("pipeline.streaming" in modules and "torch" in tops):
-            raise RuntimeError(f"{name}: did not run the old code (the bare pipeline.streaming and torch expected "
-                               f"in the import log; imported packages: {sorted(tops)})")
-        if name.startswith("(a)") and "torch" in tops:
-            raise RuntimeError(f"{name}: imported torch")
-    ref = finals[ref_name]
-    for name in names:
-        if not _agree(finals[name], ref):
-            raise RuntimeError(f"final predictions differ: {name}: {finals[name]} vs {ref_name}: {ref}")
-
-    rss: dict[str, list[float]] = {n: [] for n in names}
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    imp: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            cmd, cwd = variants[name]
-            m, w, _ = _measure(cmd, cwd)
-            rss[name].append(m)
-            wall[name].append(w)
-            imp[name].append(_importtime(cmd, cwd)[0])
-        print(f"  repeat {r + 1}/{args.repeats}: " + "; ".join(
-            f"{n[:3]} {rss[n][-1]:.0f} MiB {wall[n][-1]:.2f} s {imp[n][-1]:.0f} ms" for n in names), flush=True)
+    imported = _warm_and_check(variants, ref_name)
+    rss, wall, imp = _measure_all(variants, args.repeats)
     load_end = _loadavg()
-
     rows = []
     for name in names:
         heavy = ", ".join(h for h in HEAVY if h in imported[name]) or "-"
@@ -286,11 +243,82 @@ def main(argv: list[str] | None = None) -> int:
               "wall s (whole command)", "heavy packages imported"]
     from bench._report import markdown_table
 
+    md = markdown_table(header, rows) + "\n\n" + _note(args, variants, load_start, load_end)
+    print(md)
+    if not args.no_write:
+        from bench._report import write_section
+
+        write_section(SECTION, md, "python -m bench.bench_footprint")
+    return 0
+
+
+def _variants(args: argparse.Namespace, work: Path) -> dict[str, Variant]:
+    """The variants ``--variants`` asks for, their environments built (or reused) in ``work``."""
+    runtime_py = _runtime_venv(work, args.rebuild)
+    old = _old_checkout(work, args.old_rev, args.rebuild)
+    if args.rebuild:
+        for stale in ("model.onnx", "clip16k.wav"):
+            (work / stale).unlink(missing_ok=True)
+    model, wav = _model_and_wav(work)
+    run_dir = work / "run"
+    run_dir.mkdir(exist_ok=True)
+    stream = ["-m", "rnnstream.cli", "stream", "--model", str(model), "--input", str(wav), "--chunk-ms", "100"]
+    full_py = sys.executable
+    variants = {
+        "(a) runtime-only: pip install rnnstream (wheel, no extras)": ([str(runtime_py), *stream], run_dir),
+        f"(b) before the namespace move ({args.old_rev}), full venv": ([full_py, *stream], old),
+        "(c) full install (.venv, every extra), new code": ([full_py, *stream], run_dir),
+    }
+    return {k: v for k, v in variants.items() if k[1] in args.variants}
+
+
+def _warm_and_check(variants: dict[str, Variant], ref_name: str) -> dict[str, set[str]]:
+    """One warm-up run each (page cache, .pyc files) and the checks: every variant prints the same final
+    prediction, (b) ran the old code, (a) did not import torch. Returns each variant's imported packages."""
+    finals, imported = {}, {}
+    for name, (cmd, cwd) in variants.items():
+        _, _, stdout = _measure(cmd, cwd)
+        finals[name] = _final(stdout)
+        _, tops, modules = _importtime(cmd, cwd)
+        imported[name] = tops
+        if name.startswith("(b)") and not ("pipeline.streaming" in modules and "torch" in tops):
+            raise RuntimeError(f"{name}: did not run the old code (the bare pipeline.streaming and torch expected "
+                               f"in the import log; imported packages: {sorted(tops)})")
+        if name.startswith("(a)") and "torch" in tops:
+            raise RuntimeError(f"{name}: imported torch")
+    ref = finals[ref_name]
+    for name in variants:
+        if not _agree(finals[name], ref):
+            raise RuntimeError(f"final predictions differ: {name}: {finals[name]} vs {ref_name}: {ref}")
+    return imported
+
+
+def _measure_all(variants: dict[str, Variant], repeats: int) -> tuple[dict[str, list[float]], ...]:
+    """``(peak RSS MiB, wall s, import ms)`` per variant over ``repeats`` rounds, the variants' order rotated."""
+    names = list(variants)
+    rss: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    imp: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            cmd, cwd = variants[name]
+            m, w, _ = _measure(cmd, cwd)
+            rss[name].append(m)
+            wall[name].append(w)
+            imp[name].append(_importtime(cmd, cwd)[0])
+        print(f"  repeat {r + 1}/{repeats}: " + "; ".join(
+            f"{n[:3]} {rss[n][-1]:.0f} MiB {wall[n][-1]:.2f} s {imp[n][-1]:.0f} ms" for n in names), flush=True)
+    return rss, wall, imp
+
+
+def _note(args: argparse.Namespace, variants: dict[str, Variant], load_start: float, load_end: float) -> str:
+    """What was run and how it was measured, with the versions and the machine load."""
+    names = list(variants)
     vers = {}
     for name, (cmd, _) in variants.items():
         vers[name] = subprocess.run([cmd[0], "-c", "import onnxruntime, numpy; print(onnxruntime.__version__, "
                                      "numpy.__version__)"], capture_output=True, text=True, env=_env()).stdout.split()
-    note = (
+    return (
         f"`python -m rnnstream.cli stream --model model.onnx --input clip16k.wav --chunk-ms 100` (what the "
         f"`rnnstream` command runs) on a 2-layer 128-unit GRU over 40 log-mels at 16 kHz, 10 classes, exported "
         f"by the new code, and 10 s of 16 kHz audio (100 chunks); {args.repeats} repeats per variant, variants "
@@ -304,13 +332,6 @@ def main(argv: list[str] | None = None) -> int:
         f"1-min load average {load_start:.2f} at start, {load_end:.2f} at end on {os.cpu_count()} cores"
         f"{' (above 2: other jobs shared the CPUs, times are pessimistic)' if max(load_start, load_end) > 2 else ''}."
     )
-    md = markdown_table(header, rows) + "\n\n" + note
-    print(md)
-    if not args.no_write:
-        from bench._report import write_section
-
-        write_section(SECTION, md, "python -m bench.bench_footprint")
-    return 0
 
 
 if __name__ == "__main__":

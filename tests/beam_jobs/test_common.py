@@ -59,6 +59,10 @@ def test_runner_alias_and_stable_shards():
     assert resolve_runner_aliases(["--runner=DaskRunner", "--x"]) == [f"--runner={DASK_RUNNER}", "--x"]
     assert resolve_runner_aliases(["--runner", "DaskRunner"]) == ["--runner", DASK_RUNNER]
     assert resolve_runner_aliases(["--runner=DirectRunner"]) == ["--runner=DirectRunner"]
+    # a default runner only where none is named
+    assert resolve_runner_aliases(["--x"], "FnApiRunner") == ["--x", "--runner=FnApiRunner"]
+    assert resolve_runner_aliases(["--runner", "DirectRunner"], "FnApiRunner") == ["--runner", "DirectRunner"]
+    assert resolve_runner_aliases(["--runner=DaskRunner"], "FnApiRunner") == [f"--runner={DASK_RUNNER}"]
     assert shard_of("a/b.wav", 7) == shard_of("a/b.wav", 7) and 0 <= shard_of("a/b.wav", 7) < 7
 
 

@@ -271,6 +271,24 @@ def test_inputs_per_shard_flag_sets_the_shards(audio_corpus, tmp_path):
     assert all(name.endswith("-of-00003.parquet") for name in summary["shards"])  # ceil(9 / 3)
 
 
+def test_jobs_without_a_runner_leave_no_temporary_folders(audio_corpus, tmp_path, monkeypatch):
+    """No --runner: the batch jobs run on the FnApiRunner directly; the DirectRunner's first try at the
+    PrismRunner (a binary it would download) left three folders in the temporary directory per run."""
+    import tempfile
+
+    from rnnstream.beam_jobs import infer
+
+    root, _, _ = audio_corpus
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    summary = featurize.featurize_corpus([str(root)], str(tmp_path / "out"), FeatureConfig.audio_default(
+        sample_rate=RATE, n_mels=20), label_pattern=LABEL_PATTERN)
+    assert summary["inputs"] == 9 and summary["outputs"] + summary["dead_letters"] == 9
+    assert sorted(p.name for p in temp.iterdir()) == []
+    assert infer.BATCH_DEFAULT_RUNNER == featurize.BATCH_DEFAULT_RUNNER == "FnApiRunner"
+
+
 def test_featurize_corpus_transform_on_a_pcollection_equals_the_job(audio_corpus, tmp_path):
     """FeaturizeCorpus (records already in a PCollection, grouped by crc32 shard) gives the job's dataset."""
     import apache_beam as beam
