@@ -33,6 +33,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 from experiments._common import (
     base_parser,
@@ -203,42 +204,27 @@ def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: t
 def main(argv: list[str] | None = None) -> int:
     args = _resolve(build_parser().parse_args(argv))
     setup_threads(args.threads)
-    from rnnstream.models.data import classify_data, split_by, split_fraction
-    from rnnstream.models.train import TrainConfig
-    from rnnstream.pipeline.config import FeatureConfig
     from rnnstream import datasets as D
-    from rnnstream.demo import format_table
+    from rnnstream.pipeline.config import FeatureConfig
 
     rec = D.fsdd_dir(args.data_root)
     if not os.path.isdir(rec):
         print(f"SKIP: FSDD recordings not found at {rec} (pass --data-root)")
         return 0
+    try:
+        splits = _splits(args.splits)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = os.path.abspath(args.out)
-    feat_dir = os.path.join(out, "features")
     cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=args.n_mels, win_ms=25.0, hop_ms=10.0,
                                       feature=args.feature, f_min=args.f_min, log_eps=args.log_eps)
     t0 = time.perf_counter()
-    ds = featurized([rec], feat_dir, cfg, label_pattern=D.FSDD_PATTERN, refeaturize=args.refeaturize)
+    ds = featurized([rec], os.path.join(out, "features"), cfg, label_pattern=D.FSDD_PATTERN,
+                    refeaturize=args.refeaturize)
     featurize_s = time.perf_counter() - t0
-    examples = ds.examples
-    log(f"{len(examples)} examples, {sum(e.features.shape[0] for e in examples)} frames")
-
-    splits: list[tuple[str, str, str]] = []
-    for item in [s.strip() for s in args.splits.split(",") if s.strip()]:
-        if item == "documented":
-            splits.append(("documented (takes 0-4 test)", "take", "[0-4]"))
-        elif item == "loso":
-            splits += [(f"loso-{s}", "speaker", s) for s in SPEAKERS]
-        elif item.startswith("loso-") and item[5:] in SPEAKERS:
-            splits.append((item, "speaker", item[5:]))
-        else:
-            print(f"error: unknown split {item!r}", file=sys.stderr)
-            return 2
+    log(f"{len(ds.examples)} examples, {sum(e.features.shape[0] for e in ds.examples)} frames")
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
-    speed = tuple(float(v) for v in args.speed.split(","))
-
-    results: dict[str, dict] = {}
-    tcfgs = {}
     selected = None
     if args.refit_from:
         import json
@@ -247,55 +233,98 @@ def main(argv: list[str] | None = None) -> int:
             selected = json.load(fh)["splits"]
     summary_path = os.path.join(out, "results.json")
     command = "python -m experiments.fsdd " + " ".join(sys.argv[1:] if argv is None else argv)
+    results: dict[str, dict] = {}
+    tcfgs = {}
+    speed = tuple(float(v) for v in args.speed.split(","))
     for seed in seeds:
-        tcfg = TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
-                           pooling=args.pooling, input_norm=args.input_norm, norm_prior=args.norm_prior,
-                           norm_decay=args.norm_decay, conv_channels=int_list(args.conv_channels),
-                           conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool,
-                           augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay, lr_schedule="cosine", seed=seed, device="cpu",
-                           progress=not args.no_progress)
-        tcfgs[seed] = tcfg
-        copies = wave_copies_cached(out, examples, ds.config, args.wave_copies, seed, speed) if args.wave_copies else {}
+        tcfgs[seed] = _train_config(args, seed)
+        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, speed) if args.wave_copies \
+            else {}
         for name, key, pattern in splits:
-            log(f"== split {name}, seed {seed}: test = {key} ~ {pattern}")
-            rest, test_ex = split_by(examples, key, pattern)
-            val_speaker = None
-            if key == "speaker" and args.val_by == "speaker":
-                val_speaker = SPEAKERS[(SPEAKERS.index(pattern) + 1) % len(SPEAKERS)]
-                train_ex, val_ex = split_by(rest, "speaker", val_speaker)
-            else:
-                train_ex, val_ex = split_fraction(rest, 0.1, seed)
-            n_files = len(train_ex)
-            if args.augment:
-                train_ex = augment_examples(train_ex, args.augment, seed)
-            train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])]
-            run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if len(seeds) > 1 else ""))
-            if selected is not None:  # the selection runs were done by an earlier command: take their records
-                r = dict(selected[name][str(seed)])
-            else:
-                train_d = classify_data(train_ex, feature_config=ds.config)
-                val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)
-                test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
-                r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
-                                       threads=args.threads, progress=not args.no_progress, trace_features=True)
-                r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
-            if (args.refit or selected is not None) and val_speaker is not None:
-                all_ex = [e for e in rest]  # the three training speakers' files
-                if args.augment:
-                    all_ex = augment_examples(all_ex, args.augment, seed)
-                all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
-                all_d = classify_data(all_ex, feature_config=ds.config)
-                test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
-                r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
-                              chunk_s=args.chunk_s, threads=args.threads, progress=not args.no_progress,
-                              trace_features=True)
-                r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest))
+            r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected)
             results.setdefault(name, {})[seed] = r
-            log(f"   val {r['val_accuracy']:.4f} (loss {r['val_loss']:.4f}, {val_speaker or 'random 10%'})  "
-                f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}  "
-                f"agreement {r['streaming']['label_agreement']:.4f}  ({r['train_seconds']:.0f} s training)")
             write_json(summary_path, _summary(command, ds, tcfgs, featurize_s, results, seeds))
+    summ = _summary(command, ds, tcfgs, featurize_s, results, seeds)
+    print(_table(results, summ))
+    write_json(summary_path, summ)
+    return 0
+
+
+def _splits(spec: str) -> list[tuple[str, str, str]]:
+    """``--splits`` -> ``(name, example key, test pattern)`` per split; ValueError names an unknown one."""
+    splits: list[tuple[str, str, str]] = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if item == "documented":
+            splits.append(("documented (takes 0-4 test)", "take", "[0-4]"))
+        elif item == "loso":
+            splits += [(f"loso-{s}", "speaker", s) for s in SPEAKERS]
+        elif item.startswith("loso-") and item[5:] in SPEAKERS:
+            splits.append((item, "speaker", item[5:]))
+        else:
+            raise ValueError(f"unknown split {item!r}")
+    return splits
+
+
+def _train_config(args: argparse.Namespace, seed: int) -> Any:
+    from rnnstream.models.train import TrainConfig
+
+    return TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
+                       pooling=args.pooling, input_norm=args.input_norm, norm_prior=args.norm_prior,
+                       norm_decay=args.norm_decay, conv_channels=int_list(args.conv_channels),
+                       conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool,
+                       augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, lr_schedule="cosine", seed=seed, device="cpu",
+                       progress=not args.no_progress)
+
+
+def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: str, seed: int, many_seeds: bool,
+               tcfg: Any, copies: dict, out: str, selected: dict | None) -> dict:
+    """One split and seed: the selection run (or its record from ``--refit-from``), then the refit on all three
+    training speakers when asked; the fold's result record."""
+    from rnnstream.models.data import classify_data, split_by, split_fraction
+
+    log(f"== split {name}, seed {seed}: test = {key} ~ {pattern}")
+    rest, test_ex = split_by(ds.examples, key, pattern)
+    val_speaker = None
+    if key == "speaker" and args.val_by == "speaker":
+        val_speaker = SPEAKERS[(SPEAKERS.index(pattern) + 1) % len(SPEAKERS)]
+        train_ex, val_ex = split_by(rest, "speaker", val_speaker)
+    else:
+        train_ex, val_ex = split_fraction(rest, 0.1, seed)
+    n_files = len(train_ex)
+    if args.augment:
+        train_ex = augment_examples(train_ex, args.augment, seed)
+    train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])]
+    run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if many_seeds else ""))
+    if selected is not None:  # the selection runs were done by an earlier command: take their records
+        r = dict(selected[name][str(seed)])
+    else:
+        train_d = classify_data(train_ex, feature_config=ds.config)
+        val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)
+        test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
+        r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=args.chunk_s,
+                               threads=args.threads, progress=not args.no_progress, trace_features=True)
+        r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
+    if (args.refit or selected is not None) and val_speaker is not None:
+        all_ex = list(rest)  # the three training speakers' files
+        if args.augment:
+            all_ex = augment_examples(all_ex, args.augment, seed)
+        all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
+        all_d = classify_data(all_ex, feature_config=ds.config)
+        test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
+        r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
+                      chunk_s=args.chunk_s, threads=args.threads, progress=not args.no_progress,
+                      trace_features=True)
+        r.update(seed=seed, val_speaker=val_speaker, n_train_files=len(rest))
+    log(f"   val {r['val_accuracy']:.4f} (loss {r['val_loss']:.4f}, {val_speaker or 'random 10%'})  "
+        f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}  "
+        f"agreement {r['streaming']['label_agreement']:.4f}  ({r['train_seconds']:.0f} s training)")
+    return r
+
+
+def _table(results: dict[str, dict], summ: dict) -> str:
+    """Every run's row, then each split's mean +- sd over seeds."""
+    from rnnstream.demo import format_table
 
     rows = []
     for name, by_seed in results.items():
@@ -304,14 +333,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([name, seed, r["n_train"], r["n_val"], r["n_test"], r["val_accuracy"],
                          r["offline_accuracy_torch"], r["streaming_accuracy_onnx"], s["label_agreement"],
                          f"{s['max_abs_score_diff']:.1e}", f"{s['latency_ms_mean']:.2f}"])
-    summ = _summary(command, ds, tcfgs, featurize_s, results, seeds)
     for name, agg in summ["aggregate"].items():
         rows.append([name, "mean+-sd", "", "", "", "", f"{agg['offline_mean']:.4f}+-{agg['offline_sd']:.4f}",
                      f"{agg['streamed_mean']:.4f}+-{agg['streamed_sd']:.4f}", "", "", ""])
-    print(format_table(rows, ["split", "seed", "train", "val", "test", "val acc", "acc offline (torch)",
-                              "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"]))
-    write_json(summary_path, summ)
-    return 0
+    return format_table(rows, ["split", "seed", "train", "val", "test", "val acc", "acc offline (torch)",
+                               "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"])
 
 
 def _summary(command, ds, tcfgs, featurize_s, results, seeds) -> dict:
