@@ -43,7 +43,7 @@ def build_parser():
     for flag, typ in (("--hidden", int), ("--layers", int), ("--dropout", float), ("--lr", float),
                       ("--weight-decay", float), ("--pooling", str), ("--augment", str), ("--conv-channels", str),
                       ("--conv-kernel", str), ("--conv-pool", int), ("--input-norm", str), ("--norm-prior", float),
-                      ("--norm-decay", float), ("--batch-size", int)):
+                      ("--norm-decay", float), ("--batch-size", int), ("--weight-average", float)):
         p.add_argument(flag, type=typ, default=None, help="override every set's setting")
     return p
 
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         st = dict(SETTINGS[name])
         for key in ("epochs", "hidden", "layers", "dropout", "lr", "weight_decay", "pooling", "augment",
-                    "conv_channels", "conv_kernel", "conv_pool", "input_norm", "norm_prior", "norm_decay", "batch_size"):
+                    "conv_channels", "conv_kernel", "conv_pool", "input_norm", "norm_prior", "norm_decay", "batch_size",
+                    "weight_average"):
             if getattr(args, key) is not None:
                 st[key] = getattr(args, key)
         set_dir = os.path.join(out, name)
@@ -126,7 +127,8 @@ def _train_config(st: dict, seed: int, args):  # -> TrainConfig
                        augment=st.get("augment", "none"), conv_channels=int_list(st.get("conv_channels", "")),
                        conv_kernel=int_list(st.get("conv_kernel", "3,3")), conv_pool=st.get("conv_pool", 2),
                        input_norm=st.get("input_norm", "none"), norm_prior=st.get("norm_prior", 0.0),
-                       norm_decay=st.get("norm_decay", 1.0), seed=seed, device="cpu", progress=not args.no_progress)
+                       norm_decay=st.get("norm_decay", 1.0), weight_average=st.get("weight_average", 0.0), seed=seed,
+                       device="cpu", progress=not args.no_progress)
 
 
 def _cross_validate(rest, feature_config, st: dict, seeds, args, path: str) -> dict:

@@ -4,7 +4,7 @@ checkpoints (+ resume), plots and ``metrics.json``.
 :func:`rnnstream.models.train.train` installs them in this order (checkpointing after the callbacks whose
 counters it stores, the metrics file after the plots it lists)::
 
-    [LRSchedule, EarlyStopping, GradientWatch, Progress?, ModelCheckpoint?, Plots?, MetricsFile?]
+    [WeightAverage?, LRSchedule, EarlyStopping, GradientWatch, Progress?, ModelCheckpoint?, Plots?, MetricsFile?]
 """
 
 from __future__ import annotations
@@ -29,6 +29,76 @@ from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import CheckpointError, DatasetError
 
 METRICS_FILE = "metrics.json"
+
+
+class WeightAverage(Callback):
+    """An exponential moving average of the weights, updated after every batch, with a half-life of
+    ``half_life_epochs`` epochs of batches. Validation sees the averaged weights, so the best epoch is chosen
+    and kept by them (and the final model is an average); training goes on from the raw weights.
+
+    Decay per batch: ``0.5 ** (1 / (half_life_epochs * batches per epoch))``, at most ``(1 + n) / (10 + n)``
+    after ``n`` updates (the first batches are not dragged towards the initial weights). Parameters only: the
+    model's buffers (normalisation statistics, filterbanks) do not train. Goes first in the callback list: its
+    ``on_epoch_end`` puts the raw weights back before a checkpoint stores the epoch's resume state, in which the
+    average is kept too (``weight_average``, ``weight_average_updates``).
+    """
+
+    def __init__(self, half_life_epochs: float):
+        if not (half_life_epochs > 0 and math.isfinite(half_life_epochs)):
+            raise ValueError(f"half_life_epochs must be a positive number, got {half_life_epochs}")
+        self.half_life_epochs = half_life_epochs
+        self.average: dict[str, Tensor] = {}
+        self.updates = 0
+        self._raw: dict[str, Tensor] = {}
+
+    def decay(self, batches_per_epoch: int) -> float:
+        """This update's decay (see the class doc)."""
+        steady = 0.5 ** (1.0 / (self.half_life_epochs * max(batches_per_epoch, 1)))
+        return min(steady, (1 + self.updates) / (10 + self.updates))
+
+    def on_train_start(self, state: FitState) -> None:
+        if not self.average:  # a resume's load_state_dict sets it
+            self.average = {k: p.detach().clone() for k, p in state.model.named_parameters()}
+
+    def on_batch_end(self, state: FitState) -> None:
+        keep = self.decay(len(state.loader))
+        self.updates += 1
+        with torch.no_grad():
+            for k, p in state.model.named_parameters():
+                avg = self.average[k]
+                if avg.device != p.device:
+                    avg = self.average[k] = avg.to(p.device)
+                avg.lerp_(p.detach(), 1.0 - keep)  # avg = keep * avg + (1 - keep) * p
+
+    def on_epoch_trained(self, state: FitState) -> None:
+        self._raw = {k: p.detach().clone() for k, p in state.model.named_parameters()}
+        _assign(state.model, self.average)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        self._put_back(state)
+
+    def on_exception(self, state: FitState, error: BaseException) -> None:
+        self._put_back(state)
+
+    def _put_back(self, state: FitState) -> None:
+        if self._raw:
+            _assign(state.model, self._raw)
+            self._raw = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight_average": {k: v.detach().cpu().clone() for k, v in self.average.items()},
+                "weight_average_updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "weight_average" in state:  # a resume state written without averaging: start from the resumed weights
+            self.average = {k: v.clone() for k, v in state["weight_average"].items()}
+            self.updates = int(state["weight_average_updates"])
+
+
+def _assign(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(weights[k])
 
 
 class LRSchedule(Callback):
@@ -245,4 +315,4 @@ class MetricsFile(Callback):
 
 
 __all__ = ["METRICS_FILE", "EarlyStopping", "GradientWatch", "LRSchedule", "MetricsFile", "ModelCheckpoint",
-           "Plots", "Progress", "Resumed", "load_resume"]
+           "Plots", "Progress", "Resumed", "WeightAverage", "load_resume"]

@@ -16,7 +16,9 @@ gradient raises :class:`TrainingDivergedError`. At the end the best weights are 
 and scored on the validation and test data.
 
 Callback hooks, in order: ``on_train_start``; per epoch ``on_epoch_start`` (a callback may set
-``state.stop`` to skip the epoch and end training), ``on_batch_end`` after each batch, ``on_epoch_end``
+``state.stop`` to skip the epoch and end training), ``on_batch_end`` after each batch, ``on_epoch_trained``
+after the last batch and before validation (a callback may put other weights in the model to be validated
+and kept, e.g. averaged ones), ``on_epoch_end``
 (``state.stop`` ends training after this epoch); ``on_train_end`` after the final scores; ``on_exception``
 when training raises. Callbacks that must survive a resume keep their counters in ``state_dict()``.
 """
@@ -113,6 +115,8 @@ class Callback:
 
     def on_batch_end(self, state: FitState) -> None: ...
 
+    def on_epoch_trained(self, state: FitState) -> None: ...
+
     def on_epoch_end(self, state: FitState) -> None: ...
 
     def on_train_end(self, state: FitState) -> None: ...
@@ -161,6 +165,7 @@ def fit(model: StreamingRNN, loader: BatchLoader, val_data: TaskData | None = No
                 state.stopped_early, state.epoch = True, epoch - 1
                 break
             _train_epoch(state, transform, tbptt)
+            _hook(state, "on_epoch_trained")
             _end_epoch(state, val_data)
             _hook(state, "on_epoch_end")
             if state.stop and epoch < epochs:

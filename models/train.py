@@ -49,6 +49,7 @@ from rnnstream.models.callbacks import (
     Plots,
     Progress,
     Resumed,
+    WeightAverage,
     load_resume,
 )
 from rnnstream.models.data import Batch, TaskData
@@ -101,6 +102,8 @@ class TrainConfig:
             random gain, feature noise, band-axis warp).
         conv_channels, conv_kernel, conv_pool: causal convolutional front end (CRNN; :class:`ModelConfig`).
         norm_decay, norm_prior: ``input_norm="causal_mean"``'s decay and training-mean prior (:class:`ModelConfig`).
+        weight_average: validate and keep an exponential moving average of the weights with this half-life in
+            epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
     """
 
     cell: Cell = "gru"
@@ -139,6 +142,7 @@ class TrainConfig:
     conv_pool: int = 2
     norm_decay: float = 1.0
     norm_prior: float = 0.0
+    weight_average: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -157,6 +161,8 @@ class TrainConfig:
             raise ConfigError(f"level_shift must be >= 0, got {self.level_shift}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_average >= 0 and math.isfinite(self.weight_average)):
+            raise ConfigError(f"weight_average must be 0 (off) or a half-life in epochs > 0, got {self.weight_average}")
         if self.seasonal_period and (self.seasonal_period < -1 or not self.residual):
             raise ConfigError(f"seasonal_period must be -1 (the data's), 0 or a period in frames, with residual=True; "
                               f"got {self.seasonal_period}")
@@ -340,7 +346,8 @@ def _callbacks(cfg: TrainConfig, *, has_val: bool, checkpoint: str | None, featu
                labels: tuple[str, ...], stats: dict[str, Any] | None, resumed: Resumed | None,
                scored: TaskData | None, plots_dir: str | None, metrics_path: str | None) -> list[Callback]:
     """The callbacks of a :func:`train` run, in the order they must run (see :mod:`rnnstream.models.callbacks`)."""
-    out: list[Callback] = [
+    out: list[Callback] = [WeightAverage(cfg.weight_average)] if cfg.weight_average > 0 else []
+    out += [
         LRSchedule(cfg.lr, cfg.lr_schedule, epochs=cfg.epochs, step=cfg.lr_step, gamma=cfg.lr_gamma),
         EarlyStopping(cfg.patience, active=has_val),
         GradientWatch(cfg.explode_threshold, cfg.vanish_threshold),

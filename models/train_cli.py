@@ -86,6 +86,9 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lr-step", type=int, default=10)
     o.add_argument("--lr-gamma", type=float, default=0.5)
     o.add_argument("--clip", type=float, default=1.0, help="max total gradient norm (0: no clipping)")
+    o.add_argument("--weight-average", type=float, default=0.0, metavar="EPOCHS",
+                   help="validate and keep an exponential moving average of the weights with this half-life in "
+                        "epochs (0: off)")
     o.add_argument("--tbptt", type=int, default=None, help="truncated BPTT window in frames")
     o.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
     o.add_argument("--steps-per-epoch", type=int, default=None)
@@ -197,6 +200,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         seasonal_period=args.seasonal_period, input_diff=args.input_diff,
         augment=args.augment, conv_channels=tuple(args.conv_channels), conv_kernel=tuple(args.conv_kernel),
         conv_pool=args.conv_pool, norm_decay=args.norm_decay, norm_prior=args.norm_prior,
+        weight_average=args.weight_average,
     )
     return spec, cfg
 

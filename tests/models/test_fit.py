@@ -126,3 +126,70 @@ def test_progress_shows_only_on_a_terminal_or_when_asked(data, capsys):
     assert "epoch=1 lr=0.001 train_loss=" in capsys.readouterr().err
     train(data, TrainConfig(progress=False, **small))
     assert capsys.readouterr().err == ""
+
+
+class ParamLog(Callback):
+    """The raw parameters after every batch, and what the model held at each epoch's start and validation."""
+
+    def __init__(self) -> None:
+        self.after_batch: list[dict[str, torch.Tensor]] = []
+        self.at_epoch_start: list[dict[str, torch.Tensor]] = []
+        self.validated: list[dict[str, torch.Tensor]] = []
+
+    @staticmethod
+    def _params(state: FitState) -> dict[str, torch.Tensor]:
+        return {k: p.detach().clone() for k, p in state.model.named_parameters()}
+
+    def on_epoch_start(self, state: FitState) -> None:
+        self.at_epoch_start.append(self._params(state))
+
+    def on_batch_end(self, state: FitState) -> None:
+        self.after_batch.append(self._params(state))
+
+    def on_epoch_trained(self, state: FitState) -> None:  # runs after WeightAverage's: the weights validated
+        self.validated.append(self._params(state))
+
+
+def test_weight_average_validates_and_keeps_the_average_and_trains_on_the_raw_weights(data):
+    from rnnstream.models.callbacks import WeightAverage
+
+    model = _model()
+    initial = {k: p.detach().clone() for k, p in model.named_parameters()}
+    avg, log = WeightAverage(0.5), ParamLog()
+    loader = BatchLoader(data, batch_size=8, seed=0)
+    state = fit(model, loader, data, optimizer=torch.optim.Adam(model.parameters(), lr=0.05), epochs=3,
+                callbacks=[avg, log])
+    # the same average recomputed from the raw weights after each batch
+    want, n = dict(initial), len(loader)
+    for i, raw in enumerate(log.after_batch):
+        keep = min(0.5 ** (1 / (0.5 * n)), (1 + i) / (10 + i))
+        want = {k: keep * want[k] + (1 - keep) * raw[k] for k in want}
+        if (i + 1) % n == 0:  # the epoch's validation saw the average so far
+            for k in want:
+                torch.testing.assert_close(log.validated[(i + 1) // n - 1][k], want[k], msg=k)
+    for e in (1, 2):  # each next epoch trains on from the raw weights of the last batch, not the average
+        for k, v in log.after_batch[e * n - 1].items():
+            torch.testing.assert_close(log.at_epoch_start[e][k], v, msg=k)
+    best = log.validated[state.best_epoch - 1]
+    for k, p in state.model.named_parameters():  # the kept weights are the average at the best epoch
+        torch.testing.assert_close(p.detach(), best[k], msg=k)
+    assert not torch.equal(best["head.weight"], log.after_batch[state.best_epoch * n - 1]["head.weight"])
+
+
+def test_weight_average_resumes_with_its_average(data, tmp_path):
+    from rnnstream.models.callbacks import WeightAverage
+
+    cfg = dict(hidden_size=8, num_layers=1, batch_size=8, lr=0.05, weight_average=1.0, seed=3, progress=False)
+    straight = train(data, TrainConfig(epochs=3, **cfg), val_data=data)
+    ck = str(tmp_path / "m.pt")
+    train(data, TrainConfig(epochs=1, **cfg), val_data=data, checkpoint=ck)
+    resumed = train(data, TrainConfig(epochs=3, **cfg), val_data=data, checkpoint=ck, resume=True)
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, msg=k)
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx([h["val_loss"] for h in straight.history])
+    with pytest.raises(ValueError, match="half_life_epochs must be a positive number, got 0"):
+        WeightAverage(0)
+    from rnnstream.pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="weight_average must be 0 .off. or a half-life in epochs > 0, got -1"):
+        TrainConfig(weight_average=-1)
