@@ -36,43 +36,50 @@ class WeightAverage(Callback):
     ``half_life_epochs`` epochs of batches. Validation sees the averaged weights, so the best epoch is chosen
     and kept by them (and the final model is an average); training goes on from the raw weights.
 
-    Decay per batch: ``0.5 ** (1 / (half_life_epochs * batches per epoch))``, at most ``(1 + n) / (10 + n)``
-    after ``n`` updates (the first batches are not dragged towards the initial weights). Parameters only: the
-    model's buffers (normalisation statistics, filterbanks) do not train. Goes first in the callback list: its
-    ``on_epoch_end`` puts the raw weights back before a checkpoint stores the epoch's resume state, in which the
-    average is kept too (``weight_average``, ``weight_average_updates``).
+    Per batch, with ``keep = 0.5 ** (1 / (half_life_epochs * batches per epoch))``:
+    ``ema = keep * ema + (1 - keep) * w`` from ``ema = 0``, and ``norm = keep * norm + (1 - keep)`` from
+    ``norm = 0``; the average is ``ema / norm`` (bias-corrected, as Adam's moments: the initial weights get no
+    share, and the half-life holds from the first batch). Parameters only: the model's buffers (normalisation
+    statistics, filterbanks) do not train. Goes first in the callback list: its ``on_epoch_end`` puts the raw
+    weights back before a checkpoint stores the epoch's resume state, in which the running sums are kept too
+    (``weight_average``, ``weight_average_norm``).
     """
 
     def __init__(self, half_life_epochs: float):
         if not (half_life_epochs > 0 and math.isfinite(half_life_epochs)):
             raise ValueError(f"half_life_epochs must be a positive number, got {half_life_epochs}")
         self.half_life_epochs = half_life_epochs
-        self.average: dict[str, Tensor] = {}
-        self.updates = 0
+        self.ema: dict[str, Tensor] = {}
+        self.norm = 0.0
         self._raw: dict[str, Tensor] = {}
 
-    def decay(self, batches_per_epoch: int) -> float:
-        """This update's decay (see the class doc)."""
-        steady = 0.5 ** (1.0 / (self.half_life_epochs * max(batches_per_epoch, 1)))
-        return min(steady, (1 + self.updates) / (10 + self.updates))
+    def keep(self, batches_per_epoch: int) -> float:
+        """The weight the running sum keeps per batch."""
+        return 0.5 ** (1.0 / (self.half_life_epochs * max(batches_per_epoch, 1)))
+
+    def average(self) -> dict[str, Tensor]:
+        """The bias-corrected average so far (``ema / norm``)."""
+        return {k: v / self.norm for k, v in self.ema.items()}
 
     def on_train_start(self, state: FitState) -> None:
-        if not self.average:  # a resume's load_state_dict sets it
-            self.average = {k: p.detach().clone() for k, p in state.model.named_parameters()}
+        if not self.ema:  # a resume's load_state_dict sets it
+            self.ema = {k: torch.zeros_like(p, requires_grad=False) for k, p in state.model.named_parameters()}
 
     def on_batch_end(self, state: FitState) -> None:
-        keep = self.decay(len(state.loader))
-        self.updates += 1
+        keep = self.keep(len(state.loader))
+        self.norm = keep * self.norm + (1.0 - keep)
         with torch.no_grad():
             for k, p in state.model.named_parameters():
-                avg = self.average[k]
-                if avg.device != p.device:
-                    avg = self.average[k] = avg.to(p.device)
-                avg.lerp_(p.detach(), 1.0 - keep)  # avg = keep * avg + (1 - keep) * p
+                ema = self.ema[k]
+                if ema.device != p.device:
+                    ema = self.ema[k] = ema.to(p.device)
+                ema.lerp_(p.detach(), 1.0 - keep)  # ema = keep * ema + (1 - keep) * p
 
     def on_epoch_trained(self, state: FitState) -> None:
+        if self.norm <= 0:  # no batch yet (an empty epoch): nothing to average
+            return
         self._raw = {k: p.detach().clone() for k, p in state.model.named_parameters()}
-        _assign(state.model, self.average)
+        _assign(state.model, self.average())
 
     def on_epoch_end(self, state: FitState) -> None:
         self._put_back(state)
@@ -86,13 +93,13 @@ class WeightAverage(Callback):
             self._raw = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weight_average": {k: v.detach().cpu().clone() for k, v in self.average.items()},
-                "weight_average_updates": self.updates}
+        return {"weight_average": {k: v.detach().cpu().clone() for k, v in self.ema.items()},
+                "weight_average_norm": self.norm}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "weight_average" in state:  # a resume state written without averaging: start from the resumed weights
-            self.average = {k: v.clone() for k, v in state["weight_average"].items()}
-            self.updates = int(state["weight_average_updates"])
+        if "weight_average" in state:  # a resume state written without averaging: the average starts now
+            self.ema = {k: v.clone() for k, v in state["weight_average"].items()}
+            self.norm = float(state["weight_average_norm"])
 
 
 def _assign(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:

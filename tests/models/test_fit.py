@@ -159,14 +159,16 @@ def test_weight_average_validates_and_keeps_the_average_and_trains_on_the_raw_we
     loader = BatchLoader(data, batch_size=8, seed=0)
     state = fit(model, loader, data, optimizer=torch.optim.Adam(model.parameters(), lr=0.05), epochs=3,
                 callbacks=[avg, log])
-    # the same average recomputed from the raw weights after each batch
-    want, n = dict(initial), len(loader)
-    for i, raw in enumerate(log.after_batch):
-        keep = min(0.5 ** (1 / (0.5 * n)), (1 + i) / (10 + i))
-        want = {k: keep * want[k] + (1 - keep) * raw[k] for k in want}
-        if (i + 1) % n == 0:  # the epoch's validation saw the average so far
-            for k in want:
-                torch.testing.assert_close(log.validated[(i + 1) // n - 1][k], want[k], msg=k)
+    # the same average recomputed from the raw weights after each batch: weights keep ** age, normalised
+    n = len(loader)
+    keep = 0.5 ** (1 / (0.5 * n))  # half-life: half an epoch of batches
+    for e in range(1, 4):  # each epoch's validation saw the average so far
+        seen = log.after_batch[: e * n]
+        w = [keep ** (len(seen) - 1 - i) for i in range(len(seen))]
+        for k in initial:
+            want = sum(wi * raw[k] for wi, raw in zip(w, seen)) / sum(w)
+            torch.testing.assert_close(log.validated[e - 1][k], want, msg=k)
+    assert not any(torch.equal(log.validated[0][k], initial[k]) for k in initial)  # the initial weights: no share
     for e in (1, 2):  # each next epoch trains on from the raw weights of the last batch, not the average
         for k, v in log.after_batch[e * n - 1].items():
             torch.testing.assert_close(log.at_epoch_start[e][k], v, msg=k)
