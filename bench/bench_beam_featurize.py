@@ -13,8 +13,8 @@ load hits every mode alike:
 * ``loop``: read bytes, ``decode_audio``, ``AudioFeaturizer.featurize``, ``RunningStats.update``, then one
   Parquet file (PARQUET_SCHEMA) and stats.json: the job's work and outputs, without Beam;
 * ``direct in_memory``: ``featurize_corpus`` with the jobs' default runner (Beam's FnApiRunner, which the
-  DirectRunner picks for this pipeline, without its first attempt at the PrismRunner; ``--runner`` given as
-  ``BATCH_DEFAULT_RUNNER``), ``--direct_running_mode=in_memory``, one in-process worker;
+  DirectRunner picks for this pipeline, without its first attempt at the PrismRunner: the job adds
+  ``--runner=FnApiRunner``, ``BATCH_DEFAULT_RUNNER``), ``--direct_running_mode=in_memory``, one in-process worker;
 * ``direct multi_processing``: ``--direct_num_workers=N --direct_running_mode=multi_processing`` (the N
   worker processes are started by each run: their start-up is in the time);
 * ``dask``: Beam's DaskRunner on a ``distributed.LocalCluster`` of N single-threaded worker processes
