@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,9 +98,12 @@ class WeightAverage(Callback):
                 "weight_average_norm": self.norm}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "weight_average" in state:  # a resume state written without averaging: the average starts now
-            self.ema = {k: v.clone() for k, v in state["weight_average"].items()}
-            self.norm = float(state["weight_average_norm"])
+        if "weight_average" not in state:
+            warnings.warn(f"resuming at epoch {int(state.get('epoch', 0)) + 1} from a checkpoint trained without "
+                          "weight averaging: the average starts at the resumed weights", stacklevel=2)
+            return
+        self.ema = {k: v.clone() for k, v in state["weight_average"].items()}
+        self.norm = float(state["weight_average_norm"])
 
 
 def _assign(model: torch.nn.Module, weights: dict[str, Tensor]) -> None:

@@ -189,6 +189,10 @@ def test_weight_average_resumes_with_its_average(data, tmp_path):
     for k, v in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v, msg=k)
     assert [h["val_loss"] for h in resumed.history] == pytest.approx([h["val_loss"] for h in straight.history])
+    plain = str(tmp_path / "plain.pt")  # a checkpoint trained without averaging: resuming with it says so
+    train(data, TrainConfig(epochs=1, **{**cfg, "weight_average": 0.0}), val_data=data, checkpoint=plain)
+    with pytest.warns(UserWarning, match="resuming at epoch 2 from a checkpoint trained without weight averaging"):
+        train(data, TrainConfig(epochs=2, **cfg), val_data=data, checkpoint=plain, resume=True)
     with pytest.raises(ValueError, match="half_life_epochs must be a positive number, got 0"):
         WeightAverage(0)
     from rnnstream.pipeline.errors import ConfigError
