@@ -159,16 +159,7 @@ def export_with_report(
         ExportError: onnxruntime and PyTorch differ beyond ``tolerance`` (nothing is written to ``out``).
     """
     model, feature_config, labels = _resolve(model_or_ckpt, feature_config, labels)
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
-    if model.config.bidirectional:
-        model.step(torch.zeros(1, 0, model.config.input_dim), {})  # raises the explanatory StateError
-    if raw_audio and feature_config.kind != "audio":
-        raise ConfigError(f"raw_audio needs an audio feature config; this model's features are {feature_config.kind!r}")
-    from rnnstream.models.backend import TorchBackend
-
-    model = model.cpu().eval()
-    TorchBackend(model, feature_config, labels)  # checks input_dim against the feature config (ShapeError)
+    model = _check_exportable(model, feature_config, labels, raw_audio=raw_audio, quantize=quantize)
     frontend = None
     if raw_audio:
         from rnnstream.models.frontend import AudioFrontend
@@ -200,6 +191,23 @@ def export_with_report(
     sess_io = _graph_io(out)
     return ExportReport(path=out, info=info, inputs=sess_io[0], outputs=sess_io[1], checks=checks,
                         tolerance=tolerance, quantization=qreport)
+
+
+def _check_exportable(model: StreamingRNN, feature_config: FeatureConfig, labels: list[str], *, raw_audio: bool,
+                      quantize: str | None) -> StreamingRNN:
+    """The model on the CPU in eval mode, once it is known to export as asked (the errors of
+    :func:`export_with_report`, before any tracing)."""
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
+    if model.config.bidirectional:
+        model.step(torch.zeros(1, 0, model.config.input_dim), {})  # raises the explanatory StateError
+    if raw_audio and feature_config.kind != "audio":
+        raise ConfigError(f"raw_audio needs an audio feature config; this model's features are {feature_config.kind!r}")
+    from rnnstream.models.backend import TorchBackend
+
+    model = model.cpu().eval()
+    TorchBackend(model, feature_config, labels)  # checks input_dim against the feature config (ShapeError)
+    return model
 
 
 def _resolve(model_or_ckpt: Any, feature_config: FeatureConfig | None,
