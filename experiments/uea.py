@@ -40,20 +40,24 @@ def build_parser():
     p.add_argument("--refit", action="store_true",
                    help="after each run, train again on the whole UEA train split (validation included) for the "
                         "epoch count validation chose; both are reported, the refit one is the result")
-    for flag, typ in (("--hidden", int), ("--layers", int), ("--dropout", float), ("--lr", float),
-                      ("--weight-decay", float), ("--pooling", str), ("--augment", str), ("--conv-channels", str),
-                      ("--conv-kernel", str), ("--conv-pool", int), ("--input-norm", str), ("--norm-prior", float),
-                      ("--norm-decay", float), ("--batch-size", int), ("--weight-average", float)):
-        p.add_argument(flag, type=typ, default=None, help="override every set's setting")
+    for key, typ in OVERRIDES:
+        p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="override every set's setting")
     return p
+
+
+#: Settings the command line may override for every set (``--epochs`` apart, with its own help): key and type.
+OVERRIDES: tuple[tuple[str, type], ...] = (
+    ("hidden", int), ("layers", int), ("dropout", float), ("lr", float), ("weight_decay", float), ("pooling", str),
+    ("augment", str), ("conv_channels", str), ("conv_kernel", str), ("conv_pool", int), ("input_norm", str),
+    ("norm_prior", float), ("norm_decay", float), ("batch_size", int), ("weight_average", float))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
-    from rnnstream.models.data import classify_data, split_by, split_fraction
+    from rnnstream.models.data import split_by
     from rnnstream import datasets as D
-    from rnnstream.demo import featurize_dataset, format_table
+    from rnnstream.demo import featurize_dataset
 
     out = os.path.abspath(args.out)
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
@@ -63,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown set {name!r}; known: {sorted(SETTINGS)}", file=sys.stderr)
             return 2
         st = dict(SETTINGS[name])
-        for key in ("epochs", "hidden", "layers", "dropout", "lr", "weight_decay", "pooling", "augment",
-                    "conv_channels", "conv_kernel", "conv_pool", "input_norm", "norm_prior", "norm_decay", "batch_size",
-                    "weight_average"):
-            if getattr(args, key) is not None:
-                st[key] = getattr(args, key)
+        st.update({key: getattr(args, key) for key in ("epochs", *(k for k, _ in OVERRIDES))
+                   if getattr(args, key) is not None})
         set_dir = os.path.join(out, name)
         t0 = time.perf_counter()
         written = D.write_uea_tables(name, os.path.join(set_dir, "tables"))
@@ -81,40 +82,51 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = _cross_validate(rest, ds.config, st, seeds, args, os.path.join(out, "cv.json"))
             continue
         for seed in seeds:
-            train_ex, val_ex = split_fraction(rest, args.val_fraction, seed)
-            train_d = classify_data(train_ex, feature_config=ds.config)
-            val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config) if val_ex else None
-            test_d = classify_data(test_ex, train_d.labels, feature_config=ds.config)
-            tcfg = _train_config(st, seed, args)
-            run_dir = set_dir if len(seeds) == 1 else os.path.join(set_dir, f"seed{seed}")
-            r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=st["chunk_s"],
-                                   threads=args.threads, progress=not args.no_progress)
-            if args.refit and val_d is not None:
-                r = refit_run(r, classify_data(rest, train_d.labels, feature_config=ds.config), test_d, test_ex, tcfg,
-                              run_dir + "-refit", chunk_s=st["chunk_s"], threads=args.threads,
-                              progress=not args.no_progress)
-            r["featurize_seconds"] = featurize_s
-            r["settings"] = st
-            r["seed"] = seed
+            r = _run_seed(args, ds.config, rest, test_ex, st, seed, set_dir if len(seeds) == 1 else
+                          os.path.join(set_dir, f"seed{seed}"))
+            r.update(featurize_seconds=featurize_s, settings=st, seed=seed)
             results.setdefault(name, {})[seed] = r
             log(f"   seed {seed}: val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.4f}  "
                 f"offline {r['offline_accuracy_torch']:.4f}  streamed {r['streaming_accuracy_onnx']:.4f}")
             write_json(os.path.join(out, "results.json"), _summary(args, argv, results))
-
     if args.cv_folds:
         return 0
+    summ = _summary(args, argv, results)
+    print(_table(results, summ))
+    write_json(os.path.join(out, "results.json"), summ)
+    return 0
+
+
+def _run_seed(args, feature_config, rest, test_ex, st: dict, seed: int, run_dir: str) -> dict:
+    """One seed's run on the UEA split (validation: a seeded fraction of the train split), refit when asked."""
+    from rnnstream.models.data import classify_data, split_fraction
+
+    train_ex, val_ex = split_fraction(rest, args.val_fraction, seed)
+    train_d = classify_data(train_ex, feature_config=feature_config)
+    val_d = classify_data(val_ex, train_d.labels, feature_config=feature_config) if val_ex else None
+    test_d = classify_data(test_ex, train_d.labels, feature_config=feature_config)
+    tcfg = _train_config(st, seed, args)
+    r = classification_run(run_dir, train_d, val_d, test_d, test_ex, tcfg, chunk_s=st["chunk_s"],
+                           threads=args.threads, progress=not args.no_progress)
+    if args.refit and val_d is not None:
+        r = refit_run(r, classify_data(rest, train_d.labels, feature_config=feature_config), test_d, test_ex, tcfg,
+                      run_dir + "-refit", chunk_s=st["chunk_s"], threads=args.threads, progress=not args.no_progress)
+    return r
+
+
+def _table(results: dict[str, dict], summ: dict) -> str:
+    """Every run's row, then each set's mean +- sd over seeds."""
+    from rnnstream.demo import format_table
+
     rows = [[n, seed, r["n_train"], r["n_val"], r["n_test"], f"{r['val_loss']:.4f}", r["offline_accuracy_torch"],
              r["streaming_accuracy_onnx"], r["streaming"]["label_agreement"],
              f"{r['streaming']['max_abs_score_diff']:.1e}", f"{r['streaming']['latency_ms_mean']:.2f}"]
             for n, by_seed in results.items() for seed, r in by_seed.items()]
-    summ = _summary(args, argv, results)
     for n, agg in summ["aggregate"].items():
         rows.append([n, "mean+-sd", "", "", "", "", f"{agg['offline_mean']:.4f}+-{agg['offline_sd']:.4f}",
                      f"{agg['streamed_mean']:.4f}+-{agg['streamed_sd']:.4f}", "", "", ""])
-    print(format_table(rows, ["set", "seed", "train", "val", "test", "val loss", "acc offline (torch)",
-                              "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"]))
-    write_json(os.path.join(out, "results.json"), summ)
-    return 0
+    return format_table(rows, ["set", "seed", "train", "val", "test", "val loss", "acc offline (torch)",
+                               "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"])
 
 
 def _train_config(st: dict, seed: int, args):  # -> TrainConfig
