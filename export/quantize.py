@@ -139,7 +139,7 @@ def compare_quantized(float_path: str, int8_path: str, info: ModelInfo, *, strea
                                                 for a in args[1:]]]
     yf = sf.run(outs[:1], dict(zip(ins, args)))[0]
     yq = sq.run(outs[:1], dict(zip(ins, args)))[0]
-    classify = info.task in ("classify", "tag")
+    classify = info.model_config.outputs_logits
     if classify:
         from rnnstream.pipeline.streaming import softmax
 

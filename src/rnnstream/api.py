@@ -131,7 +131,7 @@ class Model:
     @property
     def labels(self) -> list[str]:
         """Class names (classify/tag; class indices as strings when the model has none), else ``[]``."""
-        return label_names(self.info) if self.task in ("classify", "tag") else []
+        return label_names(self.info) if self.info.model_config.outputs_logits else []
 
     @property
     def task(self) -> str:
