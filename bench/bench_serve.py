@@ -240,12 +240,11 @@ TARGET_RATIO = 2.5
 TARGET_SATURATION = 3 * 2352
 
 
-def _repeat_plan(args: argparse.Namespace) -> list[tuple[list[str], str, str, int, str]]:
-    """The target rows again, ``--repeats - 1`` more times each (interleaved), for their spread."""
+def _target_rows(args: argparse.Namespace) -> list[tuple[list[str], str, str, int, str]]:
+    """The target rows' plan entries: the top real-time level and saturation, with the defaults."""
     top = max(args.levels, default=0)
-    once = ([([], "defaults", "realtime", top, "binary")] if top else []) + \
+    return ([([], "defaults", "realtime", top, "binary")] if top else []) + \
         [([], "defaults", "saturate", args.saturate_streams, "binary")]
-    return once * max(0, args.repeats - 1)
 
 
 def run_all(args: argparse.Namespace, model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -259,15 +258,17 @@ def run_all(args: argparse.Namespace, model: str) -> tuple[list[dict[str, Any]],
                  (["--max-batch", "1"], "--max-batch 1", "saturate", args.saturate_streams, "binary")]
     rows, floors, server, flags_now = [], {}, None, None
     first = len(plan)
-    plan += _repeat_plan(args)
+    targets = _target_rows(args)
+    plan += targets * max(0, args.repeats - 1)  # the target rows again, interleaved, for their spread
     try:
-        for k, (flags, label, mode, n, replies) in enumerate(plan):
+        for k, entry in enumerate(plan):
+            flags, label, mode, n, replies = entry
             if flags != flags_now:
                 if server is not None:
                     server.stop()
                 server, flags_now = ServerProcess(model, flags, args.provider), flags
             res = _with_floor(run_level(server, mode, n, args, replies, label), model, floors, args.provider,
-                              fresh=k >= first)
+                              fresh=entry in targets)
             res["repeat"] = k >= first
             rows.append(res)
             print(markdown_table(HEADER, [_fmt(res)]).splitlines()[-1], flush=True)
