@@ -308,6 +308,45 @@ def target_lines(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[s
     return lines
 
 
+PLOT = ROOT / "docs" / "img" / "bench_serve.png"
+
+
+def plot_levels(rows: list[dict[str, Any]], path: os.PathLike[str] | str) -> str:
+    """A PNG of the real-time levels (binary replies, defaults): server CPU and the compute floor per chunk, and
+    p50/p99 latency, against the number of streams; every run of a level is a point, the line joins medians."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rt = [r for r in rows if r["mode"] == "realtime" and r["server"] == "defaults" and r["replies"] == "binary"]
+    levels = sorted({r["streams"] for r in rt})
+    med = {n: {k: statistics.median(r[k] for r in rt if r["streams"] == n) for k in ("server_us", "floor_us",
+                                                                                        "p50_ms", "p99_ms")}
+           for n in levels}
+    fig, (cpu, lat) = plt.subplots(1, 2, figsize=(10, 3.8))
+    cpu.plot(levels, [med[n]["server_us"] for n in levels], "o-", label="server CPU per chunk")
+    cpu.plot(levels, [med[n]["floor_us"] for n in levels], "s--", label="compute floor (same batch size)")
+    cpu.plot(levels, [TARGET_RATIO * med[n]["floor_us"] for n in levels], ":", color="gray",
+             label=f"{TARGET_RATIO}x the floor (target)")
+    cpu.scatter([r["streams"] for r in rt], [r["server_us"] for r in rt], s=10, color="C0")
+    cpu.set(xscale="log", yscale="log", xlabel="real-time streams (100 ms chunks)", ylabel="us per chunk",
+            title="server CPU per chunk")
+    lat.plot(levels, [med[n]["p50_ms"] for n in levels], "o-", label="p50")
+    lat.plot(levels, [med[n]["p99_ms"] for n in levels], "s-", label="p99")
+    lat.axhline(100, color="gray", ls=":", label="100 ms (target p99)")
+    lat.set(xscale="log", xlabel="real-time streams (100 ms chunks)", ylabel="ms, chunk sent -> prediction",
+            title="latency")
+    for ax in (cpu, lat):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return os.fspath(path)
+
+
 def summary(args: argparse.Namespace, rows: list[dict[str, Any]], idle: list[dict[str, Any]]) -> str:
     first = [r for r in rows if not r.get("repeat")]  # the table's rows; repeats feed the target lines
     rt = [r for r in first if r["mode"] == "realtime" and r["server"] == "defaults" and r["replies"] == "binary"]
@@ -383,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n\nRepeats of the target rows (in the target lines above):\n\n" + markdown_table(HEADER, repeats)
     print("\n" + text)
     if not args.no_write:
+        if args.provider == "cpu":
+            plot_levels(rows, PLOT)
+            text += f"\n\n![server CPU per chunk and latency against the number of streams]({PLOT.relative_to(ROOT)})\n"
         section = SECTION if args.provider == "cpu" else f"{SECTION} ({args.provider})"
         write_section(section, text, "python -m bench.bench_serve " + " ".join(argv))
     return 0
