@@ -249,15 +249,17 @@ def resolve_runner_aliases(argv: Sequence[str], default_runner: str | None = Non
     Beam knows the DaskRunner only by its module path; the short name is what people type.
     """
     out = list(argv)
-    named = False
     for i, arg in enumerate(out):
         if arg.startswith("--runner="):
             name = arg.split("=", 1)[1]
             out[i] = "--runner=" + _RUNNER_ALIASES.get(name, name)
-            named = True
         elif arg == "--runner" and i + 1 < len(out):
             out[i + 1] = _RUNNER_ALIASES.get(out[i + 1], out[i + 1])
-            named = True
-    if default_runner is not None and not named:
+    if default_runner is not None and not names_runner(out):
         out.append(f"--runner={default_runner}")
     return out
+
+
+def names_runner(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` chooses a runner (``--runner=X`` or ``--runner X``)."""
+    return any(a.startswith("--runner=") or (a == "--runner" and i + 1 < len(argv)) for i, a in enumerate(argv))

@@ -59,7 +59,7 @@ from rnnstream.beam_jobs.common import (
     write_text,
 )
 from rnnstream.beam_jobs.inputs import expand_paths
-from rnnstream.beam_jobs.options import add_stream_job_arguments
+from rnnstream.beam_jobs.options import BATCH_DEFAULT_RUNNER, add_stream_job_arguments, names_runner
 from rnnstream.beam_jobs.stateful import (
     DEAD_LETTERS,
     EVENTS,
@@ -289,7 +289,7 @@ class WatchDirectory(beam.PTransform[beam.pvalue.PBegin, beam.PCollection[str]])
         )
 
 
-_DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
+_DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
 
 
 def _on_direct_runner(p: beam.Pipeline) -> bool:
@@ -373,6 +373,10 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if not bounded:
         options.view_as(StandardOptions).streaming = True
     config = config_from_options(opts, bounded)
+    if test_pipeline is None and not names_runner(argv) and bounded and config.time_domain == "event":
+        # the FnApiRunner: what Beam's DirectRunner picks for this pipeline, without its first try at the
+        # PrismRunner (see BATCH_DEFAULT_RUNNER); streaming sources and processing-time timers keep the DirectRunner
+        options.view_as(StandardOptions).runner = BATCH_DEFAULT_RUNNER
     from rnnstream.beam_jobs.stateful import load_model
 
     info = load_model(opts.model).info  # fail fast (before the pipeline) on a bad model file

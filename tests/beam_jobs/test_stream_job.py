@@ -277,6 +277,22 @@ def test_reset_policy_equals_offline_after_the_gap(tmp_path: Path, model_path: s
     assert json.loads((out / "summary.json").read_text())["balanced"] is True
 
 
+def test_a_bounded_replay_without_a_runner_leaves_no_temporary_folders(tmp_path: Path, model_path: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --runner, a file replay with event-time timers: Beam's FnApiRunner directly (the DirectRunner's first
+    try at the PrismRunner left three folders in the temporary directory per run)."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    lines = [msg("s0", q, signal(0)[q]) for q in range(3)]
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    result = stream_job.run(["--model", model_path, "--input", write_lines(tmp_path / "in.jsonl", lines),
+                             "--output", str(tmp_path / "out")])
+    assert result.metrics() is not None and sorted(p.name for p in temp.iterdir()) == []
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["balanced"] is True
+
+
 def test_evicted_then_resumed_equals_uninterrupted(tmp_path: Path, model_path: str, backend: Any) -> None:
     """Run 1 ends after chunk 2 (end of input -> eviction with a snapshot); run 2 resumes from it."""
     sig = signal(3)
