@@ -6,8 +6,8 @@ Workload: ``--streams`` (1,000) interleaved audio streams of ``--chunks`` (10) c
 log-mels, 10 classes), exported to ONNX and run with onnxruntime, one intra-op thread (``--backend onnx``, the
 default) or as the PyTorch checkpoint (``--backend torch``).
 
-Per runner mode (``in_memory``: the DirectRunner's FnApiRunner in one process; ``multi_processing``: its
-FnApiRunner with ``--direct_num_workers 2`` worker processes), in one subprocess, ``--repeats`` interleaved rounds
+Per runner mode (``in_memory``: Beam's FnApiRunner (``--runner=FnApiRunner``, what the DirectRunner picks) in one
+process; ``multi_processing``: the FnApiRunner with ``--direct_num_workers 2`` worker processes), in one subprocess, ``--repeats`` interleaved rounds
 of:
 
 * the job on the full replay and on a small one (``--small-streams`` streams, same chunks): the *marginal*
@@ -47,8 +47,10 @@ CHUNK = 1600
 FLOOR_RUNS = 3  # floor DoFn runs per replay size and round (median)
 TARGET_CHUNKS_PER_CORE = 2000.0
 TARGET_FLOOR_RATIO = 3.0
-_MODE_ARGS = {"in_memory": (["--direct_running_mode=in_memory"], 1),
-              "multi_processing": (["--direct_num_workers=2", "--direct_running_mode=multi_processing"], 2)}
+#: Pinned to the FnApiRunner (the job's and the floor's alike): the DirectRunner would first try the PrismRunner.
+_MODE_ARGS = {"in_memory": (["--runner=FnApiRunner", "--direct_running_mode=in_memory"], 1),
+              "multi_processing": (["--runner=FnApiRunner", "--direct_num_workers=2",
+                                    "--direct_running_mode=multi_processing"], 2)}
 
 
 def make_model(workdir: Path, backend: str, seed: int = 0) -> str:
@@ -299,7 +301,8 @@ def _note(args: argparse.Namespace, inputs: dict, load_start: float) -> str:
     backend = ("ONNX export, onnxruntime CPU, 1 intra-op thread" if args.backend == "onnx"
                else "PyTorch checkpoint, TorchBackend, 1 thread")
     return (
-        f"Runner: the DirectRunner's FnApiRunner (`--direct_running_mode=in_memory`: one process; "
+        f"Runner: Beam's FnApiRunner, pinned (`--runner=FnApiRunner`; the DirectRunner picks it for these pipelines "
+        f"after trying the PrismRunner) (`--direct_running_mode=in_memory`: one process; "
         f"`multi_processing`: `--direct_num_workers=2` worker processes). {args.streams} streams x {args.chunks} "
         f"chunks of 100 ms (16 kHz int16, base64 JSON), neighbours swapped with p=0.3, bounded replay with "
         f"event-time timers; GRU 2x64 over 40 log-mels ({backend}). Cells: median (min-max) over {args.repeats} "
