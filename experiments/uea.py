@@ -49,7 +49,7 @@ def build_parser():
 OVERRIDES: tuple[tuple[str, type], ...] = (
     ("hidden", int), ("layers", int), ("dropout", float), ("lr", float), ("weight_decay", float), ("pooling", str),
     ("augment", str), ("conv_channels", str), ("conv_kernel", str), ("conv_pool", int), ("input_norm", str),
-    ("norm_prior", float), ("norm_decay", float), ("batch_size", int), ("weight_average", float))
+    ("norm_prior", float), ("norm_decay", float), ("batch_size", int), ("weight_average", float), ("ensemble", int))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +139,8 @@ def _train_config(st: dict, seed: int, args):  # -> TrainConfig
                        augment=st.get("augment", "none"), conv_channels=int_list(st.get("conv_channels", "")),
                        conv_kernel=int_list(st.get("conv_kernel", "3,3")), conv_pool=st.get("conv_pool", 2),
                        input_norm=st.get("input_norm", "none"), norm_prior=st.get("norm_prior", 0.0),
-                       norm_decay=st.get("norm_decay", 1.0), weight_average=st.get("weight_average", 0.0), seed=seed,
+                       norm_decay=st.get("norm_decay", 1.0), weight_average=st.get("weight_average", 0.0),
+                       ensemble=st.get("ensemble", 1), seed=seed,
                        device="cpu", progress=not args.no_progress)
 
 
@@ -155,25 +156,66 @@ def _cross_validate(rest, feature_config, st: dict, seeds, args, path: str) -> d
     if not 2 <= k <= len(rest):
         raise SystemExit(f"--cv-folds must be in 2..{len(rest)}, got {k}")
     folds = []
-    for seed in seeds:
+    labels = sorted({e.label for e in rest})
+    oof = np.full((len(seeds), len(rest), len(labels)), np.nan)  # out-of-fold class probabilities per seed
+    for s, seed in enumerate(seeds):
         order = np.random.default_rng(seed).permutation(len(rest))
         for i, held in enumerate(np.array_split(order, k)):
-            held_set = set(held.tolist())
+            held_ids = sorted(held.tolist())
+            held_set = set(held_ids)
             tr = [e for j, e in enumerate(rest) if j not in held_set]
             train_d = classify_data(tr, feature_config=feature_config)
-            val_d = classify_data([rest[j] for j in sorted(held_set)], train_d.labels, feature_config=feature_config)
+            val_d = classify_data([rest[j] for j in held_ids], train_d.labels, feature_config=feature_config)
             res = train(train_d, _train_config(st, seed, args), val_data=val_d, stats=train_d.fit_stats())
+            cols = [labels.index(name) for name in train_d.labels]
+            oof[s, np.asarray(held_ids)[:, None], np.asarray(cols)[None, :]] = class_probabilities(res.model, val_d)
             v = res.metrics["val"]
             folds.append({"seed": seed, "fold": i, "val_loss": v["loss"], "val_accuracy": v["accuracy"],
                           "best_epoch": res.best_epoch, "n_val": len(val_d)})
             log(f"   seed {seed} fold {i}: val loss {v['loss']:.4f} acc {v['accuracy']:.4f} (epoch {res.best_epoch})")
+    truth = np.asarray([labels.index(e.label) for e in rest])
     out = {"cv_folds": k, "seeds": list(seeds), "settings": st, "folds": folds,
            "val_loss_mean": float(np.mean([f["val_loss"] for f in folds])),
-           "val_accuracy_mean": float(np.mean([f["val_accuracy"] for f in folds]))}
+           "val_accuracy_mean": float(np.mean([f["val_accuracy"] for f in folds])),
+           "seed_ensemble": seed_ensemble_scores(np.nan_to_num(oof), truth)}
+    ens = out["seed_ensemble"]
     log(f"   {k}-fold CV over {len(rest)} recordings x {len(seeds)} seeds: val loss {out['val_loss_mean']:.4f} "
-        f"acc {out['val_accuracy_mean']:.4f}")
+        f"acc {out['val_accuracy_mean']:.4f}; the seeds' out-of-fold probabilities averaged: loss {ens['loss']:.4f} "
+        f"acc {ens['accuracy']:.4f}")
     write_json(path, out)
     return out
+
+
+def class_probabilities(model, data):  # -> np.ndarray
+    """Softmax of ``model``'s scored frame (a classifier's last frame) for every example of ``data``, in its
+    order: ``[len(data), len(data.labels)]`` float64."""
+    import numpy as np
+    import torch
+
+    from rnnstream.models.evaluate import predict_batches
+    from rnnstream.models.tasks import task_for
+
+    task = task_for(model.config)
+    probs = np.zeros((len(data), len(data.labels)))
+    for idx, batch, out in predict_batches(model.eval(), data, 256, torch.device("cpu")):
+        pred, _ = task.targets(model, out, batch, 0, out.shape[1])
+        probs[idx.numpy()] = torch.softmax(pred.double(), dim=-1).numpy()
+    return probs
+
+
+def seed_ensemble_scores(oof, truth) -> dict:
+    """Cross-validated scores of an ensemble of the seeds' models: ``oof [S, N, C]`` out-of-fold class
+    probabilities of each seed (each recording scored by the seed's model that did not train on it), averaged over
+    seeds; ``truth [N]`` class ids. Returns the mean negative log-likelihood, the accuracy of the average and,
+    for comparison, each seed's own out-of-fold accuracy."""
+    import numpy as np
+
+    mean = oof.mean(axis=0)
+    rows = np.arange(len(truth))
+    return {"members": int(oof.shape[0]),
+            "loss": float(-np.log(np.clip(mean[rows, truth], 1e-12, None)).mean()),
+            "accuracy": float((mean.argmax(axis=1) == truth).mean()),
+            "member_accuracy": [float((p.argmax(axis=1) == truth).mean()) for p in oof]}
 
 
 def _summary(args, argv, results) -> dict:

@@ -39,9 +39,11 @@ import numpy as np
 import torch
 
 from rnnstream.export.quantize import QuantizationReport, compare_quantized, quantize_int8
+from rnnstream.models.ensemble import StreamingEnsemble
 from rnnstream.models.rnn import StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, ExportError, RnnstreamError
+from rnnstream.pipeline.model_config import base_state_name
 from rnnstream.pipeline.model_info import FRONTEND_STATE, ModelInfo
 
 #: Relative tolerance of the export self-check: ``max|onnx - torch| <= TOLERANCE * max(1, max|torch|)``.
@@ -105,6 +107,7 @@ class ExportReport:
         lines = [
             f"exported {self.path}",
             f"  model   {c.cell} x{c.num_layers} hidden {c.hidden_size}, task {c.task}"
+            + (f", an ensemble of {c.ensemble}" if c.ensemble > 1 else "")
             + (f" (pooling {c.pooling})" if c.task == "classify" else "")
             + f", input {self.info.input_kind}, weights {self.info.weights_hash}, stats {self.info.stats_hash}",
             "  inputs  " + ", ".join(f"{n} {s}" for n, s in self.inputs),
@@ -212,7 +215,7 @@ def _check_exportable(model: StreamingRNN, feature_config: FeatureConfig, labels
 
 def _resolve(model_or_ckpt: Any, feature_config: FeatureConfig | None,
              labels: Sequence[str] | None) -> tuple[StreamingRNN, FeatureConfig, list[str]]:
-    if isinstance(model_or_ckpt, StreamingRNN):
+    if isinstance(model_or_ckpt, (StreamingRNN, StreamingEnsemble)):
         if feature_config is None:
             raise ConfigError("export_onnx(model, ...) needs the model's feature_config (or pass a checkpoint path)")
         return model_or_ckpt, feature_config, list(labels or [])
@@ -221,7 +224,8 @@ def _resolve(model_or_ckpt: Any, feature_config: FeatureConfig | None,
 
         ckpt = load_checkpoint(os.fspath(model_or_ckpt))
         return ckpt.model, feature_config or ckpt.feature_config, list(ckpt.labels if labels is None else labels)
-    raise ConfigError(f"export_onnx takes a StreamingRNN or a checkpoint path, got {type(model_or_ckpt).__name__}")
+    raise ConfigError(f"export_onnx takes a StreamingRNN, a StreamingEnsemble or a checkpoint path, got "
+                      f"{type(model_or_ckpt).__name__}")
 
 
 def example_inputs(info: ModelInfo, batch: int, frames: int, rng: np.random.Generator,
@@ -241,7 +245,7 @@ def example_inputs(info: ModelInfo, batch: int, frames: int, rng: np.random.Gene
     for s in info.state_specs:
         if not random_states:
             states.append(np.zeros((batch, *s.shape), np.float32))
-        elif s.name == "pool_count":
+        elif base_state_name(s.name) == "pool_count":
             states.append(rng.integers(1, 20, (batch, *s.shape)).astype(np.float32))
         else:
             states.append((0.5 * rng.standard_normal((batch, *s.shape))).astype(np.float32))

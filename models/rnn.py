@@ -114,14 +114,7 @@ class StreamingRNN(nn.Module):
 
     def check_state(self, state: State, batch_size: int) -> None:
         """Raise :class:`StateError` unless ``state`` has exactly this model's tensors and shapes."""
-        specs = self.state_spec()
-        if set(state) != {s.name for s in specs}:
-            raise StateError(f"state has tensors {sorted(state)}, this model expects {[s.name for s in specs]}")
-        for s in specs:
-            if tuple(state[s.name].shape) != (batch_size, *s.shape):
-                raise StateError(
-                    f"state {s.name!r} has shape {list(state[s.name].shape)}, expected {[batch_size, *s.shape]}"
-                )
+        check_state_tensors(self.state_spec(), state, batch_size)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """One chunk: ``x [B, T, input_dim]`` (``T >= 0``) -> ``(y [B, T, output_dim], new_state)``."""
@@ -334,6 +327,17 @@ class StreamingRNN(nn.Module):
 # -------------------------------------------------------------------------------------------
 
 
+def check_state_tensors(specs: list[StateSpec], state: State, batch_size: int) -> None:
+    """Raise :class:`StateError` unless ``state`` has exactly the tensors of ``specs``, each ``[batch_size, *shape]``."""
+    if set(state) != {s.name for s in specs}:
+        raise StateError(f"state has tensors {sorted(state)}, this model expects {[s.name for s in specs]}")
+    for s in specs:
+        if tuple(state[s.name].shape) != (batch_size, *s.shape):
+            raise StateError(
+                f"state {s.name!r} has shape {list(state[s.name].shape)}, expected {[batch_size, *s.shape]}"
+            )
+
+
 def _build(stats: Any | None, **kwargs: Any) -> StreamingRNN:
     mean = std = None
     if stats is not None:
@@ -391,8 +395,13 @@ def rnn_generator(*, input_dim: int, cell: Cell = "gru", hidden_size: int = 128,
 
 
 def build_model(config: ModelConfig, *, feat_mean: np.ndarray | None = None,
-                feat_std: np.ndarray | None = None) -> StreamingRNN:
-    """A model from a stored config (checkpoints, ONNX metadata)."""
+                feat_std: np.ndarray | None = None) -> nn.Module:
+    """A model from a stored config (checkpoints, ONNX metadata): a :class:`StreamingRNN`, or for
+    ``config.ensemble > 1`` a :class:`rnnstream.models.ensemble.StreamingEnsemble` of new members."""
+    if config.ensemble > 1:
+        from rnnstream.models.ensemble import build_ensemble  # it builds on this module
+
+        return build_ensemble(config, feat_mean=feat_mean, feat_std=feat_std)
     return StreamingRNN(config, feat_mean=feat_mean, feat_std=feat_std)
 
 
@@ -406,6 +415,7 @@ __all__ = [
     "Task",
     "crnn_classifier",
     "build_model",
+    "check_state_tensors",
     "rnn_classifier",
     "rnn_forecaster",
     "rnn_generator",

@@ -104,6 +104,8 @@ class TrainConfig:
         norm_decay, norm_prior: ``input_norm="causal_mean"``'s decay and training-mean prior (:class:`ModelConfig`).
         weight_average: validate and keep an exponential moving average of the weights with this half-life in
             epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
+        ensemble: train this many members from different seeds and keep them as one model
+            (:mod:`rnnstream.models.ensemble_train`, :class:`rnnstream.models.ensemble.StreamingEnsemble`); 1: one model.
     """
 
     cell: Cell = "gru"
@@ -143,12 +145,13 @@ class TrainConfig:
     norm_decay: float = 1.0
     norm_prior: float = 0.0
     weight_average: float = 0.0
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step"):
+        for name in ("epochs", "batch_size", "lr_step", "ensemble"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("tbptt", "patience", "steps_per_epoch", "num_threads"):
@@ -220,6 +223,7 @@ class TrainResult:
     plots: list[str] = field(default_factory=list)
     labels: tuple[str, ...] = ()
     grad_warnings: list[str] = field(default_factory=list)
+    members: list["TrainResult"] = field(default_factory=list)  # an ensemble's members' own results
 
 
 def _shift_levels(model: StreamingRNN, batch: Batch, sigma: float) -> Batch:
@@ -254,14 +258,24 @@ def train(train_data: TaskData, config: TrainConfig = TrainConfig(), *, val_data
         "val_data": val_data, "test_data": test_data, "model": model, "stats": stats, "feature_config": feature_config,
         "checkpoint": checkpoint, "resume": resume, "plots_dir": plots_dir, "metrics_path": metrics_path,
     }
+    run = _train if config.ensemble == 1 else _train_ensemble
     if config.num_threads is None:
-        return _train(train_data, config, **kwargs)
+        return run(train_data, config, **kwargs)
     before = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
-        return _train(train_data, config, **kwargs)
+        return run(train_data, config, **kwargs)
     finally:
         torch.set_num_threads(before)
+
+
+def _train_ensemble(train_data: TaskData, cfg: TrainConfig, **kwargs: Any) -> TrainResult:
+    from rnnstream.models.ensemble_train import train_ensemble  # it trains each member with _train
+
+    def one(data: TaskData, member_cfg: TrainConfig, **kw: Any) -> TrainResult:
+        return _train(data, member_cfg, model=None, resume=False, **kw)
+
+    return train_ensemble(train_data, cfg, one, **kwargs)
 
 
 def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None, test_data: TaskData | None,

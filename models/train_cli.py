@@ -89,6 +89,10 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-average", type=float, default=0.0, metavar="EPOCHS",
                    help="validate and keep an exponential moving average of the weights with this half-life in "
                         "epochs (0: off)")
+    o.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="train N members from seeds SEED, SEED+1000, ... and keep them as one streaming model (the "
+                        "log of their mean probability; N times the cost per chunk); member runs in member<i>/ "
+                        "beside --out (default 1: one model)")
     o.add_argument("--tbptt", type=int, default=None, help="truncated BPTT window in frames")
     o.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
     o.add_argument("--steps-per-epoch", type=int, default=None)
@@ -200,7 +204,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         seasonal_period=args.seasonal_period, input_diff=args.input_diff,
         augment=args.augment, conv_channels=tuple(args.conv_channels), conv_kernel=tuple(args.conv_kernel),
         conv_pool=args.conv_pool, norm_decay=args.norm_decay, norm_prior=args.norm_prior,
-        weight_average=args.weight_average,
+        weight_average=args.weight_average, ensemble=args.ensemble,
     )
     return spec, cfg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,6 +61,12 @@ class ModelConfig:
     the first layer's kernel spans all ``input_dim`` features (no padding, one band out), later layers see that one
     band, and ``conv_pool`` must be 1. Each layer carries its last
     ``conv_kernel[0] - 1`` input frames as state ``conv<i>`` ``[kt - 1, channels_in, bands_in]``, so it streams.
+
+    ``ensemble=N`` (``N >= 2``) describes ``N`` members of this architecture (each with its own weights, all with
+    the same normalisation), run side by side on the same input and combined frame by frame
+    (:class:`rnnstream.models.ensemble.StreamingEnsemble`): class logits (classify, tag) as the log of the
+    members' mean softmax, so that a softmax of the output is their mean probability; forecasts as the mean.
+    Member ``i``'s states are carried as ``m<i>_<name>``, so an ensemble streams like one model.
     """
 
     input_dim: int
@@ -82,6 +89,7 @@ class ModelConfig:
     conv_channels: tuple[int, ...] = ()
     conv_kernel: tuple[int, int] = (3, 3)
     conv_pool: int = 2
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +109,10 @@ class ModelConfig:
         if self.pooling != "last" and self.task != "classify":
             raise ConfigError(f"pooling={self.pooling!r} applies to task 'classify' only, not {self.task!r}")
         self._validate_conv()
+        if int(self.ensemble) < 1:
+            raise ConfigError(f"ensemble (members) must be >= 1, got {self.ensemble}")
+        if self.ensemble > 1 and self.task == "generate":
+            raise ConfigError("task 'generate' rolls out one model's own predictions; it has no ensemble (ensemble=1)")
         if self.input_norm not in ("none", "causal_mean"):
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
         self._validate_norm()
@@ -180,8 +192,17 @@ class ModelConfig:
     def streamable(self) -> bool:
         return not self.bidirectional
 
+    @property
+    def member(self) -> "ModelConfig":
+        """The config of one member of an ensemble (``ensemble=1``); the config itself when it is one model."""
+        return self if self.ensemble == 1 else dataclasses.replace(self, ensemble=1)
+
     def state_specs(self) -> tuple["StateSpec", ...]:
-        """Names and per-stream shapes of the state tensors, in graph order."""
+        """Names and per-stream shapes of the state tensors, in graph order (an ensemble's: every member's,
+        member by member, prefixed ``m<i>_``)."""
+        if self.ensemble > 1:
+            return tuple(StateSpec(f"m{i}_{s.name}", s.shape, s.dtype)
+                         for i in range(self.ensemble) for s in self.member.state_specs())
         layers = self.num_layers * (2 if self.bidirectional else 1)
         specs = [StateSpec("h", (layers, self.hidden_size))]
         bands, chans = self.conv_bands(), (1, *self.conv_channels)
@@ -213,6 +234,8 @@ class ModelConfig:
             d.pop("seasonal_period")
         if not self.input_diff:
             d.pop("input_diff")
+        if self.ensemble == 1:  # single models' configs (and weights hashes) read as before ensembles existed
+            d.pop("ensemble")
         for key, default in (("norm_decay", 1.0), ("norm_prior", 0.0)):  # as before these fields existed
             if d[key] == default:
                 d.pop(key)
@@ -234,6 +257,15 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+_MEMBER_PREFIX = re.compile(r"m\d+_")
+
+
+def base_state_name(name: str) -> str:
+    """A state's name without an ensemble member's ``m<i>_`` prefix (``m1_pool_count`` -> ``pool_count``)."""
+    m = _MEMBER_PREFIX.match(name)
+    return name[m.end():] if m else name
+
+
 @dataclass(frozen=True)
 class StateSpec:
     """One state tensor: its name and per-stream shape (the full tensor is ``[batch, *shape]``)."""
@@ -243,4 +275,5 @@ class StateSpec:
     dtype: str = "float32"
 
 
-__all__ = ["ATTENTION_BOUND", "POOLINGS", "Cell", "InputNorm", "ModelConfig", "Pooling", "StateSpec", "Task"]
+__all__ = ["ATTENTION_BOUND", "POOLINGS", "Cell", "InputNorm", "ModelConfig", "Pooling", "StateSpec", "Task",
+           "base_state_name"]

@@ -112,3 +112,45 @@ def test_int8_export_of_the_new_layers_streams_close_to_float(tmp_path, kernel, 
     for chunk in np.array_split(SIGNAL, 4):
         rf, rq = pf.push(chunk), pq.push(chunk)
         np.testing.assert_allclose(rq.prediction.values, rf.prediction.values, atol=0.1)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["features", "raw-audio"])
+def ensemble(request, tmp_path_factory):
+    """Three GRU classifiers (mean pooling) of one normalisation as one streaming graph."""
+    from rnnstream.models.ensemble import ensemble_of
+    from rnnstream.models.rnn import rnn_classifier
+
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = rnn_classifier(input_dim=DIM, num_classes=len(LABELS), hidden_size=10, num_layers=2, pooling="mean")
+        with torch.no_grad():
+            m.feat_mean.fill_(-5.0)
+            m.feat_std.fill_(2.0)
+        members.append(m.eval())
+    model = ensemble_of(members).eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("ens") / "m.onnx", FC, LABELS, raw_audio=request.param)
+    return model, OnnxBackend(path, provider="cpu", threads=1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(0, SIGNAL.size), max_size=8).map(sorted))
+def test_ensemble_onnx_streaming_equals_torch_offline(ensemble, cuts):
+    model, backend = ensemble
+    assert [s.name for s in backend.info.state_specs][:3] == ["m0_h", "m0_pool_sum", "m0_pool_count"]
+    assert backend.info.model_config.ensemble == 3
+    with torch.no_grad():
+        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
+    session = StreamSession(backend, sample_rate=RATE)
+    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+def test_ensemble_exports_to_int8(ensemble, tmp_path):
+    from rnnstream.export.onnx_export import export_with_report
+
+    model, _ = ensemble
+    rep = export_with_report(model, tmp_path / "int8.onnx", FC, LABELS, quantize="int8")
+    assert rep.quantization is not None and rep.quantization.agreement is not None
+    assert rep.quantization.agreement >= 0.9
+    assert "an ensemble of 3" in rep.text()
