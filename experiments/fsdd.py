@@ -86,6 +86,8 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--weight-average", type=float, default=0.0,
                    help="keep an exponential moving average of the weights, half-life in epochs (0: off)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="train N members from seeds SEED, SEED+1000, ... as one streaming model (default 1)")
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
     p.add_argument("--pooling", default=None, choices=["last", "mean", "attention"])
     p.add_argument("--input-norm", default=None, choices=["none", "causal_mean"],
@@ -275,7 +277,7 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
                        norm_decay=args.norm_decay, conv_channels=int_list(args.conv_channels),
                        conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool,
                        augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, weight_average=args.weight_average, lr_schedule="cosine",
+                       weight_decay=args.weight_decay, weight_average=args.weight_average, ensemble=args.ensemble, lr_schedule="cosine",
                        seed=seed, device="cpu",
                        progress=not args.no_progress)
 
