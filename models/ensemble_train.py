@@ -4,7 +4,9 @@ Member ``i`` is the single-model run with seed :func:`member_seed` ``(seed, i)``
 ``ensemble=1`` would make), the same data, schedule and validation; each keeps its own best epoch. The members are
 joined by :func:`rnnstream.models.ensemble.ensemble_of` and the ensemble is scored on the validation and test data;
 with a checkpoint path, each member's checkpoint, plots and ``metrics.json`` go to ``member<i>/`` beside it and the
-ensemble's checkpoint (loadable, exportable, streamable like any model) and ``metrics.json`` to the path itself.
+ensemble's checkpoint (loadable, exportable, streamable like any model), ``metrics.json`` and task plots (the
+confusion matrix of a classifier) beside the path itself. ``best_epoch`` is the members' median best epoch (what a
+refit of the ensemble trains each member for).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rnnstream.models.checkpoint import save_checkpoint
 from rnnstream.models.data import TaskData
 from rnnstream.models.ensemble import ensemble_of
 from rnnstream.models.evaluate import evaluate
+from rnnstream.models.tasks import task_for
 from rnnstream.pipeline.errors import ConfigError
 
 #: Member ``i`` of the ensemble of seed ``s`` trains with seed ``s + SEED_STRIDE * i`` (distinct for seeds below it).
@@ -61,9 +64,11 @@ def train_ensemble(train_data: TaskData, config: Any, train_one: Callable[..., A
     ens = ensemble_of([r.model for r in members]).eval()
     metrics = {name: evaluate(ens, data, labels=labels)
                for name, data in (("val", val_data), ("test", test_data)) if data is not None}
+    out_dir = plots_dir or root
+    plots = task_for(ens.config).plots(ens, metrics, test_data or val_data, out_dir) if out_dir else []
     best = int(statistics.median_low(r.best_epoch for r in members))
     record = {"ensemble": config.ensemble, "model_config": ens.config.to_dict(),
-              "train_config": dataclasses.asdict(config), "best_epoch": best, "checkpoint": checkpoint,
+              "train_config": dataclasses.asdict(config), "best_epoch": best, "checkpoint": checkpoint, "plots": plots,
               "members": [{"seed": member_seed(config.seed, i), "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
                            **{k: v for k, v in r.metrics.items()}} for i, r in enumerate(members)],
               **metrics}
@@ -77,7 +82,7 @@ def train_ensemble(train_data: TaskData, config: Any, train_one: Callable[..., A
             json.dump(record, fh, indent=2)
     return TrainResult(model=ens, history=[], metrics=metrics, best_epoch=best,
                        epochs_run=max(r.epochs_run for r in members), stopped_early=False, checkpoint=checkpoint,
-                       plots=[p for r in members for p in r.plots], labels=labels,
+                       plots=plots + [p for r in members for p in r.plots], labels=labels,
                        grad_warnings=[w for r in members for w in r.grad_warnings], members=members)
 
 

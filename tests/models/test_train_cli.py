@@ -145,3 +145,24 @@ def test_train_main_is_the_cli_main_and_progress_flags_exclude_each_other(capsys
     assert (args.progress, args.no_progress) == (False, False)
     assert train_cli.main(["--data", "d", "--out", "o", "--progress", "--no-progress"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ensemble_flag_trains_members_and_writes_one_streaming_checkpoint(digits_dir, tmp_path, capsys):
+    from rnnstream.models.ensemble import StreamingEnsemble
+
+    out = tmp_path / "run" / "model.pt"
+    argv = ["--data", digits_dir, "--out", str(out), "--epochs", "2", "--val-by", "speaker", "--val-match", "bob",
+            "--ensemble", "2", *FAST]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["ensemble"] == 2 and [m["seed"] for m in metrics["members"]] == [0, 1000]
+    assert summary["best_epoch"] == metrics["best_epoch"] and metrics["val"]["n"] == 3 * 6
+    for i in range(2):
+        assert (tmp_path / "run" / f"member{i}" / "model.pt").exists()
+        assert (tmp_path / "run" / f"member{i}" / "curves.png").exists()
+    assert (tmp_path / "run" / "confusion.png").exists()
+    ck = load_checkpoint(str(out))
+    assert isinstance(ck.model, StreamingEnsemble) and ck.model.config.ensemble == 2 and ck.labels == ["0", "1", "2"]
+    assert main(argv + ["--resume"]) == 2
+    assert "resume and an initial model are not supported" in capsys.readouterr().err
