@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnstream.models.checkpoint import load_checkpoint, save_checkpoint
-from rnnstream.models.data import tensor_data
 from rnnstream.models.ensemble import StreamingEnsemble, combine_outputs, ensemble_of
 from rnnstream.models.ensemble_train import member_seed
 from rnnstream.models.rnn import ModelConfig, StreamingRNN, build_model
@@ -19,28 +18,17 @@ from rnnstream.models.train import TrainConfig, train
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, StateError
 from rnnstream.pipeline.model_config import base_state_name
-from tests.models.test_streaming_property import _model, chunkings
+from tests.models.test_streaming_property import _model, _streamed, chunkings
+from tests.models.test_train import _classify
 
 D = 3
-FC = FeatureConfig.sensor_default([f"c{i}" for i in range(D)])
 
 
 @pytest.fixture(scope="module")
 def tiny_classify():
-    """Two classes told apart by which channel is raised; training and validation data."""
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        seqs, ys = [], []
-        for _ in range(n):
-            k = int(rng.integers(0, 2))
-            x = rng.normal(size=(int(rng.integers(3, 9)), D)).astype(np.float32)
-            x[:, k] += 1.5
-            seqs.append(x)
-            ys.append(f"k{k}")
-        return tensor_data("classify", seqs, ys, feature_config=FC)
-
-    return make(40), make(12)
+    """Three classes told apart by which channel is raised; training and validation data."""
+    train_d = _classify(40, 0, dim=D)
+    return train_d, _classify(12, 1, labels=train_d.labels, dim=D)
 
 
 def _ensemble(cell: str, task: str, pooling: str, seed: int, n: int = 3) -> StreamingEnsemble:
@@ -80,12 +68,8 @@ def test_ensemble_step_over_random_chunkings_equals_forward(cell, task, pooling,
     x = torch.randn(batch, total, D, generator=torch.Generator().manual_seed(seed)) * 2
     with torch.no_grad():
         full = ens(x)
-        state, outs, t = ens.initial_state(batch), [], 0
-        for n in sizes:
-            y, state = ens.step(x[:, t: t + n], state)
-            outs.append(y)
-            t += n
-    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
+        streamed = _streamed(ens, x, sizes)
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # and each member's probabilities (or forecasts), averaged, are the ensemble's
         parts = [m(x) for m in ens.members]
     if ens.config.outputs_logits:
