@@ -1,4 +1,5 @@
-"""experiments.uea: the cross-validated estimate of a seed ensemble (out-of-fold probabilities averaged)."""
+"""experiments.uea and experiments.fsdd_ensemble: the cross-validated estimate of a seed ensemble and the ensemble
+validation accuracy of finished runs (averaged class probabilities)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,20 @@ def test_class_probabilities_are_the_softmax_of_the_last_frame_in_data_order():
         for i, x in enumerate(seqs):
             want = torch.softmax(model(torch.from_numpy(x)[None])[0, -1].double(), -1).numpy()
             np.testing.assert_allclose(probs[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdd_ensemble_accuracy_averages_the_members_probabilities():
+    from experiments.fsdd_ensemble import ensemble_accuracy
+
+    fc = FeatureConfig.sensor_default(["a", "b"])
+    rng = np.random.default_rng(1)
+    seqs = [rng.normal(size=(5, 2)).astype(np.float32) for _ in range(12)]
+    data = tensor_data("classify", seqs, ["x", "y", "z"] * 4, feature_config=fc)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(rnn_classifier(input_dim=2, num_classes=3, hidden_size=6, num_layers=1).eval())
+    acc, members = ensemble_accuracy(models, data)
+    probs = np.mean([class_probabilities(m, data) for m in models], axis=0)
+    assert acc == float((probs.argmax(1) == data.y.numpy()).mean())
+    assert members == [float((class_probabilities(m, data).argmax(1) == data.y.numpy()).mean()) for m in models]
