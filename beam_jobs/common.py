@@ -52,10 +52,12 @@ a two-line ``setup.py``, or ``--sdk_container_image``). Inputs and outputs on ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -404,6 +406,25 @@ def prepare_output_dir(output: str, stale_patterns: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def job_pipeline(options: PipelineOptions | None,
+                 test_pipeline: beam.Pipeline | None = None) -> Iterator[beam.Pipeline]:
+    """The pipeline a job builds and runs: ``test_pipeline``, or a new ``beam.Pipeline(options=options)`` whose local
+    temporary folder (``beam-pipeline-temp*``, made when the pipeline is created) is removed when building it fails
+    before it runs; Beam itself removes the folder only in ``run``."""
+    if test_pipeline is not None:
+        yield test_pipeline
+        return
+    pipeline = beam.Pipeline(options=options)
+    try:
+        yield pipeline
+    except BaseException:
+        tmp = getattr(pipeline, "local_tempdir", None)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def run_pipeline(pipeline: beam.Pipeline) -> Any:

@@ -78,6 +78,7 @@ from rnnstream.beam_jobs.common import (
     counter_values,
     feature_config_from_options,
     has_scheme,
+    job_pipeline,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -473,14 +474,14 @@ def _build_and_run(records: list[InputRecord], output_dir: str, config: FeatureC
     if label_pattern is not None:
         compile_label_pattern(label_pattern)
     prepare_output_dir(output_dir, _STALE)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    _ = (
-        pipeline
-        | "PlanShards" >> beam.Create(plan_shards(records, shards), reshuffle=spread_tasks(options))
-        | "FeaturizeShards" >> FeaturizeShards(output_dir, config, label_pattern=label_pattern, num_shards=shards,
-                                               limits=limits)
-    )
-    return run_pipeline(pipeline)
+    with job_pipeline(options, test_pipeline) as pipeline:
+        _ = (
+            pipeline
+            | "PlanShards" >> beam.Create(plan_shards(records, shards), reshuffle=spread_tasks(options))
+            | "FeaturizeShards" >> FeaturizeShards(output_dir, config, label_pattern=label_pattern, num_shards=shards,
+                                                   limits=limits)
+        )
+        return run_pipeline(pipeline)
 
 
 def read_summary(output_dir: str) -> dict[str, Any]:

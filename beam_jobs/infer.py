@@ -69,6 +69,7 @@ from rnnstream.beam_jobs.common import (
     KeepType,
     counter_values,
     is_dask_runner,
+    job_pipeline,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -439,22 +440,22 @@ def infer_corpus(
     datasets, shards, records = _infer_inputs(list(inputs or []), manifest, label_pattern, info.feature_config)
     prepare_output_dir(output_dir, _STALE)
 
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    if datasets:
-        mixed = (pipeline | "ListShards" >> beam.Create(shards, reshuffle=True)
-                 | "ReadDataset" >> ReadDatasetItems())
-    else:
-        mixed = (pipeline | "ListInputs" >> beam.Create(records, reshuffle=True)
-                 | "Featurize" >> FeaturizeItems(info.feature_config, label_pattern, limits=limits))
-    items = mixed | "OnlyItems" >> KeepType(InferItem)
-    early = mixed | "OnlyEarlyLetters" >> KeepType(DeadLetter, InputCount)
-    outcomes = items | "Predict" >> PredictItems(handler, info.feature_config.dim)
-    _ = (
-        (outcomes, early)
-        | "Gather" >> Gather()
-        | "Finalize" >> beam.ParDo(_FinalizeFn(output_dir, fmt, model, info.weights_hash, info.labels))
-    )
-    result = run_pipeline(pipeline)
+    with job_pipeline(options, test_pipeline) as pipeline:
+        if datasets:
+            mixed = (pipeline | "ListShards" >> beam.Create(shards, reshuffle=True)
+                     | "ReadDataset" >> ReadDatasetItems())
+        else:
+            mixed = (pipeline | "ListInputs" >> beam.Create(records, reshuffle=True)
+                     | "Featurize" >> FeaturizeItems(info.feature_config, label_pattern, limits=limits))
+        items = mixed | "OnlyItems" >> KeepType(InferItem)
+        early = mixed | "OnlyEarlyLetters" >> KeepType(DeadLetter, InputCount)
+        outcomes = items | "Predict" >> PredictItems(handler, info.feature_config.dim)
+        _ = (
+            (outcomes, early)
+            | "Gather" >> Gather()
+            | "Finalize" >> beam.ParDo(_FinalizeFn(output_dir, fmt, model, info.weights_hash, info.labels))
+        )
+        result = run_pipeline(pipeline)
     summary = json.loads(read_text(FileSystems.join(output_dir, SUMMARY_FILE)))
     if summary.get("unknown_labels"):
         LOG.warning(

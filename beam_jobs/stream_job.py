@@ -51,6 +51,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from rnnstream.beam_jobs.common import (
     InputOptions,
     counter_values,
+    job_pipeline,
     prepare_output_dir,
     read_text,
     reject_unknown_args,
@@ -382,11 +383,11 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     info = load_model(opts.model).info  # fail fast (before the pipeline) on a bad model file
     LOG.info("stream-job: model %s (%s), %s", opts.model, info.weights_hash, config)
     prepare_output_dir(io_opts.output, _STALE)
-    p = test_pipeline or beam.Pipeline(options=options)
-    lines, bounded = _read_messages(p, io_opts, opts)
-    outputs = lines | "StreamInference" >> StreamInference(opts.model, config, timestamps_from_messages=bounded)
-    _ = outputs | "WriteOutputs" >> WriteRecords(io_opts.output)
-    result = run_pipeline(p)  # a streaming source returns only when it ends (--watch-seconds) or is drained
+    with job_pipeline(options, test_pipeline) as p:
+        lines, bounded = _read_messages(p, io_opts, opts)
+        outputs = lines | "StreamInference" >> StreamInference(opts.model, config, timestamps_from_messages=bounded)
+        _ = outputs | "WriteOutputs" >> WriteRecords(io_opts.output)
+        result = run_pipeline(p)  # a streaming source returns only when it ends (--watch-seconds) or is drained
     summary = summarize(counter_values(result, COUNTERS))
     write_text(FileSystems.join(io_opts.output, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if summary.get("balanced") is False:

@@ -293,6 +293,20 @@ def test_a_bounded_replay_without_a_runner_leaves_no_temporary_folders(tmp_path:
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["balanced"] is True
 
 
+def test_a_job_refused_while_building_its_pipeline_leaves_no_temporary_folder(tmp_path: Path, model_path: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No source: the ConfigError comes after the pipeline was created (Beam made its beam-pipeline-temp folder
+    then, and removes it only when a pipeline runs); the job removes it."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(ConfigError, match="exactly one source"):
+        stream_job.run(["--model", model_path, "--output", str(tmp_path / "out")])
+    assert sorted(p.name for p in temp.iterdir()) == []
+
+
 def test_evicted_then_resumed_equals_uninterrupted(tmp_path: Path, model_path: str, backend: Any) -> None:
     """Run 1 ends after chunk 2 (end of input -> eviction with a snapshot); run 2 resumes from it."""
     sig = signal(3)
