@@ -95,17 +95,24 @@ def refit_run(selection: dict[str, Any], train_d: Any, test_d: Any, test_example
 def pooled_best_epoch(run_dirs: Sequence[str], metric: str = "val_accuracy") -> tuple[int, list[float]]:
     """The epoch count whose validation ``metric`` (accuracy: highest; loss: lowest), averaged over the
     selection runs in ``run_dirs`` (folders with a ``metrics.json`` training history of equal length), is best;
-    returns ``(epoch, the mean per epoch)``."""
+    returns ``(epoch, the mean per epoch)``.
+
+    Raises:
+        DatasetError: no runs, or histories of different lengths (runs of different schedules).
+    """
     import json
 
     import numpy as np
+
+    from rnnstream.pipeline.errors import DatasetError
 
     curves = []
     for d in run_dirs:
         with open(os.path.join(d, "metrics.json"), encoding="utf-8") as fh:
             curves.append([h[metric] for h in json.load(fh)["history"]])
     if not curves or len({len(c) for c in curves}) != 1:
-        raise SystemExit(f"pooled_best_epoch needs runs with histories of equal length, got {[len(c) for c in curves]}")
+        raise DatasetError(f"pooled_best_epoch needs runs with histories of equal length, got "
+                           f"{[len(c) for c in curves]}")
     mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
     best = int(np.argmin(mean) if metric.endswith("loss") else np.argmax(mean))
     return best + 1, [float(v) for v in mean]
@@ -172,6 +179,11 @@ if __name__ == "__main__":  # python -m experiments._common pooled-epoch RUN_DIR
     _p.add_argument("run_dirs", nargs="+")
     _p.add_argument("--metric", default="val_accuracy", choices=["val_accuracy", "val_loss"])
     _a = _p.parse_args()
-    _epoch, _mean = pooled_best_epoch(_a.run_dirs, _a.metric)
+    from rnnstream.pipeline.errors import DatasetError
+
+    try:
+        _epoch, _mean = pooled_best_epoch(_a.run_dirs, _a.metric)
+    except DatasetError as _exc:
+        sys.exit(f"error: {_exc}")
     print(f"best epoch by mean {_a.metric} over {len(_a.run_dirs)} runs: {_epoch}; per epoch "
           + " ".join(f"{v:.4f}" for v in _mean))

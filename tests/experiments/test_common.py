@@ -7,6 +7,7 @@ import json
 import pytest
 
 from experiments._common import pooled_best_epoch
+from rnnstream.pipeline.errors import DatasetError
 
 
 def _run(tmp_path, name, accs, losses):
@@ -30,5 +31,5 @@ def test_pooled_best_epoch_averages_runs_before_choosing(tmp_path):
 def test_pooled_best_epoch_refuses_histories_of_different_length(tmp_path):
     a = _run(tmp_path, "a", [0.5, 0.9], [1.0, 0.2])
     b = _run(tmp_path, "b", [0.5, 0.4, 0.8], [1.0, 0.9, 0.1])
-    with pytest.raises(SystemExit, match="equal length"):
+    with pytest.raises(DatasetError, match="equal length"):
         pooled_best_epoch([a, b])
