@@ -277,8 +277,8 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
                        norm_decay=args.norm_decay, conv_channels=int_list(args.conv_channels),
                        conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool,
                        augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, weight_average=args.weight_average, ensemble=args.ensemble, lr_schedule="cosine",
-                       seed=seed, device="cpu",
+                       weight_decay=args.weight_decay, weight_average=args.weight_average, ensemble=args.ensemble,
+                       lr_schedule="cosine", seed=seed, device="cpu",
                        progress=not args.no_progress)
 
 

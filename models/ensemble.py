@@ -86,7 +86,8 @@ class StreamingEnsemble(nn.Module):
         return combine_outputs(outputs, logits=self.config.outputs_logits), new_state
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """The whole sequence, ``x [B, T, input_dim]`` -> ``[B, T, output_dim]`` (``lengths``: bidirectional members)."""
+        """The whole sequence, ``x [B, T, input_dim]`` -> ``[B, T, output_dim]`` (``lengths``: for bidirectional
+        members)."""
         outputs = [m(x, lengths) for m in self.members]
         return combine_outputs(outputs, logits=self.config.outputs_logits)
 

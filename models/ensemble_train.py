@@ -70,12 +70,12 @@ def train_ensemble(train_data: TaskData, config: Any, train_one: Callable[..., A
     record = {"ensemble": config.ensemble, "model_config": ens.config.to_dict(),
               "train_config": dataclasses.asdict(config), "best_epoch": best, "checkpoint": checkpoint, "plots": plots,
               "members": [{"seed": member_seed(config.seed, i), "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
-                           **{k: v for k, v in r.metrics.items()}} for i, r in enumerate(members)],
+                           **r.metrics} for i, r in enumerate(members)],
               **metrics}
     if checkpoint is not None:
         stats_dict = (train_data.fit_stats() if stats is None else stats).to_dict()  # what each member used
         save_checkpoint(checkpoint, ens, feature_config, labels=list(labels), stats=stats_dict,
-                        extra={"best_epoch": best, "metrics": json.loads(json.dumps(metrics))})
+                        extra={"best_epoch": best, "metrics": metrics})
     path = metrics_path or (os.path.join(root, "metrics.json") if root else None)
     if path is not None:
         with open(path, "w", encoding="utf-8") as fh:

@@ -328,7 +328,8 @@ class StreamingRNN(nn.Module):
 
 
 def check_state_tensors(specs: list[StateSpec], state: State, batch_size: int) -> None:
-    """Raise :class:`StateError` unless ``state`` has exactly the tensors of ``specs``, each ``[batch_size, *shape]``."""
+    """Raise :class:`StateError` unless ``state`` has exactly the tensors of ``specs``, each
+    ``[batch_size, *shape]``."""
     if set(state) != {s.name for s in specs}:
         raise StateError(f"state has tensors {sorted(state)}, this model expects {[s.name for s in specs]}")
     for s in specs:

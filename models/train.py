@@ -105,7 +105,8 @@ class TrainConfig:
         weight_average: validate and keep an exponential moving average of the weights with this half-life in
             epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
         ensemble: train this many members from different seeds and keep them as one model
-            (:mod:`rnnstream.models.ensemble_train`, :class:`rnnstream.models.ensemble.StreamingEnsemble`); 1: one model.
+            (:mod:`rnnstream.models.ensemble_train`, :class:`rnnstream.models.ensemble.StreamingEnsemble`);
+            1: one model.
     """
 
     cell: Cell = "gru"
