@@ -3,8 +3,8 @@
 Member ``i`` is the single-model run with seed :func:`member_seed` ``(seed, i)`` (member 0 is the run
 ``ensemble=1`` would make), the same data, schedule and validation; each keeps its own best epoch. The members are
 joined by :func:`rnnstream.models.ensemble.ensemble_of` and the ensemble is scored on the validation and test data;
-with a checkpoint path, each member's checkpoint, plots and ``metrics.json`` go to ``member<i>/`` beside it and the
-ensemble's checkpoint (loadable, exportable, streamable like any model), ``metrics.json`` and task plots (the
+with a checkpoint path, each member's checkpoint, plots and ``metrics.json`` go to ``member<i>/`` beside it (beside
+the ensemble's ``metrics_path`` when one is given) and the ensemble's checkpoint (loadable, exportable, streamable like any model), ``metrics.json`` and task plots (the
 confusion matrix of a classifier) beside the path itself. ``best_epoch`` is the members' median best epoch (what a
 refit of the ensemble trains each member for).
 """
@@ -51,13 +51,16 @@ def train_ensemble(train_data: TaskData, config: Any, train_one: Callable[..., A
                           "are not supported")
     feature_config = feature_config or train_data.feature_config
     root = os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else None
+    # the members' folders sit beside the ensemble's metrics.json (rnnstream train --refit puts a selection run's
+    # in selection/, so its members do not share folders with the refit's), else beside the checkpoint
+    base = os.path.dirname(os.path.abspath(metrics_path)) if metrics_path else root
     members = []
     for i in range(config.ensemble):
-        mdir = os.path.join(root, f"member{i}") if root else None
+        mdir = os.path.join(base, f"member{i}") if base else None
         members.append(train_one(
             train_data, dataclasses.replace(config, ensemble=1, seed=member_seed(config.seed, i)),
             val_data=val_data, test_data=test_data, stats=stats, feature_config=feature_config,
-            checkpoint=os.path.join(mdir, "model.pt") if mdir else None,
+            checkpoint=os.path.join(mdir, "model.pt") if checkpoint and mdir else None,
             plots_dir=os.path.join(plots_dir, f"member{i}") if plots_dir else None,
             metrics_path=os.path.join(mdir, "metrics.json") if mdir else None))
     labels = members[0].labels

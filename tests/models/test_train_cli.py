@@ -166,3 +166,18 @@ def test_ensemble_flag_trains_members_and_writes_one_streaming_checkpoint(digits
     assert isinstance(ck.model, StreamingEnsemble) and ck.model.config.ensemble == 2 and ck.labels == ["0", "1", "2"]
     assert main(argv + ["--resume"]) == 2
     assert "resume and an initial model are not supported" in capsys.readouterr().err
+
+
+def test_ensemble_with_refit_keeps_the_selection_members_apart(digits_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["--data", digits_dir, "--out", str(run / "model.pt"), "--epochs", "2", "--val-by", "speaker",
+            "--val-match", "bob", "--ensemble", "2", "--refit", *FAST]
+    assert main(argv) == 0
+    capsys.readouterr()
+    for i in range(2):
+        selection = json.loads((run / "selection" / f"member{i}" / "metrics.json").read_text())
+        refit = json.loads((run / f"member{i}" / "metrics.json").read_text())
+        assert "val" in selection and "val" not in refit  # the refit trains on every example, no validation
+        assert (run / "selection" / f"member{i}" / "model.pt").exists() and (run / f"member{i}" / "model.pt").exists()
+    assert json.loads((run / "selection" / "metrics.json").read_text())["ensemble"] == 2
+    assert load_checkpoint(str(run / "model.pt")).model.config.ensemble == 2
