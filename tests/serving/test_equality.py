@@ -138,3 +138,28 @@ def test_many_sensor_streams_batched_equal_offline_and_session():
     assert max(backend.batch_sizes) > 1
     assert metrics.value("rnnstream_serve_batch_size_count") > metrics.value(
         "rnnstream_serve_batch_size_bucket", {"le": "1.0"})
+
+
+def test_an_ensemble_graph_serves_batched_streams_equal_to_their_sessions(tmp_path):
+    """A 2-member ensemble exported to ONNX: the server batches its per-member states like any others."""
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.models.ensemble import ensemble_of
+    from rnnstream.pipeline.onnx_backend import OnnxBackend
+
+    first, second = audio_backend(0), audio_backend(1)  # other weights, the same (default) normalisation
+    path = export_onnx(ensemble_of([first.model, second.model]), tmp_path / "ens.onnx", first.info.feature_config,
+                       list(first.info.labels))
+    onnx = OnnxBackend(path, provider="cpu", threads=1)
+    assert [s.name for s in onnx.info.state_specs] == ["m0_h", "m1_h"]
+    backend = RecordingBackend(onnx)
+
+    async def main():
+        async with StreamServer(backend, ServerConfig(port=0, http_port=None, max_batch=8, max_wait_ms=20.0)) as server:
+            async with StreamClient(server.url) as client:
+                return await asyncio.gather(*(_stream_audio(client, i, onnx) for i in range(6)))
+
+    for preds, ended, chunks, whole in run(main()):
+        for msg, ref in zip(preds, session_results(onnx, chunks), strict=True):
+            assert_matches(msg, ref)
+        assert_scores(ended["scores"], predict_signal(onnx, whole, sample_rate=RATE).scores, 1e-4)
+    assert max(backend.batch_sizes) > 1
