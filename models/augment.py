@@ -54,6 +54,10 @@ class BatchAugment:
             band ``f`` reads the input at band ``f / alpha``, linearly interpolated and clamped to the edge band,
             with ``alpha`` uniform in ``[1 - warp, 1 + warp]`` (0: off; below 1). On mel bands it scales formant
             positions in mel rather than Hz, an approximation of VTLP.
+        time_warp: SpecAugment's time warp within each sequence's length (:func:`warp_time`): a point in the
+            middle half moves by up to ``time_warp`` times the length, the frames on either side stretched or
+            squeezed to fit; first and last frames stay (0: off; below 0.5). Classifiers only (per-frame targets
+            would no longer line up).
     """
 
     freq_masks: int = 0
@@ -63,6 +67,7 @@ class BatchAugment:
     gain_db: float = 0.0
     noise: float = 0.0
     warp: float = 0.0
+    time_warp: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
@@ -74,16 +79,18 @@ class BatchAugment:
             raise ConfigError(f"augment noise must be >= 0, got {self.noise}")
         if not 0 <= self.warp < 1:
             raise ConfigError(f"augment warp must be in [0, 1), got {self.warp}")
+        if not 0 <= self.time_warp < 0.5:
+            raise ConfigError(f"augment twarp must be in [0, 0.5), got {self.time_warp}")
 
     @property
     def active(self) -> bool:
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
-                    or self.noise or self.warp)
+                    or self.noise or self.warp or self.time_warp)
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
         """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as
-        ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1"``."""
+        ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1,twarp=0.1"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()
@@ -91,15 +98,15 @@ class BatchAugment:
             return SPEECH_AUGMENT
         kw: dict[str, Any] = {}
         for part in text.split(","):
-            m = re.fullmatch(r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise|warp)\s*=\s*([0-9.]+)\s*",
-                             part)
+            m = re.fullmatch(
+                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise|warp|twarp)\s*=\s*([0-9.]+)\s*", part)
             if not m:
-                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD,warp=A; "
-                                  f"got {text!r}")
+                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,"
+                                  f"twarp=A; got {text!r}")
             if m.group(1):
                 kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
             else:
-                kw["gain_db" if m.group(4) == "gain" else m.group(4)] = float(m.group(5))
+                kw[_SCALAR_FIELDS[m.group(4)]] = float(m.group(5))
         return cls(**kw)
 
     def spec(self) -> str:
@@ -117,11 +124,15 @@ class BatchAugment:
             parts.append(f"noise={self.noise:g}")
         if self.warp:
             parts.append(f"warp={self.warp:g}")
+        if self.time_warp:
+            parts.append(f"twarp={self.time_warp:g}")
         return ",".join(parts)
 
-    def __call__(self, x: Tensor, fill: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, fill: Tensor | None = None, scale: Tensor | None = None,
+                 lengths: Tensor | None = None) -> Tensor:
         """``x [B, T, F]`` -> augmented ``[B, T, F]`` (a new tensor; ``fill [F]`` is the masked value per band,
-        ``scale [F]`` the noise's unit per band, default 1)."""
+        ``scale [F]`` the noise's unit per band, default 1; ``lengths [B]`` the sequences' valid frames, default
+        ``T``, which the time warp keeps)."""
         import torchaudio.transforms as TA
 
         if x.dim() != 3:
@@ -130,6 +141,8 @@ class BatchAugment:
             return x
         if self.warp:
             x = warp_bands(x, self.warp)
+        if self.time_warp:
+            x = warp_time(x, lengths, self.time_warp)
         base = fill if fill is not None else torch.zeros(x.shape[2], dtype=x.dtype, device=x.device)
         keep = torch.ones((x.shape[0], 1, x.shape[2], x.shape[1]), dtype=x.dtype, device=x.device)  # (.., freq, time)
         for _ in range(self.freq_masks if self.freq_width else 0):
@@ -163,6 +176,42 @@ def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
     return x_lo + (x_hi - x_lo) * frac
 
 
+def warp_time(x: Tensor, lengths: Tensor | None, amount: float, centre: Tensor | None = None,
+              shift: Tensor | None = None) -> Tensor:
+    """SpecAugment's time warp of ``x [B, T, F]`` within each sequence's ``lengths [B]`` (default ``T``).
+
+    For a sequence of ``n >= 3`` frames, the point ``centre`` (default uniform in the middle half of ``[0, n - 1]``)
+    moves to ``centre + shift`` (default ``shift`` uniform in ``+-amount * (n - 1)``, the target kept inside
+    ``[1, n - 2]``): output frame ``t`` reads the input at ``t * centre / target`` before the target and linearly from
+    ``centre`` to ``n - 1`` after it (linear interpolation between frames). Frames ``0`` and ``n - 1``, shorter
+    sequences and the padding stay as they are.
+    """
+    batch, frames = x.shape[0], x.shape[1]
+    t = torch.arange(frames, device=x.device, dtype=x.dtype)[None, :]  # [1, T]
+    n = (torch.full((batch,), frames, device=x.device) if lengths is None else lengths.to(x.device)).to(x.dtype)
+    last = (n - 1)[:, None]
+    if centre is None:
+        centre = (0.25 + 0.5 * torch.rand(batch, device=x.device, dtype=x.dtype)) * (n - 1)
+    if shift is None:
+        shift = (torch.rand(batch, device=x.device, dtype=x.dtype) * 2 - 1) * amount * (n - 1)
+    valid = (n >= 3)[:, None]
+    c = centre.to(x.dtype)[:, None].clamp(min=1.0)
+    target = torch.minimum(torch.maximum(c + shift.to(x.dtype)[:, None], torch.ones_like(c)), (last - 1).clamp(min=1.0))
+    before = t * c / target
+    after = c + (t - target) * (last - c) / (last - target).clamp(min=1e-6)
+    src = torch.where(t <= target, before, after)
+    src = torch.where(valid & (t < n[:, None]), src, t).clamp(0, frames - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=frames - 1)
+    frac = (src - lo.to(x.dtype))[:, :, None]
+    x_lo = x.gather(1, lo[:, :, None].expand(-1, -1, x.shape[2]))
+    x_hi = x.gather(1, hi[:, :, None].expand(-1, -1, x.shape[2]))
+    return x_lo + (x_hi - x_lo) * frac
+
+
+#: ``--augment`` scalar keys and the :class:`BatchAugment` fields they set.
+_SCALAR_FIELDS = {"gain": "gain_db", "noise": "noise", "warp": "warp", "twarp": "time_warp"}
+
 #: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md):
 #: SpecAugment masks, random gain and, since issue 15 follow-up 3, a band-axis warp by 1 +- 0.1. ``--augment
 #: freq=2x4,time=2x8,gain=6`` is the set used before the warp.
@@ -176,9 +225,14 @@ def batch_transform(model: Any, augment: BatchAugment) -> Any:
     shifted too; the loss never reads them.
     """
 
+    if augment.time_warp and model.config.task != "classify":
+        raise ConfigError(f"--augment twarp applies to classifiers only; a {model.config.task!r} model's per-frame "
+                          "targets would no longer line up with its warped inputs")
+
     def transform(batch: Any) -> Any:
         with torch.no_grad():
-            x = augment(batch.x, model.feat_mean.to(batch.x.device), model.feat_std.to(batch.x.device))
+            x = augment(batch.x, model.feat_mean.to(batch.x.device), model.feat_std.to(batch.x.device),
+                        lengths=batch.lengths)
         return dataclasses.replace(batch, x=x)
 
     return transform
@@ -333,4 +387,4 @@ def held_out_speaker(examples: Sequence[Any], test_by: str | None, test_match: s
 
 
 __all__ = ["SPEECH_AUGMENT", "SPEECH_RECIPE", "BatchAugment", "WaveAugment", "apply_recipe", "augment_audio_examples",
-           "batch_transform", "explicit_dests", "held_out_speaker", "perturb_waveform"]
+           "batch_transform", "explicit_dests", "held_out_speaker", "perturb_waveform", "warp_bands", "warp_time"]

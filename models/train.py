@@ -98,8 +98,8 @@ class TrainConfig:
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
         augment: training-only per-batch feature augmentation (:class:`rnnstream.models.augment.BatchAugment`
-            spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB,noise=STD,warp=A``: SpecAugment masks,
-            random gain, feature noise, band-axis warp).
+            spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,twarp=A``: SpecAugment
+            masks, random gain, feature noise, band-axis warp, time warp).
         conv_channels, conv_kernel, conv_pool: causal convolutional front end (CRNN; :class:`ModelConfig`).
         norm_decay, norm_prior: ``input_norm="causal_mean"``'s decay and training-mean prior (:class:`ModelConfig`).
         weight_average: validate and keep an exponential moving average of the weights with this half-life in

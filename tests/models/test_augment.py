@@ -88,6 +88,42 @@ def test_warp_moves_bands_by_the_factor_and_parses() -> None:
             BatchAugment.parse(bad)
 
 
+def test_time_warp_moves_one_point_and_keeps_ends_lengths_and_padding() -> None:
+    from rnnstream.models.augment import warp_time
+
+    ramp = torch.arange(10, dtype=torch.float32)[None, :, None].repeat(3, 1, 2)  # frame t holds the value t
+    lengths = torch.tensor([10, 6, 2])
+    out = warp_time(ramp, lengths, 0.2, centre=torch.tensor([4.0, 2.0, 0.5]), shift=torch.tensor([2.0, -1.0, 1.0]))
+    # sequence 0: frame 6 now reads frame 4; before it t * 4/6, after it 4 + (t - 6) * 5/3
+    want0 = torch.tensor([0, 4 / 6, 8 / 6, 2, 16 / 6, 20 / 6, 4, 4 + 5 / 3, 4 + 10 / 3, 9])
+    torch.testing.assert_close(out[0, :, 0], want0)
+    # sequence 1 (6 frames): frame 1 reads frame 2, the end stays at 5, the padding (frames 6-9) untouched
+    torch.testing.assert_close(out[1, :, 0], torch.tensor([0, 2, 2.75, 3.5, 4.25, 5, 6, 7, 8, 9]))
+    torch.testing.assert_close(out[2], ramp[2])  # 2 frames: too short to warp
+    same = warp_time(ramp, lengths, 0.2, centre=torch.tensor([4.0, 2.0, 0.5]), shift=torch.zeros(3))
+    torch.testing.assert_close(same, ramp)
+    torch.manual_seed(0)
+    rnd = warp_time(ramp, lengths, 0.3)
+    assert torch.equal(rnd[:, 0], ramp[:, 0]) and torch.equal(rnd[0, 9], ramp[0, 9]) and torch.equal(rnd[1, 5], ramp[1, 5])
+    assert bool((rnd[0, 1:, 0] >= rnd[0, :-1, 0]).all())  # monotone: order of events kept
+    a = BatchAugment.parse("noise=0.1,twarp=0.1")
+    assert a.time_warp == 0.1 and a.active and BatchAugment.parse(a.spec()) == a
+    with pytest.raises(ConfigError, match="twarp must be in"):
+        BatchAugment.parse("twarp=0.5")
+
+
+def test_time_warp_is_for_classifiers_only() -> None:
+    from rnnstream.models.rnn import ModelConfig, StreamingRNN
+
+    tagger = StreamingRNN(ModelConfig(input_dim=4, output_dim=2, task="tag"))
+    with pytest.raises(ConfigError, match="classifiers only"):
+        batch_transform(tagger, BatchAugment(time_warp=0.1))
+    classifier = StreamingRNN(ModelConfig(input_dim=4, output_dim=2))
+    b = Batch(torch.randn(2, 8, 4), torch.tensor([8, 5]), torch.tensor([0, 1]), torch.zeros(2, 8, dtype=torch.bool))
+    out = batch_transform(classifier, BatchAugment(time_warp=0.2))(b)
+    assert out.x.shape == b.x.shape and torch.equal(out.x[1, 5:], b.x[1, 5:]) and out.lengths is b.lengths
+
+
 def test_batch_transform_keeps_targets() -> None:
     class M:
         feat_mean = torch.zeros(4)
