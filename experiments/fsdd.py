@@ -254,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def validation_speaker(test_speaker: str) -> str:
+    """The held-out *training* speaker that validates a leave-one-speaker-out fold: the next in :data:`SPEAKERS`."""
+    return SPEAKERS[(SPEAKERS.index(test_speaker) + 1) % len(SPEAKERS)]
+
+
 def _splits(spec: str) -> list[tuple[str, str, str]]:
     """``--splits`` -> ``(name, example key, test pattern)`` per split; ValueError names an unknown one."""
     splits: list[tuple[str, str, str]] = []
@@ -292,7 +297,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
     rest, test_ex = split_by(ds.examples, key, pattern)
     val_speaker = None
     if key == "speaker" and args.val_by == "speaker":
-        val_speaker = SPEAKERS[(SPEAKERS.index(pattern) + 1) % len(SPEAKERS)]
+        val_speaker = validation_speaker(pattern)
         train_ex, val_ex = split_by(rest, "speaker", val_speaker)
     else:
         train_ex, val_ex = split_fraction(rest, 0.1, seed)

@@ -6,8 +6,8 @@
 
 Each argument is the ``--out`` folder of an ``experiments.fsdd --splits loso --no-refit`` run (one seed each, the
 same options). For every leave-one-speaker-out fold, the runs' selection models (``loso-<speaker>/model.pt``, each
-trained on the same two speakers) score the fold's validation speaker (the held-out *training* speaker, the next
-one in :data:`experiments.fsdd.SPEAKERS`); their class probabilities are averaged, as
+trained on the same two speakers) score the fold's validation speaker (the held-out *training* speaker,
+:func:`experiments.fsdd.validation_speaker`); their class probabilities are averaged, as
 :class:`rnnstream.models.ensemble.StreamingEnsemble` averages its members'. Prints each fold's member and ensemble
 accuracies and the mean over folds: the number that decides, by the selection rule of docs/results.md, whether an
 ensemble of these runs' configuration replaces the recipe.
@@ -26,12 +26,10 @@ import numpy as np
 def ensemble_accuracy(models: Sequence, data) -> tuple[float, list[float]]:  # -> (ensemble, each member)
     """Accuracy of the mean of ``models``' class probabilities on classify ``data`` (labels in the models' order),
     and each model's own accuracy."""
-    from experiments.uea import class_probabilities
+    from experiments.uea import class_probabilities, seed_ensemble_scores
 
-    probs = [class_probabilities(m, data) for m in models]
-    truth = data.y.numpy()
-    members = [float((p.argmax(axis=1) == truth).mean()) for p in probs]
-    return float((np.mean(probs, axis=0).argmax(axis=1) == truth).mean()), members
+    scores = seed_ensemble_scores(np.stack([class_probabilities(m, data) for m in models]), data.y.numpy())
+    return scores["accuracy"], scores["member_accuracy"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from experiments.fsdd import SPEAKERS
+    from experiments.fsdd import SPEAKERS, validation_speaker
     from rnnstream.models.checkpoint import load_checkpoint
     from rnnstream.models.data import classify_data, split_by
     from rnnstream.pipeline.dataset import read_dataset
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = read_dataset(os.path.join(args.runs[0], "features"))
     accs = []
     for test in SPEAKERS:
-        val = SPEAKERS[(SPEAKERS.index(test) + 1) % len(SPEAKERS)]
+        val = validation_speaker(test)
         rest, _ = split_by(ds.examples, "speaker", test)
         _, val_ex = split_by(rest, "speaker", val)
         ckpts = [load_checkpoint(os.path.join(r, f"loso-{test}", "model.pt")) for r in args.runs]

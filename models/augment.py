@@ -167,12 +167,20 @@ def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
     if alpha is None:
         alpha = 1.0 + (torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * 2 - 1) * warp
     pos = (torch.arange(bands, device=x.device, dtype=x.dtype)[None, :] / alpha[:, None]).clamp(0, bands - 1)
-    lo = pos.floor().long()  # [B, F]
-    hi = (lo + 1).clamp(max=bands - 1)
-    frac = (pos - lo.to(x.dtype))[:, None, :]  # [B, 1, F]
-    idx = (slice(None), None, slice(None))
-    x_lo = x.gather(2, lo[idx].expand(-1, x.shape[1], -1))
-    x_hi = x.gather(2, hi[idx].expand(-1, x.shape[1], -1))
+    return _read_at(x, pos, dim=2)
+
+
+def _read_at(x: Tensor, pos: Tensor, dim: int) -> Tensor:
+    """``x [B, T, F]`` read at fractional positions ``pos [B, L]`` (within ``[0, size - 1]``) along ``dim`` (1: time,
+    2: bands), linearly interpolated between neighbours; the other axis is kept."""
+    other = 3 - dim
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=x.shape[dim] - 1)
+    frac = (pos - lo.to(x.dtype)).unsqueeze(other)
+    size = list(x.shape)
+    size[dim] = pos.shape[1]
+    x_lo = x.gather(dim, lo.unsqueeze(other).expand(size))
+    x_hi = x.gather(dim, hi.unsqueeze(other).expand(size))
     return x_lo + (x_hi - x_lo) * frac
 
 
@@ -196,17 +204,12 @@ def warp_time(x: Tensor, lengths: Tensor | None, amount: float, centre: Tensor |
         shift = (torch.rand(batch, device=x.device, dtype=x.dtype) * 2 - 1) * amount * (n - 1)
     valid = (n >= 3)[:, None]
     c = centre.to(x.dtype)[:, None].clamp(min=1.0)
-    target = torch.minimum(torch.maximum(c + shift.to(x.dtype)[:, None], torch.ones_like(c)), (last - 1).clamp(min=1.0))
+    target = torch.minimum((c + shift.to(x.dtype)[:, None]).clamp(min=1.0), (last - 1).clamp(min=1.0))
     before = t * c / target
     after = c + (t - target) * (last - c) / (last - target).clamp(min=1e-6)
     src = torch.where(t <= target, before, after)
     src = torch.where(valid & (t < n[:, None]), src, t).clamp(0, frames - 1)
-    lo = src.floor().long()
-    hi = (lo + 1).clamp(max=frames - 1)
-    frac = (src - lo.to(x.dtype))[:, :, None]
-    x_lo = x.gather(1, lo[:, :, None].expand(-1, -1, x.shape[2]))
-    x_hi = x.gather(1, hi[:, :, None].expand(-1, -1, x.shape[2]))
-    return x_lo + (x_hi - x_lo) * frac
+    return _read_at(x, src, dim=1)
 
 
 #: ``--augment`` scalar keys and the :class:`BatchAugment` fields they set.

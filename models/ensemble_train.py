@@ -4,9 +4,9 @@ Member ``i`` is the single-model run with seed :func:`member_seed` ``(seed, i)``
 ``ensemble=1`` would make), the same data, schedule and validation; each keeps its own best epoch. The members are
 joined by :func:`rnnstream.models.ensemble.ensemble_of` and the ensemble is scored on the validation and test data;
 with a checkpoint path, each member's checkpoint, plots and ``metrics.json`` go to ``member<i>/`` beside it (beside
-the ensemble's ``metrics_path`` when one is given) and the ensemble's checkpoint (loadable, exportable, streamable like any model), ``metrics.json`` and task plots (the
-confusion matrix of a classifier) beside the path itself. ``best_epoch`` is the members' median best epoch (what a
-refit of the ensemble trains each member for).
+the ensemble's ``metrics_path`` when one is given) and the ensemble's checkpoint (loadable, exportable, streamable
+like any model), ``metrics.json`` and task plots (the confusion matrix of a classifier) beside the path itself.
+``best_epoch`` is the members' median best epoch (what a refit of the ensemble trains each member for).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def train_ensemble(train_data: TaskData, config: Any, train_one: Callable[..., A
         raise ConfigError("an ensemble (ensemble > 1) trains its members from scratch: resume and an initial model "
                           "are not supported")
     feature_config = feature_config or train_data.feature_config
+    stats = train_data.fit_stats() if stats is None else stats  # once, for every member and the checkpoint
     root = os.path.dirname(os.path.abspath(checkpoint)) if checkpoint else None
     # the members' folders sit beside the ensemble's metrics.json (rnnstream train --refit puts a selection run's
     # in selection/, so its members do not share folders with the refit's), else beside the checkpoint
@@ -76,8 +77,7 @@ def train_ensemble(train_data: TaskData, config: Any, train_one: Callable[..., A
                            **r.metrics} for i, r in enumerate(members)],
               **metrics}
     if checkpoint is not None:
-        stats_dict = (train_data.fit_stats() if stats is None else stats).to_dict()  # what each member used
-        save_checkpoint(checkpoint, ens, feature_config, labels=list(labels), stats=stats_dict,
+        save_checkpoint(checkpoint, ens, feature_config, labels=list(labels), stats=stats.to_dict(),
                         extra={"best_epoch": best, "metrics": metrics})
     path = metrics_path or (os.path.join(root, "metrics.json") if root else None)
     if path is not None:
