@@ -20,10 +20,10 @@ import time
 from experiments._common import (base_parser, classification_run, int_list, log, mean_std, refit_run,
                                  setup_threads, write_json)
 
-#: Per-set settings: (epochs, hidden, layers, dropout, lr, batch size, chunk seconds).
+#: Per-set settings: (epochs, cell, hidden, layers, dropout, lr, batch size, chunk seconds).
 SETTINGS = {
-    "BasicMotions": dict(epochs=40, hidden=64, layers=2, dropout=0.1, lr=3e-3, batch_size=16, chunk_s=1.0),
-    "JapaneseVowels": dict(epochs=60, hidden=128, layers=2, dropout=0.2, lr=3e-3, batch_size=32, chunk_s=5 / 160),
+    "BasicMotions": dict(epochs=40, cell="gru", hidden=64, layers=2, dropout=0.1, lr=3e-3, batch_size=16, chunk_s=1.0),
+    "JapaneseVowels": dict(epochs=60, cell="gru", hidden=128, layers=2, dropout=0.2, lr=3e-3, batch_size=32, chunk_s=5 / 160),
 }
 
 
@@ -47,7 +47,7 @@ def build_parser():
 
 #: Settings the command line may override for every set (``--epochs`` apart, with its own help): key and type.
 OVERRIDES: tuple[tuple[str, type], ...] = (
-    ("hidden", int), ("layers", int), ("dropout", float), ("lr", float), ("weight_decay", float), ("pooling", str),
+    ("cell", str), ("hidden", int), ("layers", int), ("dropout", float), ("lr", float), ("weight_decay", float), ("pooling", str),
     ("augment", str), ("conv_channels", str), ("conv_kernel", str), ("conv_pool", int), ("input_norm", str),
     ("norm_prior", float), ("norm_decay", float), ("batch_size", int), ("weight_average", float), ("ensemble", int))
 
@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SETTINGS:
             print(f"error: unknown set {name!r}; known: {sorted(SETTINGS)}", file=sys.stderr)
             return 2
-        st = dict(SETTINGS[name])
-        st.update({key: getattr(args, key) for key in ("epochs", *(k for k, _ in OVERRIDES))
-                   if getattr(args, key) is not None})
+        st = set_settings(name, args)
         set_dir = os.path.join(out, name)
         t0 = time.perf_counter()
         written = D.write_uea_tables(name, os.path.join(set_dir, "tables"))
@@ -129,11 +127,18 @@ def _table(results: dict[str, dict], summ: dict) -> str:
                                "acc streamed (onnx)", "label agree", "max |dscore|", "ms/chunk"])
 
 
+def set_settings(name: str, args) -> dict:
+    """The settings of set ``name`` with the command line's overrides (those given)."""
+    st = dict(SETTINGS[name])
+    st.update({key: getattr(args, key) for key in ("epochs", *(k for k, _ in OVERRIDES)) if getattr(args, key) is not None})
+    return st
+
+
 def _train_config(st: dict, seed: int, args):  # -> TrainConfig
     """The set's settings (with the command line's overrides) as a :class:`TrainConfig` for ``seed``."""
     from rnnstream.models.train import TrainConfig
 
-    return TrainConfig(cell="gru", hidden_size=st["hidden"], num_layers=st["layers"], dropout=st["dropout"],
+    return TrainConfig(cell=st["cell"], hidden_size=st["hidden"], num_layers=st["layers"], dropout=st["dropout"],
                        epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"], lr_schedule="cosine",
                        weight_decay=st.get("weight_decay", 0.0), pooling=st.get("pooling", "last"),
                        augment=st.get("augment", "none"), conv_channels=int_list(st.get("conv_channels", "")),

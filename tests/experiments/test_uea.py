@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.uea import class_probabilities, seed_ensemble_scores
+from experiments.uea import _train_config, build_parser, class_probabilities, seed_ensemble_scores, set_settings
 from rnnstream.models.data import tensor_data
 from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.config import FeatureConfig
@@ -56,3 +56,12 @@ def test_fsdd_ensemble_accuracy_averages_the_members_probabilities():
     probs = np.mean([class_probabilities(m, data) for m in models], axis=0)
     assert acc == float((probs.argmax(1) == data.y.numpy()).mean())
     assert members == [float((class_probabilities(m, data).argmax(1) == data.y.numpy()).mean()) for m in models]
+
+
+def test_command_line_overrides_reach_the_train_config():
+    args = build_parser().parse_args(["--cell", "lstm", "--hidden", "256", "--augment", "noise=0.1"])
+    cfg = _train_config(set_settings("JapaneseVowels", args), seed=3, args=args)
+    assert (cfg.cell, cfg.hidden_size, cfg.augment, cfg.seed) == ("lstm", 256, "noise=0.1", 3)
+    assert cfg.num_layers == 2 and cfg.epochs == 60  # the set's own settings where nothing overrides them
+    default = _train_config(set_settings("JapaneseVowels", build_parser().parse_args([])), seed=0, args=args)
+    assert default.cell == "gru"
