@@ -6,11 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from experiments.uea import _train_config, build_parser, class_probabilities, seed_ensemble_scores, set_settings
 from rnnstream.models.data import tensor_data
 from rnnstream.models.rnn import rnn_classifier
 from rnnstream.pipeline.config import FeatureConfig
+
+from experiments.uea import (
+    _train_config,
+    build_parser,
+    class_probabilities,
+    seed_ensemble_scores,
+    set_settings,
+)
 
 
 def test_seed_ensemble_scores_average_the_seeds_probabilities():
