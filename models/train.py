@@ -57,7 +57,8 @@ from rnnstream.models.evaluate import check_compatible, evaluate, forecast_predi
 from rnnstream.models.fit import BatchLoader, fit
 from rnnstream.models.gradients import GradientWarning
 from rnnstream.models.prepare import DataSpec, PreparedData, prepare_data
-from rnnstream.models.rnn import Cell, InputNorm, ModelConfig, Pooling, StreamingRNN
+from rnnstream.models.rnn import ModelConfig, StreamingRNN
+from rnnstream.pipeline.model_config import Architecture
 from rnnstream.models.metrics import seasonal_period_of
 from rnnstream.models.tasks import task_for
 from rnnstream.models.train_cli import build_parser, main
@@ -66,12 +67,17 @@ from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError, Sta
 from rnnstream.pipeline.stats import RunningStats
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Architecture):
     """Architecture and optimisation of one training run (the task and dimensions come from the data).
 
+    The architecture fields (``cell``, ``hidden_size``, ``num_layers``, ``dropout``, ``bidirectional``, ``pooling``,
+    ``residual``, ``seasonal_period``, ``input_diff``, ``input_norm``, ``norm_decay``, ``norm_prior``,
+    ``conv_channels``, ``conv_kernel``, ``conv_pool``, ``ensemble``) are :class:`Architecture`'s, declared there
+    once; here ``seasonal_period=-1`` also means the data's daily period, and ``ensemble=N`` trains N members
+    (:mod:`rnnstream.models.ensemble_train`).
+
     Attributes:
-        cell, hidden_size, num_layers, dropout, bidirectional, pooling, input_norm: the :class:`ModelConfig` fields.
         epochs: total epochs (a resumed run continues up to this number).
         batch_size, lr, weight_decay, optimizer: optimisation (``adam``, ``adamw`` or ``sgd`` with momentum 0.9).
         lr_schedule: ``none``; ``cosine`` (to 0 over ``epochs``); ``step`` (x ``lr_gamma`` every ``lr_step``
@@ -88,34 +94,15 @@ class TrainConfig:
         level_shift: forecast/generate augmentation: add a random constant ``N(0, level_shift^2)`` (in units of
             each channel's normalisation std) to a training window's inputs and targets alike, so the model
             learns to forecast relative to the recent level (helps on drifting series such as ETTh1's OT).
-        residual: forecast only: the head predicts the change from the current frame's target values
-            (:class:`ModelConfig` ``residual``).
-        seasonal_period: forecast only, with ``residual``: predict the change from seasonal-naive (each step's
-            value ``P`` frames earlier; :class:`ModelConfig` ``seasonal_period``). ``-1``: the data's daily period
-            (:func:`rnnstream.models.metrics.seasonal_period_of`, 24 for hourly data).
-        input_diff: feed the network each feature's change since the previous frame (:class:`ModelConfig`
-            ``input_diff``): level-free inputs for drifting series.
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
         augment: training-only per-batch feature augmentation (:class:`rnnstream.models.augment.BatchAugment`
             spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,twarp=A``: SpecAugment
             masks, random gain, feature noise, band-axis warp, time warp).
-        conv_channels, conv_kernel, conv_pool: causal convolutional front end (CRNN; :class:`ModelConfig`).
-        norm_decay, norm_prior: ``input_norm="causal_mean"``'s decay and training-mean prior (:class:`ModelConfig`).
         weight_average: validate and keep an exponential moving average of the weights with this half-life in
             epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
-        ensemble: train this many members from different seeds and keep them as one model
-            (:mod:`rnnstream.models.ensemble_train`, :class:`rnnstream.models.ensemble.StreamingEnsemble`);
-            1: one model.
     """
 
-    cell: Cell = "gru"
-    hidden_size: int = 128
-    num_layers: int = 2
-    dropout: float = 0.0
-    bidirectional: bool = False
-    pooling: Pooling = "last"
-    input_norm: InputNorm = "none"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -136,23 +123,12 @@ class TrainConfig:
     progress: bool | None = None
     num_threads: int | None = None
     level_shift: float = 0.0
-    residual: bool = False
-    seasonal_period: int = 0
-    input_diff: bool = False
     augment: str = "none"
-    conv_channels: tuple[int, ...] = ()
-    conv_kernel: tuple[int, int] = (3, 3)
-    conv_pool: int = 2
-    norm_decay: float = 1.0
-    norm_prior: float = 0.0
     weight_average: float = 0.0
-    ensemble: int = 1
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step", "ensemble"):
+        self.validate_architecture()
+        for name in ("epochs", "batch_size", "lr_step"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("tbptt", "patience", "steps_per_epoch", "num_threads"):
@@ -190,15 +166,11 @@ class TrainConfig:
             )
 
     def model_config(self, data: TaskData) -> ModelConfig:
-        """The :class:`ModelConfig` for ``data``'s task and dimensions (the task sets its head's fields)."""
-        return ModelConfig(
-            input_dim=data.input_dim, output_dim=data.output_dim, task=data.task, cell=self.cell,
-            hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
-            bidirectional=self.bidirectional, input_norm=self.input_norm, residual=self.residual,
-            seasonal_period=self._period(data), input_diff=self.input_diff, **task_for(data.task).head_fields(data, self.pooling),
-            conv_channels=tuple(self.conv_channels), conv_kernel=tuple(self.conv_kernel), conv_pool=self.conv_pool,
-            norm_decay=self.norm_decay, norm_prior=self.norm_prior,
-        )
+        """The :class:`ModelConfig` for ``data``'s task and dimensions (the task sets its head's fields): one model's,
+        also with ``ensemble > 1`` (whose members :mod:`rnnstream.models.ensemble_train` trains one by one)."""
+        arch = {**self.architecture(), "ensemble": 1, "seasonal_period": self._period(data),
+                **task_for(data.task).head_fields(data, self.pooling)}
+        return ModelConfig(input_dim=data.input_dim, output_dim=data.output_dim, task=data.task, **arch)
 
     def _period(self, data: TaskData) -> int:
         if self.seasonal_period != -1:

@@ -14,7 +14,10 @@ import sys
 
 from rnnstream._cli_support import Command, new_parser
 from rnnstream.pipeline.errors import ConfigError
-from rnnstream.pipeline.model_config import POOLINGS
+from rnnstream.pipeline.model_config import CELLS, INPUT_NORMS, POOLINGS, TASK_NAMES, Architecture
+
+#: The architecture flags' defaults: :class:`Architecture`'s, declared there once.
+_ARCH = Architecture()
 
 
 def _rows(text: str) -> tuple[tuple[int, int], ...]:
@@ -44,31 +47,31 @@ def _range(text: str) -> tuple[float, float]:
 
 def _architecture(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("architecture")
-    a.add_argument("--cell", default="gru", choices=["rnn_tanh", "rnn_relu", "lstm", "gru"])
-    a.add_argument("--layers", type=int, default=2)
-    a.add_argument("--hidden", type=int, default=128)
-    a.add_argument("--dropout", type=float, default=0.0)
+    a.add_argument("--cell", default=_ARCH.cell, choices=list(CELLS))
+    a.add_argument("--layers", type=int, default=_ARCH.num_layers)
+    a.add_argument("--hidden", type=int, default=_ARCH.hidden_size)
+    a.add_argument("--dropout", type=float, default=_ARCH.dropout)
     a.add_argument("--bidirectional", action="store_true", help="offline only: cannot stream or use --tbptt")
     a.add_argument("--residual", action="store_true", help="forecast: predict the change from the current value")
-    a.add_argument("--seasonal-period", type=int, default=0,
+    a.add_argument("--seasonal-period", type=int, default=_ARCH.seasonal_period,
                    help="forecast with --residual: predict the change from the value this many frames before each "
                         "step (seasonal-naive); -1: the data's daily period (24 for hourly data)")
     a.add_argument("--input-diff", action="store_true",
                    help="feed the network each feature's change since the previous frame (level-free inputs)")
-    a.add_argument("--pooling", default="last", choices=list(POOLINGS),
+    a.add_argument("--pooling", default=_ARCH.pooling, choices=list(POOLINGS),
                    help="classify: last frame, running mean, or attention (a running mean weighted by a learned score)")
-    a.add_argument("--input-norm", default="none", choices=["none", "causal_mean"],
+    a.add_argument("--input-norm", default=_ARCH.input_norm, choices=list(INPUT_NORMS),
                    help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
-    a.add_argument("--norm-decay", type=float, default=1.0,
+    a.add_argument("--norm-decay", type=float, default=_ARCH.norm_decay,
                    help="causal_mean: per-frame decay of the running mean (1: cumulative; 0.99: ~100-frame memory)")
-    a.add_argument("--norm-prior", type=float, default=0.0,
+    a.add_argument("--norm-prior", type=float, default=_ARCH.norm_prior,
                    help="causal_mean: the running mean starts at the training mean with this weight, in frames")
-    a.add_argument("--conv-channels", type=_ints, default=(),
+    a.add_argument("--conv-channels", type=_ints, default=_ARCH.conv_channels,
                    help="causal convolutional front end (CRNN): channels per conv layer, e.g. 16,32 (empty: none)")
-    a.add_argument("--conv-kernel", type=_ints, default=(3, 3),
+    a.add_argument("--conv-kernel", type=_ints, default=_ARCH.conv_kernel,
                    help="conv kernel TIME,FREQ (FREQ 0: one kernel across every feature, a 1-D temporal conv for "
                         "sensor channels, with --conv-pool 1)")
-    a.add_argument("--conv-pool", type=int, default=2, help="max-pool over frequency after each conv layer")
+    a.add_argument("--conv-pool", type=int, default=_ARCH.conv_pool, help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
                         "augmentation with a band warp, held-out-speaker validation, then a refit on every speaker "
@@ -89,7 +92,7 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-average", type=float, default=0.0, metavar="EPOCHS",
                    help="validate and keep an exponential moving average of the weights with this half-life in "
                         "epochs (0: off)")
-    o.add_argument("--ensemble", type=int, default=1, metavar="N",
+    o.add_argument("--ensemble", type=int, default=_ARCH.ensemble, metavar="N",
                    help="train N members from seeds SEED, SEED+1000, ... and keep them as one streaming model (the "
                         "log of their mean probability; N times the cost per chunk); member runs in member<i>/ "
                         "beside --out (default 1: one model)")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("rnnstream train", "Train a stateful RNN on a featurized dataset.")
     p.add_argument("--data", required=True, help="featurized dataset directory (rnnstream featurize output)")
     p.add_argument("--out", required=True, help="checkpoint path (best weights + resume state)")
-    p.add_argument("--task", default="classify", choices=["classify", "tag", "forecast", "generate"])
+    p.add_argument("--task", default="classify", choices=list(TASK_NAMES))
     _architecture(p)
     _optimisation(p)
     _data(p)

@@ -1,7 +1,8 @@
 """Model config and state specs: the torch-free half of the model contract.
 
-:class:`ModelConfig` describes a :class:`rnnstream.models.rnn.StreamingRNN` (architecture and task) and is stored
-as JSON in checkpoints and in ONNX metadata; :meth:`ModelConfig.state_specs` names the per-stream state tensors
+:class:`ModelConfig` describes a :class:`rnnstream.models.rnn.StreamingRNN` (its :class:`Architecture`, declared
+once and shared with the training's config, plus the task and the data's sizes) and is stored as JSON in
+checkpoints and in ONNX metadata; :meth:`ModelConfig.state_specs` names the per-stream state tensors
 (``h``, ``c``, ``norm_sum``/``norm_count``, ``pool_sum``/``pool_count``) with their shapes, which the runtime
 needs to carry a stream's state without importing PyTorch.
 """
@@ -22,17 +23,24 @@ Pooling = Literal["last", "mean", "attention"]
 InputNorm = Literal["none", "causal_mean"]
 
 
-#: The classify head's poolings over time (:attr:`ModelConfig.pooling`).
+#: The classify head's poolings over time (:attr:`Architecture.pooling`).
 POOLINGS = ("last", "mean", "attention")
+#: Recurrent cells (:attr:`Architecture.cell`), tasks (:attr:`ModelConfig.task`), input normalisations.
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+TASK_NAMES = ("classify", "tag", "forecast", "generate")
+INPUT_NORMS = ("none", "causal_mean")
 
 #: ``pooling="attention"``: frame weights are ``exp(b * tanh(score))`` with ``b`` this bound, so one frame
 #: weighs at most ``exp(2 b)`` (about 8.9e6) times another and the carried sums stay finite in float32.
 ATTENTION_BOUND = 8.0
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture and task of a :class:`StreamingRNN` (JSON-serialisable, stored in checkpoints and ONNX).
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """The network a config describes, apart from what the data decides (input and output sizes, task, forecast
+    horizon and targets). Declared once: :class:`ModelConfig` (a model, stored with it) and the training's
+    ``TrainConfig`` (what to train) both extend it, and ``rnnstream train``'s architecture flags take their defaults
+    from it.
 
     ``residual`` forecasts predict the change from a naive forecast: from the current frame's target values
     (persistence), or with ``seasonal_period=P`` from the values ``P`` frames before each forecast step
@@ -69,17 +77,12 @@ class ModelConfig:
     Member ``i``'s states are carried as ``m<i>_<name>``, so an ensemble streams like one model.
     """
 
-    input_dim: int
-    output_dim: int
-    task: Task = "classify"
     cell: Cell = "gru"
     hidden_size: int = 128
     num_layers: int = 2
     dropout: float = 0.0
     bidirectional: bool = False
     pooling: Pooling = "last"
-    horizon: int = 1
-    target_dims: tuple[int, ...] = ()
     residual: bool = False
     seasonal_period: int = 0
     input_diff: bool = False
@@ -92,53 +95,37 @@ class ModelConfig:
     ensemble: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("conv_channels", "conv_kernel"):  # lists from JSON or a command line
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
-        if self.cell not in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
-            raise ConfigError(f"cell must be one of rnn_tanh, rnn_relu, lstm, gru; got {self.cell!r}")
-        if self.task not in ("classify", "tag", "forecast", "generate"):
-            raise ConfigError(f"task must be one of classify, tag, forecast, generate; got {self.task!r}")
-        for name in ("input_dim", "output_dim", "hidden_size", "num_layers", "horizon"):
+        self.validate_architecture()
+
+    def architecture(self) -> dict[str, Any]:
+        """This config's :class:`Architecture` fields by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Architecture)}
+
+    def validate_architecture(self) -> None:
+        """The checks that need no data (cell, sizes, dropout, pooling, normalisation, conv layers, members); raises
+        :class:`ConfigError` naming the value and what is expected."""
+        if self.cell not in CELLS:
+            raise ConfigError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        for name in ("hidden_size", "num_layers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-        if self.pooling != "last" and self.task != "classify":
-            raise ConfigError(f"pooling={self.pooling!r} applies to task 'classify' only, not {self.task!r}")
-        self._validate_conv()
         if int(self.ensemble) < 1:
             raise ConfigError(f"ensemble (members) must be >= 1, got {self.ensemble}")
-        if self.ensemble > 1 and self.task == "generate":
-            raise ConfigError("task 'generate' rolls out one model's own predictions; it has no ensemble (ensemble=1)")
-        if self.input_norm not in ("none", "causal_mean"):
+        if self.input_norm not in INPUT_NORMS:
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
         self._validate_norm()
-        if self.residual and self.task != "forecast":
-            raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
         if self.input_diff and self.bidirectional:
             raise ConfigError("input_diff applies to streaming (unidirectional) models only")
-        if self.seasonal_period:
-            if not self.residual or self.seasonal_period < 0:
-                raise ConfigError(f"seasonal_period={self.seasonal_period} needs residual=True and a positive period")
-            if self.horizon > self.seasonal_period:
-                raise ConfigError(f"seasonal residuals need horizon <= seasonal_period, got horizon={self.horizon} "
-                                  f"and seasonal_period={self.seasonal_period}")
-        if self.task == "forecast":
-            if not self.target_dims:
-                raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
-            bad = [d for d in self.target_dims if not 0 <= d < self.input_dim]
-            if bad:
-                raise ConfigError(f"target_dims {bad} out of range for input_dim={self.input_dim}")
-            if self.output_dim != self.horizon * len(self.target_dims):
-                raise ConfigError(
-                    f"forecast output_dim must be horizon*len(target_dims) = {self.horizon * len(self.target_dims)}, "
-                    f"got {self.output_dim}"
-                )
-        if self.task == "generate" and self.output_dim != self.input_dim:
-            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
+        self._validate_conv()
 
     def _validate_norm(self) -> None:
         if not 0.0 < float(self.norm_decay) <= 1.0:
@@ -160,14 +147,69 @@ class ModelConfig:
         if self.conv_full_width and self.conv_pool != 1:
             raise ConfigError(f"conv_pool must be 1 with a kernel across every feature (conv_kernel "
                               f"{list(self.conv_kernel)} leaves one band to pool), got {self.conv_pool}")
-        if self.conv_channels and self.conv_bands()[-1] < 1:
-            raise ConfigError(f"{len(self.conv_channels)} conv layers pooling frequency by {self.conv_pool} leave no "
-                              f"band of input_dim={self.input_dim}")
 
     @property
     def conv_full_width(self) -> bool:
         """True when the conv kernel spans every input feature (``conv_kernel[1] == 0``): a 1-D temporal conv."""
         return len(self.conv_kernel) == 2 and self.conv_kernel[1] == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(Architecture):
+    """Architecture (:class:`Architecture`, whose doc says what each field means) and task of a
+    :class:`StreamingRNN`, with the sizes the data gives: JSON-serialisable, stored in checkpoints and ONNX.
+
+    ``horizon`` and ``target_dims`` (forecast): steps ahead per frame, and the input channels forecast.
+    """
+
+    input_dim: int
+    output_dim: int
+    task: Task = "classify"
+    horizon: int = 1
+    target_dims: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_dims", tuple(self.target_dims))  # a list from JSON
+        super().__post_init__()
+
+    def validate(self) -> None:
+        self.validate_architecture()
+        if self.task not in TASK_NAMES:
+            raise ConfigError(f"task must be one of {', '.join(TASK_NAMES)}; got {self.task!r}")
+        for name in ("input_dim", "output_dim", "horizon"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pooling != "last" and self.task != "classify":
+            raise ConfigError(f"pooling={self.pooling!r} applies to task 'classify' only, not {self.task!r}")
+        if self.conv_channels and self.conv_bands()[-1] < 1:
+            raise ConfigError(f"{len(self.conv_channels)} conv layers pooling frequency by {self.conv_pool} leave no "
+                              f"band of input_dim={self.input_dim}")
+        if self.ensemble > 1 and self.task == "generate":
+            raise ConfigError("task 'generate' rolls out one model's own predictions; it has no ensemble (ensemble=1)")
+        if self.residual and self.task != "forecast":
+            raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
+        if self.seasonal_period:
+            if not self.residual or self.seasonal_period < 0:
+                raise ConfigError(f"seasonal_period={self.seasonal_period} needs residual=True and a positive period")
+            if self.horizon > self.seasonal_period:
+                raise ConfigError(f"seasonal residuals need horizon <= seasonal_period, got horizon={self.horizon} "
+                                  f"and seasonal_period={self.seasonal_period}")
+        self._validate_task_dims()
+
+    def _validate_task_dims(self) -> None:
+        if self.task == "forecast":
+            if not self.target_dims:
+                raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
+            bad = [d for d in self.target_dims if not 0 <= d < self.input_dim]
+            if bad:
+                raise ConfigError(f"target_dims {bad} out of range for input_dim={self.input_dim}")
+            if self.output_dim != self.horizon * len(self.target_dims):
+                raise ConfigError(
+                    f"forecast output_dim must be horizon*len(target_dims) = {self.horizon * len(self.target_dims)}, "
+                    f"got {self.output_dim}"
+                )
+        if self.task == "generate" and self.output_dim != self.input_dim:
+            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
 
     def conv_bands(self) -> list[int]:
         """Frequency bands entering each conv layer, then leaving the last: ``[input_dim, ..., F_out]``."""
@@ -247,10 +289,6 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown model config keys {sorted(unknown)}")
-        data = dict(data)
-        data["target_dims"] = tuple(data.get("target_dims", ()))
-        data["conv_channels"] = tuple(data.get("conv_channels", ()))
-        data["conv_kernel"] = tuple(data.get("conv_kernel", (3, 3)))
         return cls(**data)
 
     def to_json(self) -> str:
@@ -275,5 +313,5 @@ class StateSpec:
     dtype: str = "float32"
 
 
-__all__ = ["ATTENTION_BOUND", "POOLINGS", "Cell", "InputNorm", "ModelConfig", "Pooling", "StateSpec", "Task",
-           "base_state_name"]
+__all__ = ["ATTENTION_BOUND", "CELLS", "INPUT_NORMS", "POOLINGS", "TASK_NAMES", "Architecture", "Cell", "InputNorm",
+           "ModelConfig", "Pooling", "StateSpec", "Task", "base_state_name"]

@@ -181,3 +181,47 @@ def test_ensemble_with_refit_keeps_the_selection_members_apart(digits_dir, tmp_p
         assert (run / "selection" / f"member{i}" / "model.pt").exists() and (run / f"member{i}" / "model.pt").exists()
     assert json.loads((run / "selection" / "metrics.json").read_text())["ensemble"] == 2
     assert load_checkpoint(str(run / "model.pt")).model.config.ensemble == 2
+
+
+#: ``rnnstream train``'s flag (dest) for each :class:`Architecture` field.
+ARCH_FLAGS = {"cell": "cell", "hidden_size": "hidden", "num_layers": "layers", "dropout": "dropout",
+              "bidirectional": "bidirectional", "pooling": "pooling", "residual": "residual",
+              "seasonal_period": "seasonal_period", "input_diff": "input_diff", "input_norm": "input_norm",
+              "norm_decay": "norm_decay", "norm_prior": "norm_prior", "conv_channels": "conv_channels",
+              "conv_kernel": "conv_kernel", "conv_pool": "conv_pool", "ensemble": "ensemble"}
+
+
+def test_the_architecture_is_declared_once_for_the_model_the_training_and_the_flags():
+    import dataclasses
+
+    from rnnstream.models.train import TrainConfig, build_parser
+    from rnnstream.pipeline.model_config import Architecture, ModelConfig
+
+    names = [f.name for f in dataclasses.fields(Architecture)]
+    assert set(names) == set(ARCH_FLAGS)  # a new field needs a flag (and a row here)
+    for cls in (TrainConfig, ModelConfig):  # inherited, not repeated: the same defaults
+        assert {f.name: f.default for f in dataclasses.fields(cls) if f.name in names} == \
+            {f.name: f.default for f in dataclasses.fields(Architecture)}
+    args = build_parser().parse_args(["--data", "d", "--out", "o"])
+    assert {n: getattr(args, ARCH_FLAGS[n]) for n in names} == Architecture().architecture()
+
+    class _Data:  # what model_config reads of a TaskData
+        input_dim, output_dim, task, horizon, target_dims = 16, 3, "classify", 1, ()
+
+    given = dict(cell="lstm", hidden_size=8, num_layers=1, dropout=0.1, pooling="mean", input_norm="causal_mean",
+                 norm_decay=0.9, norm_prior=2.0, conv_channels=[4], conv_kernel=[3, 3], conv_pool=2, ensemble=3)
+    mc = TrainConfig(**given).model_config(_Data())  # type: ignore[arg-type]
+    # every architecture field reaches the model; an ensemble's model_config is one member's
+    assert mc.architecture() == {**Architecture().architecture(), **given, "conv_channels": (4,),
+                                 "conv_kernel": (3, 3), "ensemble": 1}
+
+
+def test_architecture_errors_are_raised_when_the_train_config_is_made():
+    from rnnstream.models.train import TrainConfig
+    from rnnstream.pipeline.errors import ConfigError
+
+    for bad, match in ((dict(cell="gruu"), "cell must be one of"), (dict(dropout=1.0), "dropout"),
+                       (dict(conv_kernel=(3, 2)), "conv_kernel"), (dict(input_norm="cmn"), "input_norm"),
+                       (dict(ensemble=0), "ensemble")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad)
