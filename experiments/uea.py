@@ -151,7 +151,8 @@ def _train_config(st: dict, seed: int, args):  # -> TrainConfig
 
 def _cross_validate(rest, feature_config, st: dict, seeds, args, path: str) -> dict:
     """K-fold cross-validation over ``rest`` for each seed (folds from a seeded permutation; each fold's model
-    keeps its best epoch by validation loss). Returns and writes the per-fold and mean validation scores."""
+    keeps its best epoch by validation loss). Returns and writes the per-fold and mean validation scores (``path``),
+    and every recording's out-of-fold class probabilities per seed (``<path without .json>_oof.npz``)."""
     import numpy as np
 
     from rnnstream.models.data import classify_data
@@ -188,6 +189,9 @@ def _cross_validate(rest, feature_config, st: dict, seeds, args, path: str) -> d
         f"acc {out['val_accuracy_mean']:.4f}; the seeds' out-of-fold probabilities averaged: loss {ens['loss']:.4f} "
         f"acc {ens['accuracy']:.4f}")
     write_json(path, out)
+    # every recording's out-of-fold probabilities per seed, to average across configurations (same seeds: same folds)
+    np.savez(os.path.splitext(path)[0] + "_oof.npz", oof=oof, truth=truth, labels=np.asarray(labels),
+             ids=np.asarray([e.id for e in rest]))
     return out
 
 
