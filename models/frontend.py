@@ -23,8 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rnnstream.pipeline.config import AudioConfig, FeatureConfig
-from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig, audio_config_of
 from rnnstream.pipeline.features import dct_matrix, mel_matrix, window
 
 
@@ -78,11 +77,7 @@ class AudioFrontend(torch.nn.Module):
 
     def __init__(self, config: FeatureConfig | AudioConfig):
         super().__init__()
-        cfg = config.audio if isinstance(config, FeatureConfig) else config
-        if cfg is None:
-            raise ConfigError("AudioFrontend needs a feature config of kind 'audio'")
-        cfg.validate()
-        self.cfg = cfg
+        self.cfg = cfg = audio_config_of(config, "AudioFrontend")
         self.hop = cfg.hop_length
         self.blocks = -(-cfg.win_length // self.hop)  # hop-long blocks a frame spans: ceil(win / hop)
         self.first = cfg.win_length - (self.blocks - 1) * self.hop  # samples of the first (trimmed) block

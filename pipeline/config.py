@@ -276,3 +276,12 @@ class FeatureConfig:
     def load(cls, path: str) -> "FeatureConfig":
         with open(path, encoding="utf-8") as fh:
             return cls.from_json(fh.read())
+
+
+def audio_config_of(config: FeatureConfig | AudioConfig, who: str) -> AudioConfig:
+    """The validated audio settings of ``config``; :class:`ConfigError` naming ``who`` when it is not audio."""
+    cfg = config.audio if isinstance(config, FeatureConfig) else config
+    if not isinstance(cfg, AudioConfig):
+        raise ConfigError(f"{who} needs a feature config of kind 'audio'")
+    cfg.validate()
+    return cfg

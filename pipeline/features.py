@@ -31,8 +31,8 @@ import math
 import numpy as np
 
 from rnnstream.pipeline.codec import all_finite, to_float32
-from rnnstream.pipeline.config import AudioConfig, FeatureConfig
-from rnnstream.pipeline.errors import ConfigError, NonFiniteSamplesError, ShapeError, StateError
+from rnnstream.pipeline.config import AudioConfig, FeatureConfig, audio_config_of
+from rnnstream.pipeline.errors import NonFiniteSamplesError, ShapeError, StateError
 
 # --------------------------------------------------------------------------------------------
 # Matrices (pure, cached per config)
@@ -240,11 +240,7 @@ class AudioFeaturizer:
     """
 
     def __init__(self, config: FeatureConfig | AudioConfig):
-        cfg = config.audio if isinstance(config, FeatureConfig) else config
-        if cfg is None:
-            raise ConfigError("AudioFeaturizer needs a feature config of kind 'audio'")
-        cfg.validate()
-        self.cfg = cfg
+        self.cfg = cfg = audio_config_of(config, "AudioFeaturizer")
         self.dim = cfg.dim
         # Hot-path constants, computed once (see features_from_frames).
         self._hop, self._ctx, self._win, self._nfft = cfg.hop_length, cfg.context, cfg.win_length, cfg.fft_size

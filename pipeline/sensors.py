@@ -57,6 +57,11 @@ def _sensor_config(cfg: SensorConfig | FeatureConfig) -> SensorConfig:
     return sensor
 
 
+def _not_increasing(ts: np.ndarray) -> np.ndarray:
+    """Indices ``i >= 1`` whose timestamp is not after the one before (``int64 [K]``, ascending)."""
+    return np.flatnonzero(np.diff(ts) <= 0) + 1 if ts.size > 1 else np.zeros(0, np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class SensorFrames:
     """Frames of one step.
@@ -127,15 +132,14 @@ def validate_chunk(
             f"{where}: timestamp {float(ts[0])!r} at index 0 is not after the previous chunk's last timestamp {float(last_t)!r}; "
             "expected strictly increasing times"
         )
-    if ts.size > 1:
-        bad = np.flatnonzero(np.diff(ts) <= 0)
-        if bad.size:
-            i = int(bad[0]) + 1
-            kind = "duplicates" if ts[i] == ts[i - 1] else "goes back from"
-            raise TimestampError(
-                f"{where}: timestamp {float(ts[i])!r} at index {i} {kind} {float(ts[i - 1])!r} at index {i - 1}; "
-                f"expected strictly increasing times ({bad.size} violation(s))"
-            )
+    bad = _not_increasing(ts)
+    if bad.size:
+        i = int(bad[0])
+        kind = "duplicates" if ts[i] == ts[i - 1] else "goes back from"
+        raise TimestampError(
+            f"{where}: timestamp {float(ts[i])!r} at index {i} {kind} {float(ts[i - 1])!r} at index {i - 1}; "
+            f"expected strictly increasing times ({bad.size} violation(s))"
+        )
     if not np.isfinite(vals).all():
         row, col = (int(v[0]) for v in np.nonzero(~np.isfinite(vals)))
         raise NonNumericError(
@@ -423,14 +427,13 @@ def read_sensor_table(path: str | os.PathLike[str], cfg: SensorConfig | FeatureC
                 f"{where}: column {col!r} has {what} at row {row} ({int(bad.sum())} bad row(s)); expected finite numbers"
             )
         values[:, j] = num.to_numpy(dtype=np.float64)
-    if ts.size > 1:
-        bad = np.flatnonzero(np.diff(ts) <= 0)
-        if bad.size:
-            i = int(bad[0]) + 1
-            kind = "duplicates" if ts[i] == ts[i - 1] else "is earlier than"
-            raise TimestampError(
-                f"{where}: timestamp at row {i} ({_plain(table[sensor.timestamp_column].iloc[i])!r}) {kind} row {i - 1} "
-                f"({_plain(table[sensor.timestamp_column].iloc[i - 1])!r}); expected strictly increasing times "
-                f"({bad.size} violation(s), rows {(bad[:5] + 1).tolist()})"
-            )
+    bad = _not_increasing(ts)
+    if bad.size:
+        i = int(bad[0])
+        kind = "duplicates" if ts[i] == ts[i - 1] else "is earlier than"
+        raise TimestampError(
+            f"{where}: timestamp at row {i} ({_plain(table[sensor.timestamp_column].iloc[i])!r}) {kind} row {i - 1} "
+            f"({_plain(table[sensor.timestamp_column].iloc[i - 1])!r}); expected strictly increasing times "
+            f"({bad.size} violation(s), rows {bad[:5].tolist()})"
+        )
     return ts, values
