@@ -222,6 +222,32 @@ def _verdicts(ratios: dict, workers: int) -> str:
     return "\n".join(lines)
 
 
+def _extrapolation(times: dict, n_files: int, seconds: float, target: float = 1.6) -> str:
+    """Where the parallel runners' speed-up over in_memory would reach ``target``, from a line through each mode's
+    fixed-cost run (SMALL files) and full run (medians of this run): extrapolated, not measured."""
+    mem = times.get("direct in_memory"), times.get(f"direct in_memory, {SMALL} files (fixed cost)")
+    if None in mem:
+        return ""
+    lines = []
+    per_file_mem = (statistics.median(mem[0]) - statistics.median(mem[1])) / (n_files - SMALL)
+    fixed_mem = statistics.median(mem[1]) - SMALL * per_file_mem
+    for name in [k for k in times if k.startswith("direct multi_processing") and "fixed cost" not in k]:
+        small = times.get(f"{name}, {SMALL} files (fixed cost)")
+        if small is None:
+            continue
+        per_file = (statistics.median(times[name]) - statistics.median(small)) / (n_files - SMALL)
+        fixed = statistics.median(small) - SMALL * per_file
+        limit = per_file_mem / per_file
+        line = (f"- {name}, extrapolated from this run (a line through its {SMALL}-file and full-corpus medians, in_memory's "
+                f"likewise; not measured): fixed cost {fixed:.2f} s against in_memory's {fixed_mem:.2f} s, then "
+                f"{limit:.2f}x in_memory's speed per file, so its speed-up tends to {limit:.2f}x on large corpora")
+        if limit > target:
+            n = (target * fixed - fixed_mem) / (per_file_mem - target * per_file)
+            line += f" and would reach {target}x from about {n * seconds / n_files / 3600:.0f} h of audio per run"
+        lines.append(line)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_beam_featurize", description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of FSDD WAVs")
@@ -249,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files, seconds, copies = build_corpus(data, args.hours, os.path.join(tmp, "corpus"))
         cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=40)
-        text = _run(args, files, cfg, tmp, featurize_corpus)
+        text = _run(args, files, cfg, tmp, featurize_corpus, seconds)
         text = (f"{len(files)} WAVs = the {len(files) // copies} FSDD recordings x {copies} (links under distinct "
                 f"paths), {seconds / 3600:.2f} h of 8 kHz audio; " + text)
     finally:
@@ -302,7 +328,7 @@ def _plan(args: argparse.Namespace, files: list[str], cfg, tmp: str, featurize_c
     return runs, notes, counts, dask
 
 
-def _run(args: argparse.Namespace, files: list[str], cfg, tmp: str, featurize_corpus) -> str:
+def _run(args: argparse.Namespace, files: list[str], cfg, tmp: str, featurize_corpus, seconds: float) -> str:
     """Every mode, ``args.repeats`` interleaved rounds; returns the markdown (table, loads, verdicts)."""
     load0 = os.getloadavg()[0]
     _loop(files[:SMALL], cfg, os.path.join(tmp, "warm"))  # imports and caches, as every Beam mode gets
@@ -337,7 +363,7 @@ def _run(args: argparse.Namespace, files: list[str], cfg, tmp: str, featurize_co
         f"40 log-mels; {args.repeats} timed run(s) per mode, interleaved; every Beam mode checked against the "
         f"loop (counts and stats). 1-min load average: {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at "
         f"the end, on {os.cpu_count()} cores (above {os.cpu_count()}: other jobs shared the CPUs).\n\n"
-        f"{markdown_table(header, rows)}\n\n{_verdicts(ratios, args.workers)}\n"
+        f"{markdown_table(header, rows)}\n\n{_verdicts(ratios, args.workers)}\n{_extrapolation(times, len(files), seconds)}"
     )
 
 
