@@ -134,7 +134,7 @@ def build_parser():
     p.add_argument("--speed", default="0.9,1.1", help="speed perturbation range LO,HI")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
-                        "freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,twarp=A")
+                        "freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,twarp=A,mixup=A")
     p.add_argument("--augment", type=int, default=None,
                    help="add this many feature-level perturbed copies of each training file (random gain, random "
                         "smooth microphone-like EQ across mel bands, time stretch 0.85-1.15; the first configuration)")

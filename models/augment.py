@@ -14,7 +14,8 @@ Two levels:
   draw per sequence; masked cells take the training mean of their band, i.e. zero after the model's
   normalisation) and a random gain per sequence (a gain of ``g`` dB multiplies the power spectrum by
   ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``),
-  feature noise, and a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like).
+  feature noise, a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like), a time warp
+  (:func:`warp_time`), and mixup of labelled sequences (:func:`mix_sequences`: inputs and one-hot targets mixed).
 
 Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
 and the ONNX export never see it. Every random draw comes from a seeded generator (the waveform level) or
@@ -58,6 +59,9 @@ class BatchAugment:
             middle half moves by up to ``time_warp`` times the length, the frames on either side stretched or
             squeezed to fit; first and last frames stay (0: off; below 0.5). Classifiers only (per-frame targets
             would no longer line up).
+        mixup: mixup of labelled sequences (:func:`mix_sequences`): each training sequence is mixed with another of
+            its batch, time-stretched to its length, by a weight ``lam ~ Beta(mixup, mixup)`` per sequence, and its
+            target becomes the same mix of the two one-hot labels (0: off). Classifiers only.
     """
 
     freq_masks: int = 0
@@ -68,6 +72,7 @@ class BatchAugment:
     noise: float = 0.0
     warp: float = 0.0
     time_warp: float = 0.0
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
@@ -81,16 +86,23 @@ class BatchAugment:
             raise ConfigError(f"augment warp must be in [0, 1), got {self.warp}")
         if not 0 <= self.time_warp < 0.5:
             raise ConfigError(f"augment twarp must be in [0, 0.5), got {self.time_warp}")
+        if not (self.mixup >= 0 and math.isfinite(self.mixup)):
+            raise ConfigError(f"augment mixup (the Beta distribution's parameter) must be >= 0, got {self.mixup}")
 
     @property
     def active(self) -> bool:
+        return self.changes_features or bool(self.mixup)
+
+    @property
+    def changes_features(self) -> bool:
+        """Whether :meth:`__call__` changes the features (every option but ``mixup``, which the transform applies)."""
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
                     or self.noise or self.warp or self.time_warp)
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
         """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as
-        ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1,twarp=0.1"``."""
+        ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1,twarp=0.1,mixup=0.2"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()
@@ -99,10 +111,10 @@ class BatchAugment:
         kw: dict[str, Any] = {}
         for part in text.split(","):
             m = re.fullmatch(
-                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise|warp|twarp)\s*=\s*([0-9.]+)\s*", part)
+                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise|warp|twarp|mixup)\s*=\s*([0-9.]+)\s*", part)
             if not m:
                 raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,"
-                                  f"twarp=A; got {text!r}")
+                                  f"twarp=A,mixup=A; got {text!r}")
             if m.group(1):
                 kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
             else:
@@ -126,6 +138,8 @@ class BatchAugment:
             parts.append(f"warp={self.warp:g}")
         if self.time_warp:
             parts.append(f"twarp={self.time_warp:g}")
+        if self.mixup:
+            parts.append(f"mixup={self.mixup:g}")
         return ",".join(parts)
 
     def __call__(self, x: Tensor, fill: Tensor | None = None, scale: Tensor | None = None,
@@ -137,7 +151,7 @@ class BatchAugment:
 
         if x.dim() != 3:
             raise ConfigError(f"BatchAugment expects [batch, time, bands], got shape {list(x.shape)}")
-        if not self.active or x.shape[0] == 0 or x.shape[1] == 0:
+        if not self.changes_features or x.shape[0] == 0 or x.shape[1] == 0:
             return x
         if self.warp:
             x = warp_bands(x, self.warp)
@@ -213,7 +227,7 @@ def warp_time(x: Tensor, lengths: Tensor | None, amount: float, centre: Tensor |
 
 
 #: ``--augment`` scalar keys and the :class:`BatchAugment` fields they set.
-_SCALAR_FIELDS = {"gain": "gain_db", "noise": "noise", "warp": "warp", "twarp": "time_warp"}
+_SCALAR_FIELDS = {"gain": "gain_db", "noise": "noise", "warp": "warp", "twarp": "time_warp", "mixup": "mixup"}
 
 #: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md):
 #: SpecAugment masks, random gain and, since issue 15 follow-up 3, a band-axis warp by 1 +- 0.1. ``--augment
@@ -231,14 +245,44 @@ def batch_transform(model: Any, augment: BatchAugment) -> Any:
     if augment.time_warp and model.config.task != "classify":
         raise ConfigError(f"--augment twarp applies to classifiers only; a {model.config.task!r} model's per-frame "
                           "targets would no longer line up with its warped inputs")
+    if augment.mixup and model.config.task != "classify":
+        raise ConfigError(f"--augment mixup applies to classifiers only (one label per sequence), not to a "
+                          f"{model.config.task!r} model")
+    mix = torch.distributions.Beta(augment.mixup, augment.mixup) if augment.mixup else None
 
     def transform(batch: Any) -> Any:
         with torch.no_grad():
             x = augment(batch.x, model.feat_mean.to(batch.x.device), model.feat_std.to(batch.x.device),
                         lengths=batch.lengths)
-        return dataclasses.replace(batch, x=x)
+            if mix is None or x.shape[0] < 2:
+                return dataclasses.replace(batch, x=x)
+            lam = mix.sample((x.shape[0],)).to(device=x.device, dtype=x.dtype)
+            partner = torch.randperm(x.shape[0], device=x.device)
+            x, y = mix_sequences(x, batch.lengths, batch.y, model.config.output_dim, lam, partner)
+        return dataclasses.replace(batch, x=x, y=y)
 
     return transform
+
+
+def mix_sequences(x: Tensor, lengths: Tensor, y: Tensor, num_classes: int, lam: Tensor,
+                  partner: Tensor) -> tuple[Tensor, Tensor]:
+    """Mixup of labelled sequences of different lengths: ``x [B, T, F]`` (right-padded to ``lengths [B]``) and
+    class ids ``y [B]`` -> ``(x' [B, T, F], y' [B, num_classes])``.
+
+    Sequence ``i`` is mixed with sequence ``partner[i]`` time-stretched to its own length (linear interpolation;
+    both start at frame 0 and end at their last valid frame): ``x'_i = lam_i x_i + (1 - lam_i) stretch(x_p)``, and
+    its target is ``lam_i onehot(y_i) + (1 - lam_i) onehot(y_p)`` (class probabilities, for a cross-entropy with soft
+    targets). Lengths, and so the frames that carry the loss, stay as they are; padding frames are left as mixed
+    as they come (never read).
+    """
+    n = lengths.to(x.device, x.dtype)
+    t = torch.arange(x.shape[1], device=x.device, dtype=x.dtype)[None, :]  # [1, T]
+    scale = ((n[partner] - 1) / (n - 1).clamp(min=1.0))[:, None]  # partner frames per own frame
+    pos = torch.where(t < n[:, None], t * scale, t).clamp(0, x.shape[1] - 1)
+    stretched = _read_at(x[partner], pos, dim=1)
+    w = lam.to(x.dtype)[:, None, None]
+    onehot = torch.nn.functional.one_hot(y.long(), num_classes).to(x.dtype)
+    return w * x + (1 - w) * stretched, lam.to(x.dtype)[:, None] * onehot + (1 - lam.to(x.dtype))[:, None] * onehot[partner]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,4 +434,5 @@ def held_out_speaker(examples: Sequence[Any], test_by: str | None, test_match: s
 
 
 __all__ = ["SPEECH_AUGMENT", "SPEECH_RECIPE", "BatchAugment", "WaveAugment", "apply_recipe", "augment_audio_examples",
-           "batch_transform", "explicit_dests", "held_out_speaker", "perturb_waveform", "warp_bands", "warp_time"]
+           "batch_transform", "explicit_dests", "held_out_speaker", "mix_sequences", "perturb_waveform", "warp_bands",
+           "warp_time"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rnnstream.models.augment import (SPEECH_AUGMENT, BatchAugment, WaveAugment, augment_audio_examples,
-                                      batch_transform, perturb_waveform)
+                                      batch_transform, mix_sequences, perturb_waveform)
 from rnnstream.models.data import Batch, tensor_data
 from rnnstream.models.train import TrainConfig, evaluate, train
 from rnnstream.pipeline.config import FeatureConfig
@@ -122,6 +122,55 @@ def test_time_warp_is_for_classifiers_only() -> None:
     b = Batch(torch.randn(2, 8, 4), torch.tensor([8, 5]), torch.tensor([0, 1]), torch.zeros(2, 8, dtype=torch.bool))
     out = batch_transform(classifier, BatchAugment(time_warp=0.2))(b)
     assert out.x.shape == b.x.shape and torch.equal(out.x[1, 5:], b.x[1, 5:]) and out.lengths is b.lengths
+
+
+def test_mix_sequences_stretches_the_partner_and_mixes_one_hot_targets() -> None:
+    ramp = torch.arange(5, dtype=torch.float32)  # sequence 1: 5 frames 0..4 (in every feature)
+    x = torch.zeros(2, 9, 3)
+    x[0, :9] = 10.0 + torch.arange(9, dtype=torch.float32)[:, None]  # sequence 0: 9 frames 10..18
+    x[1, :5] = ramp[:, None]
+    x[1, 5:] = -1.0  # padding of sequence 1
+    lengths, y = torch.tensor([9, 5]), torch.tensor([2, 0])
+    # weight 1: each sequence is itself, its target one-hot
+    same, t = mix_sequences(x, lengths, y, 3, torch.ones(2), torch.tensor([1, 0]))
+    assert torch.equal(same, x) and torch.equal(t, torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
+    # weight 0: sequence 0 becomes sequence 1 stretched over its 9 frames (first and last frames meet), and back
+    mixed, t = mix_sequences(x, lengths, y, 3, torch.zeros(2), torch.tensor([1, 0]))
+    assert torch.allclose(mixed[0, :, 0], torch.arange(9, dtype=torch.float32) / 2)  # 0, 0.5, ..., 4
+    assert torch.allclose(mixed[1, :5, 0], 10.0 + 2 * ramp)  # 10, 12, ..., 18: sequence 0 squeezed into 5 frames
+    assert torch.equal(t, torch.tensor([[1.0, 0, 0], [0, 0, 1]]))
+    # a weight in between: the same mix of inputs and of targets; rows of the target sum to 1
+    lam = torch.tensor([0.25, 0.6])
+    mixed, t = mix_sequences(x, lengths, y, 3, lam, torch.tensor([1, 0]))
+    assert torch.allclose(mixed[0, :, 1], 0.25 * x[0, :, 1] + 0.75 * torch.arange(9, dtype=torch.float32) / 2)
+    assert torch.allclose(t, torch.tensor([[0.75, 0, 0.25], [0.6, 0, 0.4]])) and torch.allclose(t.sum(1), torch.ones(2))
+
+
+def test_mixup_parses_is_for_classifiers_and_trains_on_soft_targets() -> None:
+    from rnnstream.models.rnn import ModelConfig, StreamingRNN
+
+    a = BatchAugment.parse("freq=1x2,mixup=0.2")
+    assert a.mixup == 0.2 and a.active and BatchAugment.parse(a.spec()) == a
+    assert BatchAugment(mixup=0.4).active and not BatchAugment(mixup=0.4).changes_features
+    with pytest.raises(ConfigError, match="mixup"):
+        BatchAugment.parse("mixup=-1")
+    with pytest.raises(ConfigError, match="classifiers only"):
+        batch_transform(StreamingRNN(ModelConfig(input_dim=4, output_dim=2, task="tag")), BatchAugment(mixup=0.2))
+    classifier = StreamingRNN(ModelConfig(input_dim=4, output_dim=3))
+    b = Batch(torch.randn(4, 8, 4), torch.tensor([8, 5, 3, 8]), torch.tensor([0, 1, 2, 1]),
+              torch.zeros(4, 8, dtype=torch.bool))
+    out = batch_transform(classifier, BatchAugment(mixup=1.0))(b)
+    assert out.y.shape == (4, 3) and torch.allclose(out.y.sum(1), torch.ones(4))
+    assert out.lengths is b.lengths and out.mask is b.mask and not torch.equal(out.x, b.x)
+    # a whole training run with mixup: soft targets reach the loss, the result is seeded and evaluates as usual
+    data = _toy_data()
+    cfg = TrainConfig(hidden_size=8, num_layers=1, epochs=2, batch_size=8, lr=1e-2, device="cpu", progress=False,
+                      augment="mixup=0.4", seed=1)
+    r1, r2 = train(data, cfg), train(data, cfg)
+    assert all(torch.equal(p, q) for p, q in zip(r1.model.parameters(), r2.model.parameters()))
+    plain = train(data, dataclasses.replace(cfg, augment="none"))
+    assert any(not torch.equal(p, q) for p, q in zip(plain.model.parameters(), r1.model.parameters()))
+    assert math.isfinite(r1.history[-1]["train_loss"]) and 0.0 <= evaluate(r1.model, data)["accuracy"] <= 1.0
 
 
 def test_batch_transform_keeps_targets() -> None:
