@@ -238,8 +238,9 @@ def _extrapolation(times: dict, n_files: int, seconds: float, target: float = 1.
         per_file = (statistics.median(times[name]) - statistics.median(small)) / (n_files - SMALL)
         fixed = statistics.median(small) - SMALL * per_file
         limit = per_file_mem / per_file
-        line = (f"- {name}, extrapolated from this run (a line through its {SMALL}-file and full-corpus medians, in_memory's "
-                f"likewise; not measured): fixed cost {fixed:.2f} s against in_memory's {fixed_mem:.2f} s, then "
+        line = (f"- {name}, extrapolated from this run (a line through its {SMALL}-file and full-corpus medians, "
+                f"in_memory's likewise; not measured): fixed cost {fixed:.2f} s against in_memory's "
+                f"{fixed_mem:.2f} s, then "
                 f"{limit:.2f}x in_memory's speed per file, so its speed-up tends to {limit:.2f}x on large corpora")
         if limit > target:
             n = (target * fixed - fixed_mem) / (per_file_mem - target * per_file)
@@ -363,7 +364,8 @@ def _run(args: argparse.Namespace, files: list[str], cfg, tmp: str, featurize_co
         f"40 log-mels; {args.repeats} timed run(s) per mode, interleaved; every Beam mode checked against the "
         f"loop (counts and stats). 1-min load average: {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at "
         f"the end, on {os.cpu_count()} cores (above {os.cpu_count()}: other jobs shared the CPUs).\n\n"
-        f"{markdown_table(header, rows)}\n\n{_verdicts(ratios, args.workers)}\n{_extrapolation(times, len(files), seconds)}"
+        f"{markdown_table(header, rows)}\n\n{_verdicts(ratios, args.workers)}\n"
+        f"{_extrapolation(times, len(files), seconds)}"
     )
 
 

@@ -22,8 +22,10 @@ from experiments._common import (base_parser, classification_run, int_list, log,
 
 #: Per-set settings: (epochs, cell, hidden, layers, dropout, lr, batch size, chunk seconds).
 SETTINGS = {
-    "BasicMotions": dict(epochs=40, cell="gru", hidden=64, layers=2, dropout=0.1, lr=3e-3, batch_size=16, chunk_s=1.0),
-    "JapaneseVowels": dict(epochs=60, cell="gru", hidden=128, layers=2, dropout=0.2, lr=3e-3, batch_size=32, chunk_s=5 / 160),
+    "BasicMotions": dict(epochs=40, cell="gru", hidden=64, layers=2, dropout=0.1, lr=3e-3, batch_size=16,
+                         chunk_s=1.0),
+    "JapaneseVowels": dict(epochs=60, cell="gru", hidden=128, layers=2, dropout=0.2, lr=3e-3, batch_size=32,
+                           chunk_s=5 / 160),
 }
 
 
@@ -47,9 +49,10 @@ def build_parser():
 
 #: Settings the command line may override for every set (``--epochs`` apart, with its own help): key and type.
 OVERRIDES: tuple[tuple[str, type], ...] = (
-    ("cell", str), ("hidden", int), ("layers", int), ("dropout", float), ("lr", float), ("weight_decay", float), ("pooling", str),
-    ("augment", str), ("conv_channels", str), ("conv_kernel", str), ("conv_pool", int), ("input_norm", str),
-    ("norm_prior", float), ("norm_decay", float), ("batch_size", int), ("weight_average", float), ("ensemble", int))
+    ("cell", str), ("hidden", int), ("layers", int), ("dropout", float), ("lr", float), ("weight_decay", float),
+    ("pooling", str), ("augment", str), ("conv_channels", str), ("conv_kernel", str), ("conv_pool", int),
+    ("input_norm", str), ("norm_prior", float), ("norm_decay", float), ("batch_size", int), ("weight_average", float),
+    ("ensemble", int))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +133,8 @@ def _table(results: dict[str, dict], summ: dict) -> str:
 def set_settings(name: str, args) -> dict:
     """The settings of set ``name`` with the command line's overrides (those given)."""
     st = dict(SETTINGS[name])
-    st.update({key: getattr(args, key) for key in ("epochs", *(k for k, _ in OVERRIDES)) if getattr(args, key) is not None})
+    keys = ("epochs", *(k for k, _ in OVERRIDES))
+    st.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
     return st
 
 

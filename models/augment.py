@@ -280,9 +280,9 @@ def mix_sequences(x: Tensor, lengths: Tensor, y: Tensor, num_classes: int, lam: 
     scale = ((n[partner] - 1) / (n - 1).clamp(min=1.0))[:, None]  # partner frames per own frame
     pos = torch.where(t < n[:, None], t * scale, t).clamp(0, x.shape[1] - 1)
     stretched = _read_at(x[partner], pos, dim=1)
-    w = lam.to(x.dtype)[:, None, None]
+    w = lam.to(x.dtype)[:, None]
     onehot = torch.nn.functional.one_hot(y.long(), num_classes).to(x.dtype)
-    return w * x + (1 - w) * stretched, lam.to(x.dtype)[:, None] * onehot + (1 - lam.to(x.dtype))[:, None] * onehot[partner]
+    return w[:, :, None] * x + (1 - w[:, :, None]) * stretched, w * onehot + (1 - w) * onehot[partner]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -58,12 +58,12 @@ from rnnstream.models.fit import BatchLoader, fit
 from rnnstream.models.gradients import GradientWarning
 from rnnstream.models.prepare import DataSpec, PreparedData, prepare_data
 from rnnstream.models.rnn import ModelConfig, StreamingRNN
-from rnnstream.pipeline.model_config import Architecture
 from rnnstream.models.metrics import seasonal_period_of
 from rnnstream.models.tasks import task_for
 from rnnstream.models.train_cli import build_parser, main
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError, StateError
+from rnnstream.pipeline.model_config import Architecture
 from rnnstream.pipeline.stats import RunningStats
 
 

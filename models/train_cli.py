@@ -71,7 +71,8 @@ def _architecture(p: argparse.ArgumentParser) -> None:
     a.add_argument("--conv-kernel", type=_ints, default=_ARCH.conv_kernel,
                    help="conv kernel TIME,FREQ (FREQ 0: one kernel across every feature, a 1-D temporal conv for "
                         "sensor channels, with --conv-pool 1)")
-    a.add_argument("--conv-pool", type=int, default=_ARCH.conv_pool, help="max-pool over frequency after each conv layer")
+    a.add_argument("--conv-pool", type=int, default=_ARCH.conv_pool,
+                   help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
                         "augmentation with a band warp, held-out-speaker validation, then a refit on every speaker "
@@ -108,9 +109,9 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--augment", default="none",
                    help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB,noise=STD,"
                         "warp=A,twarp=A,mixup=A (SpecAugment frequency/time masks, random gain in dB, feature noise in "
-                        "training stds, a random band-axis warp by 1 +- A, a time warp moving a mid-sequence point by up "
-                        "to A of the length (classifiers), mixup of two sequences and their labels with a Beta(A, A) "
-                        "weight (classifiers))")
+                        "training stds, a random band-axis warp by 1 +- A, a time warp moving a mid-sequence point "
+                        "by up to A of the length (classifiers), mixup of two sequences and their labels with a "
+                        "Beta(A, A) weight (classifiers))")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default: torch's)")
 
 

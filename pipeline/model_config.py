@@ -209,7 +209,8 @@ class ModelConfig(Architecture):
                     f"got {self.output_dim}"
                 )
         if self.task == "generate" and self.output_dim != self.input_dim:
-            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal input_dim={self.input_dim}")
+            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal "
+                              f"input_dim={self.input_dim}")
 
     def conv_bands(self) -> list[int]:
         """Frequency bands entering each conv layer, then leaving the last: ``[input_dim, ..., F_out]``."""
