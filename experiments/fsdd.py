@@ -114,6 +114,10 @@ def build_parser():
                    help="speaker: leave-one-speaker-out folds validate on one held-out *training* speaker (the next "
                         "one after the test speaker in george, jackson, lucas, nicolas order) and train on the other "
                         "two; random: a seeded 10%% of the training files. The documented split always uses random")
+    p.add_argument("--val-offset", type=int, default=1, choices=[1, 2, 3],
+                   help="with --val-by speaker: validate each fold on the training speaker this many places after the "
+                        "test speaker (1, the default: the next); runs with 1, 2 and 3 validate on every training "
+                        "speaker in turn, a steadier selection at three times the cost")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="with --val-by speaker: after the run that validates on the held-out training speaker, train "
                         "again on all three training speakers for its selected number of epochs (the epoch count is "
@@ -254,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def validation_speaker(test_speaker: str) -> str:
-    """The held-out *training* speaker that validates a leave-one-speaker-out fold: the next in :data:`SPEAKERS`."""
-    return SPEAKERS[(SPEAKERS.index(test_speaker) + 1) % len(SPEAKERS)]
+def validation_speaker(test_speaker: str, offset: int = 1) -> str:
+    """The held-out *training* speaker that validates a leave-one-speaker-out fold: the ``offset``-th after the test
+    speaker in :data:`SPEAKERS` (1, the default, is the next; 1 to 3 give each training speaker in turn)."""
+    if not 1 <= offset < len(SPEAKERS):
+        raise ValueError(f"the validation speaker offset must be 1 to {len(SPEAKERS) - 1}, got {offset}")
+    return SPEAKERS[(SPEAKERS.index(test_speaker) + offset) % len(SPEAKERS)]
 
 
 def _splits(spec: str) -> list[tuple[str, str, str]]:
@@ -297,7 +304,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
     rest, test_ex = split_by(ds.examples, key, pattern)
     val_speaker = None
     if key == "speaker" and args.val_by == "speaker":
-        val_speaker = validation_speaker(pattern)
+        val_speaker = validation_speaker(pattern, args.val_offset)
         train_ex, val_ex = split_by(rest, "speaker", val_speaker)
     else:
         train_ex, val_ex = split_fraction(rest, 0.1, seed)
@@ -308,6 +315,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
     run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if many_seeds else ""))
     if selected is not None:  # the selection runs were done by an earlier command: take their records
         r = dict(selected[name][str(seed)])
+        val_speaker = r.get("val_speaker", val_speaker)  # as that run validated, whatever --val-offset says now
     else:
         train_d = classify_data(train_ex, feature_config=ds.config)
         val_d = classify_data(val_ex, train_d.labels, feature_config=ds.config)

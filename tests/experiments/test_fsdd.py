@@ -22,3 +22,28 @@ def test_refit_epochs_refuses_bad_values(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--refit-epochs", "0"])
     assert "expected best, all or a number of epochs >= 1" in capsys.readouterr().err
+
+
+def test_the_validation_speaker_offset_rotates_through_the_training_speakers():
+    from experiments.fsdd import SPEAKERS, validation_speaker
+
+    for test in SPEAKERS:
+        rotation = [validation_speaker(test, k) for k in (1, 2, 3)]
+        assert sorted(rotation) == sorted(s for s in SPEAKERS if s != test)  # each training speaker once
+    assert validation_speaker("george") == validation_speaker("george", 1) == "jackson"
+    assert validation_speaker("nicolas", 2) == "jackson"
+    with pytest.raises(ValueError, match="offset must be 1 to 3"):
+        validation_speaker("george", 4)
+    assert build_parser().parse_args(["--val-offset", "3"]).val_offset == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--val-offset", "0"])
+
+
+def test_an_ensemble_of_runs_uses_their_recorded_validation_speaker_and_refuses_a_mix():
+    from experiments.fsdd_ensemble import _validation_speaker
+
+    one = {"loso-george": {"0": {"val_speaker": "jackson"}}}
+    other = {"loso-george": {"1": {"val_speaker": "lucas"}}}
+    assert _validation_speaker([one, one], "loso-george") == "jackson"
+    with pytest.raises(SystemExit, match="different speakers"):
+        _validation_speaker([one, other], "loso-george")
