@@ -57,9 +57,14 @@ def _sensor_config(cfg: SensorConfig | FeatureConfig) -> SensorConfig:
     return sensor
 
 
-def _not_increasing(ts: np.ndarray) -> np.ndarray:
-    """Indices ``i >= 1`` whose timestamp is not after the one before (``int64 [K]``, ascending)."""
-    return np.flatnonzero(np.diff(ts) <= 0) + 1 if ts.size > 1 else np.zeros(0, np.int64)
+def _order_violation(ts: np.ndarray) -> tuple[int, str, np.ndarray] | None:
+    """The first timestamp of ``ts [N]`` not after the one before: ``(index, "duplicates" or "", every such index
+    [K])``, or None when the times strictly increase."""
+    bad = np.flatnonzero(np.diff(ts) <= 0) + 1 if ts.size > 1 else np.zeros(0, np.int64)
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    return i, "duplicates" if ts[i] == ts[i - 1] else "", bad
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,14 +137,11 @@ def validate_chunk(
             f"{where}: timestamp {float(ts[0])!r} at index 0 is not after the previous chunk's last timestamp {float(last_t)!r}; "
             "expected strictly increasing times"
         )
-    bad = _not_increasing(ts)
-    if bad.size:
-        i = int(bad[0])
-        kind = "duplicates" if ts[i] == ts[i - 1] else "goes back from"
-        raise TimestampError(
-            f"{where}: timestamp {float(ts[i])!r} at index {i} {kind} {float(ts[i - 1])!r} at index {i - 1}; "
-            f"expected strictly increasing times ({bad.size} violation(s))"
-        )
+    if (found := _order_violation(ts)) is not None:
+        i, kind, bad = found
+        raise TimestampError(f"{where}: timestamp {float(ts[i])!r} at index {i} {kind or 'goes back from'} "
+                             f"{float(ts[i - 1])!r} at index {i - 1}; expected strictly increasing times "
+                             f"({bad.size} violation(s))")
     if not np.isfinite(vals).all():
         row, col = (int(v[0]) for v in np.nonzero(~np.isfinite(vals)))
         raise NonNumericError(
@@ -427,13 +429,11 @@ def read_sensor_table(path: str | os.PathLike[str], cfg: SensorConfig | FeatureC
                 f"{where}: column {col!r} has {what} at row {row} ({int(bad.sum())} bad row(s)); expected finite numbers"
             )
         values[:, j] = num.to_numpy(dtype=np.float64)
-    bad = _not_increasing(ts)
-    if bad.size:
-        i = int(bad[0])
-        kind = "duplicates" if ts[i] == ts[i - 1] else "is earlier than"
-        raise TimestampError(
-            f"{where}: timestamp at row {i} ({_plain(table[sensor.timestamp_column].iloc[i])!r}) {kind} row {i - 1} "
-            f"({_plain(table[sensor.timestamp_column].iloc[i - 1])!r}); expected strictly increasing times "
-            f"({bad.size} violation(s), rows {bad[:5].tolist()})"
-        )
+    if (found := _order_violation(ts)) is not None:
+        i, kind, bad = found
+        stamps = table[sensor.timestamp_column]
+        raise TimestampError(f"{where}: timestamp at row {i} ({_plain(stamps.iloc[i])!r}) "
+                             f"{kind or 'is earlier than'} row {i - 1} ({_plain(stamps.iloc[i - 1])!r}); expected "
+                             "strictly increasing times "
+                             f"({bad.size} violation(s), rows {bad[:5].tolist()})")
     return ts, values
