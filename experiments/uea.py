@@ -44,6 +44,8 @@ def build_parser():
                         "epoch count validation chose; both are reported, the refit one is the result")
     for key, typ in OVERRIDES:
         p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="override every set's setting")
+    p.add_argument("--input-delta", action="store_true", default=None,
+                   help="append each feature's change since the previous frame (delta features) for every set")
     return p
 
 
@@ -133,7 +135,7 @@ def _table(results: dict[str, dict], summ: dict) -> str:
 def set_settings(name: str, args) -> dict:
     """The settings of set ``name`` with the command line's overrides (those given)."""
     st = dict(SETTINGS[name])
-    keys = ("epochs", *(k for k, _ in OVERRIDES))
+    keys = ("epochs", "input_delta", *(k for k, _ in OVERRIDES))
     st.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
     return st
 
@@ -149,7 +151,7 @@ def _train_config(st: dict, seed: int, args):  # -> TrainConfig
                        conv_kernel=int_list(st.get("conv_kernel", "3,3")), conv_pool=st.get("conv_pool", 2),
                        input_norm=st.get("input_norm", "none"), norm_prior=st.get("norm_prior", 0.0),
                        norm_decay=st.get("norm_decay", 1.0), weight_average=st.get("weight_average", 0.0),
-                       ensemble=st.get("ensemble", 1), seed=seed,
+                       ensemble=st.get("ensemble", 1), input_delta=st.get("input_delta", False), seed=seed,
                        device="cpu", progress=not args.no_progress)
 
 

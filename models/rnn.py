@@ -131,15 +131,16 @@ class StreamingRNN(nn.Module):
         c = self.config
         z = (x - self.feat_mean) / self.feat_std
         new_state: State = {}
-        if c.input_diff:  # the change since the previous frame; zero at the stream's first frame
-            seen = state["prev_seen"]  # [B, 1]: 0 before the first frame, then 1
-            first = seen * state["prev_input"] + (1.0 - seen) * z[:, 0]
-            prev = torch.cat((first.unsqueeze(1), z[:, :-1]), dim=1)
-            new_state.update(prev_input=z[:, -1], prev_seen=torch.ones_like(seen))
-            z = z - prev
+        delta = None
+        if c.input_diff or c.input_delta:
+            delta = self._delta(z, state, new_state)
+            if c.input_diff:
+                z, delta = delta, None
         if c.input_norm == "causal_mean":
             z, norm_sum, norm_count = self._causal_mean(z, state["norm_sum"], state["norm_count"])
             new_state.update(norm_sum=norm_sum, norm_count=norm_count)
+        if delta is not None:
+            z = torch.cat((z, delta), dim=2)  # [B, T, 2 * input_dim]
         if self.frontend is not None:
             z, conv_state = self.frontend(z, state)
             new_state.update(conv_state)
@@ -158,6 +159,16 @@ class StreamingRNN(nn.Module):
             y, new_state["season"] = self._seasonal(y, x, state["season"])
             return y, new_state
         return self._residual(y, x), new_state
+
+    @staticmethod
+    def _delta(z: Tensor, state: State, new_state: State) -> Tensor:
+        """Each frame's change since the previous one, ``z [B, T, D] -> [B, T, D]``; zero at the stream's first frame.
+        The previous frame is carried as ``prev_input [B, D]`` with ``prev_seen [B, 1]`` (0 before the first frame)."""
+        seen = state["prev_seen"]
+        first = seen * state["prev_input"] + (1.0 - seen) * z[:, 0]
+        prev = torch.cat((first.unsqueeze(1), z[:, :-1]), dim=1)
+        new_state.update(prev_input=z[:, -1], prev_seen=torch.ones_like(seen))
+        return z - prev
 
     def _frame_weights(self, out: Tensor) -> Tensor:
         """Pooling weight of each frame, ``out [B, T, H] -> [B, T, 1]``: 1 (mean) or the bounded attention score."""

@@ -72,7 +72,7 @@ class TrainConfig(Architecture):
     """Architecture and optimisation of one training run (the task and dimensions come from the data).
 
     The architecture fields (``cell``, ``hidden_size``, ``num_layers``, ``dropout``, ``bidirectional``, ``pooling``,
-    ``residual``, ``seasonal_period``, ``input_diff``, ``input_norm``, ``norm_decay``, ``norm_prior``,
+    ``residual``, ``seasonal_period``, ``input_diff``, ``input_delta``, ``input_norm``, ``norm_decay``, ``norm_prior``,
     ``conv_channels``, ``conv_kernel``, ``conv_pool``, ``ensemble``) are :class:`Architecture`'s, declared there
     once; here ``seasonal_period=-1`` also means the data's daily period, and ``ensemble=N`` trains N members
     (:mod:`rnnstream.models.ensemble_train`).

@@ -58,6 +58,8 @@ def _architecture(p: argparse.ArgumentParser) -> None:
                         "step (seasonal-naive); -1: the data's daily period (24 for hourly data)")
     a.add_argument("--input-diff", action="store_true",
                    help="feed the network each feature's change since the previous frame (level-free inputs)")
+    a.add_argument("--input-delta", action="store_true",
+                   help="append each feature's change since the previous frame to the features (delta features)")
     a.add_argument("--pooling", default=_ARCH.pooling, choices=list(POOLINGS),
                    help="classify: last frame, running mean, or attention (a running mean weighted by a learned score)")
     a.add_argument("--input-norm", default=_ARCH.input_norm, choices=list(INPUT_NORMS),
@@ -207,7 +209,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         patience=args.patience, seed=args.seed, device=args.device, explode_threshold=args.explode_threshold,
         vanish_threshold=args.vanish_threshold, steps_per_epoch=args.steps_per_epoch,
         progress=True if args.progress else False if args.no_progress else None, num_threads=args.threads, level_shift=args.level_shift, residual=args.residual,
-        seasonal_period=args.seasonal_period, input_diff=args.input_diff,
+        seasonal_period=args.seasonal_period, input_diff=args.input_diff, input_delta=args.input_delta,
         augment=args.augment, conv_channels=tuple(args.conv_channels), conv_kernel=tuple(args.conv_kernel),
         conv_pool=args.conv_pool, norm_decay=args.norm_decay, norm_prior=args.norm_prior,
         weight_average=args.weight_average, ensemble=args.ensemble,

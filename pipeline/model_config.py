@@ -60,7 +60,9 @@ class Architecture:
 
     ``input_diff`` feeds the network the change of each normalised feature since the previous frame (level-free
     inputs for drifting series: the first frame's change is zero; the previous frame is carried as state
-    ``prev_input`` with ``prev_seen``).
+    ``prev_input`` with ``prev_seen``). ``input_delta`` keeps the features and appends that change to them (delta
+    features, as in speech front ends): the RNN reads ``2 * input_dim`` values per frame, from the same state.
+    With ``input_norm='causal_mean'`` the change is that of the features before the running mean is subtracted.
 
     ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
     frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
@@ -86,6 +88,7 @@ class Architecture:
     residual: bool = False
     seasonal_period: int = 0
     input_diff: bool = False
+    input_delta: bool = False
     input_norm: InputNorm = "none"
     norm_decay: float = 1.0
     norm_prior: float = 0.0
@@ -123,9 +126,19 @@ class Architecture:
         if self.input_norm not in INPUT_NORMS:
             raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
         self._validate_norm()
-        if self.input_diff and self.bidirectional:
-            raise ConfigError("input_diff applies to streaming (unidirectional) models only")
+        self._validate_inputs()
         self._validate_conv()
+
+    def _validate_inputs(self) -> None:
+        for name in ("input_diff", "input_delta"):
+            if getattr(self, name) and self.bidirectional:
+                raise ConfigError(f"{name} applies to streaming (unidirectional) models only")
+        if self.input_diff and self.input_delta:
+            raise ConfigError("input_diff (the change instead of the features) and input_delta (the change beside "
+                              "them) exclude each other; choose one")
+        if self.input_delta and self.conv_channels:
+            raise ConfigError(f"input_delta feeds the RNN directly; with conv_channels {list(self.conv_channels)} the "
+                              f"front end would read the deltas as extra bands: not supported")
 
     def _validate_norm(self) -> None:
         if not 0.0 < float(self.norm_decay) <= 1.0:
@@ -228,8 +241,11 @@ class ModelConfig(Architecture):
 
     @property
     def rnn_input_size(self) -> int:
-        """Width of the RNN's input: ``input_dim``, or channels x bands after the conv front end."""
-        return self.conv_channels[-1] * self.conv_bands()[-1] if self.conv_channels else self.input_dim
+        """Width of the RNN's input: ``input_dim`` (twice that with ``input_delta``), or channels x bands after the
+        conv front end."""
+        if self.conv_channels:
+            return self.conv_channels[-1] * self.conv_bands()[-1]
+        return 2 * self.input_dim if self.input_delta else self.input_dim
 
     @property
     def streamable(self) -> bool:
@@ -260,7 +276,7 @@ class ModelConfig(Architecture):
             specs += [StateSpec("pool_sum", (self.hidden_size,)), StateSpec("pool_count", (1,))]
         if self.seasonal_period:
             specs.append(StateSpec("season", (self.seasonal_period, len(self.target_dims))))
-        if self.input_diff:
+        if self.input_diff or self.input_delta:
             specs += [StateSpec("prev_input", (self.input_dim,)), StateSpec("prev_seen", (1,))]
         return tuple(specs)
 
@@ -275,8 +291,9 @@ class ModelConfig(Architecture):
                 d.pop(key)
         if not self.seasonal_period:
             d.pop("seasonal_period")
-        if not self.input_diff:
-            d.pop("input_diff")
+        for key in ("input_diff", "input_delta"):  # as before these fields existed
+            if not d[key]:
+                d.pop(key)
         if self.ensemble == 1:  # single models' configs (and weights hashes) read as before ensembles existed
             d.pop("ensemble")
         for key, default in (("norm_decay", 1.0), ("norm_prior", 0.0)):  # as before these fields existed

@@ -65,9 +65,9 @@ def test_fsdd_ensemble_accuracy_averages_the_members_probabilities():
 
 
 def test_command_line_overrides_reach_the_train_config():
-    args = build_parser().parse_args(["--cell", "lstm", "--hidden", "256", "--augment", "noise=0.1"])
+    args = build_parser().parse_args(["--cell", "lstm", "--hidden", "256", "--augment", "noise=0.1", "--input-delta"])
     cfg = _train_config(set_settings("JapaneseVowels", args), seed=3, args=args)
-    assert (cfg.cell, cfg.hidden_size, cfg.augment, cfg.seed) == ("lstm", 256, "noise=0.1", 3)
+    assert (cfg.cell, cfg.hidden_size, cfg.augment, cfg.seed, cfg.input_delta) == ("lstm", 256, "noise=0.1", 3, True)
     assert cfg.num_layers == 2 and cfg.epochs == 60  # the set's own settings where nothing overrides them
     default = _train_config(set_settings("JapaneseVowels", build_parser().parse_args([])), seed=0, args=args)
-    assert default.cell == "gru"
+    assert default.cell == "gru" and not default.input_delta

@@ -1,4 +1,5 @@
-"""New state-carrying layers in ONNX: the CRNN front end and the seasonal residual head stream == PyTorch."""
+"""New state-carrying layers in ONNX: the CRNN front end, the seasonal residual head, input deltas and ensembles
+stream == PyTorch."""
 
 from __future__ import annotations
 
@@ -154,3 +155,28 @@ def test_ensemble_exports_to_int8(ensemble, tmp_path):
     assert rep.quantization is not None and rep.quantization.agreement is not None
     assert rep.quantization.agreement >= 0.9
     assert "an ensemble of 3" in rep.text()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["features", "raw-audio"])
+def deltas(request, tmp_path_factory):
+    """A GRU classifier reading the features and their deltas (``input_delta``), causal mean normalisation."""
+    from rnnstream.models.rnn import ModelConfig, StreamingRNN
+
+    torch.manual_seed(7)
+    cfg = ModelConfig(input_dim=DIM, output_dim=len(LABELS), hidden_size=10, num_layers=2, pooling="mean",
+                      input_norm="causal_mean", input_delta=True)
+    model = StreamingRNN(cfg, feat_mean=torch.full((DIM,), -5.0), feat_std=torch.full((DIM,), 2.0)).eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("delta") / "m.onnx", FC, LABELS, raw_audio=request.param)
+    return model, OnnxBackend(path, provider="cpu", threads=1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(0, SIGNAL.size), max_size=8).map(sorted))
+def test_input_delta_onnx_streaming_equals_torch_offline(deltas, cuts):
+    model, backend = deltas
+    assert {"prev_input", "prev_seen"} <= {s.name for s in backend.info.state_specs}
+    with torch.no_grad():
+        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
+    session = StreamSession(backend, sample_rate=RATE)
+    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)

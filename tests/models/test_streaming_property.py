@@ -211,6 +211,58 @@ def test_input_differences_stream_like_offline(chunks, seed):
     torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("input_norm,pooling", [("none", "last"), ("causal_mean", "mean")])
+@settings(max_examples=10)
+@given(chunks=chunkings(), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_input_deltas_stream_like_offline(cell, input_norm, pooling, chunks, batch, seed):
+    """``input_delta`` appends the change since the previous frame (carried as state): streaming == offline."""
+    total, sizes = chunks
+    torch.manual_seed(seed)
+    cfg = ModelConfig(input_dim=D, output_dim=4, cell=cell, hidden_size=6, num_layers=2, pooling=pooling,
+                      input_norm=input_norm, input_delta=True)
+    model = StreamingRNN(cfg).eval()
+    assert model.rnn.input_size == 2 * D
+    x = torch.randn(batch, total, D, generator=torch.Generator().manual_seed(seed)) * 2
+    with torch.no_grad():
+        full = model(x)
+        streamed = _streamed(model, x, sizes)
+    torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
+
+
+def test_input_deltas_are_the_change_since_the_previous_frame():
+    """The RNN reads ``[z_t, z_t - z_{t-1}]`` (``z_{-1} = z_0``: the first change is zero): each half of its input
+    weights acts as a plain model's input weights would on the features, or on their differences."""
+    torch.manual_seed(0)
+    delta = StreamingRNN(ModelConfig(input_dim=D, output_dim=4, hidden_size=5, num_layers=1, input_delta=True)).eval()
+    plain = StreamingRNN(ModelConfig(input_dim=D, output_dim=4, hidden_size=5, num_layers=1)).eval()
+    plain.load_state_dict({k: v for k, v in delta.state_dict().items() if k != "rnn.weight_ih_l0"}, strict=False)
+    x = torch.randn(2, 9, D)
+    prev = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+    w = delta.rnn.weight_ih_l0.detach().clone()  # [3H, 2D]: features, then deltas
+    with torch.no_grad():
+        delta.rnn.weight_ih_l0[:, D:].zero_()
+        plain.rnn.weight_ih_l0.copy_(w[:, :D])
+        torch.testing.assert_close(delta(x), plain(x))
+        delta.rnn.weight_ih_l0.copy_(w)
+        delta.rnn.weight_ih_l0[:, :D].zero_()
+        plain.rnn.weight_ih_l0.copy_(w[:, D:])
+        torch.testing.assert_close(delta(x), plain(x - prev))
+
+
+def test_input_delta_config_is_checked_and_round_trips():
+    from rnnstream.pipeline.errors import ConfigError
+
+    cfg = ModelConfig(input_dim=D, output_dim=4, input_delta=True)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert [s.name for s in cfg.state_specs()][-2:] == ["prev_input", "prev_seen"]
+    assert "input_delta" not in ModelConfig(input_dim=D, output_dim=4).to_dict()  # old configs read as before
+    for bad, match in ((dict(input_diff=True), "exclude each other"), (dict(conv_channels=(4,)), "extra bands"),
+                       (dict(bidirectional=True), "streaming")):
+        with pytest.raises(ConfigError, match=match):
+            ModelConfig(input_dim=D, output_dim=4, input_delta=True, **bad)
+
+
 def test_input_differences_make_persistence_residual_forecasts_level_free():
     torch.manual_seed(0)
     cfg = ModelConfig(input_dim=D, output_dim=2 * 2, task="forecast", horizon=2, target_dims=(0, 1), hidden_size=6,

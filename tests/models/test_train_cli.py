@@ -186,7 +186,8 @@ def test_ensemble_with_refit_keeps_the_selection_members_apart(digits_dir, tmp_p
 #: ``rnnstream train``'s flag (dest) for each :class:`Architecture` field.
 ARCH_FLAGS = {"cell": "cell", "hidden_size": "hidden", "num_layers": "layers", "dropout": "dropout",
               "bidirectional": "bidirectional", "pooling": "pooling", "residual": "residual",
-              "seasonal_period": "seasonal_period", "input_diff": "input_diff", "input_norm": "input_norm",
+              "seasonal_period": "seasonal_period", "input_diff": "input_diff", "input_delta": "input_delta",
+              "input_norm": "input_norm",
               "norm_decay": "norm_decay", "norm_prior": "norm_prior", "conv_channels": "conv_channels",
               "conv_kernel": "conv_kernel", "conv_pool": "conv_pool", "ensemble": "ensemble"}
 
