@@ -98,6 +98,9 @@ def build_parser():
     p.add_argument("--conv-channels", default=None, help="causal conv front end (CRNN), e.g. 16,32 (empty: none)")
     p.add_argument("--conv-kernel", default=None, help="conv kernel TIME,FREQ (default 3,3)")
     p.add_argument("--conv-pool", type=int, default=None, help="max-pool over frequency after each conv layer")
+    p.add_argument("--input-delta", action="store_true",
+                   help="the model also reads each feature's change since the previous frame (with a conv front end, "
+                        "as its second input channel)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-mels", type=int, default=None)
@@ -287,7 +290,7 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
     return TrainConfig(cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
                        pooling=args.pooling, input_norm=args.input_norm, norm_prior=args.norm_prior,
                        norm_decay=args.norm_decay, conv_channels=int_list(args.conv_channels),
-                       conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool,
+                       conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool, input_delta=args.input_delta,
                        augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, weight_average=args.weight_average, ensemble=args.ensemble,
                        lr_schedule="cosine", seed=seed, device="cpu",

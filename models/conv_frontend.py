@@ -8,7 +8,7 @@ With ``conv_kernel = (kt, 0)`` the first kernel spans every input band (unpadded
 that single band: a stack of causal 1-D temporal convolutions over all features, as in FCN for sensor series.
 
 Shapes: ``step(z [B, T, F], states) -> (y [B, T, c_last * F_last], states)`` with ``states["conv<i>"]`` of shape
-``[B, kt - 1, c_in_i, F_i]`` (see :meth:`rnnstream.pipeline.model_config.ModelConfig.state_specs`).
+``[B, kt - 1, c_in_i, F_i]`` (``c_in_0`` is 2 when the features' deltas come in as a second channel) (see :meth:`rnnstream.pipeline.model_config.ModelConfig.state_specs`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class CausalConvFrontend(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         kt, kf = config.conv_kernel
-        chans = (1, *config.conv_channels)
+        chans = (config.conv_in_channels, *config.conv_channels)
         self.kt = kt
         self.pool = config.conv_pool
         bands = config.conv_bands()
@@ -35,9 +35,11 @@ class CausalConvFrontend(nn.Module):
             for i in range(len(chans) - 1)
         )
 
-    def forward(self, z: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """``z [B, T, F]`` (T >= 1) and ``{"conv<i>": [B, kt - 1, c_in, F_i]}`` -> ``(y [B, T, C * F'], new)``."""
-        x = z.unsqueeze(2)  # [B, T, 1, F]
+    def forward(self, z: Tensor, state: dict[str, Tensor], delta: Tensor | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``z [B, T, F]`` (T >= 1), with ``input_delta`` its deltas ``delta [B, T, F]`` (a second input channel), and
+        ``{"conv<i>": [B, kt - 1, c_in, F_i]}`` -> ``(y [B, T, C * F'], new)``."""
+        x = z.unsqueeze(2) if delta is None else torch.stack((z, delta), dim=2)  # [B, T, 1 or 2, F]
         new: dict[str, Tensor] = {}
         for i, conv in enumerate(self.convs):
             if self.kt > 1:

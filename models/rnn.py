@@ -139,11 +139,11 @@ class StreamingRNN(nn.Module):
         if c.input_norm == "causal_mean":
             z, norm_sum, norm_count = self._causal_mean(z, state["norm_sum"], state["norm_count"])
             new_state.update(norm_sum=norm_sum, norm_count=norm_count)
-        if delta is not None:
-            z = torch.cat((z, delta), dim=2)  # [B, T, 2 * input_dim]
-        if self.frontend is not None:
-            z, conv_state = self.frontend(z, state)
+        if self.frontend is not None:  # deltas, if any, as the conv's second input channel
+            z, conv_state = self.frontend(z, state, delta)
             new_state.update(conv_state)
+        elif delta is not None:
+            z = torch.cat((z, delta), dim=2)  # [B, T, 2 * input_dim]
         h0 = state["h"].transpose(0, 1).contiguous()
         if c.cell == "lstm":
             out, (h, cc) = self.rnn(z, (h0, state["c"].transpose(0, 1).contiguous()))

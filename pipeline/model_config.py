@@ -61,8 +61,9 @@ class Architecture:
     ``input_diff`` feeds the network the change of each normalised feature since the previous frame (level-free
     inputs for drifting series: the first frame's change is zero; the previous frame is carried as state
     ``prev_input`` with ``prev_seen``). ``input_delta`` keeps the features and appends that change to them (delta
-    features, as in speech front ends): the RNN reads ``2 * input_dim`` values per frame, from the same state.
-    With ``input_norm='causal_mean'`` the change is that of the features before the running mean is subtracted.
+    features, as in speech front ends): the RNN reads ``2 * input_dim`` values per frame, from the same state; a conv
+    front end reads them as two input channels (features, deltas) over the same bands. With
+    ``input_norm='causal_mean'`` the change is that of the features before the running mean is subtracted.
 
     ``conv_channels`` adds a causal convolutional front end (CRNN): one 2-D convolution per entry over (time,
     frequency) with kernel ``conv_kernel`` (time frames, frequency bands; frequency zero-padded to keep the band
@@ -136,9 +137,6 @@ class Architecture:
         if self.input_diff and self.input_delta:
             raise ConfigError("input_diff (the change instead of the features) and input_delta (the change beside "
                               "them) exclude each other; choose one")
-        if self.input_delta and self.conv_channels:
-            raise ConfigError(f"input_delta feeds the RNN directly; with conv_channels {list(self.conv_channels)} the "
-                              f"front end would read the deltas as extra bands: not supported")
 
     def _validate_norm(self) -> None:
         if not 0.0 < float(self.norm_decay) <= 1.0:
@@ -225,6 +223,11 @@ class ModelConfig(Architecture):
             raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal "
                               f"input_dim={self.input_dim}")
 
+    @property
+    def conv_in_channels(self) -> int:
+        """Channels entering the first conv layer: the features, and their deltas with ``input_delta``."""
+        return 2 if self.input_delta else 1
+
     def conv_bands(self) -> list[int]:
         """Frequency bands entering each conv layer, then leaving the last: ``[input_dim, ..., F_out]``."""
         if self.conv_full_width:
@@ -241,7 +244,7 @@ class ModelConfig(Architecture):
 
     @property
     def rnn_input_size(self) -> int:
-        """Width of the RNN's input: ``input_dim`` (twice that with ``input_delta``), or channels x bands after the
+        """Width of the RNN's input: ``input_dim`` (twice that with ``input_delta``), or channels x bands out of the
         conv front end."""
         if self.conv_channels:
             return self.conv_channels[-1] * self.conv_bands()[-1]
@@ -264,7 +267,7 @@ class ModelConfig(Architecture):
                          for i in range(self.ensemble) for s in self.member.state_specs())
         layers = self.num_layers * (2 if self.bidirectional else 1)
         specs = [StateSpec("h", (layers, self.hidden_size))]
-        bands, chans = self.conv_bands(), (1, *self.conv_channels)
+        bands, chans = self.conv_bands(), (self.conv_in_channels, *self.conv_channels)
         if self.conv_kernel[0] > 1:  # each conv layer carries its last kernel-1 input frames
             specs += [StateSpec(f"conv{i}", (self.conv_kernel[0] - 1, chans[i], bands[i]))
                       for i in range(len(self.conv_channels))]

@@ -47,3 +47,11 @@ def test_an_ensemble_of_runs_uses_their_recorded_validation_speaker_and_refuses_
     assert _validation_speaker([one, one], "loso-george") == "jackson"
     with pytest.raises(SystemExit, match="different speakers"):
         _validation_speaker([one, other], "loso-george")
+
+
+def test_input_delta_reaches_the_train_config():
+    from experiments.fsdd import _train_config
+
+    for argv, want in (([], False), (["--input-delta"], True)):
+        cfg = _train_config(_resolve(build_parser().parse_args(argv)), seed=0)
+        assert cfg.input_delta is want and cfg.conv_channels  # the recipe's CRNN: deltas as a second channel

@@ -157,16 +157,19 @@ def test_ensemble_exports_to_int8(ensemble, tmp_path):
     assert "an ensemble of 3" in rep.text()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["features", "raw-audio"])
+@pytest.fixture(scope="module", params=[(False, ()), (True, ()), (False, (4, 6)), (True, (4, 6))],
+                ids=["features", "raw-audio", "crnn-features", "crnn-raw-audio"])
 def deltas(request, tmp_path_factory):
-    """A GRU classifier reading the features and their deltas (``input_delta``), causal mean normalisation."""
+    """A GRU classifier reading the features and their deltas (``input_delta``; with a conv front end, as its second
+    input channel), causal mean normalisation."""
     from rnnstream.models.rnn import ModelConfig, StreamingRNN
 
+    raw_audio, conv = request.param
     torch.manual_seed(7)
     cfg = ModelConfig(input_dim=DIM, output_dim=len(LABELS), hidden_size=10, num_layers=2, pooling="mean",
-                      input_norm="causal_mean", input_delta=True)
+                      input_norm="causal_mean", input_delta=True, conv_channels=conv, conv_kernel=(3, 3))
     model = StreamingRNN(cfg, feat_mean=torch.full((DIM,), -5.0), feat_std=torch.full((DIM,), 2.0)).eval()
-    path = export_onnx(model, tmp_path_factory.mktemp("delta") / "m.onnx", FC, LABELS, raw_audio=request.param)
+    path = export_onnx(model, tmp_path_factory.mktemp("delta") / "m.onnx", FC, LABELS, raw_audio=raw_audio)
     return model, OnnxBackend(path, provider="cpu", threads=1)
 
 

@@ -211,18 +211,19 @@ def test_input_differences_stream_like_offline(chunks, seed):
     torch.testing.assert_close(streamed, full, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell,conv", [("gru", ()), ("lstm", ()), ("gru", (3, 4))])
 @pytest.mark.parametrize("input_norm,pooling", [("none", "last"), ("causal_mean", "mean")])
 @settings(max_examples=10)
 @given(chunks=chunkings(), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_input_deltas_stream_like_offline(cell, input_norm, pooling, chunks, batch, seed):
-    """``input_delta`` appends the change since the previous frame (carried as state): streaming == offline."""
+def test_input_deltas_stream_like_offline(cell, conv, input_norm, pooling, chunks, batch, seed):
+    """``input_delta`` appends the change since the previous frame (carried as state), or gives it to the conv
+    front end as a second channel: streaming == offline."""
     total, sizes = chunks
     torch.manual_seed(seed)
     cfg = ModelConfig(input_dim=D, output_dim=4, cell=cell, hidden_size=6, num_layers=2, pooling=pooling,
-                      input_norm=input_norm, input_delta=True)
+                      input_norm=input_norm, input_delta=True, conv_channels=conv, conv_kernel=(3, 3), conv_pool=1)
     model = StreamingRNN(cfg).eval()
-    assert model.rnn.input_size == 2 * D
+    assert model.rnn.input_size == (4 * D if conv else 2 * D)
     x = torch.randn(batch, total, D, generator=torch.Generator().manual_seed(seed)) * 2
     with torch.no_grad():
         full = model(x)
@@ -250,6 +251,25 @@ def test_input_deltas_are_the_change_since_the_previous_frame():
         torch.testing.assert_close(delta(x), plain(x - prev))
 
 
+def test_a_conv_front_end_reads_the_deltas_as_its_second_channel():
+    torch.manual_seed(1)
+    kw = dict(input_dim=6, output_dim=4, hidden_size=5, num_layers=1, conv_channels=(3,), conv_kernel=(2, 3),
+              conv_pool=1)
+    delta = StreamingRNN(ModelConfig(**kw, input_delta=True)).eval()
+    plain = StreamingRNN(ModelConfig(**kw)).eval()
+    conv_w = "frontend.convs.0.weight"  # [3, c_in, 2, 3]
+    plain.load_state_dict({k: v for k, v in delta.state_dict().items() if k != conv_w}, strict=False)
+    x = torch.randn(2, 7, 6)
+    prev = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+    w = delta.state_dict()[conv_w].clone()
+    with torch.no_grad():
+        for channel, inputs in ((0, x), (1, x - prev)):
+            delta.frontend.convs[0].weight.zero_()
+            delta.frontend.convs[0].weight[:, channel] = w[:, channel]
+            plain.frontend.convs[0].weight.copy_(w[:, channel: channel + 1])
+            torch.testing.assert_close(delta(x), plain(inputs))
+
+
 def test_input_delta_config_is_checked_and_round_trips():
     from rnnstream.pipeline.errors import ConfigError
 
@@ -257,8 +277,9 @@ def test_input_delta_config_is_checked_and_round_trips():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert [s.name for s in cfg.state_specs()][-2:] == ["prev_input", "prev_seen"]
     assert "input_delta" not in ModelConfig(input_dim=D, output_dim=4).to_dict()  # old configs read as before
-    for bad, match in ((dict(input_diff=True), "exclude each other"), (dict(conv_channels=(4,)), "extra bands"),
-                       (dict(bidirectional=True), "streaming")):
+    crnn = ModelConfig(input_dim=8, output_dim=4, input_delta=True, conv_channels=(3,), conv_kernel=(2, 3))
+    assert crnn.rnn_input_size == 3 * 4 and [s.shape for s in crnn.state_specs()][1] == (1, 2, 8)  # 2 channels in
+    for bad, match in ((dict(input_diff=True), "exclude each other"), (dict(bidirectional=True), "streaming")):
         with pytest.raises(ConfigError, match=match):
             ModelConfig(input_dim=D, output_dim=4, input_delta=True, **bad)
 
