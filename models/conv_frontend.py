@@ -8,7 +8,8 @@ With ``conv_kernel = (kt, 0)`` the first kernel spans every input band (unpadded
 that single band: a stack of causal 1-D temporal convolutions over all features, as in FCN for sensor series.
 
 Shapes: ``step(z [B, T, F], states) -> (y [B, T, c_last * F_last], states)`` with ``states["conv<i>"]`` of shape
-``[B, kt - 1, c_in_i, F_i]`` (``c_in_0`` is 2 when the features' deltas come in as a second channel) (see :meth:`rnnstream.pipeline.model_config.ModelConfig.state_specs`).
+``[B, kt - 1, c_in_i, F_i]`` (see :meth:`rnnstream.pipeline.model_config.ModelConfig.state_specs`; ``c_in_0`` is 2 when
+the features' deltas come in as a second channel, ``input_delta``).
 """
 
 from __future__ import annotations
