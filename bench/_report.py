@@ -103,6 +103,12 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command a benchmark ran as: ``python -m module`` and its arguments (``sys.argv``'s when ``argv`` is None)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python -m " + module, *args])
+
+
 def write_section(name: str, markdown: str, command: str | None = None) -> None:
     """Replace (or append) the section ``## name`` of BENCHMARKS.md with ``markdown`` plus run info."""
     command = command or "python -m " + Path(sys.argv[0]).with_suffix("").name if sys.argv else ""

@@ -46,11 +46,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._report import ROOT, markdown_table, write_section
+from bench._report import ROOT, command_line, markdown_table, write_section
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 LABEL_PATTERN = r"(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav"
 SECTION = "Beam featurize (FSDD)"
+DEFAULT_HOURS = 12.0
+
+
+def section_name(hours: float) -> str:
+    """BENCHMARKS.md section of a run: the default corpus size's, or one of its own for another size (both kept)."""
+    return SECTION if hours == DEFAULT_HOURS else f"{SECTION}, {hours:g} h corpus"
 SMALL = 20  # files of the fixed-cost runs
 
 
@@ -252,7 +258,9 @@ def _extrapolation(times: dict, n_files: int, seconds: float, target: float = 1.
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_beam_featurize", description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder of FSDD WAVs")
-    parser.add_argument("--hours", type=float, default=12.0, help="hours of audio: the recordings repeated")
+    parser.add_argument("--hours", type=float, default=DEFAULT_HOURS,
+                        help="hours of audio: the recordings repeated (another size than the default writes its own "
+                             "BENCHMARKS.md section)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for multi_processing and Dask")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median and range reported)")
     parser.add_argument("--modes", default="loop,in_memory,multi_processing,dask,ceiling")
@@ -283,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(text)
     if not args.no_write:
-        command = "python -m bench.bench_beam_featurize" + (" " + " ".join(argv) if argv else "")
-        write_section(SECTION, text, command=command)
+        write_section(section_name(args.hours), text, command=command_line("bench.bench_beam_featurize", argv))
     return 0
 
 

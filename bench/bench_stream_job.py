@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._report import ROOT, markdown_table, write_section
+from bench._report import ROOT, command_line, markdown_table, write_section
 
 SECTION = "Beam stream job (DirectRunner)"
 RATE = 16000
@@ -292,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     note = _note(args, inputs, load_start) + "\n\n" + "\n".join(f"- {v}" for v in verdicts)
     print(table + "\n\n" + note)
     if not args.no_write:
-        cmd = "python -m bench.bench_stream_job" + ("" if argv is None else " " + " ".join(argv))
-        write_section(SECTION, table + "\n\n" + note, command=cmd)
+        write_section(SECTION, table + "\n\n" + note, command=command_line("bench.bench_stream_job", argv))
     return 0
 
 

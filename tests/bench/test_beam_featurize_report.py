@@ -33,3 +33,20 @@ def test_nothing_without_the_fixed_cost_runs(drop):
     times = _times(10.2, 0.2, 7.1, 2.1)
     del times[drop]
     assert _extrapolation(times, 1020, 36000) == ""
+
+
+def test_a_corpus_of_another_size_writes_its_own_section():
+    from bench.bench_beam_featurize import DEFAULT_HOURS, SECTION, section_name
+
+    assert section_name(DEFAULT_HOURS) == SECTION
+    assert section_name(24.0) == f"{SECTION}, 24 h corpus" != SECTION
+
+
+def test_the_recorded_command_has_the_arguments_given(monkeypatch):
+    from bench._report import command_line
+
+    assert command_line("bench.x", ["--hours", "24"]) == "python -m bench.x --hours 24"
+    monkeypatch.setattr("sys.argv", ["bench/x.py", "--hours", "24"])  # python -m bench.x --hours 24
+    assert command_line("bench.x", None) == "python -m bench.x --hours 24"
+    monkeypatch.setattr("sys.argv", ["bench/x.py"])
+    assert command_line("bench.x", None) == "python -m bench.x"
