@@ -139,6 +139,9 @@ def build_parser():
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
     p.add_argument("--speed", default="0.9,1.1", help="speed perturbation range LO,HI")
+    p.add_argument("--pitch", default="0,0",
+                   help="the waveform copies' pitch-shift range in semitones LO,HI (formants kept; default none; "
+                        "a negative LO needs '=': --pitch=-3,3)")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
                         "freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,twarp=A,mixup=A")
@@ -188,14 +191,15 @@ def augment_examples(examples, copies: int, seed: int):
     return out
 
 
-def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: tuple[float, float]) -> dict:
+def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: tuple[float, float],
+                       pitch: tuple[float, float] = (0.0, 0.0)) -> dict:
     """``{example id: [copy features, ...]}`` for every file (computed once per config and seed, cached)."""
     import hashlib
     import pickle
 
     from rnnstream.models.augment import WaveAugment, augment_audio_examples
 
-    wave = WaveAugment(speed=speed)
+    wave = WaveAugment(speed=speed, pitch=pitch)
     key = hashlib.sha256(f"{cfg.to_dict()}|{copies}|{seed}|{wave}".encode()).hexdigest()[:12]
     path = os.path.join(out, "features", f"wave_copies_{key}.pkl")
     if os.path.exists(path):
@@ -247,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     tcfgs = {}
     speed = tuple(float(v) for v in args.speed.split(","))
+    pitch = tuple(float(v) for v in args.pitch.split(","))
     for seed in seeds:
         tcfgs[seed] = _train_config(args, seed)
-        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, speed) if args.wave_copies \
-            else {}
+        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, speed, pitch) \
+            if args.wave_copies else {}
         for name, key, pattern in splits:
             r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected)
             results.setdefault(name, {})[seed] = r

@@ -290,17 +290,22 @@ def mix_sequences(x: Tensor, lengths: Tensor, y: Tensor, num_classes: int, lam: 
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WaveAugment:
-    """Waveform perturbations for extra training copies: speed factor range (quantised to 0.01) and the
-    additive white-noise SNR range in dB, applied to a copy with probability ``noise_prob``."""
+    """Waveform perturbations for extra training copies: speed factor range (quantised to 0.01), pitch shift range
+    in semitones (quantised to 0.5; formants kept: a phase-vocoder stretch then a resampling; ``(0, 0)``: none), and
+    the additive white-noise SNR range in dB, applied to a copy with probability ``noise_prob``."""
 
     speed: tuple[float, float] = (0.9, 1.1)
     snr_db: tuple[float, float] = (10.0, 40.0)
     noise_prob: float = 0.5
+    pitch: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         lo, hi = self.speed
         if not 0.5 <= lo <= hi <= 2.0:
             raise ConfigError(f"speed range must lie within [0.5, 2] and be ordered, got {self.speed}")
+        object.__setattr__(self, "pitch", tuple(float(v) for v in self.pitch))  # a list from a command line
+        if len(self.pitch) != 2 or not -12.0 <= self.pitch[0] <= self.pitch[1] <= 12.0:
+            raise ConfigError(f"pitch range (semitones) must lie within [-12, 12] and be ordered, got {self.pitch}")
         if self.snr_db[0] > self.snr_db[1]:
             raise ConfigError(f"snr_db range must be ordered, got {self.snr_db}")
         if not 0.0 <= self.noise_prob <= 1.0:
@@ -312,8 +317,10 @@ _SPEEDS: dict[tuple[int, float], Any] = {}  # torchaudio Speed transforms (their
 
 def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Generator,
                      wave: WaveAugment = WaveAugment()) -> tuple[np.ndarray, dict[str, float]]:
-    """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``) then maybe white noise at a
-    random SNR (torchaudio ``AddNoise``). Returns ``(samples' [N'], {"speed": f, "snr_db": s or nan})``."""
+    """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``), a pitch shift when ``wave.pitch``
+    is not ``(0, 0)`` (torchaudio ``pitch_shift``; the length kept), then maybe white noise at a random SNR
+    (torchaudio ``AddNoise``). Returns ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones]})``."""
+    import torchaudio.functional as FA
     import torchaudio.transforms as TA
 
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
@@ -323,13 +330,19 @@ def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Gener
         if key not in _SPEEDS:
             _SPEEDS[key] = TA.Speed(sample_rate, factor)
         x, _ = _SPEEDS[key](x)
+    info = {"speed": factor}
+    if wave.pitch != (0.0, 0.0):  # drawn only then, so copies made without a pitch range stay as they were
+        steps = round(float(rng.uniform(*wave.pitch)) * 2) / 2
+        if steps and x.shape[1] > 0:
+            x = FA.pitch_shift(x, int(sample_rate), steps)  # type: ignore[arg-type]  # fractional steps allowed
+        info["pitch"] = steps
     snr = float("nan")
     if rng.uniform() < wave.noise_prob and x.shape[1] > 0:
         snr = float(rng.uniform(*wave.snr_db))
         noise = torch.as_tensor(rng.standard_normal(x.shape[1]).astype(np.float32)).unsqueeze(0)
         if float(x.pow(2).sum()) > 0:
             x = TA.AddNoise()(x, noise, torch.tensor([snr]))
-    return x[0].numpy().astype(np.float32), {"speed": factor, "snr_db": snr}
+    return x[0].numpy().astype(np.float32), {**info, "snr_db": snr}
 
 
 def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies: int, seed: int, *,
@@ -339,7 +352,7 @@ def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies:
 
     Use on training examples only. Each file's copies depend only on ``(seed, example.id)``, so a file gets
     the same copies in every split that trains on it. The copies' ids are ``<id>#wav<k>``; their metadata gains ``speed``
-    and ``snr_db``. ``load(path, feature_config) -> samples`` defaults to
+    and ``snr_db`` (and ``pitch`` with a pitch range). ``load(path, feature_config) -> samples`` defaults to
     :func:`rnnstream.pipeline.audio_io.load_audio`.
     """
     from rnnstream.pipeline.features import AudioFeaturizer

@@ -38,6 +38,7 @@ class DataSpec:
         wave_copies: audio only: add this many waveform-perturbed copies (speed, noise) of each *training*
             file, re-read from its path and featurized again (:func:`rnnstream.models.augment.augment_audio_examples`).
         wave_speed: the copies' speed-perturbation range ``(lo, hi)`` (factors within [0.5, 2]).
+        wave_pitch: the copies' pitch-shift range ``(lo, hi)`` in semitones (``(0, 0)``: none).
     """
 
     task: str = "classify"
@@ -57,6 +58,7 @@ class DataSpec:
     seed: int = 0
     wave_copies: int = 0
     wave_speed: tuple[float, float] = (0.9, 1.1)
+    wave_pitch: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> 
     if fc.kind != "audio" or spec.channels:
         raise ConfigError("wave_copies (waveform augmentation) needs audio features with every channel")
     return augment_audio_examples(train_ex, fc, spec.wave_copies, spec.seed,
-                                  wave=WaveAugment(speed=tuple(spec.wave_speed)))
+                                  wave=WaveAugment(speed=tuple(spec.wave_speed), pitch=tuple(spec.wave_pitch)))
 
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data"]

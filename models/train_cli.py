@@ -136,6 +136,9 @@ def _data(p: argparse.ArgumentParser) -> None:
                    help="audio: waveform-perturbed copies (speed, noise) of each training file, re-featurized")
     d.add_argument("--wave-speed", type=_range, default=(0.9, 1.1),
                    help="audio: the copies' speed-perturbation range LO,HI (default 0.9,1.1)")
+    d.add_argument("--wave-pitch", type=_range, default=(0.0, 0.0),
+                   help="audio: the copies' pitch-shift range in semitones LO,HI, formants kept (default none; "
+                        "a negative LO needs '=': --wave-pitch=-3,3)")
     d.add_argument("--stats", default="train", choices=["train", "dataset"], help="normalisation statistics source")
 
 
@@ -199,6 +202,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
         stats=args.stats, seed=args.seed, wave_copies=args.wave_copies, wave_speed=args.wave_speed,
+        wave_pitch=args.wave_pitch,
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,

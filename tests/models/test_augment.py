@@ -196,6 +196,33 @@ def test_perturb_waveform_speed_noise_and_seeding() -> None:
         WaveAugment(speed=(1.1, 0.9))
 
 
+def _peak_hz(x: np.ndarray, rate: int = 8000) -> float:
+    mid = x[x.size // 8: -x.size // 8]  # away from the vocoder's edges
+    return float(np.argmax(np.abs(np.fft.rfft(mid * np.hanning(mid.size)))) * rate / mid.size)
+
+
+@pytest.mark.parametrize("steps", [12.0, -12.0, 3.0])
+def test_pitch_shift_moves_the_pitch_by_whole_semitones_and_keeps_the_length(steps) -> None:
+    x = tone(1.0, 500.0)
+    y, info = perturb_waveform(x, 8000, np.random.default_rng(0),
+                               WaveAugment(speed=(1.0, 1.0), pitch=(steps, steps), noise_prob=0.0))
+    assert info["pitch"] == steps and y.size == x.size
+    assert abs(_peak_hz(y) - 500.0 * 2 ** (steps / 12)) < 4.0  # 1.0 s of audio: 1.33 Hz bins after the trim
+
+
+def test_a_pitch_range_changes_nothing_else_and_no_range_draws_nothing() -> None:
+    x = tone(0.5, 440.0)
+    plain, pi = perturb_waveform(x, 8000, np.random.default_rng(3), WaveAugment(noise_prob=1.0))
+    again, ai = perturb_waveform(x, 8000, np.random.default_rng(3), WaveAugment(noise_prob=1.0, pitch=[0, 0]))
+    np.testing.assert_array_equal(plain, again)  # copies made before pitch ranges existed stay the same
+    assert pi == ai and "pitch" not in pi
+    shifted, si = perturb_waveform(x, 8000, np.random.default_rng(3), WaveAugment(noise_prob=1.0, pitch=(-3, 3)))
+    assert si["speed"] == pi["speed"] and -3.0 <= si["pitch"] <= 3.0 and si["pitch"] * 2 == int(si["pitch"] * 2)
+    for bad in ((3, -3), (-13, 0), (1, 2, 3)):
+        with pytest.raises(ConfigError, match="pitch range"):
+            WaveAugment(pitch=bad)
+
+
 def test_augment_audio_examples_adds_copies_per_file(tmp_path) -> None:
     import soundfile as sf
 
@@ -322,12 +349,13 @@ def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypat
     import rnnstream.models.augment as augment_mod
     from rnnstream.models.train_cli import main
 
-    seen = []
+    seen, pitches = [], []
     real = augment_mod.perturb_waveform
 
     def spy(samples, rate, rng, wave):
         y, info = real(samples, rate, rng, wave)
         seen.append((wave.speed, info["speed"]))
+        pitches.append((wave.pitch, info.get("pitch")))
         return y, info
 
     monkeypatch.setattr(augment_mod, "perturb_waveform", spy)
@@ -341,6 +369,16 @@ def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypat
     assert "(0.2, 1.1)" in capsys.readouterr().err
     assert main(["--data", speech_dir, "--out", out, "--wave-speed", "fast"]) == 2
     assert "expected LO,HI" in capsys.readouterr().err
+    seen.clear()
+    pitches.clear()
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress", "--threads",
+                 "1", "--conv-channels", "", "--wave-copies", "1", "--wave-pitch=-2,-1"]) == 0
+    assert seen and all(w == (0.9, 1.1) for w, _ in seen)  # the default speed range
+    assert pitches and all(w == (-2.0, -1.0) and -2.0 <= p <= -1.0 for w, p in pitches)
+    capsys.readouterr()
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--no-progress", "--wave-copies", "1",
+                 "--wave-pitch", "2,1"]) == 2
+    assert "pitch range" in capsys.readouterr().err
 
 
 def test_train_cli_refit_trains_again_on_train_and_validation(speech_dir, tmp_path, capsys) -> None:
