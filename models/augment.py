@@ -5,7 +5,8 @@ Two levels:
 * **Waveform level, at data preparation** (:func:`perturb_waveform`, :func:`augment_audio_examples`): speed
   perturbation (torchaudio's :class:`~torchaudio.transforms.Speed`: the recording resampled as if it had been
   played ``factor`` times faster, which shifts pitch and formants like another vocal tract and changes the
-  speaking rate) and additive white noise at a random SNR (:class:`~torchaudio.transforms.AddNoise`). The
+  speaking rate), optionally a pitch shift that keeps the formants (:func:`torchaudio.functional.pitch_shift`,
+  ``WaveAugment.pitch``), and additive white noise at a random SNR (:class:`~torchaudio.transforms.AddNoise`). The
   perturbed copies are featurized with the dataset's own :class:`~rnnstream.pipeline.features.AudioFeaturizer`
   and added to the *training* examples only.
 * **Feature level, per batch** (:class:`BatchAugment`, used through the ``transform`` hook of
