@@ -5,8 +5,8 @@ Two levels:
 * **Waveform level, at data preparation** (:func:`perturb_waveform`, :func:`augment_audio_examples`): speed
   perturbation (torchaudio's :class:`~torchaudio.transforms.Speed`: the recording resampled as if it had been
   played ``factor`` times faster, which shifts pitch and formants like another vocal tract and changes the
-  speaking rate), optionally a pitch shift that keeps the formants (:func:`torchaudio.functional.pitch_shift`,
-  ``WaveAugment.pitch``), and additive white noise at a random SNR (:class:`~torchaudio.transforms.AddNoise`). The
+  speaking rate), optionally a pitch shift that keeps the formants (:func:`shift_pitch`, ``WaveAugment.pitch``),
+  and additive white noise at a random SNR (:class:`~torchaudio.transforms.AddNoise`). The
   perturbed copies are featurized with the dataset's own :class:`~rnnstream.pipeline.features.AudioFeaturizer`
   and added to the *training* examples only.
 * **Feature level, per batch** (:class:`BatchAugment`, used through the ``transform`` hook of
@@ -316,12 +316,33 @@ class WaveAugment:
 _SPEEDS: dict[tuple[int, float], Any] = {}  # torchaudio Speed transforms (their resampling kernels), by factor
 
 
+def shift_pitch(x: torch.Tensor, steps: float, n_fft: int = 512) -> torch.Tensor:
+    """``x [1, N]`` with its pitch moved by ``steps`` semitones and its duration and formants kept: a phase-vocoder
+    time stretch by ``2 ** (steps / 12)`` (:func:`torchaudio.functional.phase_vocoder`), then a resampling back to
+    ``N`` samples (Fourier method, :func:`scipy.signal.resample`). The method of
+    :func:`torchaudio.functional.pitch_shift`, whose resampling between the integer rates ``sample_rate / rate``
+    and ``sample_rate`` builds a new kernel per call: up to ~1 s each for half-semitone steps at 8 kHz. ``n_fft``:
+    the vocoder's frame (64 ms at 8 kHz), hop a quarter of it."""
+    import torchaudio.functional as FA
+    from scipy.signal import resample
+
+    rate = 2.0 ** (-steps / 12.0)  # < 1 stretches (longer), then resampling to N samples raises the pitch
+    hop, window = n_fft // 4, torch.hann_window(n_fft)
+    spec = torch.stft(x, n_fft=n_fft, hop_length=hop, window=window, center=True, pad_mode="reflect",
+                      return_complex=True)
+    advance = torch.linspace(0, math.pi * hop, spec.shape[-2])[..., None]
+    n = x.shape[-1]
+    stretched = torch.istft(FA.phase_vocoder(spec, rate, advance), n_fft=n_fft, hop_length=hop, window=window,
+                            length=int(round(n / rate)))
+    y = resample(stretched[0].numpy().astype(np.float64), n)
+    return torch.as_tensor(y.astype(np.float32)).unsqueeze(0)
+
+
 def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Generator,
                      wave: WaveAugment = WaveAugment()) -> tuple[np.ndarray, dict[str, float]]:
     """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``), a pitch shift when ``wave.pitch``
-    is not ``(0, 0)`` (torchaudio ``pitch_shift``; the length kept), then maybe white noise at a random SNR
+    is not ``(0, 0)`` (:func:`shift_pitch`; the length kept), then maybe white noise at a random SNR
     (torchaudio ``AddNoise``). Returns ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones]})``."""
-    import torchaudio.functional as FA
     import torchaudio.transforms as TA
 
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
@@ -335,7 +356,7 @@ def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Gener
     if wave.pitch != (0.0, 0.0):  # drawn only then, so copies made without a pitch range stay as they were
         steps = round(float(rng.uniform(*wave.pitch)) * 2) / 2
         if steps and x.shape[1] > 0:
-            x = FA.pitch_shift(x, int(sample_rate), steps)  # type: ignore[arg-type]  # fractional steps allowed
+            x = shift_pitch(x, steps)
         info["pitch"] = steps
     snr = float("nan")
     if rng.uniform() < wave.noise_prob and x.shape[1] > 0:
