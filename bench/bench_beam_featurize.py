@@ -52,12 +52,12 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 LABEL_PATTERN = r"(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav"
 SECTION = "Beam featurize (FSDD)"
 DEFAULT_HOURS = 12.0
+SMALL = 20  # files of the fixed-cost runs
 
 
 def section_name(hours: float) -> str:
     """BENCHMARKS.md section of a run: the default corpus size's, or one of its own for another size (both kept)."""
     return SECTION if hours == DEFAULT_HOURS else f"{SECTION}, {hours:g} h corpus"
-SMALL = 20  # files of the fixed-cost runs
 
 
 def _one_thread() -> None:
