@@ -39,6 +39,7 @@ from experiments._common import (
     base_parser,
     classification_run,
     featurized,
+    float_pair,
     int_list,
     log,
     mean_std,
@@ -138,8 +139,8 @@ def build_parser():
     p.add_argument("--wave-copies", type=int, default=None,
                    help="waveform-perturbed copies of each training file (speed 0.9-1.1, white noise at 10-40 dB SNR "
                         "on half of them), re-featurized; test and validation files never")
-    p.add_argument("--speed", default="0.9,1.1", help="speed perturbation range LO,HI")
-    p.add_argument("--pitch", default="0,0",
+    p.add_argument("--speed", type=float_pair, default=(0.9, 1.1), help="speed perturbation range LO,HI")
+    p.add_argument("--pitch", type=float_pair, default=(0.0, 0.0),
                    help="the waveform copies' pitch-shift range in semitones LO,HI (formants kept; default none; "
                         "a negative LO needs '=': --pitch=-3,3)")
     p.add_argument("--spec-augment", default=None,
@@ -250,11 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m experiments.fsdd " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict[str, dict] = {}
     tcfgs = {}
-    speed = tuple(float(v) for v in args.speed.split(","))
-    pitch = tuple(float(v) for v in args.pitch.split(","))
     for seed in seeds:
         tcfgs[seed] = _train_config(args, seed)
-        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, speed, pitch) \
+        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, args.speed, args.pitch) \
             if args.wave_copies else {}
         for name, key, pattern in splits:
             r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected)

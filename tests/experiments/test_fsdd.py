@@ -55,3 +55,12 @@ def test_input_delta_reaches_the_train_config():
     for argv, want in (([], False), (["--input-delta"], True)):
         cfg = _train_config(_resolve(build_parser().parse_args(argv)), seed=0)
         assert cfg.input_delta is want and cfg.conv_channels  # the recipe's CRNN: deltas as a second channel
+
+
+def test_speed_and_pitch_ranges_parse_as_number_pairs(capsys):
+    args = build_parser().parse_args(["--speed", "0.8,1.2", "--pitch=-3,3"])
+    assert (args.speed, args.pitch) == ((0.8, 1.2), (-3.0, 3.0))
+    assert build_parser().parse_args([]).pitch == (0.0, 0.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--pitch", "3"])
+    assert "expected LO,HI" in capsys.readouterr().err
