@@ -57,14 +57,14 @@ def _sensor_config(cfg: SensorConfig | FeatureConfig) -> SensorConfig:
     return sensor
 
 
-def _order_violation(ts: np.ndarray) -> tuple[int, str, np.ndarray] | None:
-    """The first timestamp of ``ts [N]`` not after the one before: ``(index, "duplicates" or "", every such index
-    [K])``, or None when the times strictly increase."""
+def _order_violation(ts: np.ndarray) -> tuple[int, bool, np.ndarray] | None:
+    """The first timestamp of ``ts [N]`` not after the one before: ``(index, whether it repeats the one before,
+    every such index [K])``, or None when the times strictly increase."""
     bad = np.flatnonzero(np.diff(ts) <= 0) + 1 if ts.size > 1 else np.zeros(0, np.int64)
     if not bad.size:
         return None
     i = int(bad[0])
-    return i, "duplicates" if ts[i] == ts[i - 1] else "", bad
+    return i, bool(ts[i] == ts[i - 1]), bad
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,8 +138,9 @@ def validate_chunk(
             "expected strictly increasing times"
         )
     if (found := _order_violation(ts)) is not None:
-        i, kind, bad = found
-        raise TimestampError(f"{where}: timestamp {float(ts[i])!r} at index {i} {kind or 'goes back from'} "
+        i, repeat, bad = found
+        how = "duplicates" if repeat else "goes back from"
+        raise TimestampError(f"{where}: timestamp {float(ts[i])!r} at index {i} {how} "
                              f"{float(ts[i - 1])!r} at index {i - 1}; expected strictly increasing times "
                              f"({bad.size} violation(s))")
     if not np.isfinite(vals).all():
@@ -430,10 +431,10 @@ def read_sensor_table(path: str | os.PathLike[str], cfg: SensorConfig | FeatureC
             )
         values[:, j] = num.to_numpy(dtype=np.float64)
     if (found := _order_violation(ts)) is not None:
-        i, kind, bad = found
-        stamps = table[sensor.timestamp_column]
+        i, repeat, bad = found
+        stamps, how = table[sensor.timestamp_column], "duplicates" if repeat else "is earlier than"
         raise TimestampError(f"{where}: timestamp at row {i} ({_plain(stamps.iloc[i])!r}) "
-                             f"{kind or 'is earlier than'} row {i - 1} ({_plain(stamps.iloc[i - 1])!r}); expected "
+                             f"{how} row {i - 1} ({_plain(stamps.iloc[i - 1])!r}); expected "
                              "strictly increasing times "
                              f"({bad.size} violation(s), rows {bad[:5].tolist()})")
     return ts, values
