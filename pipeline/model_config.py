@@ -13,7 +13,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from rnnstream.pipeline.errors import ConfigError
 
@@ -23,12 +23,13 @@ Pooling = Literal["last", "mean", "attention"]
 InputNorm = Literal["none", "causal_mean"]
 
 
-#: The classify head's poolings over time (:attr:`Architecture.pooling`).
-POOLINGS = ("last", "mean", "attention")
-#: Recurrent cells (:attr:`Architecture.cell`), tasks (:attr:`ModelConfig.task`), input normalisations.
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-TASK_NAMES = ("classify", "tag", "forecast", "generate")
-INPUT_NORMS = ("none", "causal_mean")
+#: The values of each type above, for checks and command-line choices: the classify head's poolings over time
+#: (:attr:`Architecture.pooling`), recurrent cells (:attr:`Architecture.cell`), tasks (:attr:`ModelConfig.task`),
+#: input normalisations.
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+CELLS: tuple[str, ...] = get_args(Cell)
+TASK_NAMES: tuple[str, ...] = get_args(Task)
+INPUT_NORMS: tuple[str, ...] = get_args(InputNorm)
 
 #: ``pooling="attention"``: frame weights are ``exp(b * tanh(score))`` with ``b`` this bound, so one frame
 #: weighs at most ``exp(2 b)`` (about 8.9e6) times another and the carried sums stay finite in float32.
