@@ -32,15 +32,6 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(",") if t.strip())
 
 
-def float_pair(text: str) -> tuple[float, float]:
-    """``"LO,HI"`` -> ``(lo, hi)``, an argparse type (a malformed value is a usage error naming it)."""
-    try:
-        lo, hi = (float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
-    return lo, hi
-
-
 def setup_threads(threads: int) -> None:
     import torch
 

@@ -39,7 +39,6 @@ from experiments._common import (
     base_parser,
     classification_run,
     featurized,
-    float_pair,
     int_list,
     log,
     mean_std,
@@ -47,6 +46,7 @@ from experiments._common import (
     setup_threads,
     write_json,
 )
+from rnnstream._cli_support import float_pair
 from rnnstream.models.train_cli import parse_refit_epochs
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas")

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from rnnstream._cli_support import Command, new_parser
+from rnnstream._cli_support import Command, float_pair, new_parser
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.model_config import CELLS, INPUT_NORMS, POOLINGS, TASK_NAMES, Architecture
 
@@ -35,14 +35,6 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
-    return lo, hi
 
 
 def _architecture(p: argparse.ArgumentParser) -> None:
@@ -134,9 +126,9 @@ def _data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--forecast-loss", default="all", choices=["all", "last"])
     d.add_argument("--wave-copies", type=int, default=0,
                    help="audio: waveform-perturbed copies (speed, noise) of each training file, re-featurized")
-    d.add_argument("--wave-speed", type=_range, default=(0.9, 1.1),
+    d.add_argument("--wave-speed", type=float_pair, default=(0.9, 1.1),
                    help="audio: the copies' speed-perturbation range LO,HI (default 0.9,1.1)")
-    d.add_argument("--wave-pitch", type=_range, default=(0.0, 0.0),
+    d.add_argument("--wave-pitch", type=float_pair, default=(0.0, 0.0),
                    help="audio: the copies' pitch-shift range in semitones LO,HI, formants kept (default none; "
                         "a negative LO needs '=': --wave-pitch=-3,3)")
     d.add_argument("--stats", default="train", choices=["train", "dataset"], help="normalisation statistics source")

@@ -55,6 +55,15 @@ NOISE: tuple[tuple[str, str], ...] = (
 )
 
 
+def float_pair(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` -> ``(lo, hi)``: an argparse type (a malformed value is a usage error naming it)."""
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    return lo, hi
+
+
 class UsageError(Exception):
     """A command line argparse refused: exit 2 with the usage line."""
 
