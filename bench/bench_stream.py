@@ -6,6 +6,9 @@ chunks of audio (10 frames each) through :class:`rnnstream.pipeline.streaming.St
 * (a) ``TorchBackend`` (PyTorch eager; features from the Python featurizer),
 * (b) ``OnnxBackend`` on the features graph (Python featurizer + onnxruntime),
 * (c) ``OnnxBackend`` on the ``--raw-audio`` graph (featurizer inside the graph),
+* (e), (f) the same ``--raw-audio`` graph for a 2-layer 128-unit LSTM, float and ``--quantize int8`` (onnxruntime
+  runs LSTMs as ``DynamicQuantizeLSTM``, int8 matrix products; it has no int8 GRU kernel, so an int8 GRU graph
+  computes its cell in float),
 
 and, for reference, (d) the Silero VAD ONNX model shipped inside the ``silero-vad`` package, run with
 onnxruntime directly on 512-sample (32 ms) chunks with its ``state`` and 64-sample context inputs, as
@@ -89,10 +92,12 @@ class SileroStream:
 
 
 def build_backends(tmp: str) -> dict[str, object]:
-    """The GRU (random weights, plausible statistics) as TorchBackend and both ONNX graphs."""
+    """The GRU (random weights, plausible statistics) as TorchBackend and both ONNX graphs; the LSTM's raw-audio
+    graph, float and int8."""
     import torch
 
     from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.export.quantize import quantize_int8
     from rnnstream.pipeline.onnx_backend import OnnxBackend
     from rnnstream.models.backend import TorchBackend
     from rnnstream.models.rnn import rnn_tagger
@@ -101,18 +106,28 @@ def build_backends(tmp: str) -> dict[str, object]:
 
     fc = FeatureConfig.audio_default(sample_rate=RATE, n_mels=80)
     feats = AudioFeaturizer(fc).featurize(bench_signal(5.0, seed=1))
-    torch.manual_seed(0)
-    model = rnn_tagger(input_dim=80, num_classes=2, cell="gru", hidden_size=128, num_layers=2).eval()
-    with torch.no_grad():
-        model.feat_mean.copy_(torch.from_numpy(feats.mean(0)))
-        model.feat_std.copy_(torch.from_numpy(feats.std(0) + 1e-3))
     labels = ["silence", "speech"]
-    feat_path = export_onnx(model, os.path.join(tmp, "gru.onnx"), fc, labels)
-    raw_path = export_onnx(model, os.path.join(tmp, "gru_raw.onnx"), fc, labels, raw_audio=True)
+
+    def tagger(cell: str) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = rnn_tagger(input_dim=80, num_classes=2, cell=cell, hidden_size=128, num_layers=2).eval()
+        with torch.no_grad():
+            model.feat_mean.copy_(torch.from_numpy(feats.mean(0)))
+            model.feat_std.copy_(torch.from_numpy(feats.std(0) + 1e-3))
+        return model
+
+    def onnx(path: str) -> OnnxBackend:
+        return OnnxBackend(path, provider="cpu", threads=1, inter_threads=1)
+
+    gru, lstm = tagger("gru"), tagger("lstm")
+    lstm_raw = export_onnx(lstm, os.path.join(tmp, "lstm_raw.onnx"), fc, labels, raw_audio=True)
+    quantize_int8(lstm_raw, os.path.join(tmp, "lstm_raw_int8.onnx"))
     return {
-        "torch": TorchBackend(model, fc, labels),
-        "onnx": OnnxBackend(feat_path, provider="cpu", threads=1, inter_threads=1),
-        "onnx_raw": OnnxBackend(raw_path, provider="cpu", threads=1, inter_threads=1),
+        "torch": TorchBackend(gru, fc, labels),
+        "onnx": onnx(export_onnx(gru, os.path.join(tmp, "gru.onnx"), fc, labels)),
+        "onnx_raw": onnx(export_onnx(gru, os.path.join(tmp, "gru_raw.onnx"), fc, labels, raw_audio=True)),
+        "lstm_raw": onnx(lstm_raw),
+        "lstm_raw_int8": onnx(os.path.join(tmp, "lstm_raw_int8.onnx")),
     }
 
 
@@ -157,6 +172,7 @@ def breakdown_parts(backends: dict[str, object], chunks: list[np.ndarray]) -> di
     return {
         "run_raw": bare(raw, lambda c: c[None]),
         "run_feat": bare(feat, lambda c: feats[id(c)]),
+        "run_raw_lstm_int8": bare(backends["lstm_raw_int8"], lambda c: c[None]),
         "featurize": lambda c: fz.step(c, fz.initial_state()),
         "step_raw": lambda c: raw.step(c[None], raw_states),  # type: ignore[attr-defined]
         "noop_push": StreamSession(NoopBackend(raw.info), sample_rate=RATE).push,  # type: ignore[attr-defined]
@@ -166,6 +182,7 @@ def breakdown_parts(backends: dict[str, object], chunks: list[np.ndarray]) -> di
 BREAKDOWN = {
     "run_feat": "features graph `session.run` alone (norm + 2x128 GRU + head; 10 frames)",
     "run_raw": "--raw-audio graph `session.run` alone (front end + the same)",
+    "run_raw_lstm_int8": "--raw-audio graph of the int8 LSTM 2x128 `session.run` alone",
     "featurize": "NumPy featurizer alone (`AudioFeaturizer.step`, 1600 samples)",
     "step_raw": "`OnnxBackend.step` on the --raw-audio graph (input/state checks + run)",
     "noop_push": "`StreamSession.push` over a backend that computes nothing (runtime Python per chunk)",
@@ -175,7 +192,10 @@ VARIANTS = {
     "onnx": "(b) onnxruntime: featurizer + features graph",
     "onnx_raw": "(c) onnxruntime: --raw-audio graph",
     "silero": "(d) Silero VAD (onnxruntime, 32 ms chunks)",
+    "lstm_raw": "(e) onnxruntime: --raw-audio graph, LSTM 2x128",
+    "lstm_raw_int8": "(f) onnxruntime: --raw-audio graph, LSTM 2x128, --quantize int8",
 }
+STREAMED = [k for k in VARIANTS if k != "silero"]
 
 
 def _timed(fn: Callable[[np.ndarray], object], x: np.ndarray, wall: list[float], cpu: list[float]) -> None:
@@ -228,7 +248,7 @@ def run_rounds(args: argparse.Namespace, tmp: str) -> tuple[dict[str, list[np.nd
     wall_rtf: dict[str, list[float]] = {k: [] for k in VARIANTS}
     parts_us: dict[str, list[float]] = {k: [] for k in parts}
     for r in range(args.rounds + 1):  # round 0 warms up
-        calls = {k: StreamSession(backends[k], sample_rate=RATE).push for k in ("torch", "onnx", "onnx_raw")}
+        calls = {k: StreamSession(backends[k], sample_rate=RATE).push for k in STREAMED}
         times = one_round({**calls, **parts}, silero, chunks[:20] if r == 0 else chunks, signal)
         if r == 0:
             continue
@@ -290,10 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         lat, rtf, wall_rtf, parts_us = run_rounds(args, tmp)
     table, parts = main_table(lat, rtf, wall_rtf), breakdown_table(parts_us, rtf)
-    raw_ratio = median_spread([a / b for a, b in zip(rtf["onnx_raw"], rtf["silero"])])
-    feat_ratio = median_spread([a / b for a, b in zip(rtf["onnx"], rtf["silero"])])
+    def ratio(key: str) -> tuple[float, float, float]:
+        return median_spread([a / b for a, b in zip(rtf[key], rtf["silero"])])
+
+    def verdict(r: tuple[float, float, float]) -> str:
+        return f"{r[0]:.2f} ({r[1]:.2f}-{r[2]:.2f}) -> {'met' if r[0] <= 1 / 3 else 'NOT met'}"
+
+    raw_ratio, feat_ratio = ratio("onnx_raw"), ratio("onnx")
     speedup = median_spread([a / b for a, b in zip(rtf["torch"], rtf["onnx_raw"])])
-    verdict = "met" if raw_ratio[0] <= 1 / 3 else "NOT met"
     notes = (
         f"2-layer 128-unit GRU, 80 log-mel bands, 16 kHz, {CHUNK_MS} ms chunks (10 frames); {args.seconds:g} s of "
         f"audio per round, {args.rounds} rounds, one thread (torch and onnxruntime intra/inter-op = 1). "
@@ -302,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         "RTF = processing time / audio time, from CPU time of the streaming thread (robust to other processes competing "
         f"for the CPU, not to their cache and memory traffic) and from wall time. 1-min load average {load0:.1f} at "
         f"the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores.\n\n"
-        f"Target: `--raw-audio` streaming RTF <= 1/3 of Silero's: CPU-time ratio {raw_ratio[0]:.2f} "
-        f"({raw_ratio[1]:.2f}-{raw_ratio[2]:.2f}) -> {verdict} (features path: {feat_ratio[0]:.2f}). "
+        f"Target: `--raw-audio` streaming RTF <= 1/3 of Silero's (CPU-time ratio): GRU 2x128 {verdict(raw_ratio)} "
+        f"(features path: {feat_ratio[0]:.2f}); LSTM 2x128 float {verdict(ratio('lstm_raw'))}; "
+        f"LSTM 2x128 int8 {verdict(ratio('lstm_raw_int8'))}. "
         f"PyTorch eager / `--raw-audio` onnxruntime (CPU RTF): {speedup[0]:.1f}x ({speedup[1]:.1f}-{speedup[2]:.1f}).\n\n"
         "Where a raw-audio chunk's CPU goes (timed in the same loop, chunk by chunk; median over a round's chunks, "
         "then median (min-max) over rounds):"
