@@ -2,8 +2,10 @@
 
 Each stream queues its chunks in order. The scheduler takes the streams whose *oldest* queued chunk is
 oldest, at most ``max_batch`` of them and at most one chunk per stream, and advances them together with
-:func:`rnnstream.pipeline.batching.step_streams` (featurizing included) in a worker thread, so the event loop keeps
-accepting. A batch starts as soon as ``max_batch`` streams are ready, or when the oldest ready chunk has
+:func:`rnnstream.pipeline.batching.step_streams` (featurizing included). A small batch (``inline(chunks)`` true,
+e.g. real-time chunks of 100 ms) is stepped on the event loop's own thread: a hand-off to a worker thread and the
+two threads' contention for the GIL cost more CPU than the few milliseconds the loop waits. Larger batches (or
+all of them without ``inline``) go to a worker thread, so the event loop keeps accepting. A batch starts as soon as ``max_batch`` streams are ready, or when the oldest ready chunk has
 waited ``max_wait_s``, or at once when ``max_wait_s`` is 0. A stream with a chunk in flight is not
 eligible until that chunk is committed, so one stream's chunks are applied in order and never two in a
 batch.
@@ -91,7 +93,12 @@ Results = list[tuple[BatchStream, int, ChunkOutcome, float]]
 
 
 class Batcher:
-    """Schedules queued chunks of many streams into ``step_streams`` calls (see module doc)."""
+    """Schedules queued chunks of many streams into ``step_streams`` calls (see module doc).
+
+    ``workers``: threads stepping batches (0: none, every batch on the event loop); ``inline(chunks)``: whether a
+    batch is small enough to step on the event loop anyway; ``step``: the stepping function (default
+    :func:`step_streams_contained`).
+    """
 
     def __init__(
         self,
@@ -105,9 +112,10 @@ class Batcher:
         metrics: ServerMetrics | None = None,
         thread_init: Callable[[], None] | None = None,
         step: StepFn | None = None,
+        inline: Callable[[list[Any]], bool] | None = None,
     ):
-        if max_batch < 1 or max_queue < 1 or workers < 1 or max_wait_s < 0:
-            raise ValueError(f"max_batch, max_queue, workers must be >= 1 and max_wait_s >= 0; got {max_batch}, "
+        if max_batch < 1 or max_queue < 1 or workers < 0 or max_wait_s < 0:
+            raise ValueError(f"max_batch and max_queue must be >= 1, workers and max_wait_s >= 0; got {max_batch}, "
                              f"{max_queue}, {workers}, {max_wait_s}")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -117,10 +125,12 @@ class Batcher:
         self._on_results = on_results
         self._on_failure = on_failure
         self._step: StepFn = step or step_streams_contained  # the server's: through the stream core
+        self._inline = inline  # which batches are stepped on the event loop (workers=0: every one)
+        self.inline_batches = 0
         self._heap: list[tuple[float, int, BatchStream]] = []
         self._counter = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnstream-batch",
-                                            initializer=thread_init or _same_torch_threads())
+                                            initializer=thread_init or _same_torch_threads()) if workers else None
         self._wake: asyncio.Event | None = None
         self._wake_at = 1  # wake the scheduler when this many streams are ready
         self._free: asyncio.Semaphore | None = None
@@ -153,7 +163,7 @@ class Batcher:
     async def run(self) -> None:
         """The scheduling loop; runs until :meth:`stop` (cancel-safe)."""
         self._wake = asyncio.Event()
-        self._free = asyncio.Semaphore(self.workers)
+        self._free = asyncio.Semaphore(max(1, self.workers))
         try:
             while True:
                 await self._free.acquire()
@@ -227,10 +237,13 @@ class Batcher:
                 observe_many(self.metrics.queue_wait, [start - received for _, _, _, received in items])
             sessions = [s.session for s, *_ in items]
             chunks = [c for _, _, c, _ in items]
-            loop = asyncio.get_running_loop()
             on_split = self.metrics.batch_splits.inc if self.metrics is not None else None
-            results, cpu = await loop.run_in_executor(self._executor, _timed_step, self._step, sessions, chunks,
-                                                      self.max_batch, on_split)
+            if self._executor is None or (self._inline is not None and self._inline(chunks)):
+                self.inline_batches += 1  # on the event loop's thread (see the module doc)
+                results, cpu = _timed_step(self._step, sessions, chunks, self.max_batch, on_split)
+            else:
+                results, cpu = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, _timed_step, self._step, sessions, chunks, self.max_batch, on_split)
             self.worker_cpu_s += cpu
             if self.metrics is not None:
                 self.metrics.batch_cpu.inc(cpu)
@@ -271,4 +284,5 @@ class Batcher:
             self._wake.set()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

@@ -29,6 +29,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "max_chunk_s": 30.0,
     "max_predict_s": 600.0,
     "batch_threads": 1,
+    "inline_batch_samples": 1 << 18,
     "idle_timeout_s": 60.0,
     "snapshot_ttl_s": 24 * 3600.0,
 }
@@ -65,7 +66,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         "its own event loop, batcher and "
                         "backend session (default: the number of cores this process may run on; 1: no supervisor)")
     p.add_argument("--batch-threads", type=int, default=d["batch_threads"],
-                   help="threads stepping batches in each process")
+                   help="threads stepping batches in each process (0: every batch on the event loop)")
+    p.add_argument("--inline-batch-samples", type=int, default=d["inline_batch_samples"],
+                   help="a batch holding at most this many audio samples (sensor values) is stepped on the event "
+                        "loop's thread, cheaper than a hand-off for small real-time chunks (0: none)")
     p.add_argument("--idle-timeout", type=float, default=d["idle_timeout_s"],
                    help="evict streams idle this long (s; 0: never)")
     p.add_argument("--snapshot-dir", default=None,

@@ -39,7 +39,8 @@ class ServerConfig:
     max_predict_s: float = 600.0  # seconds of signal in one POST /predict
     max_batch: int = 64
     max_wait_ms: float = 5.0
-    batch_threads: int = 1  # threads stepping batches (one backend session shared; >1 overlaps batches)
+    batch_threads: int = 1  # threads stepping batches (one backend session shared; >1 overlaps batches; 0: none)
+    inline_batch_samples: int = 1 << 18  # a batch of at most this many samples (sensor values) steps on the loop
     worker: int | None = None  # this process' index among the workers (in hello, /health and logs)
     idle_timeout_s: float = 60.0
     snapshot_dir: str | None = None  # a directory, or a URL Beam's FileSystems handles (gs://, s3://...)
@@ -54,10 +55,13 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_streams", "max_frame_bytes", "max_queue", "max_queue_bytes",
-                     "max_outbound", "max_outbound_bytes", "max_batch", "batch_threads", "max_body_bytes",
+                     "max_outbound", "max_outbound_bytes", "max_batch", "max_body_bytes",
                      "max_snapshot_bytes", "snapshot_retries"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_threads", "inline_batch_samples"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"ServerConfig.{name} must be >= 0, got {getattr(self, name)}")
         share = self.max_streams_per_connection
         if share is not None and not 1 <= share <= self.max_streams:
             raise ConfigError(f"ServerConfig.max_streams_per_connection must be in 1..max_streams ({self.max_streams}), "

@@ -90,6 +90,7 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
             on_results=self._on_results,
             on_failure=self._on_failure,
             step=self._step_batch,
+            inline=self._small_batch,
         )
         fc = self.info.feature_config
         self._sensor_channels = len(fc.sensor.columns) if fc.kind == "sensor" and fc.sensor is not None else 0
@@ -276,7 +277,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_queue_bytes=args.max_queue_bytes, max_outbound_bytes=args.max_outbound_bytes,
         max_frame_bytes=args.max_frame_bytes, max_chunk_s=args.max_chunk_seconds,
-        max_predict_s=args.max_predict_seconds, batch_threads=args.batch_threads, idle_timeout_s=args.idle_timeout,
+        max_predict_s=args.max_predict_seconds, batch_threads=args.batch_threads,
+        inline_batch_samples=args.inline_batch_samples, idle_timeout_s=args.idle_timeout,
         snapshot_dir=args.snapshot_dir, snapshot_ttl_s=args.snapshot_ttl,
     )
 

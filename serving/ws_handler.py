@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 from rnnstream.pipeline.errors import StateError
 from rnnstream.pipeline.stream_checks import ChunkMessage
@@ -209,6 +210,16 @@ class WsMixin:
         non-finite outputs), each rolled back to its session as it was right before should it fail."""
         return self.core.step_batch(steps, max_batch, stepper=functools.partial(step_streams_contained,
                                                                                 on_split=on_split))
+
+    def _small_batch(self: StreamServer, steps: list[Step]) -> bool:
+        """Whether a batch is small enough to step on the event loop (``ServerConfig.inline_batch_samples``)."""
+        limit = self.config.inline_batch_samples
+        total = 0
+        for step in steps:
+            total += np.size(getattr(step.payload, "values", step.payload))
+            if total > limit:
+                return False
+        return True
 
     def _on_results(self: StreamServer, results: Results) -> None:
         now = time.monotonic()

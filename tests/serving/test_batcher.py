@@ -88,3 +88,42 @@ def test_stream_closed_between_scheduling_and_start_does_not_stall_the_scheduler
 
     run(main(), timeout=20)
     assert [seq for _, seq, _, _ in delivered] == [0, 0]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_small_batches_step_on_the_event_loop_and_large_ones_in_a_worker_thread(workers: int):
+    """``inline(chunks)`` picks the event loop's thread for a batch; ``workers=0`` steps every batch there."""
+    import threading
+
+    backend = audio_backend()
+    where: list[tuple[int, bool]] = []
+
+    def step(sessions, chunks, max_batch, on_split):
+        where.append((sum(c.size for c in chunks), threading.current_thread() is threading.main_thread()))
+        from rnnstream.pipeline.batching import step_streams_contained
+
+        return step_streams_contained(sessions, chunks, max_batch, on_split)
+
+    delivered = []
+
+    async def main():
+        b = Batcher(max_batch=4, max_wait_s=0.0, max_queue=4, workers=workers, step=step,
+                    inline=lambda chunks: sum(c.size for c in chunks) <= 1000,
+                    on_results=lambda r: delivered.extend(r),
+                    on_failure=lambda items, exc: pytest.fail(f"backend failed: {exc}"))
+        s = BatchStream(StreamSession(backend, sample_rate=RATE))
+        task = asyncio.create_task(b.run())
+        for seq, seconds in enumerate((0.05, 0.5)):  # 400 samples (inline), then 4000
+            b.submit(s, seq, signal(seq, seconds), time.monotonic())
+            while len(delivered) <= seq:
+                await asyncio.sleep(0.005)
+        b.stop()
+        await asyncio.wait_for(task, 5)
+        b.close()
+        return b
+
+    b = run(main(), timeout=20)
+    assert [n for n, _ in where] == [int(0.05 * RATE), int(0.5 * RATE)]
+    assert [on_loop for _, on_loop in where] == [True, workers == 0]
+    assert b.inline_batches == (2 if workers == 0 else 1)
+    assert [seq for _, seq, r, _ in delivered] == [0, 1] and not any(isinstance(r, Exception) for *_, r, _ in delivered)
