@@ -224,7 +224,7 @@ class FileFeaturizer:
             audio = self.config.audio
             raise EmptyAudioError(
                 f"{record.path}: {samples.shape[0]} samples give no feature frame; a frame needs "
-                f"hop_length={audio.hop_length} samples at {audio.sample_rate} Hz"
+                f"{audio.step_length} samples (hop x stack) at {audio.sample_rate} Hz"
             )
         return [Example(id=record.path, path=record.path, features=feats, label=record.label, metadata=record.metadata)]
 

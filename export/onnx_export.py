@@ -234,7 +234,7 @@ def example_inputs(info: ModelInfo, batch: int, frames: int, rng: np.random.Gene
     are not in ``info``, so standard normal around zero scaled by 3) or noise audio, and random states
     (``pool_count`` a positive frame count)."""
     if info.input_kind == "audio":
-        hop = info.feature_config.audio.hop_length  # type: ignore[union-attr]
+        hop = info.feature_config.audio.step_length  # type: ignore[union-attr]
         ctx = info.feature_config.audio.context  # type: ignore[union-attr]
         x = (0.1 * rng.standard_normal((batch, frames * hop))).astype(np.float32)
         carry = 0.1 * rng.standard_normal((batch, ctx)) if random_states else np.zeros((batch, ctx))
@@ -369,7 +369,7 @@ def _verify(graph: StepGraph, info: ModelInfo, path: str, tol: float, seed: int)
 
         audio = full[0]
         feats = AudioFeaturizer(info.feature_config).featurize(audio[0])[None]
-        hop = info.feature_config.audio.hop_length  # type: ignore[union-attr]
+        hop = info.feature_config.audio.step_length  # type: ignore[union-attr]
         pieces = np.split(audio, np.cumsum(chunks)[:-1] * hop, axis=1)
     else:
         feats = full[0]

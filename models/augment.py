@@ -236,11 +236,13 @@ _SCALAR_FIELDS = {"gain": "gain_db", "noise": "noise", "warp": "warp", "twarp": 
 SPEECH_AUGMENT = BatchAugment(freq_masks=2, freq_width=4, time_masks=2, time_width=8, gain_db=6.0, warp=0.1)
 
 
-def batch_transform(model: Any, augment: BatchAugment) -> Any:
+def batch_transform(model: Any, augment: BatchAugment, stack: int = 1) -> Any:
     """The ``transform`` hook for :func:`rnnstream.models.fit.fit`: augments ``batch.x`` of training batches.
 
     Masks fill with the model's ``feat_mean`` (the training mean per band). Padding frames may be masked or
-    shifted too; the loss never reads them.
+    shifted too; the loss never reads them. ``stack``: the feature config's frames per model frame; stacked
+    features ``[B, T, k * bands]`` are augmented as the ``[B, k * T, bands]`` frames they are made of (so masks
+    and warps act on bands and frames, not across the stacked copies), then stacked again.
     """
 
     if augment.time_warp and model.config.task != "classify":
@@ -251,10 +253,18 @@ def batch_transform(model: Any, augment: BatchAugment) -> Any:
                           f"{model.config.task!r} model")
     mix = torch.distributions.Beta(augment.mixup, augment.mixup) if augment.mixup else None
 
+    def augment_frames(x: Tensor, lengths: Tensor) -> Tensor:
+        mean, std = model.feat_mean.to(x.device), model.feat_std.to(x.device)
+        if stack == 1:
+            return augment(x, mean, std, lengths=lengths)
+        b, t, d = x.shape
+        y = augment(x.reshape(b, t * stack, d // stack), mean.reshape(stack, -1).mean(0),
+                    std.reshape(stack, -1).mean(0), lengths=lengths * stack)
+        return y.reshape(b, t, d)
+
     def transform(batch: Any) -> Any:
         with torch.no_grad():
-            x = augment(batch.x, model.feat_mean.to(batch.x.device), model.feat_std.to(batch.x.device),
-                        lengths=batch.lengths)
+            x = augment_frames(batch.x, batch.lengths)
             if mix is None or x.shape[0] < 2:
                 return dataclasses.replace(batch, x=x)
             lam = mix.sample((x.shape[0],)).to(device=x.device, dtype=x.dtype)

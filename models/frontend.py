@@ -69,10 +69,11 @@ def folded_basis(cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
 class AudioFrontend(torch.nn.Module):
     """The featurizer as a stateless PyTorch step, for ONNX graphs that take raw audio.
 
-    ``forward(audio [B, S], carry [B, context]) -> (features [B, S // hop, dim], carry [B, context])``.
-    ``S`` must be a multiple of ``hop_length`` (``S == 0`` gives ``[B, 0, dim]``); the runtime holds the ``< hop``
-    remainder (the pending tail of :class:`AudioFeaturizer`'s carry). Batch and length stay dynamic in the
-    exported graph.
+    ``forward(audio [B, S], carry [B, context]) -> (features [B, S // (stack * hop), dim], carry [B, context])``.
+    ``S`` must be a multiple of ``stack * hop_length`` (``S == 0`` gives ``[B, 0, dim]``); the runtime holds the
+    ``< stack * hop`` remainder (the pending tail of :class:`AudioFeaturizer`'s carry). With ``stack > 1`` each
+    output frame is that many analysis frames' features side by side, as :class:`AudioFeaturizer` stacks them.
+    Batch and length stay dynamic in the exported graph.
     """
 
     def __init__(self, config: FeatureConfig | AudioConfig):
@@ -125,6 +126,8 @@ class AudioFrontend(torch.nn.Module):
         feats = torch.log(torch.matmul(spec * spec, self.mel) + self.cfg.log_eps)  # [B, T, n_mels]
         if self.cfg.feature == "mfcc":
             feats = torch.matmul(feats, self.dct)
+        if self.cfg.stack > 1:  # [B, k * T', frame_dim] -> [B, T', k * frame_dim]
+            feats = feats.reshape(feats.shape[0], -1, self.cfg.dim)
         ctx = self.cfg.context  # a constant slice: the last ``context`` samples
         new_carry = buffer[:, buffer.shape[1] - ctx :] if ctx == 0 else buffer[:, -ctx:]
         return feats, new_carry

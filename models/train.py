@@ -276,20 +276,21 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
     loader = BatchLoader(train_data, cfg.batch_size, seed=cfg.seed, bucket=cfg.bucket, max_batches=cfg.steps_per_epoch)
     state = fit(model, loader, val_data, optimizer=_optimizer(cfg, model), epochs=cfg.epochs, callbacks=callbacks,
                 test_data=test_data, task=task, clip_norm=cfg.clip_norm, tbptt=cfg.tbptt, labels=labels,
-                transform=_transform(cfg, model, task))
+                transform=_transform(cfg, model, task, feature_config))
     return TrainResult(model=state.model, history=state.history, metrics=state.metrics, best_epoch=state.best_epoch,
                        epochs_run=state.epoch, stopped_early=state.stopped_early, checkpoint=checkpoint,
                        plots=state.plots, labels=labels, grad_warnings=state.grad_warnings)
 
 
-def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any) -> Any:
+def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any, feature_config: FeatureConfig | None) -> Any:
     """The training batches' augmentation (``fit``'s ``transform``): level shifts, then ``cfg.augment``."""
     steps = []
     if cfg.level_shift:
         steps.append(lambda b: task.shift_levels(model, b, cfg.level_shift))
     aug = BatchAugment.parse(cfg.augment)
     if aug.active:
-        steps.append(batch_transform(model, aug))
+        audio = feature_config.audio if feature_config is not None else None
+        steps.append(batch_transform(model, aug, stack=audio.stack if audio is not None else 1))
     if not steps:
         return None
 

@@ -10,7 +10,9 @@ disagree. It is a frozen dataclass that round-trips through JSON::
 Audio framing is *causal*: the signal is preceded by ``win_length - hop_length`` zeros and frame ``t``
 covers samples ``[(t + 1) * hop - win, (t + 1) * hop)``. So ``N`` samples give exactly ``N // hop``
 frames and a stream needs to carry only ``win - hop`` samples of context (plus ``< hop`` pending
-samples), which keeps the carry a fixed-shape state tensor in ONNX.
+samples), which keeps the carry a fixed-shape state tensor in ONNX. With ``stack = k`` (low frame rate) the
+model reads ``k`` consecutive frames as one: ``N`` samples give ``N // (k * hop)`` model frames of ``k * dim``
+values, and ``< k * hop`` samples stay pending.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class AudioConfig:
         log_eps: added before the log: ``log(mel_power + log_eps)`` (torchaudio MFCC's ``log_mels``).
         channel: ``None`` downmixes multi-channel audio by averaging; an int picks that channel.
         resample: resample files whose rate differs (``scipy.signal.resample_poly``), or refuse them.
+        stack: frames stacked into one model frame (low frame rate): the model reads the features of ``stack``
+            consecutive frames concatenated (oldest first), one model frame per ``stack * hop`` samples, so its
+            recurrent layers step ``stack`` times less often. 1: every frame on its own.
     """
 
     sample_rate: int = 16000
@@ -65,6 +70,7 @@ class AudioConfig:
     log_eps: float = 1e-6
     channel: int | None = None
     resample: bool = True
+    stack: int = 1
 
     @property
     def win_length(self) -> int:
@@ -73,6 +79,11 @@ class AudioConfig:
     @property
     def hop_length(self) -> int:
         return int(round(self.sample_rate * self.hop_ms / 1000.0))
+
+    @property
+    def step_length(self) -> int:
+        """Samples per model frame: ``stack * hop_length``."""
+        return self.stack * self.hop_length
 
     @property
     def fft_size(self) -> int:
@@ -84,12 +95,19 @@ class AudioConfig:
         return self.win_length - self.hop_length
 
     @property
-    def dim(self) -> int:
+    def frame_dim(self) -> int:
+        """Values of one analysis frame: ``n_mels`` (log-mel) or ``n_mfcc``."""
         return self.n_mels if self.feature == "logmel" else self.n_mfcc
 
     @property
+    def dim(self) -> int:
+        """Values of one model frame: ``stack * frame_dim``."""
+        return self.stack * self.frame_dim
+
+    @property
     def frame_rate(self) -> float:
-        return self.sample_rate / self.hop_length
+        """Model frames per second."""
+        return self.sample_rate / self.step_length
 
     def validate(self) -> None:
         if self.sample_rate <= 0:
@@ -121,6 +139,8 @@ class AudioConfig:
             raise ConfigError(f"audio.log_eps must be > 0, got {self.log_eps}")
         if self.channel is not None and self.channel < 0:
             raise ConfigError(f"audio.channel must be None (downmix) or >= 0, got {self.channel}")
+        if type(self.stack) is not int or self.stack < 1:
+            raise ConfigError(f"audio.stack must be an integer >= 1 (frames per model frame), got {self.stack!r}")
 
 
 @dataclass(frozen=True)
@@ -229,6 +249,8 @@ class FeatureConfig:
         d = dataclasses.asdict(self)
         if d["sensor"] is not None and not d["sensor"]["time_features"]:
             del d["sensor"]["time_features"]  # configs without covariates read (and hash) as before they existed
+        if d["audio"] is not None and d["audio"]["stack"] == 1:
+            del d["audio"]["stack"]  # configs without stacking read (and hash) as before it existed
         return d
 
     def to_json(self, indent: int | None = None) -> str:

@@ -104,8 +104,8 @@ def dft_basis(cfg: AudioConfig) -> np.ndarray:
 
 
 def frame_count(num_samples: int, cfg: AudioConfig) -> int:
-    """Frames produced by ``num_samples`` samples of a stream: ``num_samples // hop``."""
-    return num_samples // cfg.hop_length
+    """Model frames produced by ``num_samples`` samples of a stream: ``num_samples // (stack * hop)``."""
+    return num_samples // cfg.step_length
 
 
 def _rfft(x: np.ndarray, n: int) -> np.ndarray:
@@ -236,12 +236,15 @@ def as_samples(chunk: np.ndarray | list[float], *, where: str = "chunk") -> np.n
 class AudioFeaturizer:
     """Streaming log-mel / MFCC featurizer; offline is one ``step`` over the whole signal.
 
-    State (the *carry*): float32 ``[context + pending]``, ``context = win - hop``, ``pending < hop``.
+    State (the *carry*): float32 ``[context + pending]``, ``context = win - hop``, ``pending < stack * hop``.
+    With ``stack = k`` each returned frame is ``k`` consecutive analysis frames' features side by side
+    (``[k * frame_dim]``, oldest first), one per ``k * hop`` samples.
     """
 
     def __init__(self, config: FeatureConfig | AudioConfig):
         self.cfg = cfg = audio_config_of(config, "AudioFeaturizer")
         self.dim = cfg.dim
+        self._stack, self._step = cfg.stack, cfg.step_length
         # Hot-path constants, computed once (see features_from_frames).
         self._hop, self._ctx, self._win, self._nfft = cfg.hop_length, cfg.context, cfg.win_length, cfg.fft_size
         self._window = window(cfg)
@@ -255,7 +258,7 @@ class AudioFeaturizer:
         # one attribute load in step() instead of ten
         mel2_eps = self._mel2.copy()
         mel2_eps[1] = self._eps  # the row of Im(DC), which is 0 for real input (see step)
-        fast = self._nfft == self._win and self._fft is not None  # the inlined one-frame path applies
+        fast = self._nfft == self._win and self._fft is not None and cfg.stack == 1  # the one-frame path applies
         self._hot = (self._ctx, self._hop, self._win, fast, self._nfreq, self._window, self._fft, mel2_eps, self._dct)
 
     @staticmethod
@@ -271,7 +274,7 @@ class AudioFeaturizer:
     def step(self, chunk: np.ndarray, carry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Consume ``chunk`` ``[S]`` (any ``S >= 0``): returns frames ``[T, dim]`` and the new carry.
 
-        ``T = (len(carry) - context + S) // hop``. Raises :class:`ShapeError` for a chunk that is not 1-D
+        ``T = (len(carry) - context + S) // (stack * hop)``. Raises :class:`ShapeError` for a chunk that is not 1-D
         and :class:`NonFiniteSamplesError` for NaN/Inf samples.
         """
         # The hot path of 10 ms streaming: each NumPy call costs ~0.3-3 us and argument conversions add up
@@ -310,7 +313,7 @@ class AudioFeaturizer:
             return (feats if dct is None else np.dot(feats, dct)), buffer[hop:]
         if x.shape[0] and not math.isfinite(x.dot(x)):
             as_samples(x)  # raises with a precise message (a finite x whose squares overflow passes)
-        n = (total - ctx) // hop
+        n = (total - ctx) // self._step * self._stack  # analysis frames, in whole model frames
         if n <= 0:
             buffer = np.concatenate((carry, x)) if x.shape[0] else np.ascontiguousarray(carry)
             return np.zeros((0, self.dim), dtype=_F32), buffer
@@ -318,6 +321,8 @@ class AudioFeaturizer:
         nfft = self._nfft
         frames = np.ndarray((n, win), _F32, buffer, strides=(hop * 4, 4))
         feats = _features(frames, window, nfft, self._mats)
+        if self._stack > 1:
+            feats = feats.reshape(n // self._stack, self.dim)
         # The new carry is a view of this call's own buffer (never of the caller's arrays); copied when the
         # buffer is large so a long chunk is not kept alive by its few hundred carried samples.
         rest = buffer[n * hop :]
@@ -327,7 +332,7 @@ class AudioFeaturizer:
         """:meth:`step` of ``B`` streams at once, all with chunks of one length and carries of one length.
 
         ``chunks [B, S]`` and ``carries [B, C]`` float32 (``C >= context``) -> ``(frames [B, T, dim], carries
-        [B, C'])`` with ``T = (C - context + S) // hop``; row ``b`` equals ``step(chunks[b], carries[b])`` (to
+        [B, C'])`` with ``T = (C - context + S) // (stack * hop)``; row ``b`` equals ``step(chunks[b], carries[b])`` (to
         float32 rounding: one FFT and one mel product over all ``B * T`` frames instead of ``B`` small ones).
         Raises :class:`NonFiniteSamplesError` when any sample is NaN or Inf (:meth:`step` names the stream).
         """
@@ -340,18 +345,18 @@ class AudioFeaturizer:
         if not all_finite(x):
             raise NonFiniteSamplesError("step_batch: NaN or Inf among the samples; step each stream to find it")
         b, total = x.shape[0], c.shape[1] + x.shape[1]
-        n = (total - self._ctx) // self._hop
+        n = (total - self._ctx) // self._step * self._stack  # analysis frames, in whole model frames
         buffer = np.concatenate((c, x), axis=1)  # [B, C + S]
         if n <= 0:
             return np.zeros((b, 0, self.dim), _F32), buffer
         hop, win = self._hop, self._win
         frames = np.ndarray((b, n, win), _F32, buffer, strides=(total * 4, hop * 4, 4))
         windowed = _window(frames, self._window, self._nfft).reshape(b * n, self._nfft)
-        feats = _windowed_features(windowed, self._nfft, self._mats).reshape(b, n, self.dim)
+        feats = _windowed_features(windowed, self._nfft, self._mats).reshape(b, n // self._stack, self.dim)
         return feats, buffer[:, n * hop :].copy()
 
     def featurize(self, signal: np.ndarray) -> np.ndarray:
-        """Offline features of a whole signal ``[N]`` -> ``[N // hop, dim]``: one streaming step."""
+        """Offline features of a whole signal ``[N]`` -> ``[N // (stack * hop), dim]``: one streaming step."""
         return self.step(signal, self.initial_state())[0]
 
 

@@ -116,7 +116,7 @@ class Backend(Protocol):
     """A stateless streaming step over a batch of streams.
 
     ``step(x, states) -> (y, new_states)`` where, for ``info.input_kind == "features"``, ``x`` is float32
-    ``[B, T, F]``; for ``"audio"``, ``x`` is float32 ``[B, S]`` (``S`` a multiple of the hop) and ``states``
+    ``[B, T, F]``; for ``"audio"``, ``x`` is float32 ``[B, S]`` (``S`` a multiple of hop x stack) and ``states``
     also holds ``frontend_carry [B, win - hop]``. ``y`` is float32 ``[B, T, output_dim]``; every state is
     float32 with the batch on axis 0. Backends must not keep per-stream state.
     """

@@ -129,7 +129,7 @@ class OnnxBackend:
         self._check_graph()
         cfg = self.info.feature_config
         self._raw = self.info.input_kind == "audio"
-        self._hop = cfg.audio.hop_length if self._raw else 1  # type: ignore[union-attr]
+        self._hop = cfg.audio.step_length if self._raw else 1  # samples per model frame  # type: ignore[union-attr]
         self._dim = cfg.dim
         self._odim = self.info.model_config.output_dim
         self._shapes = self._state_shapes()
@@ -196,7 +196,7 @@ class OnnxBackend:
                 )
 
     def _probe(self) -> None:
-        """One tiny step of zeros: frame count (raw audio: samples // hop), output and state shapes."""
+        """One tiny step of zeros: frame count (raw audio: samples // (stack * hop)), output and state shapes."""
         samples = 2 * self._hop_of_metadata() if self.info.input_kind == "audio" else 0
         x = np.zeros((1, samples), np.float32) if samples else np.zeros((1, 1, self.info.feature_config.dim), np.float32)
         feeds = {self._in[0]: x}
@@ -212,7 +212,7 @@ class OnnxBackend:
         frames, want_frames = res[0].shape[1], samples // self._hop_of_metadata() if samples else 1
         if samples and frames != want_frames:
             raise CheckpointError(
-                f"ONNX model {self.path!r}: metadata says hop {self._hop_of_metadata()} but the graph produced "
+                f"ONNX model {self.path!r}: metadata says {self._hop_of_metadata()} samples per frame (hop x stack) but the graph produced "
                 f"{frames} frame(s) from {samples} samples (expected {want_frames})"
             )
         self._check_probe_outputs(res, shapes)
@@ -232,7 +232,8 @@ class OnnxBackend:
                 )
 
     def _hop_of_metadata(self) -> int:
-        return int(self.info.feature_config.audio.hop_length)  # type: ignore[union-attr]
+        """Samples per model frame by the metadata: ``stack * hop``."""
+        return int(self.info.feature_config.audio.step_length)  # type: ignore[union-attr]
 
     def _state_shapes(self) -> dict[str, tuple[int, ...]]:
         """``{state: shape without batch}`` from the metadata, ``frontend_carry`` first for raw audio."""
@@ -284,7 +285,7 @@ class OnnxBackend:
                 raise ShapeError(f"a raw-audio graph takes audio [batch, samples], got shape {list(arr.shape)}")
             if arr.shape[1] % self._hop:
                 raise ShapeError(
-                    f"a raw-audio graph takes a multiple of the hop ({self._hop}) samples, got {arr.shape[1]}; "
+                    f"a raw-audio graph takes a multiple of the hop x stack ({self._hop}) samples, got {arr.shape[1]}; "
                     "StreamSession holds the remainder"
                 )
         elif arr.ndim != 3 or arr.shape[2] != self._dim:

@@ -143,9 +143,9 @@ def read_snapshot(blob: bytes, info: ModelInfo, initial_carry: np.ndarray, *,
         raise StateError(f"snapshot has states {extra} this model does not have")
     carry = _array(arrays, "carry", None)
     audio = info.feature_config.audio
-    if audio is not None and not audio.context <= carry.size < audio.context + audio.hop_length:
+    if audio is not None and not audio.context <= carry.size < audio.context + audio.step_length:
         raise StateError(f"snapshot carry has {carry.size} samples; expected {audio.context} to "
-                         f"{audio.context + audio.hop_length - 1} (context + pending)")
+                         f"{audio.context + audio.step_length - 1} (context + pending)")
     if audio is None and carry.shape != initial_carry.shape:
         raise StateError(f"snapshot carry has shape {list(carry.shape)}; expected {list(initial_carry.shape)}")
     carry = carry.astype(initial_carry.dtype)

@@ -20,7 +20,7 @@ a :class:`~rnnstream.pipeline.resample.StreamResampler` whose output equals offl
 are float in ``[-1, 1]`` or int16 PCM (:mod:`rnnstream.pipeline.codec`, one scale everywhere).
 
 Backends take either features (``input_kind == "features"``: ``x [B, T, F]``) or raw audio
-(``input_kind == "audio"``: ``x [B, S]`` with ``S`` a multiple of the hop, plus a ``frontend_carry``
+(``input_kind == "audio"``: ``x [B, S]`` with ``S`` a multiple of the hop (x stack), plus a ``frontend_carry``
 state ``[B, win - hop]``). The session hides the difference: its carry is always the featurizer's carry
 (context + pending samples), whose first ``win - hop`` samples are the graph's ``frontend_carry``.
 """
@@ -269,7 +269,7 @@ class StreamSession:
         self._featurizer = _Featurizer(self.info.feature_config)
         acfg = self.info.feature_config.audio
         self._ctx = acfg.context if acfg is not None else 0
-        self._hop = acfg.hop_length if acfg is not None else 1
+        self._hop = acfg.step_length if acfg is not None else 1  # samples per model frame
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------

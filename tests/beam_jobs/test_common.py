@@ -71,10 +71,12 @@ def test_feature_flags_override_a_config_file(tmp_path):
     from rnnstream.pipeline.config import FeatureConfig
 
     FeatureConfig.audio_default(sample_rate=8000, n_mels=30, feature="mfcc").save(str(base))
-    opts = PipelineOptions(["--feature-config", str(base), "--n-mfcc", "10", "--no-resample"]).view_as(FeatureOptions)
+    opts = PipelineOptions(["--feature-config", str(base), "--n-mfcc", "10", "--no-resample", "--stack", "3"]
+                           ).view_as(FeatureOptions)
     cfg = feature_config_from_options(opts)
     assert (cfg.audio.sample_rate, cfg.audio.n_mels, cfg.audio.feature, cfg.audio.n_mfcc, cfg.audio.resample) == (
         8000, 30, "mfcc", 10, False)
+    assert cfg.audio.stack == 3 and cfg.dim == 30  # 3 frames of 10 MFCCs side by side
     sensor = feature_config_from_options(
         PipelineOptions(["--sensor-columns", "a, b", "--rate-hz", "4", "--gap-policy", "flag"]).view_as(FeatureOptions))
     assert sensor.kind == "sensor" and sensor.sensor.columns == ("a", "b") and sensor.dim == 3

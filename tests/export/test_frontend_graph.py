@@ -31,6 +31,7 @@ CONFIGS = {
     "band-hamming": AudioConfig(win_ms=20, hop_ms=10, f_min=300.0, f_max=3000.0, n_mels=20, window="hamming"),
     "win-eq-hop": AudioConfig(win_ms=10, hop_ms=10, n_mels=40),  # one block per frame
     "odd-nfft": AudioConfig(sample_rate=8000, n_fft=201, n_mels=16),  # no Nyquist bin
+    "8k-stack3": AudioConfig(sample_rate=8000, n_mels=8, stack=3),  # low frame rate: 3 frames per model frame
 }
 TORCH_VS_ORT = 1e-5
 VS_NUMPY = 5e-5
@@ -65,7 +66,7 @@ def test_bases_give_the_mel_power_spectrum(name: str) -> None:
 def _export_frontend(cfg: AudioConfig, path: str) -> ort.InferenceSession:
     """The front end alone, traced as ``export_onnx`` traces the raw-audio graph (dynamic batch and length)."""
     module = AudioFrontend(cfg).eval()
-    example = (torch.zeros(2, 3 * cfg.hop_length), torch.zeros(2, cfg.context))
+    example = (torch.zeros(2, 3 * cfg.step_length), torch.zeros(2, cfg.context))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, path, input_names=["audio", "carry_in"], output_names=["features", "carry_out"],
@@ -88,10 +89,11 @@ def frontends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Audio
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(hops=st.lists(st.integers(0, 13), min_size=1, max_size=6))
 def test_onnx_and_torch_frontends_stream_the_numpy_features(frontends, name: str, hops: list[int]) -> None:
-    """Two streams in one batch, fed in chunks of ``hops`` hops (0 included), equal the NumPy featurizer offline."""
+    """Two streams in one batch, fed in chunks of ``hops`` model frames (0 included), equal the NumPy featurizer
+    offline."""
     cfg = CONFIGS[name]
     module, session = frontends[name]
-    hop, total = cfg.hop_length, sum(hops)
+    hop, total = cfg.step_length, sum(hops)
     signals = np.stack([noise(total * hop / 8000 + 1, seed=s)[: total * hop] for s in (4, 5)])
     want = np.stack([AudioFeaturizer(FeatureConfig(kind="audio", audio=cfg)).featurize(x) for x in signals])
     carry_ort = carry_torch = np.zeros((2, cfg.context), np.float32)

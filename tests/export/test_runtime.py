@@ -74,7 +74,7 @@ def test_state_of_wrong_shape_names_expected_shape(gru: OnnxBackend) -> None:
 
 def test_raw_audio_input_checks(raw: OnnxBackend) -> None:
     states = {**raw.info.initial_states(2), "frontend_carry": np.zeros((2, 120), np.float32)}
-    with pytest.raises(ShapeError, match=r"multiple of the hop \(80\) samples, got 100"):
+    with pytest.raises(ShapeError, match=r"multiple of the hop x stack \(80\) samples, got 100"):
         raw.step(np.zeros((2, 100), np.float32), states)
     with pytest.raises(ShapeError, match=r"audio \[batch, samples\], got shape \[2, 1, 80\]"):
         raw.step(np.zeros((2, 1, 80), np.float32), states)

@@ -425,3 +425,24 @@ def test_train_cli_refit_epochs_all_and_fixed(speech_dir, tmp_path, capsys) -> N
     for bad in ("0", "most"):
         assert main([*base, "--refit-epochs", bad]) == 2
         assert "expected best, all or a number of epochs >= 1" in capsys.readouterr().err
+
+
+def test_stacked_features_are_masked_by_band_in_every_stacked_frame() -> None:
+    """stack=3: a frequency mask covers the same bands in each of the 3 frames side by side (the [B, 3T, bands]
+    frames are augmented, then stacked again); fills are the per-band mean over the stacked copies."""
+    from rnnstream.models.rnn import ModelConfig, StreamingRNN
+
+    torch.manual_seed(0)
+    model = StreamingRNN(ModelConfig(input_dim=24, output_dim=2))
+    with torch.no_grad():
+        model.feat_mean.copy_(torch.arange(8, dtype=torch.float32).repeat(3) + 100.0)  # band b: 100 + b
+    b = Batch(torch.randn(4, 5, 24), torch.tensor([5, 5, 4, 3]), torch.tensor([0, 1, 0, 1]),
+              torch.zeros(4, 5, dtype=torch.bool))
+    out = batch_transform(model, BatchAugment(freq_masks=1, freq_width=4), stack=3)(b).x
+    assert out.shape == b.x.shape
+    frames = out.reshape(4, 15, 8)  # the frames the stacked features are made of
+    masked = frames >= 100.0  # filled with the band's mean (100 + b); the data are N(0, 1)
+    assert masked.any()
+    for seq in range(4):  # a sequence's mask is the same set of bands in every frame
+        assert torch.equal(masked[seq], masked[seq, :1].expand(15, 8))
+        assert torch.equal(frames[seq][masked[seq]], (100.0 + torch.arange(8.0)).expand(15, 8)[masked[seq]])

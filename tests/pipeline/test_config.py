@@ -14,6 +14,7 @@ from rnnstream.pipeline.errors import ConfigError
         FeatureConfig(),
         FeatureConfig.audio_default(n_mels=40, feature="mfcc", n_mfcc=20, n_fft=512, window="hamming", f_max=7000.0),
         FeatureConfig.audio_default(channel=1, resample=False, sample_rate=8000),
+        FeatureConfig.audio_default(n_mels=40, stack=3),
         FeatureConfig.sensor_default(["a", "b"], rate_hz=2.5, max_gap_s=3.0, gap_policy="flag"),
     ],
 )
@@ -30,6 +31,15 @@ def test_derived_values():
     assert audio.dim == 80 and audio.frame_rate == 100.0
     sensor = FeatureConfig.sensor_default(["x", "y", "z"], gap_policy="flag", rate_hz=4)
     assert sensor.dim == 4 and sensor.frame_rate == 4
+    stacked = FeatureConfig.audio_default(n_mels=40, stack=3)
+    assert (stacked.dim, stacked.audio.frame_dim, stacked.audio.step_length, stacked.frame_rate) == (120, 40, 480,
+                                                                                                    100 / 3)
+
+
+def test_stack_appears_in_json_only_when_used():
+    """Configs without stacking serialise (and hash) as before ``stack`` existed."""
+    assert "stack" not in FeatureConfig.audio_default().to_json()
+    assert '"stack": 2' in FeatureConfig.audio_default(stack=2).to_json()
 
 
 @pytest.mark.parametrize(
@@ -46,6 +56,8 @@ def test_derived_values():
         ({"log_eps": 0.0}, "log_eps must be > 0"),
         ({"channel": -1}, "channel must be None"),
         ({"win_ms": 0.01}, "at least one sample"),
+        ({"stack": 0}, "stack must be an integer >= 1 .*, got 0"),
+        ({"stack": 1.5}, "stack must be an integer >= 1 .*, got 1.5"),
     ],
 )
 def test_audio_validation_errors(overrides, match):

@@ -20,6 +20,9 @@ CONFIGS = {
     "mfcc": AudioConfig(feature="mfcc", n_mfcc=13, n_mels=40),
     "mfcc_nfft_gt_win": AudioConfig(feature="mfcc", n_fft=512, n_mels=64, n_mfcc=20),
     "logmel_nfft_gt_win": AudioConfig(n_fft=512, n_mels=64),
+    # low frame rate: 3 (2) analysis frames side by side per model frame
+    "logmel_stack3": AudioConfig(n_mels=40, stack=3),
+    "mfcc_8k_stack2": AudioConfig(sample_rate=8000, feature="mfcc", n_mfcc=13, n_mels=40, stack=2),
 }
 
 
@@ -54,7 +57,7 @@ def test_streaming_equals_offline_over_random_chunkings(name, seed, n, sizes):
     fz = AudioFeaturizer(CONFIGS[name])
     x = _signal(seed, n)
     offline = fz.featurize(x)
-    assert offline.shape == (n // fz.cfg.hop_length, fz.dim)
+    assert offline.shape == (n // fz.cfg.step_length, fz.dim)
     streamed = _stream(fz, x, sizes)
     assert streamed.shape == offline.shape
     np.testing.assert_allclose(streamed, offline, atol=1e-5, rtol=0)
@@ -89,7 +92,9 @@ def test_offline_equals_torchaudio_reference(name):
     x = _signal(7, 8000 + 37)
     ours = AudioFeaturizer(cfg).featurize(x)
     ref = _torchaudio_logmel(cfg, x)
-    assert ours.shape == ref.shape == (len(x) // cfg.hop_length, cfg.dim)
+    assert ref.shape == (len(x) // cfg.hop_length, cfg.frame_dim)
+    ref = ref[: ours.shape[0] * cfg.stack].reshape(ours.shape[0], cfg.dim)  # stacked: frames side by side
+    assert ours.shape == ref.shape == (len(x) // cfg.step_length, cfg.dim)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
@@ -98,7 +103,7 @@ def test_torch_frontend_equals_numpy_featurizer(name):
     """Measured max abs difference up to 6.6e-5 (log-mel, 16 kHz: conv1d DFT in float32); asserted: 1e-4."""
     cfg = CONFIGS[name]
     fz, frontend = AudioFeaturizer(cfg), AudioFrontend(cfg)
-    hop = cfg.hop_length
+    hop = cfg.step_length  # the graph takes whole model frames
     x = _signal(3, hop * 57)
     expected = fz.featurize(x)
     carry = frontend.initial_state(1)
@@ -113,6 +118,20 @@ def test_torch_frontend_equals_numpy_featurizer(name):
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     # the graph's carry is the context part of the numpy carry
     np.testing.assert_array_equal(carry[0].numpy(), fz.step(x, fz.initial_state())[1][: cfg.context])
+
+
+def test_stacked_frames_are_the_analysis_frames_side_by_side():
+    """stack=3: one model frame per 3 hops, the 3 analysis frames' features concatenated (oldest first); the
+    pending tail (< 3 hops) waits in the carry."""
+    plain, stacked = AudioFeaturizer(AudioConfig(n_mels=40)), AudioFeaturizer(AudioConfig(n_mels=40, stack=3))
+    x = _signal(11, 160 * 3 * 7 + 160 * 2 + 5)  # 7 model frames, 2 hops and 5 samples pending
+    frames = plain.featurize(x)
+    feats, carry = stacked.step(x, stacked.initial_state())
+    assert frames.shape == (23, 40) and feats.shape == (7, 120)
+    np.testing.assert_array_equal(feats, frames[:21].reshape(7, 120))
+    assert carry.shape == (stacked.cfg.context + 2 * 160 + 5,)
+    more, _ = stacked.step(np.zeros(160 - 5, np.float32), carry)  # completes the 8th model frame
+    assert more.shape == (1, 120)
 
 
 def test_frame_count_and_carry_shape():
@@ -188,7 +207,7 @@ def test_step_batch_equals_step_per_stream(name, batch, size, pending, seed):
     """B streams with equal chunk and carry lengths featurized at once equal each stream stepped alone."""
     fz = AudioFeaturizer(CONFIGS[name])
     rng = np.random.default_rng(seed)
-    carries = rng.normal(0, 0.1, (batch, fz.cfg.context + min(pending, fz.cfg.hop_length - 1))).astype(np.float32)
+    carries = rng.normal(0, 0.1, (batch, fz.cfg.context + min(pending, fz.cfg.step_length - 1))).astype(np.float32)
     chunks = np.stack([_signal(seed + b, size) for b in range(batch)])
     feats, new = fz.step_batch(chunks, carries)
     for b in range(batch):
