@@ -9,6 +9,8 @@ chunks of audio (10 frames each) through :class:`rnnstream.pipeline.streaming.St
 * (e), (f) the same ``--raw-audio`` graph for a 2-layer 128-unit LSTM, float and ``--quantize int8`` (onnxruntime
   runs LSTMs as ``DynamicQuantizeLSTM``, int8 matrix products; it has no int8 GRU kernel, so an int8 GRU graph
   computes its cell in float),
+* (g), (h) the GRU's and the int8 LSTM's ``--raw-audio`` graphs at a low frame rate (``stack=3``: the recurrent
+  layers read 3 frames side by side, one step per 30 ms, as Silero steps once per 32 ms),
 
 and, for reference, (d) the Silero VAD ONNX model shipped inside the ``silero-vad`` package, run with
 onnxruntime directly on 512-sample (32 ms) chunks with its ``state`` and 64-sample context inputs, as
@@ -105,29 +107,37 @@ def build_backends(tmp: str) -> dict[str, object]:
     from rnnstream.pipeline.features import AudioFeaturizer
 
     fc = FeatureConfig.audio_default(sample_rate=RATE, n_mels=80)
-    feats = AudioFeaturizer(fc).featurize(bench_signal(5.0, seed=1))
+    fc3 = FeatureConfig.audio_default(sample_rate=RATE, n_mels=80, stack=3)
     labels = ["silence", "speech"]
 
-    def tagger(cell: str) -> torch.nn.Module:
+    def tagger(cell: str, config: FeatureConfig = fc) -> torch.nn.Module:
+        feats = AudioFeaturizer(config).featurize(bench_signal(5.0, seed=1))
         torch.manual_seed(0)
-        model = rnn_tagger(input_dim=80, num_classes=2, cell=cell, hidden_size=128, num_layers=2).eval()
+        model = rnn_tagger(input_dim=config.dim, num_classes=2, cell=cell, hidden_size=128, num_layers=2).eval()
         with torch.no_grad():
             model.feat_mean.copy_(torch.from_numpy(feats.mean(0)))
             model.feat_std.copy_(torch.from_numpy(feats.std(0) + 1e-3))
         return model
+
+    def int8(path: str) -> str:
+        quantize_int8(path, path.replace(".onnx", "_int8.onnx"))
+        return path.replace(".onnx", "_int8.onnx")
 
     def onnx(path: str) -> OnnxBackend:
         return OnnxBackend(path, provider="cpu", threads=1, inter_threads=1)
 
     gru, lstm = tagger("gru"), tagger("lstm")
     lstm_raw = export_onnx(lstm, os.path.join(tmp, "lstm_raw.onnx"), fc, labels, raw_audio=True)
-    quantize_int8(lstm_raw, os.path.join(tmp, "lstm_raw_int8.onnx"))
+    gru3_raw = export_onnx(tagger("gru", fc3), os.path.join(tmp, "gru3_raw.onnx"), fc3, labels, raw_audio=True)
+    lstm3_raw = export_onnx(tagger("lstm", fc3), os.path.join(tmp, "lstm3_raw.onnx"), fc3, labels, raw_audio=True)
     return {
         "torch": TorchBackend(gru, fc, labels),
         "onnx": onnx(export_onnx(gru, os.path.join(tmp, "gru.onnx"), fc, labels)),
         "onnx_raw": onnx(export_onnx(gru, os.path.join(tmp, "gru_raw.onnx"), fc, labels, raw_audio=True)),
         "lstm_raw": onnx(lstm_raw),
-        "lstm_raw_int8": onnx(os.path.join(tmp, "lstm_raw_int8.onnx")),
+        "lstm_raw_int8": onnx(int8(lstm_raw)),
+        "gru3_raw": onnx(gru3_raw),
+        "lstm3_raw_int8": onnx(int8(lstm3_raw)),
     }
 
 
@@ -194,6 +204,8 @@ VARIANTS = {
     "silero": "(d) Silero VAD (onnxruntime, 32 ms chunks)",
     "lstm_raw": "(e) onnxruntime: --raw-audio graph, LSTM 2x128",
     "lstm_raw_int8": "(f) onnxruntime: --raw-audio graph, LSTM 2x128, --quantize int8",
+    "gru3_raw": "(g) onnxruntime: --raw-audio graph, GRU 2x128, stack=3 (one step per 30 ms)",
+    "lstm3_raw_int8": "(h) onnxruntime: --raw-audio graph, LSTM 2x128, --quantize int8, stack=3",
 }
 STREAMED = [k for k in VARIANTS if k != "silero"]
 
@@ -328,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         f"the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores.\n\n"
         f"Target: `--raw-audio` streaming RTF <= 1/3 of Silero's (CPU-time ratio): GRU 2x128 {verdict(raw_ratio)} "
         f"(features path: {feat_ratio[0]:.2f}); LSTM 2x128 float {verdict(ratio('lstm_raw'))}; "
-        f"LSTM 2x128 int8 {verdict(ratio('lstm_raw_int8'))}. "
+        f"LSTM 2x128 int8 {verdict(ratio('lstm_raw_int8'))}; at stack=3: GRU {verdict(ratio('gru3_raw'))}, "
+        f"int8 LSTM {verdict(ratio('lstm3_raw_int8'))}. "
         f"PyTorch eager / `--raw-audio` onnxruntime (CPU RTF): {speedup[0]:.1f}x ({speedup[1]:.1f}-{speedup[2]:.1f}).\n\n"
         "Where a raw-audio chunk's CPU goes (timed in the same loop, chunk by chunk; median over a round's chunks, "
         "then median (min-max) over rounds):"

@@ -106,6 +106,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-mels", type=int, default=None)
     p.add_argument("--feature", default="logmel", choices=["logmel", "mfcc"])
+    p.add_argument("--stack", type=int, default=1,
+                   help="frames side by side per model frame (low frame rate; a CRNN needs 1: --conv-channels '')")
     p.add_argument("--f-min", type=float, default=100.0,
                    help="lowest mel frequency (Hz); 100 drops the rumble band whose level differs most between "
                         "FSDD's speakers' recordings")
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = os.path.abspath(args.out)
     cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=args.n_mels, win_ms=25.0, hop_ms=10.0,
-                                      feature=args.feature, f_min=args.f_min, log_eps=args.log_eps)
+                                      feature=args.feature, f_min=args.f_min, log_eps=args.log_eps, stack=args.stack)
     t0 = time.perf_counter()
     ds = featurized([rec], os.path.join(out, "features"), cfg, label_pattern=D.FSDD_PATTERN,
                     refeaturize=args.refeaturize)

@@ -264,6 +264,7 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
         os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
     torch.manual_seed(cfg.seed)  # weight init, then dropout and augmentation
     model, stats_dict, resumed = _initial_model(train_data, cfg, model, stats, checkpoint, resume)
+    _check_stacking(model, feature_config)
     if cfg.tbptt and model.config.bidirectional:
         raise StateError("truncated BPTT carries state with model.step; a bidirectional model cannot stream")
     model.to(device).train()
@@ -300,6 +301,17 @@ def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any, feature_config:
         return batch
 
     return transform
+
+
+def _check_stacking(model: StreamingRNN, feature_config: FeatureConfig | None) -> None:
+    """Stacked frames (``AudioConfig.stack > 1``) lie side by side on the feature axis: a convolution over
+    frequency would slide across the copies' seams, so it is refused (a full-width temporal conv is fine)."""
+    audio = feature_config.audio if feature_config is not None else None
+    c = model.config
+    if audio is not None and audio.stack > 1 and c.conv_channels and not c.conv_full_width:
+        raise ConfigError(f"a frequency convolution (conv_kernel {list(c.conv_kernel)}) over stacked frames "
+                          f"(stack={audio.stack}) would mix the stacked copies' bands; use stack=1 for a CRNN, or a "
+                          "temporal conv across every feature (conv_kernel T,0)")
 
 
 def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: TaskData | None) -> None:

@@ -446,3 +446,19 @@ def test_stacked_features_are_masked_by_band_in_every_stacked_frame() -> None:
     for seq in range(4):  # a sequence's mask is the same set of bands in every frame
         assert torch.equal(masked[seq], masked[seq, :1].expand(15, 8))
         assert torch.equal(frames[seq][masked[seq]], (100.0 + torch.arange(8.0)).expand(15, 8)[masked[seq]])
+
+
+def test_training_on_stacked_frames_augments_them_and_refuses_a_frequency_conv() -> None:
+    """stack=2 over 3 bands: training runs with SpecAugment on the frames the stacked vectors are made of; a conv
+    over frequency would slide across the stacked copies' seams and is refused; a full-width temporal conv is not."""
+    fc = FeatureConfig.audio_default(sample_rate=8000, n_mels=3, stack=2)
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(loc=float(i % 2), size=(int(rng.integers(5, 12)), fc.dim)).astype(np.float32) for i in range(16)]
+    data = tensor_data("classify", seqs, [str(i % 2) for i in range(16)], feature_config=fc)
+    small = dict(hidden_size=8, num_layers=1, epochs=1, batch_size=8, device="cpu", progress=False,
+                 augment="freq=1x2,time=1x3,warp=0.1")
+    assert train(data, TrainConfig(**small)).model.config.input_dim == 6
+    with pytest.raises(ConfigError, match=r"frequency convolution \(conv_kernel \[3, 3\]\) over stacked frames "
+                                          r"\(stack=2\)"):
+        train(data, TrainConfig(**small, conv_channels=(4,), conv_pool=1))
+    train(data, TrainConfig(**small, conv_channels=(4,), conv_kernel=(3, 0), conv_pool=1))
