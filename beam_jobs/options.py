@@ -52,8 +52,8 @@ _AUDIO_SPECS: tuple[tuple[str, str, Any, tuple[str, ...] | None, str], ...] = (
     ("--window", "window", str, ("hann", "hamming"), "window function"),
     ("--log-eps", "log_eps", float, None, "added before the log"),
     ("--channel", "channel", int, None, "pick one channel (None: downmix)"),
-    ("--stack", "stack", int, None, "analysis frames side by side per model frame (low frame rate: the model's "
-     "recurrent layers step once per stack hops)"),
+    ("--stack", "stack", int, None, ("analysis frames side by side per model frame (low frame rate: the model's "
+                                     "recurrent layers step once per stack hops)")),
 )
 _SENSOR_SPECS: tuple[tuple[str, str, Any, tuple[str, ...] | None, str], ...] = (
     ("--timestamp-column", "timestamp_column", str, None, "column of timestamps in seconds"),

@@ -274,8 +274,8 @@ class AudioFeaturizer:
     def step(self, chunk: np.ndarray, carry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Consume ``chunk`` ``[S]`` (any ``S >= 0``): returns frames ``[T, dim]`` and the new carry.
 
-        ``T = (len(carry) - context + S) // (stack * hop)``. Raises :class:`ShapeError` for a chunk that is not 1-D
-        and :class:`NonFiniteSamplesError` for NaN/Inf samples.
+        ``T = (len(carry) - context + S) // (stack * hop)``. Raises :class:`ShapeError` for a chunk that is not
+        1-D and :class:`NonFiniteSamplesError` for NaN/Inf samples.
         """
         # The hot path of 10 ms streaming: each NumPy call costs ~0.3-3 us and argument conversions add up
         # (dtype objects are compared and passed pre-built), so work is skipped where it can be without
@@ -332,8 +332,9 @@ class AudioFeaturizer:
         """:meth:`step` of ``B`` streams at once, all with chunks of one length and carries of one length.
 
         ``chunks [B, S]`` and ``carries [B, C]`` float32 (``C >= context``) -> ``(frames [B, T, dim], carries
-        [B, C'])`` with ``T = (C - context + S) // (stack * hop)``; row ``b`` equals ``step(chunks[b], carries[b])`` (to
-        float32 rounding: one FFT and one mel product over all ``B * T`` frames instead of ``B`` small ones).
+        [B, C'])`` with ``T = (C - context + S) // (stack * hop)``; row ``b`` equals ``step(chunks[b],
+        carries[b])`` (to float32 rounding: one FFT and one mel product over all ``B * T`` frames instead of ``B``
+        small ones).
         Raises :class:`NonFiniteSamplesError` when any sample is NaN or Inf (:meth:`step` names the stream).
         """
         x = np.asarray(chunks)

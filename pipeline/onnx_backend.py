@@ -129,7 +129,8 @@ class OnnxBackend:
         self._check_graph()
         cfg = self.info.feature_config
         self._raw = self.info.input_kind == "audio"
-        self._hop = cfg.audio.step_length if self._raw else 1  # samples per model frame  # type: ignore[union-attr]
+        # samples per model frame (hop x stack) of a raw-audio graph
+        self._hop = cfg.audio.step_length if self._raw else 1  # type: ignore[union-attr]
         self._dim = cfg.dim
         self._odim = self.info.model_config.output_dim
         self._shapes = self._state_shapes()
@@ -212,8 +213,8 @@ class OnnxBackend:
         frames, want_frames = res[0].shape[1], samples // self._hop_of_metadata() if samples else 1
         if samples and frames != want_frames:
             raise CheckpointError(
-                f"ONNX model {self.path!r}: metadata says {self._hop_of_metadata()} samples per frame (hop x stack) but the graph produced "
-                f"{frames} frame(s) from {samples} samples (expected {want_frames})"
+                f"ONNX model {self.path!r}: metadata says {self._hop_of_metadata()} samples per frame (hop x stack) "
+                f"but the graph produced {frames} frame(s) from {samples} samples (expected {want_frames})"
             )
         self._check_probe_outputs(res, shapes)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from rnnstream.export.onnx_export import export_onnx
 from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.pipeline.streaming import softmax

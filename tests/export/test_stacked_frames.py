@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from rnnstream.export.onnx_export import export_onnx
 from rnnstream.models.backend import TorchBackend
 from rnnstream.models.rnn import rnn_tagger
@@ -18,6 +17,7 @@ from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.features import AudioFeaturizer
 from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.pipeline.streaming import StreamSession
+
 from tests.export.conftest import LABELS, RATE, noise
 
 FC3 = FeatureConfig.audio_default(sample_rate=8000, n_mels=8, stack=3)  # one model frame per 30 ms (240 samples)

@@ -455,8 +455,8 @@ def test_training_on_stacked_frames_augments_them_and_refuses_a_frequency_conv()
     rng = np.random.default_rng(0)
     seqs = [rng.normal(loc=float(i % 2), size=(int(rng.integers(5, 12)), fc.dim)).astype(np.float32) for i in range(16)]
     data = tensor_data("classify", seqs, [str(i % 2) for i in range(16)], feature_config=fc)
-    small = dict(hidden_size=8, num_layers=1, epochs=1, batch_size=8, device="cpu", progress=False,
-                 augment="freq=1x2,time=1x3,warp=0.1")
+    small = {"hidden_size": 8, "num_layers": 1, "epochs": 1, "batch_size": 8, "device": "cpu", "progress": False,
+             "augment": "freq=1x2,time=1x3,warp=0.1"}
     assert train(data, TrainConfig(**small)).model.config.input_dim == 6
     with pytest.raises(ConfigError, match=r"frequency convolution \(conv_kernel \[3, 3\]\) over stacked frames "
                                           r"\(stack=2\)"):

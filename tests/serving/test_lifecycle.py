@@ -257,7 +257,7 @@ def test_cli_reports_unreachable_server_and_bad_arguments(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", [dict(max_batch=0), dict(port=70000), dict(max_wait_ms=-1), dict(max_frame_bytes=4),
-                                 dict(batch_threads=-1), dict(inline_batch_samples=-1)])
+                                 {"batch_threads": -1}, {"inline_batch_samples": -1}])
 def test_server_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         ServerConfig(**bad)
