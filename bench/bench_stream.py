@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         lat, rtf, wall_rtf, parts_us = run_rounds(args, tmp)
     table, parts = main_table(lat, rtf, wall_rtf), breakdown_table(parts_us, rtf)
+
     def ratio(key: str) -> tuple[float, float, float]:
         return median_spread([a / b for a, b in zip(rtf[key], rtf["silero"])])
 

@@ -5,8 +5,9 @@ oldest, at most ``max_batch`` of them and at most one chunk per stream, and adva
 :func:`rnnstream.pipeline.batching.step_streams` (featurizing included). A small batch (``inline(chunks)`` true,
 e.g. real-time chunks of 100 ms) is stepped on the event loop's own thread: a hand-off to a worker thread and the
 two threads' contention for the GIL cost more CPU than the few milliseconds the loop waits. Larger batches (or
-all of them without ``inline``) go to a worker thread, so the event loop keeps accepting. A batch starts as soon as ``max_batch`` streams are ready, or when the oldest ready chunk has
-waited ``max_wait_s``, or at once when ``max_wait_s`` is 0. A stream with a chunk in flight is not
+all of them without ``inline``) go to a worker thread, so the event loop keeps accepting. A batch starts as soon
+as ``max_batch`` streams are ready, or when the oldest ready chunk has waited ``max_wait_s``, or at once when
+``max_wait_s`` is 0. A stream with a chunk in flight is not
 eligible until that chunk is committed, so one stream's chunks are applied in order and never two in a
 batch.
 

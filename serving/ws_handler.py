@@ -206,8 +206,9 @@ class WsMixin:
 
     def _step_batch(self: StreamServer, sessions: list[Any], steps: list[Step], max_batch: int,
                     on_split: Callable[[], None] | None) -> list[Any]:
-        """The batcher's stepping (worker thread): the core's steps with ``step_streams_contained`` (bisection,
-        non-finite outputs), each rolled back to its session as it was right before should it fail."""
+        """The batcher's stepping (on the event loop for a small batch, else a worker thread): the core's steps with
+        ``step_streams_contained`` (bisection, non-finite outputs), each rolled back to its session as it was right
+        before should it fail."""
         return self.core.step_batch(steps, max_batch, stepper=functools.partial(step_streams_contained,
                                                                                 on_split=on_split))
 
