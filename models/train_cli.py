@@ -226,6 +226,11 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
         return
     given = explicit_dests(build_parser(), argv)
     apply_recipe(args, SPEECH_RECIPE, given)
+    stack = ds.config.audio.stack if ds.config.audio is not None else 1
+    if stack > 1 and "conv_channels" not in given:  # a frequency conv would cross the stacked copies' seams
+        args.conv_channels = ()
+        print(f"rnnstream train: recipe {args.recipe}: the features are stacked (stack={stack}), so no conv front "
+              "end (the recipe's CRNN needs stack=1)", file=sys.stderr)
     if not ({"val_by", "val_match", "val_fraction"} & given):
         speaker = held_out_speaker(ds.examples, args.test_by, args.test_match)
         if speaker is not None:

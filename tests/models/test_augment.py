@@ -345,6 +345,28 @@ def test_speech_recipe_refit_count_follows_its_schedule(speech_dir) -> None:
         assert args.augment == "speech" and BatchAugment.parse(args.augment).warp == 0.1
 
 
+def test_speech_recipe_on_stacked_features_leaves_out_the_conv_front_end(tmp_path, capsys) -> None:
+    """Features featurized with stack=3: the recipe's CRNN would convolve across the stacked copies, so ``auto``
+    trains its GRU without the conv front end (and says so); an explicit --conv-channels is kept (and refused by
+    training, tested above)."""
+    from rnnstream.models.train_cli import _recipe, build_parser
+    from rnnstream.pipeline.dataset import write_dataset
+
+    fc3 = FeatureConfig.audio_default(sample_rate=8000, n_mels=8, stack=3)
+    rng = np.random.default_rng(0)
+    write_dataset(str(tmp_path / "ds"), [Example(str(i), f"{i}.wav", rng.normal(size=(5, 24)).astype(np.float32),
+                                                 label=str(i % 2)) for i in range(4)], fc3)
+    argv = ["--data", str(tmp_path / "ds"), "--out", "m.pt"]
+    args = build_parser().parse_args(argv)
+    _recipe(args, argv)
+    assert args.conv_channels == () and args.pooling == "mean" and args.augment == "speech"
+    assert "the features are stacked (stack=3), so no conv front end" in capsys.readouterr().err
+    argv += ["--conv-channels", "4"]
+    args = build_parser().parse_args(argv)
+    _recipe(args, argv)
+    assert tuple(args.conv_channels) == (4,)
+
+
 def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
     import rnnstream.models.augment as augment_mod
     from rnnstream.models.train_cli import main
