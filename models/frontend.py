@@ -6,16 +6,16 @@ NumPy matrices, with plain tensor ops that export to ONNX exactly and run fast i
 * framing by reshapes and slices (no ``Gather``, no ``Conv``): the buffer is cut into hop-long blocks and a
   frame is the concatenation of ``ceil(win / hop)`` consecutive blocks (the first one trimmed);
 * the DFT as ``MatMul`` with bases that have the analysis window folded in and only the columns the mel filters
-  use: cosines of the bins with a non-zero mel weight, sines of those bins except DC and Nyquist (zero);
+  use: cosines and sines of the bins with a non-zero mel weight (the sines of DC and Nyquist are zero columns);
 * when ``win_length == n_fft`` (even), the DFT folded in half: the window is even about ``n_fft / 2``, so
   ``x[n] + x[N - n]`` against the cosines and ``x[n] - x[N - n]`` against the sines give the same spectrum with
   half the multiply-adds (:func:`folded_basis`);
-* the power spectrum and the mel projection as ``spec * spec`` and one ``MatMul`` with the mel rows of those
-  columns (so ``re^2 + im^2`` needs no slicing).
+* the power spectrum as ``re * re + im * im`` over those bins, then one ``MatMul`` with their mel rows.
 
 For the default 16 kHz config (400-sample window, 160-sample hop, 80 mels) the DFT is a ``[201, 200]`` and a
-``[199, 199]`` product (79.8k multiply-adds per frame) instead of the ``[402, 400]`` strided convolution
-(160.8k) this module used before. onnxruntime time per chunk: ``bench/bench_stream.py``.
+``[199, 200]`` product (80k multiply-adds per frame) instead of the ``[402, 400]`` strided convolution
+(160.8k) this module used before, and the mel projection a ``[200, 80]`` one (16k; 31.8k when it read the real
+and imaginary parts side by side). onnxruntime time per chunk: ``bench/bench_stream.py``.
 """
 
 from __future__ import annotations
@@ -28,24 +28,22 @@ from rnnstream.pipeline.features import dct_matrix, mel_matrix, window
 
 
 def spectral_basis(cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The windowed DFT bases and the mel matrix of their squared columns, float64.
+    """The windowed DFT bases of the bins the mel filters use and the mel matrix of those bins, float64.
 
-    Returns ``(cos [win_length, U], sin [win_length, V], mel [U + V, n_mels])`` such that for a frame
-    ``x [win_length]``, ``(concat(x @ cos, x @ sin) ** 2) @ mel`` equals
-    ``|rfft(window * x, n_fft)| ** 2 @ mel_matrix(cfg)``. ``U``: the bins whose mel weights are not all zero;
-    ``V``: those bins except DC and Nyquist (whose sine is zero). The window is folded into both bases.
+    Returns ``(cos [win_length, U], sin [win_length, U], mel [U, n_mels])`` such that for a frame
+    ``x [win_length]``, ``((x @ cos) ** 2 + (x @ sin) ** 2) @ mel`` equals
+    ``|rfft(window * x, n_fft)| ** 2 @ mel_matrix(cfg)``. ``U``: the bins whose mel weights are not all zero
+    (the sine columns of DC and Nyquist are exactly zero). The window is folded into both bases.
     """
     n_fft = cfg.fft_size
     mel = mel_matrix(cfg).astype(np.float64)  # [n_fft // 2 + 1, n_mels]
     used = np.flatnonzero(np.any(mel != 0.0, axis=1))
-    with_sine = used[(used != 0) & ~((n_fft % 2 == 0) & (used == n_fft // 2))]
     n = np.arange(cfg.win_length, dtype=np.float64)[:, None]
     w = window(cfg).astype(np.float64)[:, None]
-
-    def angle(bins: np.ndarray) -> np.ndarray:
-        return 2.0 * np.pi * ((n * bins[None, :]) % n_fft) / n_fft
-
-    return np.cos(angle(used)) * w, np.sin(angle(with_sine)) * w, np.concatenate([mel[used], mel[with_sine]])
+    angle = 2.0 * np.pi * ((n * used[None, :]) % n_fft) / n_fft
+    sin = np.sin(angle) * w
+    sin[:, (used == 0) | ((n_fft % 2 == 0) & (used == n_fft // 2))] = 0.0  # exactly zero, not rounding noise
+    return np.cos(angle) * w, sin, mel[used]
 
 
 def folded_basis(cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -54,7 +52,7 @@ def folded_basis(cfg: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
     With ``win_length == n_fft`` even and a periodic (hence even) window, ``cos`` and ``sin`` rows ``n`` and
     ``N - n`` are equal and opposite: with ``a = x[1 : N/2 + 1]`` and ``b = x[N/2 :][::-1]``
     (``b[j] = x[N - 1 - j]``), ``x @ cos == concat(x[:1], a + b) @ cos_f`` and ``x @ sin == (a - b)[: N/2 - 1] @ sin_f``,
-    half the multiply-adds. Returns ``(cos_f [N/2 + 1, U], sin_f [N/2 - 1, V], mel [U + V, n_mels])``.
+    half the multiply-adds. Returns ``(cos_f [N/2 + 1, U], sin_f [N/2 - 1, U], mel [U, n_mels])``.
     """
     n_fft = cfg.fft_size
     if cfg.win_length != n_fft or n_fft % 2 or n_fft < 4:
@@ -85,7 +83,8 @@ class AudioFrontend(torch.nn.Module):
         folded = folded_basis(cfg)
         self.folded = folded is not None
         cos, sin, mel = folded if folded is not None else spectral_basis(cfg)
-        if not self.folded:  # one [win, U + V] basis
+        self.bins = cos.shape[1]  # U
+        if not self.folded:  # one [win, 2U] basis: cosines, then sines
             cos, sin = np.concatenate((cos, sin), axis=1), np.zeros((0, 0))
         for name, arr in (("cos", cos), ("sin", sin), ("mel", mel)):
             self.register_buffer(name, torch.from_numpy(arr.astype(np.float32)), persistent=False)
@@ -110,20 +109,22 @@ class AudioFrontend(torch.nn.Module):
         pieces = [head] + [tail[:, j : (j - last) if j < last else None] for j in range(self.blocks - 1)]
         return torch.cat(pieces, dim=2)
 
-    def spectrum(self, frames: torch.Tensor) -> torch.Tensor:
-        """``frames [B, T, win]`` -> ``[B, T, U + V]``: real then imaginary parts of the used bins."""
+    def power(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames [B, T, win]`` -> ``[B, T, U]``: the power spectrum ``re^2 + im^2`` of the used bins."""
         if not self.folded:
-            return torch.matmul(frames, self.cos)
-        half = self.cfg.fft_size // 2
-        a, b = frames[:, :, 1 : half + 1], torch.flip(frames[:, :, half:], dims=[2])  # x[n], x[N - n]
-        re = torch.matmul(torch.cat((frames[:, :, :1], a + b), dim=2), self.cos)
-        im = torch.matmul((a - b)[:, :, : half - 1], self.sin)
-        return torch.cat((re, im), dim=2)
+            spec = torch.matmul(frames, self.cos)
+            re, im = spec[:, :, : self.bins], spec[:, :, self.bins :]
+        else:
+            half = self.cfg.fft_size // 2
+            a, b = frames[:, :, 1 : half + 1], torch.flip(frames[:, :, half:], dims=[2])  # x[n], x[N - n]
+            re = torch.matmul(torch.cat((frames[:, :, :1], a + b), dim=2), self.cos)
+            im = torch.matmul((a - b)[:, :, : half - 1], self.sin)
+        return re * re + im * im
 
     def forward(self, audio: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer = torch.cat((carry, audio), dim=1)  # [B, context + S]
-        spec = self.spectrum(self.frames(buffer, audio.shape[1] // self.hop))  # [B, T, U + V]
-        feats = torch.log(torch.matmul(spec * spec, self.mel) + self.cfg.log_eps)  # [B, T, n_mels]
+        power = self.power(self.frames(buffer, audio.shape[1] // self.hop))  # [B, T, U]
+        feats = torch.log(torch.matmul(power, self.mel) + self.cfg.log_eps)  # [B, T, n_mels]
         if self.cfg.feature == "mfcc":
             feats = torch.matmul(feats, self.dct)
         if self.cfg.stack > 1:  # [B, k * T', frame_dim] -> [B, T', k * frame_dim]
