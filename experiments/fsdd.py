@@ -106,6 +106,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-mels", type=int, default=None)
     p.add_argument("--feature", default="logmel", choices=["logmel", "mfcc"])
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="training targets smoothed by this (0: off)")
     p.add_argument("--stack", type=int, default=1,
                    help="frames side by side per model frame (low frame rate; a CRNN needs 1: --conv-channels '')")
     p.add_argument("--f-min", type=float, default=100.0,
@@ -299,7 +300,7 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
                        conv_kernel=int_list(args.conv_kernel), conv_pool=args.conv_pool, input_delta=args.input_delta,
                        augment=args.spec_augment, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, weight_average=args.weight_average, ensemble=args.ensemble,
-                       lr_schedule="cosine", seed=seed, device="cpu",
+                       lr_schedule="cosine", seed=seed, device="cpu", label_smoothing=args.label_smoothing,
                        progress=not args.no_progress)
 
 

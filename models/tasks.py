@@ -21,6 +21,7 @@ Shapes (``B`` batch, ``T`` frames, ``O`` model outputs, ``K`` frames that carry 
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -89,6 +90,10 @@ class TaskSpec:
         """Mean loss over the ``K`` scored frames (a 0-d tensor)."""
         raise NotImplementedError
 
+    def with_label_smoothing(self, epsilon: float) -> "TaskSpec":
+        """This task with its training loss's targets smoothed by ``epsilon`` (classification tasks only)."""
+        raise ConfigError(f"label smoothing applies to classify and tag models, not to a {self.name!r} model")
+
     def shift_levels(self, model: StreamingRNN, batch: Batch, sigma: float) -> Batch:
         """Level-shift augmentation (regression tasks); other tasks return ``batch`` unchanged."""
         return batch
@@ -156,8 +161,15 @@ class _Classification(TaskSpec):
                 f"{where} has {config.output_dim} classes, the data has {len(data.labels)} labels {list(data.labels)}"
             )
 
+    label_smoothing = 0.0  # training only: evaluation scores with task_for's unsmoothed instance
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(pred, target)
+        return F.cross_entropy(pred, target, label_smoothing=self.label_smoothing)
+
+    def with_label_smoothing(self, epsilon: float) -> TaskSpec:
+        twin = copy.copy(self)
+        twin.label_smoothing = float(epsilon)
+        return twin
 
     def label_remap(self, data: TaskData, labels: Sequence[str] | None) -> Tensor | None:
         if not labels or tuple(labels) == tuple(data.labels):

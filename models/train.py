@@ -101,6 +101,8 @@ class TrainConfig(Architecture):
             SpecAugment masks, random gain, feature noise, band-axis warp, time warp, mixup).
         weight_average: validate and keep an exponential moving average of the weights with this half-life in
             epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
+        label_smoothing: classify/tag: the training loss's targets put ``1 - eps`` on the label and spread
+            ``eps`` over every class (validation and test losses stay unsmoothed); 0: off.
     """
 
     epochs: int = 10
@@ -125,6 +127,7 @@ class TrainConfig(Architecture):
     level_shift: float = 0.0
     augment: str = "none"
     weight_average: float = 0.0
+    label_smoothing: float = 0.0
 
     def validate(self) -> None:
         self.validate_architecture()
@@ -139,6 +142,8 @@ class TrainConfig(Architecture):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if not (self.level_shift >= 0 and math.isfinite(self.level_shift)):
             raise ConfigError(f"level_shift must be >= 0, got {self.level_shift}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not (self.weight_average >= 0 and math.isfinite(self.weight_average)):
@@ -269,6 +274,8 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
         raise StateError("truncated BPTT carries state with model.step; a bidirectional model cannot stream")
     model.to(device).train()
     task = task_for(model.config)
+    if cfg.label_smoothing:
+        task = task.with_label_smoothing(cfg.label_smoothing)
     if metrics_path is None and checkpoint is not None:
         metrics_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), METRICS_FILE)
     callbacks = _callbacks(cfg, has_val=val_data is not None, checkpoint=checkpoint, feature_config=feature_config,

@@ -98,6 +98,8 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--vanish-threshold", type=float, default=1e-7)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1...")
+    o.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="classify/tag: smooth the training loss's targets by EPS (0: off)")
     o.add_argument("--level-shift", type=float, default=0.0,
                    help="forecast/generate: random level-offset augmentation, in normalisation stds")
     o.add_argument("--augment", default="none",
@@ -208,7 +210,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         seasonal_period=args.seasonal_period, input_diff=args.input_diff, input_delta=args.input_delta,
         augment=args.augment, conv_channels=tuple(args.conv_channels), conv_kernel=tuple(args.conv_kernel),
         conv_pool=args.conv_pool, norm_decay=args.norm_decay, norm_prior=args.norm_prior,
-        weight_average=args.weight_average, ensemble=args.ensemble,
+        weight_average=args.weight_average, ensemble=args.ensemble, label_smoothing=args.label_smoothing,
     )
     return spec, cfg
 

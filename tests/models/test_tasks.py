@@ -78,3 +78,22 @@ def test_level_shift_leaves_class_labels_alone():
     model = StreamingRNN(TrainConfig(hidden_size=4, num_layers=1).model_config(data))
     batch = data.batch(torch.arange(4))
     assert task_for(data).shift_levels(model, batch, 1.0) is batch
+
+
+def test_label_smoothing_is_a_training_copy_of_the_classification_task() -> None:
+    """eps spreads over every class: loss = (1 - eps) * CE(label) + eps * mean over classes of CE(class); the
+    shared task (evaluation's) stays unsmoothed; regression tasks refuse it, and TrainConfig bounds it."""
+    import torch.nn.functional as F
+
+    pred, target = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.2, 0.1]]), torch.tensor([0, 2])
+    plain = task_for("classify")
+    smooth = plain.with_label_smoothing(0.1)
+    logp = F.log_softmax(pred, dim=1)
+    want = (0.9 * -logp[torch.arange(2), target] + 0.1 * -logp.mean(1)).mean()
+    torch.testing.assert_close(smooth.loss(pred, target), want)
+    torch.testing.assert_close(plain.loss(pred, target), F.cross_entropy(pred, target))
+    assert task_for("classify").label_smoothing == 0.0 and task_for("tag").with_label_smoothing(0.2).per_frame
+    with pytest.raises(ConfigError, match="label smoothing applies to classify and tag models, not to a 'forecast'"):
+        task_for("forecast").with_label_smoothing(0.1)
+    with pytest.raises(ConfigError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
+        TrainConfig(label_smoothing=1.0).validate()
