@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from rnnstream.models.data import forecast_data, tensor_data
 from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.models.tasks import TASKS, Classify, Forecast, Generate, Tag, task_for
