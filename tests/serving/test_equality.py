@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from rnnstream.pipeline.streaming import SensorChunk, predict_signal
 from rnnstream.serving.client import StreamClient
@@ -41,13 +42,15 @@ async def _stream_audio(client: StreamClient, i: int, backend: object) -> tuple[
     return stream.predictions, ended, chunks, np.concatenate(chunks)
 
 
-def test_many_audio_streams_batched_equal_offline_and_session():
+@pytest.mark.parametrize("inline_samples", [ServerConfig.inline_batch_samples, 0])
+def test_many_audio_streams_batched_equal_offline_and_session(inline_samples: int):
+    """Batches stepped on the event loop (the default for small batches) or all in the worker thread (0)."""
     inner = audio_backend()
     backend = RecordingBackend(inner)
     n = 24
 
     async def main():
-        cfg = ServerConfig(port=0, http_port=None, max_batch=16, max_wait_ms=20.0)
+        cfg = ServerConfig(port=0, http_port=None, max_batch=16, max_wait_ms=20.0, inline_batch_samples=inline_samples)
         async with StreamServer(backend, cfg) as server:
             clients = [await StreamClient(server.url).connect() for _ in range(6)]  # 4 streams per connection
             try:
@@ -57,9 +60,10 @@ def test_many_audio_streams_batched_equal_offline_and_session():
                     await c.close()
             metrics = server.metrics
             await asyncio.sleep(0.05)
-            return out, metrics, len(server.streams)
+            return out, metrics, len(server.streams), server.batcher
 
-    out, metrics, left = run(main())
+    out, metrics, left, batcher = run(main())
+    assert (batcher.inline_batches == batcher.batches) if inline_samples else batcher.inline_batches == 0
     for i, (preds, ended, chunks, whole) in enumerate(out):
         refs = session_results(inner, chunks)
         assert [p["seq"] for p in preds] == list(range(len(chunks)))
