@@ -6,11 +6,11 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from rnnstream.pipeline.streaming import SensorChunk, predict_signal
 from rnnstream.serving.client import StreamClient
 from rnnstream.serving.protocol import audio_payload
 from rnnstream.serving.server import ServerConfig, StreamServer
+
 from tests.serving._helpers import (
     RATE,
     RecordingBackend,
