@@ -8,9 +8,9 @@ Each argument is the ``--out`` folder of an ``experiments.fsdd --splits loso --n
 same options). For every leave-one-speaker-out fold, the runs' selection models (``loso-<speaker>/model.pt``, each
 trained on the same two speakers) score the fold's validation speaker (the held-out *training* speaker the runs
 recorded, :func:`experiments.fsdd.validation_speaker`; runs of different ``--val-offset`` are refused); their class
-probabilities are averaged, as :class:`rnnstream.models.ensemble.StreamingEnsemble` averages its members'. Prints each fold's member and ensemble
-accuracies and the mean over folds: the number that decides, by the selection rule of docs/results.md, whether an
-ensemble of these runs' configuration replaces the recipe.
+probabilities are averaged, as :class:`rnnstream.models.ensemble.StreamingEnsemble` averages its members'. Prints
+each fold's member and ensemble accuracies and the mean over folds: the number that decides, by the selection
+rule of docs/results.md, whether an ensemble of these runs' configuration replaces the recipe.
 """
 
 from __future__ import annotations

@@ -254,12 +254,10 @@ def batch_transform(model: Any, augment: BatchAugment, stack: int = 1) -> Any:
     mix = torch.distributions.Beta(augment.mixup, augment.mixup) if augment.mixup else None
 
     def augment_frames(x: Tensor, lengths: Tensor) -> Tensor:
-        mean, std = model.feat_mean.to(x.device), model.feat_std.to(x.device)
-        if stack == 1:
-            return augment(x, mean, std, lengths=lengths)
+        """``x [B, T, k * bands]`` augmented as its ``[B, k * T, bands]`` frames (k = 1: as it is)."""
         b, t, d = x.shape
-        y = augment(x.reshape(b, t * stack, d // stack), mean.reshape(stack, -1).mean(0),
-                    std.reshape(stack, -1).mean(0), lengths=lengths * stack)
+        mean, std = model.feat_mean.to(x.device).reshape(stack, -1), model.feat_std.to(x.device).reshape(stack, -1)
+        y = augment(x.reshape(b, t * stack, d // stack), mean.mean(0), std.mean(0), lengths=lengths * stack)
         return y.reshape(b, t, d)
 
     def transform(batch: Any) -> Any:

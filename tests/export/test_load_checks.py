@@ -88,8 +88,8 @@ def test_edited_hop_with_the_same_carry_is_caught_by_the_probe(exported, tmp_pat
         cfg["audio"]["win_ms"], cfg["audio"]["hop_ms"] = 35.0, 20.0
 
     path = edit(exported("lstm", "classify_mean", True)[1], tmp_path / "hop.onnx", "rnnstream.feature_config", longer)
-    with pytest.raises(CheckpointError, match=r"hop\.onnx'.*: metadata says 160 samples per frame \(hop x stack\) but the "
-                       r"graph produced 4 frame\(s\) from 320 samples \(expected 2\)$"):
+    with pytest.raises(CheckpointError, match=r"hop\.onnx'.*: metadata says 160 samples per frame \(hop x stack\) "
+                       r"but the graph produced 4 frame\(s\) from 320 samples \(expected 2\)$"):
         OnnxBackend(path)
 
 
