@@ -84,6 +84,9 @@ def test_the_handed_over_descriptor_is_the_client_connection() -> None:
                 assert served.recv(4) == b"ping"
                 served.sendall(b"pong")
                 assert client.recv(4) == b"pong"
+        deadline = time.monotonic() + 5  # the accept thread counts after send_fds returns, which may be later
+        while bal.handed == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert bal.handed == 1
     finally:
         bal.stop()
