@@ -26,8 +26,11 @@ _NATIVE = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}  # this
 _F32 = np.dtype(np.float32)
 
 
-def to_float32(samples: Any, *, where: str = "chunk") -> np.ndarray:
+def to_float32(samples: Any, *, where: str = "chunk", check_finite: bool = True) -> np.ndarray:
     """Mono samples ``[S]`` as float32 in ``[-1, 1]``: floats as they are, int16 scaled by ``1 / 32768``.
+
+    ``check_finite=False`` leaves NaN/Inf to the caller's own check (an adapter whose stream core checks every
+    payload on accept: the samples are not looked at twice).
 
     Raises:
         ShapeError: not one-dimensional, or a dtype other than floating point or int16 (int32, bool, complex,
@@ -45,7 +48,7 @@ def to_float32(samples: Any, *, where: str = "chunk") -> np.ndarray:
         )
     if x.ndim != 1:
         raise ShapeError(f"{where}: expected mono samples of shape [samples], got shape {list(x.shape)}")
-    if not all_finite(x):
+    if check_finite and not all_finite(x):
         bad = int((~np.isfinite(x)).sum())
         raise NonFiniteSamplesError(f"{where}: {bad} of {x.size} samples are NaN or Inf; expected finite samples")
     return x
@@ -75,14 +78,15 @@ def encode_samples(samples: Any, encoding: SampleEncoding = "float32") -> bytes:
 
 
 def decode_samples(data: bytes | bytearray | memoryview, encoding: SampleEncoding = "float32", *,
-                   where: str = "payload") -> np.ndarray:
+                   where: str = "payload", check_finite: bool = True) -> np.ndarray:
     """Little-endian bytes -> float32 samples ``[S]`` (int16 scaled by ``1 / 32768``); validated as above."""
     if encoding not in _WIRE:
         raise ShapeError(f"{where}: sample encoding must be 'float32' or 'int16', got {encoding!r}")
     width = _WIRE[encoding].itemsize
     if len(data) % width:
         raise ShapeError(f"{where}: {len(data)} bytes is not a whole number of {encoding} samples ({width} bytes each)")
-    return to_float32(np.frombuffer(data, dtype=_WIRE[encoding]).astype(_NATIVE[encoding]), where=where)
+    return to_float32(np.frombuffer(data, dtype=_WIRE[encoding]).astype(_NATIVE[encoding]), where=where,
+                      check_finite=check_finite)
 
 
 __all__ = ["PCM16_SCALE", "SampleEncoding", "all_finite", "decode_samples", "encode_samples", "to_float32"]

@@ -21,7 +21,7 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "max_connections": 1024,
     "max_streams": 1024,
     "max_batch": 64,
-    "max_wait_ms": 5.0,
+    "max_wait_ms": 10.0,
     "max_queue": 32,
     "max_queue_bytes": 8 << 20,
     "max_outbound_bytes": 16 << 20,

@@ -38,7 +38,7 @@ class ServerConfig:
     max_chunk_s: float = 30.0  # seconds of audio in one chunk (at the stream's rate)
     max_predict_s: float = 600.0  # seconds of signal in one POST /predict
     max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 10.0
     batch_threads: int = 1  # threads stepping batches (one backend session shared; >1 overlaps batches; 0: none)
     inline_batch_samples: int = 1 << 18  # a batch of at most this many samples (sensor values) steps on the loop
     worker: int | None = None  # this process' index among the workers (in hello, /health and logs)

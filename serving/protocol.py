@@ -178,9 +178,10 @@ def split_frame(frame: bytes) -> tuple[int, int, memoryview]:
 
 def decode_audio_payload(payload: memoryview | bytes, dtype: str, *, where: str) -> np.ndarray:
     """Audio samples float32 ``[S]`` from a payload (:func:`rnnstream.pipeline.codec.decode_samples`: int16
-    scaled by 1/32768); a length that is not whole samples, or NaN/Inf, is a ``bad_frame`` error."""
+    scaled by 1/32768); a length that is not whole samples is a ``bad_frame`` error. NaN/Inf are not looked for
+    here: the stream core's payload check refuses them on accept (also a ``bad_frame``), as for sensor rows."""
     try:
-        return decode_samples(payload, dtype, where=where)  # type: ignore[arg-type]
+        return decode_samples(payload, dtype, where=where, check_finite=False)  # type: ignore[arg-type]
     except RnnstreamError as exc:
         raise ProtocolError("bad_frame", str(exc), CLOSE_BAD_DATA) from None
 

@@ -3,7 +3,7 @@
 ::
 
     rnnstream serve --model model.onnx [--host 127.0.0.1] [--port 8765]
-                    [--max-batch 64] [--max-wait-ms 5] [--max-streams 1024] [--idle-timeout 60]
+                    [--max-batch 64] [--max-wait-ms 10] [--max-streams 1024] [--idle-timeout 60]
                     [--snapshot-dir DIR]
 
 One aiohttp application on one port serves

@@ -77,7 +77,7 @@ def decode_chunk(stream: Stream, payload: memoryview, sensor_channels: int, max_
         if seconds > max_chunk_s:
             raise P.ProtocolError("chunk_too_long", f"{where}: {seconds:.1f} s of audio at {rate} Hz in one chunk "
                                   f"exceeds the limit of {max_chunk_s:g} s; send shorter chunks", P.CLOSE_TOO_BIG)
-        # whole float32 samples, all finite (decode_samples); the stream core checks the rest on accept
+        # whole float32 samples (decode_samples); the stream core checks the rest (finite values) on accept
         return P.decode_audio_payload(payload, stream.dtype, where=where)
     except P.ProtocolError as err:
         err.stream, err.channel = stream.id, stream.channel

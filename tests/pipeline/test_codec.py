@@ -32,6 +32,16 @@ def test_shape_and_finiteness():
         to_float32(np.array([np.nan, 0.0, np.inf], np.float32))
 
 
+def test_finiteness_can_be_left_to_the_callers_check():
+    """``check_finite=False`` (the server's wire decode; its stream core checks every payload on accept)."""
+    raw = np.array([np.nan, 0.5], "<f4").tobytes()
+    with pytest.raises(NonFiniteSamplesError, match="1 of 2 samples"):
+        decode_samples(raw, "float32")
+    assert np.isnan(decode_samples(raw, "float32", check_finite=False)[0])
+    with pytest.raises(ShapeError, match="mono"):  # the other checks stay
+        to_float32(np.zeros((2, 3), np.float32), check_finite=False)
+
+
 def test_wire_round_trips():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, 1000).astype(np.float32)
