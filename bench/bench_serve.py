@@ -6,7 +6,7 @@
 
 The server is the ``rnnstream serve`` command (a 2-layer 128-unit GRU over 80 log-mel bins, untrained,
 exported to ONNX), started with its defaults: as many worker processes as cores, one onnxruntime thread each,
-max batch 64, max wait 5 ms. The load generator (:mod:`bench._serve_loadgen`) is a separate process on the
+max batch 64, max wait 10 ms (``SERVE_DEFAULTS``). The load generator (:mod:`bench._serve_loadgen`) is a separate process on the
 same machine; its CPU share is reported beside the server's. Rows:
 
 * ``realtime``: N streams each send a 100 ms chunk every 100 ms; latency = sent -> prediction received. A level
@@ -41,6 +41,7 @@ import urllib.request
 from typing import Any
 
 from bench._report import ROOT, markdown_table
+from rnnstream.serving.cli import SERVE_DEFAULTS
 
 LABELS = [f"class{i}" for i in range(12)]
 SECTION = "Streaming server"
@@ -356,7 +357,8 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], idle: list[dic
     lines = [
         f"`rnnstream serve --model gru2x128.onnx --port 0 --provider {args.provider}` with its other defaults "
         f"({os.cpu_count()} worker processes here, "
-        "one onnxruntime thread each, max batch 64, max wait 5 ms); the model is a 2-layer 128-unit GRU over 80 "
+        f"one onnxruntime thread each, max batch {SERVE_DEFAULTS['max_batch']}, max wait "
+        f"{SERVE_DEFAULTS['max_wait_ms']:g} ms); the model is a 2-layer 128-unit GRU over 80 "
         "log-mel bins, 12 classes (untrained, ONNX). Load generator: a separate process on the same machine, "
         f"{args.streams_per_connection} streams per WebSocket connection, 100 ms chunks of float32 audio, "
         f"{args.seconds:g} s per level; \"loadgen CPU\" in % of one core. \"server CPU (cores)\" = CPU seconds of all "
