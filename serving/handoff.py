@@ -8,7 +8,14 @@ as if it had accepted it. A worker's load is the number of streams it holds plus
   counts (in shared memory) those that have since closed;
 * **streams** are published by each worker a few times a second (:data:`PUBLISH_S`).
 
-Ties go round-robin, so a burst of new connections (no streams yet) alternates between the workers. With
+Ties go round-robin, so a burst of new connections (no streams yet) alternates between the workers.
+
+A worker acknowledges each descriptor (one byte back) before it serves it, and the supervisor keeps its copy of the
+connection until then: a worker that dies (or stops) with a connection unread in its socket pair closes its end
+without the acknowledgement, and the connection goes to another worker instead of being lost with it (a send to a
+dying worker can succeed: seen when a worker was killed while a client connected). A worker that does not
+acknowledge within :data:`ACK_WAIT_S` (its loop busy) is taken to have the connection, which it serves when it
+gets to it; a connection is never given to two workers. With
 ``SO_REUSEPORT`` the kernel hashes connections to workers at random: 63 connections of 16 streams each split
 28/35 in one benchmark run, and two clients multiplexing many streams each share one worker half the time.
 
@@ -21,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import select
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +43,8 @@ log = logging.getLogger("rnnstream.serve")
 PUBLISH_S = 0.1
 #: How long the supervisor waits for a worker to take a connection before it tries another (seconds).
 SEND_TIMEOUT_S = 2.0
+#: How long the supervisor waits for a worker's acknowledgement of a connection before it takes it as handed.
+ACK_WAIT_S = 0.25
 _CLOSED, _STREAMS = 0, 1  # the two shared counters of each worker
 
 
@@ -63,6 +74,26 @@ class WorkerChannel:
     sock: socket.socket
     sent: int = 0
     alive: bool = False
+    unacked: int = 0  # connections sent and not yet acknowledged (acknowledgements come in order)
+
+    def await_ack(self, wait_s: float) -> bool | None:
+        """After a send: True when the worker has acknowledged every connection sent so far, False when its end
+        closed first (the last connection was not taken), None when ``wait_s`` passed (busy; it will take it)."""
+        self.unacked += 1
+        deadline = time.monotonic() + wait_s
+        while self.unacked > 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                return None
+            try:
+                got = self.sock.recv(64)
+            except OSError:
+                got = b""
+            if not got:
+                self.unacked -= 1  # the one just sent; those before it were taken as handed
+                return False
+            self.unacked -= len(got)
+        return True
 
 
 class ConnectionBalancer:
@@ -71,8 +102,9 @@ class ConnectionBalancer:
     ``loads`` is :func:`shared_loads`; :meth:`new_channel` zeroes a worker's counters before it starts.
     """
 
-    def __init__(self, listeners: list[socket.socket], loads: Any, workers: int):
+    def __init__(self, listeners: list[socket.socket], loads: Any, workers: int, ack_wait_s: float = ACK_WAIT_S):
         self.listeners = listeners
+        self.ack_wait_s = ack_wait_s
         self.loads = loads
         self.channels: list[WorkerChannel | None] = [None] * workers
         self._turn = itertools.count()
@@ -149,8 +181,9 @@ class ConnectionBalancer:
     def hand_over(self, conn: socket.socket) -> int | None:
         """Send ``conn`` to the least-loaded live worker; its index, or None when no worker took it (then the
         connection is closed). A worker whose end does not take it within :data:`SEND_TIMEOUT_S` (its loop
-        stuck, thousands of connections unread) is skipped for this connection; one whose end is gone is marked
-        dead (the supervisor restarts it)."""
+        stuck, thousands of connections unread) is skipped for this connection; one whose end is gone, or closes
+        before it acknowledges the connection, is marked dead (the supervisor restarts it). The caller keeps
+        ``conn`` open until this returns."""
         with self._lock:
             for index in self.candidates():
                 channel = self.channels[index]
@@ -163,6 +196,11 @@ class ConnectionBalancer:
                     continue
                 except OSError as exc:  # the worker is gone; the supervisor restarts it
                     log.warning("handing a connection to worker %d failed (%s); trying another", index, exc)
+                    channel.alive = False
+                    continue
+                if channel.await_ack(self.ack_wait_s) is False:
+                    log.warning("worker %d closed its end before it took a connection (it is exiting); trying "
+                                "another", index)
                     channel.alive = False
                     continue
                 channel.sent += 1
@@ -241,6 +279,10 @@ class HandoffReceiver:
             if not msg and not fds:  # the supervisor closed its end: it is stopping
                 self.detach()
                 return
+            try:  # acknowledged before serving: the supervisor gives a connection to another worker only
+                self.sock.send(b"a" * len(fds))  # when this end closes without acknowledging it
+            except OSError as exc:  # the supervisor is gone or not reading: it takes them as handed; serve them
+                log.info("acknowledging %d connection(s) to the supervisor failed: %s", len(fds), exc)
             for fd in fds:
                 conn = socket.socket(fileno=fd)
                 conn.setblocking(False)
@@ -268,4 +310,4 @@ class HandoffReceiver:
             await asyncio.sleep(PUBLISH_S)
 
 
-__all__ = ["ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "SEND_TIMEOUT_S", "listen", "shared_loads"]
+__all__ = ["ACK_WAIT_S", "ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "SEND_TIMEOUT_S", "listen", "shared_loads"]

@@ -145,14 +145,15 @@ class Supervisor:
         self.procs[index] = proc
         return proc, parent
 
-    def wait_ready(self, pipes: list[tuple[int, Any]]) -> None:
-        """Wait for every worker's ``ready``; a worker's error (or its exit) stops all and raises ConfigError."""
+    def wait_ready(self, pipes: list[tuple[int, Any]]) -> bool:
+        """Wait for every worker's ``ready``: True, or False when a stop signal came first; a worker's error (or its
+        exit) stops all and raises ConfigError."""
         deadline = time.monotonic() + self.pool.ready_timeout_s
         waiting = dict(pipes)
         while waiting:
             left = deadline - time.monotonic()
             if self.stopping:
-                raise KeyboardInterrupt  # a stop signal while starting: the CLI exits 130
+                return False
             if left <= 0:
                 raise ConfigError(f"{len(waiting)} worker(s) did not start within {self.pool.ready_timeout_s:.0f} s")
             sentinels = {self.procs[i].sentinel: i for i in waiting}
@@ -172,6 +173,7 @@ class Supervisor:
                 waiting.pop(index).close()
                 if self.balancer is not None:
                     self.balancer.set_alive(index, True)
+        return True
 
     def watch(self) -> int:
         """Until a stop signal: restart workers that die; returns the exit status."""
@@ -192,7 +194,8 @@ class Supervisor:
                 log.warning("worker %d exited (status %s); restarting it", index, code)
                 _, pipe = self.start_worker(index)
                 try:
-                    self.wait_ready([(index, pipe)])
+                    if not self.wait_ready([(index, pipe)]):
+                        return 0  # a stop signal during the restart: the graceful stop, as at any other time
                 except ConfigError as exc:
                     log.error("%s; stopping", exc)
                     return 1
@@ -244,7 +247,8 @@ def run_workers(args: argparse.Namespace, pool: WorkerPoolConfig, shutdown_timeo
             signal.signal(sig, on_signal)
         sup.listen()
         pipes = [(i, sup.start_worker(i)[1]) for i in range(pool.workers)]
-        sup.wait_ready(pipes)
+        if not sup.wait_ready(pipes):
+            raise KeyboardInterrupt  # a stop signal while starting: the CLI exits 130
         host = args.host if ":" not in args.host else f"[{args.host}]"
         http = f" and http://{host}:{sup.http_port}" if sup.http_port else ""
         print(f"rnnstream serve: ws://{host}:{sup.port}/{http} ({pool.workers} worker processes, max batch "

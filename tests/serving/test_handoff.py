@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import multiprocessing
+import select
 import socket
+import threading
 import time
 
 import pytest
 from rnnstream.serving.handoff import ConnectionBalancer, HandoffReceiver, PUBLISH_S, listen, shared_loads
 
 
-def _balancer(workers: int = 2) -> tuple[ConnectionBalancer, list[socket.socket]]:
+def _balancer(workers: int = 2, ack_wait_s: float = 0.01) -> tuple[ConnectionBalancer, list[socket.socket]]:
+    """A balancer and its workers' ends; these ends never acknowledge, so each hand-over waits ``ack_wait_s``
+    and takes the connection as handed (a busy worker)."""
     loads = shared_loads(multiprocessing.get_context("spawn"), workers)
-    bal = ConnectionBalancer([listen("127.0.0.1", 0)], loads, workers)
+    bal = ConnectionBalancer([listen("127.0.0.1", 0)], loads, workers, ack_wait_s=ack_wait_s)
     ends = [bal.new_channel(i) for i in range(workers)]
     for i in range(workers):
         bal.set_alive(i, True)
@@ -93,6 +97,63 @@ def test_the_handed_over_descriptor_is_the_client_connection() -> None:
         ends[0].close()
 
 
+def test_a_worker_that_closes_before_acknowledging_loses_no_connection() -> None:
+    """A worker killed while a client connects: the send into its socket pair succeeds, then its end closes with
+    the connection unread. The supervisor still holds the connection and gives it to the next worker."""
+    bal, ends = _balancer(2, ack_wait_s=5.0)
+    taken: list[socket.socket] = []
+
+    def dying() -> None:  # worker 1: the connection arrives, the process dies before reading it
+        select.select([ends[1]], [], [], 5)
+        ends[1].close()
+
+    def serving() -> None:  # worker 0: takes it and acknowledges, as HandoffReceiver does
+        ends[0].settimeout(5)
+        _, fds, _, _ = socket.recv_fds(ends[0], 16, 4)
+        ends[0].send(b"a" * len(fds))
+        taken.extend(socket.socket(fileno=fd) for fd in fds)
+
+    threads = [threading.Thread(target=dying), threading.Thread(target=serving)]
+    for t in threads:
+        t.start()
+    try:
+        bal.loads[1] = 5  # worker 0 holds streams: worker 1 is tried first
+        client, conn = _pair()
+        with client:
+            with conn:
+                assert bal.hand_over(conn) == 0
+            for t in threads:
+                t.join(5)
+            assert not bal.channels[1].alive and bal.channels[0].alive  # type: ignore[union-attr]
+            assert bal.channels[0].sent == 1 and bal.channels[1].sent == 0  # type: ignore[union-attr]
+            with taken[0] as served:  # the client's connection, alive, with worker 0
+                client.sendall(b"ping")
+                assert served.recv(4) == b"ping"
+    finally:
+        bal.stop()
+        ends[0].close()
+
+
+def test_an_acknowledgement_that_is_late_counts_for_its_connection_not_the_next() -> None:
+    bal, ends = _balancer(1, ack_wait_s=0.05)
+    try:
+        client, conn = _pair()
+        with client, conn:
+            assert bal.hand_over(conn) == 0  # no acknowledgement in time: taken as handed
+            channel = bal.channels[0]
+            assert channel is not None and channel.unacked == 1
+            ends[0].send(b"a")  # the late one
+            assert bal.hand_over(conn) == 0 and channel.unacked == 1  # the second waits for its own
+            ends[0].send(b"a")
+            assert channel.await_ack(1.0) is None  # a third, never acknowledged
+            ends[0].send(b"aa")
+            assert channel.await_ack(1.0) is True and channel.unacked == 0
+        assert bal.handed == 2
+    finally:
+        bal.stop()
+        ends[0].close()
+
+
 class _Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -114,6 +175,8 @@ def test_a_worker_serves_what_it_receives_and_publishes_its_load() -> None:
         accepted, _ = await loop.sock_accept(listener)
         with accepted:
             socket.send_fds(ours, [b"c"], [accepted.fileno()])
+            ours.setblocking(False)
+            assert await asyncio.wait_for(loop.sock_recv(ours, 1), 5) == b"a"  # acknowledged
         writer.write(b"hello")
         assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
         writer.close()

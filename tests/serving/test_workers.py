@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -181,3 +182,25 @@ def test_a_killed_worker_is_restarted_and_new_connections_avoid_it_meanwhile(onn
     finally:
         _stop(proc)
     assert "worker 1 exited" in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_a_stop_signal_while_a_worker_restarts_is_a_graceful_stop(onnx_model, tmp_path: Path) -> None:
+    """SIGTERM while the supervisor waits for a restarted worker: exit 0, as at any other time (not 130, the
+    status of a start interrupted before the server was up)."""
+    model, _ = onnx_model
+    proc, port = _start(model, tmp_path / "snaps")
+    try:
+        async def pid_of_worker_1() -> int:
+            client = await _client_on(f"ws://127.0.0.1:{port}/", 1)
+            await client.close()
+            return int(client.hello["worker"]["pid"])
+
+        os.kill(asyncio.run(pid_of_worker_1()), signal.SIGKILL)
+        assert proc.stderr is not None
+        deadline, said = time.monotonic() + 30, ""
+        while "restarting it" not in said and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                said += proc.stderr.readline()
+        assert "worker 1 exited" in said and "restarting it" in said
+    finally:
+        _stop(proc)  # exit 0 within 40 s
