@@ -6,8 +6,8 @@
 
 The server is the ``rnnstream serve`` command (a 2-layer 128-unit GRU over 80 log-mel bins, untrained,
 exported to ONNX), started with its defaults: as many worker processes as cores, one onnxruntime thread each,
-max batch 64, max wait 10 ms (``SERVE_DEFAULTS``). The load generator (:mod:`bench._serve_loadgen`) is a separate process on the
-same machine; its CPU share is reported beside the server's. Rows:
+max batch 64, max wait 10 ms (``SERVE_DEFAULTS``). The load generator (:mod:`bench._serve_loadgen`) is a separate
+process on the same machine; its CPU share is reported beside the server's. Rows:
 
 * ``realtime``: N streams each send a 100 ms chunk every 100 ms; latency = sent -> prediction received. A level
   *keeps up* when every chunk got its prediction and p99 < 100 ms. Binary replies, and one level with JSON.

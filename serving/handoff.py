@@ -8,16 +8,16 @@ as if it had accepted it. A worker's load is the number of streams it holds plus
   counts (in shared memory) those that have since closed;
 * **streams** are published by each worker a few times a second (:data:`PUBLISH_S`).
 
-Ties go round-robin, so a burst of new connections (no streams yet) alternates between the workers.
+Ties go round-robin, so a burst of new connections (no streams yet) alternates between the workers. With
+``SO_REUSEPORT`` the kernel hashes connections to workers at random: 63 connections of 16 streams each split
+28/35 in one benchmark run, and two clients multiplexing many streams each share one worker half the time.
 
 A worker acknowledges each descriptor (one byte back) before it serves it, and the supervisor keeps its copy of the
 connection until then: a worker that dies (or stops) with a connection unread in its socket pair closes its end
 without the acknowledgement, and the connection goes to another worker instead of being lost with it (a send to a
 dying worker can succeed: seen when a worker was killed while a client connected). A worker that does not
 acknowledge within :data:`ACK_WAIT_S` (its loop busy) is taken to have the connection, which it serves when it
-gets to it; a connection is never given to two workers. With
-``SO_REUSEPORT`` the kernel hashes connections to workers at random: 63 connections of 16 streams each split
-28/35 in one benchmark run, and two clients multiplexing many streams each share one worker half the time.
+gets to it (its late acknowledgement is counted then); a connection is never given to two workers.
 
 The supervisor's part is one thread (:class:`ConnectionBalancer`); a worker's is :class:`HandoffReceiver`,
 attached to its aiohttp server. Connections stay with their worker for their whole life.
@@ -310,4 +310,5 @@ class HandoffReceiver:
             await asyncio.sleep(PUBLISH_S)
 
 
-__all__ = ["ACK_WAIT_S", "ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "SEND_TIMEOUT_S", "listen", "shared_loads"]
+__all__ = ["ACK_WAIT_S", "ConnectionBalancer", "HandoffReceiver", "PUBLISH_S", "SEND_TIMEOUT_S", "listen",
+           "shared_loads"]
