@@ -91,11 +91,13 @@ def build_parser():
                    help="train N members from seeds SEED, SEED+1000, ... as one streaming model (default 1)")
     p.add_argument("--cell", default="gru", choices=["gru", "lstm"])
     p.add_argument("--pooling", default=None, choices=["last", "mean", "attention"])
-    p.add_argument("--input-norm", default=None, choices=["none", "causal_mean"],
-                   help="causal_mean: subtract the running mean of the features so far (streamable CMN, in the model)")
+    p.add_argument("--input-norm", default=None, choices=["none", "causal_mean", "pcen"],
+                   help="causal_mean: subtract the running mean of the features so far (streamable CMN, in the model); "
+                        "pcen: per-channel energy normalisation (with --norm-decay < 1)")
     p.add_argument("--norm-prior", type=float, default=None,
                    help="causal_mean: the running mean starts at the training mean with this weight in frames")
-    p.add_argument("--norm-decay", type=float, default=None, help="causal_mean: per-frame decay (1: cumulative)")
+    p.add_argument("--norm-decay", type=float, default=None,
+                   help="causal_mean: per-frame decay (1: cumulative); pcen: the energy smoother's decay (e.g. 0.975)")
     p.add_argument("--conv-channels", default=None, help="causal conv front end (CRNN), e.g. 16,32 (empty: none)")
     p.add_argument("--conv-kernel", default=None, help="conv kernel TIME,FREQ (default 3,3)")
     p.add_argument("--conv-pool", type=int, default=None, help="max-pool over frequency after each conv layer")

@@ -29,13 +29,13 @@ every checkpoint and export carries it. ``input_norm="causal_mean"`` then subtra
 normalised features over the stream so far (current frame included): causal cepstral mean normalisation,
 carried as state ``norm_sum``/``norm_count`` so it streams and exports like the rest; ``norm_decay`` makes it an
 exponential moving mean and ``norm_prior`` starts it at the training mean with the weight of that many frames
-(see :class:`ModelConfig`).
+(see :class:`ModelConfig`). ``input_norm="pcen"`` replaces the standardisation of log-mel inputs by per-channel
+energy normalisation (:class:`rnnstream.models.input_norm.CausalPCEN`, state ``pcen_m``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnstream.models.conv_frontend import CausalConvFrontend
+from rnnstream.models.input_norm import CausalPCEN, decayed_sums
 from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
 from rnnstream.pipeline.model_config import ATTENTION_BOUND, Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
 
@@ -92,6 +93,7 @@ class StreamingRNN(nn.Module):
             raise ConfigError("normalisation std must be > 0 in every dimension")
         self.register_buffer("feat_mean", mean.clone())
         self.register_buffer("feat_std", std.clone())
+        self.pcen = CausalPCEN(c.input_dim, c.norm_decay) if c.input_norm == "pcen" else None
 
     # ---------------------------------------------------------------------------------------
     # State API
@@ -129,8 +131,11 @@ class StreamingRNN(nn.Module):
 
     def _step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         c = self.config
-        z = (x - self.feat_mean) / self.feat_std
         new_state: State = {}
+        if self.pcen is not None:  # PCEN reads the energies themselves, in place of the standardisation
+            z, new_state["pcen_m"] = self.pcen(x, state["pcen_m"], self.feat_mean)
+        else:
+            z = (x - self.feat_mean) / self.feat_std
         delta = None
         if c.input_diff or c.input_delta:
             delta = self._delta(z, state, new_state)
@@ -206,18 +211,8 @@ class StreamingRNN(nn.Module):
             zcount = n0.unsqueeze(1) + steps  # [B, T, 1]
             denom = zcount + prior if prior else zcount
             return z - zsum / denom, zsum[:, -1], zcount[:, -1]
-        if steps_n > 256 and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
-            outs = []  # long offline sequences: blocks keep the [T, T] weights small
-            for t0 in range(0, steps_n, 256):
-                y, s0, n0 = self._causal_mean(z[:, t0:t0 + 256], s0, n0)
-                outs.append(y)
-            return torch.cat(outs, dim=1), s0, n0
-        idx = torch.arange(steps_n, device=z.device, dtype=z.dtype)
-        lag = idx.view(-1, 1) - idx.view(1, -1)  # [T, T]: t - k
-        w = torch.where(lag >= 0, torch.exp(lag.clamp(min=0) * math.log(a)), torch.zeros_like(lag))
-        carry = torch.exp((idx + 1) * math.log(a)).view(1, -1, 1)  # a^(t+1): weight of the carried sums
-        zsum = torch.matmul(w, z) + carry * s0.unsqueeze(1)
-        zcount = w.sum(dim=1).view(1, -1, 1) + carry * n0.unsqueeze(1)  # [B, T, 1]
+        zsum = decayed_sums(z, s0, a)
+        zcount = decayed_sums(torch.ones_like(z[:, :, :1]), n0, a)  # [B, T, 1]
         denom = zcount
         if prior:
             denom = zcount + prior * (1.0 - (1.0 - a) * zcount).clamp(min=0.0)
@@ -259,7 +254,10 @@ class StreamingRNN(nn.Module):
         return self._forward_bidirectional(x, lengths)
 
     def _forward_bidirectional(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        z = (x - self.feat_mean) / self.feat_std
+        if self.pcen is not None:  # causal: padding after a sequence's end never reaches it
+            z = self.pcen(x, self.initial_state(x.shape[0])["pcen_m"], self.feat_mean)[0]
+        else:
+            z = (x - self.feat_mean) / self.feat_std
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
         if self.config.input_norm == "causal_mean":  # causal: padding after a sequence's end never reaches it

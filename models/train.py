@@ -270,6 +270,7 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
     torch.manual_seed(cfg.seed)  # weight init, then dropout and augmentation
     model, stats_dict, resumed = _initial_model(train_data, cfg, model, stats, checkpoint, resume)
     _check_stacking(model, feature_config)
+    _check_pcen(model, feature_config)
     if cfg.tbptt and model.config.bidirectional:
         raise StateError("truncated BPTT carries state with model.step; a bidirectional model cannot stream")
     model.to(device).train()
@@ -319,6 +320,15 @@ def _check_stacking(model: StreamingRNN, feature_config: FeatureConfig | None) -
         raise ConfigError(f"a frequency convolution (conv_kernel {list(c.conv_kernel)}) over stacked frames "
                           f"(stack={audio.stack}) would mix the stacked copies' bands; use stack=1 for a CRNN, or a "
                           "temporal conv across every feature (conv_kernel T,0)")
+
+
+def _check_pcen(model: StreamingRNN, feature_config: FeatureConfig | None) -> None:
+    """PCEN divides energies (``exp`` of the features): it needs log-mel features."""
+    audio = feature_config.audio if feature_config is not None else None
+    if model.config.input_norm == "pcen" and (audio is None or audio.feature != "logmel"):
+        got = "sensor or unknown features" if audio is None else f"{audio.feature!r} features"
+        raise ConfigError(f"input_norm='pcen' normalises band energies and needs log-mel features (feature "
+                          f"'logmel'); got {got}")
 
 
 def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: TaskData | None) -> None:

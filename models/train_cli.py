@@ -55,9 +55,11 @@ def _architecture(p: argparse.ArgumentParser) -> None:
     a.add_argument("--pooling", default=_ARCH.pooling, choices=list(POOLINGS),
                    help="classify: last frame, running mean, or attention (a running mean weighted by a learned score)")
     a.add_argument("--input-norm", default=_ARCH.input_norm, choices=list(INPUT_NORMS),
-                   help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN)")
+                   help="causal_mean: subtract the running mean of the normalised features so far (streamable CMN); "
+                        "pcen: per-channel energy normalisation of log-mel features (needs --norm-decay < 1)")
     a.add_argument("--norm-decay", type=float, default=_ARCH.norm_decay,
-                   help="causal_mean: per-frame decay of the running mean (1: cumulative; 0.99: ~100-frame memory)")
+                   help="causal_mean: per-frame decay of the running mean (1: cumulative; 0.99: ~100-frame memory); "
+                        "pcen: the energy smoother's decay (e.g. 0.975)")
     a.add_argument("--norm-prior", type=float, default=_ARCH.norm_prior,
                    help="causal_mean: the running mean starts at the training mean with this weight, in frames")
     a.add_argument("--conv-channels", type=_ints, default=_ARCH.conv_channels,

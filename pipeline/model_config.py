@@ -20,7 +20,7 @@ from rnnstream.pipeline.errors import ConfigError
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Task = Literal["classify", "tag", "forecast", "generate"]
 Pooling = Literal["last", "mean", "attention"]
-InputNorm = Literal["none", "causal_mean"]
+InputNorm = Literal["none", "causal_mean", "pcen"]
 
 
 #: The values of each type above, for checks and command-line choices: the classify head's poolings over time
@@ -53,6 +53,9 @@ class Architecture:
     prior from the training statistics: the running mean starts as the training mean (zero after the fitted
     normalisation) with the weight of ``norm_prior`` frames (decaying like a frame), so the first frames of a
     stream are not normalised by themselves alone. The state stays zero-initialised.
+    ``input_norm="pcen"`` (log-mel inputs) replaces the standardisation by per-channel energy normalisation
+    (``rnnstream.models.input_norm.CausalPCEN``): each band's energy divided by a power of its smoothed level
+    (``norm_decay`` is the smoother's ``a``, below 1), then compressed, with trained exponents; state ``pcen_m``.
 
     ``pooling`` (classify): ``last`` reads the RNN's last output; ``mean`` the running mean of its outputs;
     ``attention`` a running weighted mean whose weight per frame is ``exp(ATTENTION_BOUND * tanh(w . out_t + b))``
@@ -126,7 +129,7 @@ class Architecture:
         if int(self.ensemble) < 1:
             raise ConfigError(f"ensemble (members) must be >= 1, got {self.ensemble}")
         if self.input_norm not in INPUT_NORMS:
-            raise ConfigError(f"input_norm must be 'none' or 'causal_mean', got {self.input_norm!r}")
+            raise ConfigError(f"input_norm must be one of {', '.join(INPUT_NORMS)}; got {self.input_norm!r}")
         self._validate_norm()
         self._validate_inputs()
         self._validate_conv()
@@ -144,8 +147,13 @@ class Architecture:
             raise ConfigError(f"norm_decay must be in (0, 1], got {self.norm_decay}")
         if not 0.0 <= float(self.norm_prior) < float("inf"):
             raise ConfigError(f"norm_prior must be a finite number of frames >= 0, got {self.norm_prior}")
-        if (self.norm_decay != 1.0 or self.norm_prior) and self.input_norm != "causal_mean":
-            raise ConfigError(f"norm_decay / norm_prior apply to input_norm='causal_mean' only, not {self.input_norm!r}")
+        if self.norm_prior and self.input_norm != "causal_mean":
+            raise ConfigError(f"norm_prior applies to input_norm='causal_mean' only, not {self.input_norm!r}")
+        if self.input_norm == "pcen" and not float(self.norm_decay) < 1.0:
+            raise ConfigError("input_norm='pcen' smooths each band's energy with norm_decay a (0 < a < 1; e.g. 0.975, "
+                              f"a 40-frame time constant); got {self.norm_decay}")
+        if self.norm_decay != 1.0 and self.input_norm not in ("causal_mean", "pcen"):
+            raise ConfigError(f"norm_decay applies to input_norm='causal_mean' or 'pcen' only, not {self.input_norm!r}")
 
     def _validate_conv(self) -> None:
         if any(int(c) < 1 for c in self.conv_channels):
@@ -276,6 +284,8 @@ class ModelConfig(Architecture):
             specs.append(StateSpec("c", (layers, self.hidden_size)))
         if self.input_norm == "causal_mean":
             specs += [StateSpec("norm_sum", (self.input_dim,)), StateSpec("norm_count", (1,))]
+        elif self.input_norm == "pcen":
+            specs.append(StateSpec("pcen_m", (self.input_dim,)))
         if self.pooling != "last":
             specs += [StateSpec("pool_sum", (self.hidden_size,)), StateSpec("pool_count", (1,))]
         if self.seasonal_period:
