@@ -232,7 +232,8 @@ def example_inputs(info: ModelInfo, batch: int, frames: int, rng: np.random.Gene
                    random_states: bool = True) -> list[np.ndarray]:
     """Plausible graph inputs in graph order: features ``mean + std * N(0, 1)`` (the model's statistics
     are not in ``info``, so standard normal around zero scaled by 3) or noise audio, and random states
-    (``pool_count`` a positive frame count)."""
+    (``pool_count`` a positive frame count; ``pcen_m``, a smoothed energy less its prior, non-negative, so the
+    level stays above the prior rather than at the clamp)."""
     if info.input_kind == "audio":
         hop = info.feature_config.audio.step_length  # type: ignore[union-attr]
         ctx = info.feature_config.audio.context  # type: ignore[union-attr]
@@ -247,6 +248,8 @@ def example_inputs(info: ModelInfo, batch: int, frames: int, rng: np.random.Gene
             states.append(np.zeros((batch, *s.shape), np.float32))
         elif base_state_name(s.name) == "pool_count":
             states.append(rng.integers(1, 20, (batch, *s.shape)).astype(np.float32))
+        elif base_state_name(s.name) == "pcen_m":
+            states.append(np.abs(0.5 * rng.standard_normal((batch, *s.shape))).astype(np.float32))
         else:
             states.append((0.5 * rng.standard_normal((batch, *s.shape))).astype(np.float32))
     return head + states
