@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from rnnstream.pipeline.errors import ConfigError
+
 #: Longest chunk handled with one ``[T, T]`` weight matrix outside export (longer ones go in blocks).
 BLOCK = 256
 #: Added to the smoothed energy before the power (as in the PCEN paper).
@@ -41,16 +43,17 @@ def decayed_sums(v: Tensor, s0: Tensor, a: float) -> Tensor:
 
 
 class CausalPCEN(nn.Module):
-    """``forward(x [B, T, D] log-mel, m0 [B, D]) -> (pcen [B, T, D], m [B, D])`` (see the module doc).
+    """``forward(x [B, T, D] log-mel, m0 [B, D], log_prior [D]) -> (pcen [B, T, D], m [B, D])`` (module doc).
 
-    ``decay`` is ``a`` (``0 < a < 1``; 0.975 at a 10 ms hop is a 0.4 s time constant); ``log_prior [D]`` is the
-    training data's mean log-mel (the model's ``feat_mean`` buffer), read at each call.
+    ``decay`` is ``a`` (``0 < a < 1``; 0.975 at a 10 ms hop is a 0.4 s time constant); ``log_prior`` is the
+    training data's mean log-mel (the model's ``feat_mean`` buffer), passed at each call; ``m0``/``m`` the carried
+    level less ``exp(log_prior)`` before and after the chunk.
     """
 
     def __init__(self, dim: int, decay: float):
         super().__init__()
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"PCEN decay must be in (0, 1), got {decay}")
+            raise ConfigError(f"PCEN decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.log_alpha = nn.Parameter(torch.full((dim,), math.log(0.98)))
         self.log_delta = nn.Parameter(torch.full((dim,), math.log(2.0)))
