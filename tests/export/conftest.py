@@ -71,6 +71,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[St
     return get
 
 
+def assert_streams_like_offline(model: torch.nn.Module, backend: object, signal: np.ndarray, cuts: list[int],
+                                atol: float = 1e-4) -> None:
+    """``signal`` pushed in pieces cut at ``cuts`` through an onnxruntime ``StreamSession`` of ``backend`` gives
+    PyTorch ``model``'s offline outputs over the whole signal's features (every frame, to ``atol``)."""
+    from rnnstream.pipeline.features import AudioFeaturizer
+    from rnnstream.pipeline.streaming import StreamSession
+
+    with torch.no_grad():
+        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(signal))[None])[0].numpy()
+    session = StreamSession(backend, sample_rate=RATE)
+    got = np.concatenate([session.push(part).outputs for part in np.split(signal, cuts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
     """Quiet noise with a tone and an amplitude envelope, float32 ``[seconds * 8000]``."""
     rng = np.random.default_rng(seed)

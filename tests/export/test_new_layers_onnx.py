@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 
 from rnnstream.export.onnx_export import export_onnx
 from rnnstream.models.rnn import crnn_classifier
-from rnnstream.pipeline.features import AudioFeaturizer
 from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.pipeline.streaming import StreamSession
-from tests.export.conftest import DIM, FC, LABELS, RATE, noise
+from tests.export.conftest import DIM, FC, LABELS, RATE, assert_streams_like_offline, noise
 
 SIGNAL = noise(0.41, seed=8)
 
@@ -42,11 +41,7 @@ def test_graph_carries_the_conv_states(crnn):
 @given(cuts=st.lists(st.integers(0, SIGNAL.size), max_size=8).map(sorted))
 def test_onnx_streaming_equals_torch_offline(crnn, cuts):
     model, backend = crnn
-    with torch.no_grad():
-        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
-    session = StreamSession(backend, sample_rate=RATE)
-    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert_streams_like_offline(model, backend, SIGNAL, cuts)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +59,7 @@ def temporal_conv(tmp_path_factory):
 def test_temporal_conv_onnx_streaming_equals_torch_offline(temporal_conv, cuts):
     model, backend = temporal_conv
     assert {s.name: s.shape for s in backend.info.state_specs}["conv1"] == (3, 5, 1)
-    with torch.no_grad():
-        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
-    session = StreamSession(backend, sample_rate=RATE)
-    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert_streams_like_offline(model, backend, SIGNAL, cuts)
 
 
 def test_seasonal_forecaster_exports_and_streams(tmp_path):
@@ -140,11 +131,7 @@ def test_ensemble_onnx_streaming_equals_torch_offline(ensemble, cuts):
     model, backend = ensemble
     assert [s.name for s in backend.info.state_specs][:3] == ["m0_h", "m0_pool_sum", "m0_pool_count"]
     assert backend.info.model_config.ensemble == 3
-    with torch.no_grad():
-        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
-    session = StreamSession(backend, sample_rate=RATE)
-    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert_streams_like_offline(model, backend, SIGNAL, cuts)
 
 
 def test_ensemble_exports_to_int8(ensemble, tmp_path):
@@ -178,8 +165,4 @@ def deltas(request, tmp_path_factory):
 def test_input_delta_onnx_streaming_equals_torch_offline(deltas, cuts):
     model, backend = deltas
     assert {"prev_input", "prev_seen"} <= {s.name for s in backend.info.state_specs}
-    with torch.no_grad():
-        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
-    session = StreamSession(backend, sample_rate=RATE)
-    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert_streams_like_offline(model, backend, SIGNAL, cuts)

@@ -13,8 +13,7 @@ from rnnstream.export.onnx_export import export_onnx
 from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.pipeline.features import AudioFeaturizer
 from rnnstream.pipeline.onnx_backend import OnnxBackend
-from rnnstream.pipeline.streaming import StreamSession
-from tests.export.conftest import DIM, FC, LABELS, RATE, noise
+from tests.export.conftest import DIM, FC, LABELS, assert_streams_like_offline, noise
 
 SIGNAL = noise(0.37, seed=11)
 
@@ -37,11 +36,7 @@ def pcen(request, tmp_path_factory):
 def test_pcen_onnx_streaming_equals_torch_offline(pcen, cuts):
     model, backend = pcen
     assert "pcen_m" in {s.name for s in backend.info.state_specs}
-    with torch.no_grad():
-        want = model(torch.from_numpy(AudioFeaturizer(FC).featurize(SIGNAL))[None])[0].numpy()
-    session = StreamSession(backend, sample_rate=RATE)
-    got = np.concatenate([session.push(part).outputs for part in np.split(SIGNAL, cuts)])
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert_streams_like_offline(model, backend, SIGNAL, cuts)
 
 
 def test_a_trained_like_pcen_model_passes_the_export_check(tmp_path):
