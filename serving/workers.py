@@ -183,6 +183,7 @@ class Supervisor:
                 index = sentinels[obj]
                 if self.stopping:
                     break
+                self.procs[index].join(1.0)  # its sentinel can fire before it is reaped (exitcode None until then)
                 code = self.procs[index].exitcode
                 if self.balancer is not None:
                     self.balancer.set_alive(index, False)
