@@ -15,7 +15,8 @@ Two levels:
   draw per sequence; masked cells take the training mean of their band, i.e. zero after the model's
   normalisation) and a random gain per sequence (a gain of ``g`` dB multiplies the power spectrum by
   ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``),
-  feature noise, a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like), a time warp
+  a random equaliser per sequence (:func:`random_eq`: a smooth gain curve over the bands, like another
+  microphone), feature noise, a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like), a time warp
   (:func:`warp_time`), and mixup of labelled sequences (:func:`mix_sequences`: inputs and one-hot targets mixed).
 
 Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
@@ -50,6 +51,9 @@ class BatchAugment:
         time_masks, time_width: number of time masks per sequence, each up to ``time_width`` frames long.
         gain_db: random gain per sequence, uniform in ``[-gain_db, gain_db]`` dB (log-mel features only;
             0: off).
+        eq_db: a random equaliser per sequence (a microphone's or room's frequency response; log-mel features
+            only): :func:`random_eq`'s smooth gain curve over the bands, uniform in ``[-eq_db, eq_db]`` dB at
+            :data:`EQ_KNOTS` evenly spaced bands and linear in between (0: off).
         noise: additive Gaussian noise per cell with this standard deviation in units of each band's training
             std (``scale`` passed to the call; 0: off). For any features, e.g. cepstra or sensor channels.
         warp: random frequency warp per sequence (a vocal-tract-length perturbation on the band axis): output
@@ -70,6 +74,7 @@ class BatchAugment:
     time_masks: int = 0
     time_width: int = 0
     gain_db: float = 0.0
+    eq_db: float = 0.0
     noise: float = 0.0
     warp: float = 0.0
     time_warp: float = 0.0
@@ -81,6 +86,8 @@ class BatchAugment:
                 raise ConfigError(f"augment {name} must be >= 0, got {getattr(self, name)}")
         if not (self.gain_db >= 0 and math.isfinite(self.gain_db)):
             raise ConfigError(f"augment gain_db must be >= 0, got {self.gain_db}")
+        if not (self.eq_db >= 0 and math.isfinite(self.eq_db)):
+            raise ConfigError(f"augment eq (dB) must be >= 0, got {self.eq_db}")
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise ConfigError(f"augment noise must be >= 0, got {self.noise}")
         if not 0 <= self.warp < 1:
@@ -98,12 +105,12 @@ class BatchAugment:
     def changes_features(self) -> bool:
         """Whether :meth:`__call__` changes the features (every option but ``mixup``, which the transform applies)."""
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
-                    or self.noise or self.warp or self.time_warp)
+                    or self.eq_db or self.noise or self.warp or self.time_warp)
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
         """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as
-        ``"freq=2x4,time=2x10,gain=6,noise=0.1,warp=0.1,twarp=0.1,mixup=0.2"``."""
+        ``"freq=2x4,time=2x10,gain=6,eq=6,noise=0.1,warp=0.1,twarp=0.1,mixup=0.2"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()
@@ -112,10 +119,10 @@ class BatchAugment:
         kw: dict[str, Any] = {}
         for part in text.split(","):
             m = re.fullmatch(
-                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|noise|warp|twarp|mixup)\s*=\s*([0-9.]+)\s*", part)
+                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|eq|noise|warp|twarp|mixup)\s*=\s*([0-9.]+)\s*", part)
             if not m:
-                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,noise=STD,warp=A,"
-                                  f"twarp=A,mixup=A; got {text!r}")
+                raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,"
+                                  f"warp=A,twarp=A,mixup=A; got {text!r}")
             if m.group(1):
                 kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
             else:
@@ -133,6 +140,8 @@ class BatchAugment:
             parts.append(f"time={self.time_masks}x{self.time_width}")
         if self.gain_db:
             parts.append(f"gain={self.gain_db:g}")
+        if self.eq_db:
+            parts.append(f"eq={self.eq_db:g}")
         if self.noise:
             parts.append(f"noise={self.noise:g}")
         if self.warp:
@@ -168,10 +177,34 @@ class BatchAugment:
         if self.gain_db:
             g = (torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * self.gain_db
             y = y + g * _LOG_POWER_PER_DB
+        if self.eq_db:
+            y = y + random_eq(x.shape[0], x.shape[2], self.eq_db, dtype=x.dtype, device=x.device)[:, None, :]
         if self.noise:
             unit = scale if scale is not None else torch.ones(x.shape[2], dtype=x.dtype, device=x.device)
             y = y + torch.randn_like(y) * (self.noise * unit)
         return y.contiguous()
+
+
+#: Bands of :func:`random_eq`'s curve that get a random gain of their own (the first, the last and three between).
+EQ_KNOTS = 5
+
+
+def random_eq(batch: int, bands: int, eq_db: float, knots: int = EQ_KNOTS, gains_db: Tensor | None = None,
+              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """A random equaliser per sequence as log-power offsets ``[batch, bands]``, to add to log-mel features.
+
+    ``gains_db [batch, knots]`` (default uniform in ``[-eq_db, eq_db]``) are the gains at ``knots`` bands evenly
+    spaced from the first to the last; the bands between are linearly interpolated, so the curve is smooth across
+    neighbouring bands like a microphone's response, unlike a per-band noise. A gain of ``g`` dB multiplies a band's
+    power by ``10 ** (g / 10)``, i.e. adds ``g * ln(10) / 10`` to its log.
+    """
+    if knots < 2:
+        raise ConfigError(f"random_eq needs at least 2 knots, got {knots}")
+    if gains_db is None:
+        gains_db = (torch.rand(batch, knots, dtype=dtype, device=device) * 2 - 1) * eq_db
+    pos = torch.linspace(0, knots - 1, bands, dtype=dtype, device=device).expand(batch, bands)
+    curve = _read_at(gains_db.to(dtype)[:, None, :], pos, dim=2)[:, 0, :]  # [batch, bands]
+    return curve * _LOG_POWER_PER_DB
 
 
 def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
@@ -228,7 +261,7 @@ def warp_time(x: Tensor, lengths: Tensor | None, amount: float, centre: Tensor |
 
 
 #: ``--augment`` scalar keys and the :class:`BatchAugment` fields they set.
-_SCALAR_FIELDS = {"gain": "gain_db", "noise": "noise", "warp": "warp", "twarp": "time_warp", "mixup": "mixup"}
+_SCALAR_FIELDS = {"gain": "gain_db", "eq": "eq_db", "noise": "noise", "warp": "warp", "twarp": "time_warp", "mixup": "mixup"}
 
 #: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md):
 #: SpecAugment masks, random gain and, since issue 15 follow-up 3, a band-axis warp by 1 +- 0.1. ``--augment

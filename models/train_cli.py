@@ -105,8 +105,9 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--level-shift", type=float, default=0.0,
                    help="forecast/generate: random level-offset augmentation, in normalisation stds")
     o.add_argument("--augment", default="none",
-                   help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB,noise=STD,"
-                        "warp=A,twarp=A,mixup=A (SpecAugment frequency/time masks, random gain in dB, feature noise in "
+                   help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB,eq=DB,"
+                        "noise=STD,warp=A,twarp=A,mixup=A (SpecAugment frequency/time masks, random gain in dB, a "
+                        "random smooth equaliser of up to DB dB over the bands, feature noise in "
                         "training stds, a random band-axis warp by 1 +- A, a time warp moving a mid-sequence point "
                         "by up to A of the length (classifiers), mixup of two sequences and their labels with a "
                         "Beta(A, A) weight (classifiers))")

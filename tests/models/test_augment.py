@@ -88,6 +88,44 @@ def test_warp_moves_bands_by_the_factor_and_parses() -> None:
             BatchAugment.parse(bad)
 
 
+def test_random_eq_is_a_smooth_per_sequence_curve_through_its_knot_gains() -> None:
+    from rnnstream.models.augment import EQ_KNOTS, random_eq
+
+    per_db = math.log(10) / 10
+    gains = torch.tensor([[6.0, -6.0, 0.0], [0.0, 0.0, 0.0]])
+    curve = random_eq(2, 9, 6.0, knots=3, gains_db=gains)
+    assert curve.shape == (2, 9)
+    # knots at bands 0, 4 and 8; linear between them
+    expected = torch.tensor([6.0, 3.0, 0.0, -3.0, -6.0, -4.5, -3.0, -1.5, 0.0]) * per_db
+    torch.testing.assert_close(curve[0], expected)
+    torch.testing.assert_close(curve[1], torch.zeros(9))
+    torch.manual_seed(1)
+    drawn = random_eq(64, 40, 10.0)
+    assert float(drawn.abs().max()) <= 10.0 * per_db + 1e-6
+    assert float(drawn.std(dim=0).min()) > 0.5 * per_db  # every band moves, sequence to sequence
+    steps = (drawn[:, 1:] - drawn[:, :-1]).abs()  # smooth: neighbouring bands differ by at most 2 x 10 dB / gap
+    assert float(steps.max()) <= 2 * 10.0 * per_db * (EQ_KNOTS - 1) / 39 + 1e-5
+    with pytest.raises(ConfigError, match="knots"):
+        random_eq(1, 8, 6.0, knots=1)
+
+
+def test_eq_augment_adds_one_curve_per_sequence_to_every_frame_and_parses() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 20)
+    y = BatchAugment(eq_db=6.0)(x) - x
+    torch.testing.assert_close(y, y[:, :1, :].expand_as(y))  # the same curve on every frame of a sequence
+    assert not torch.allclose(y[0, 0], y[1, 0])  # another sequence, another curve
+    assert float(y.abs().max()) <= 6.0 * math.log(10) / 10 + 1e-6
+    assert float((y[:, 0, 1:] - y[:, 0, :1]).abs().max()) > 0  # not a plain gain
+    a = BatchAugment.parse("freq=2x4,gain=6,eq=4.5")
+    assert a.eq_db == 4.5 and a.active and a.changes_features and BatchAugment.parse(a.spec()) == a
+    assert "eq=4.5" in a.spec()
+    with pytest.raises(ConfigError):
+        BatchAugment.parse("eq=-2")
+    with pytest.raises(ConfigError, match="eq"):
+        BatchAugment(eq_db=float("inf"))
+
+
 def test_time_warp_moves_one_point_and_keeps_ends_lengths_and_padding() -> None:
     from rnnstream.models.augment import warp_time
 
