@@ -4,7 +4,9 @@
 NumPy matrices, with plain tensor ops that export to ONNX exactly and run fast in onnxruntime:
 
 * framing by reshapes and slices (no ``Gather``, no ``Conv``): the buffer is cut into hop-long blocks and a
-  frame is the concatenation of ``ceil(win / hop)`` consecutive blocks (the first one trimmed);
+  frame is the concatenation of ``ceil(win / hop)`` consecutive blocks (the first one trimmed); constant slice
+  bounds and ``[batch, -1, hop]`` reshapes only, so onnxruntime's optimised graph computes no shapes (about 5 us
+  less per 100 ms chunk than with the frame count derived from the input's length);
 * the DFT as ``MatMul`` with bases that have the analysis window folded in and only the columns the mel filters
   use: cosines and sines of the bins with a non-zero mel weight (the sines of DC and Nyquist are zero columns);
 * when ``win_length == n_fft`` (even), the DFT folded in half: the window is even about ``n_fft / 2``, so
@@ -13,7 +15,7 @@ NumPy matrices, with plain tensor ops that export to ONNX exactly and run fast i
 * the power spectrum as ``re * re + im * im`` over those bins, then one ``MatMul`` with their mel rows.
 
 For the default 16 kHz config (400-sample window, 160-sample hop, 80 mels) the DFT is a ``[201, 200]`` and a
-``[199, 200]`` product (80k multiply-adds per frame) instead of the ``[402, 400]`` strided convolution
+``[200, 200]`` product (80k multiply-adds per frame) instead of the ``[402, 400]`` strided convolution
 (160.8k) this module used before, and the mel projection a ``[200, 80]`` one (16k; 31.8k when it read the real
 and imaginary parts side by side). onnxruntime time per chunk: ``bench/bench_stream.py``.
 """
@@ -86,6 +88,8 @@ class AudioFrontend(torch.nn.Module):
         self.bins = cos.shape[1]  # U
         if not self.folded:  # one [win, 2U] basis: cosines, then sines
             cos, sin = np.concatenate((cos, sin), axis=1), np.zeros((0, 0))
+        else:  # a zero last row: (a - b)'s last entry is x[N/2] - x[N/2] = 0, so no slice to N/2 - 1 in the graph
+            sin = np.concatenate((sin, np.zeros((1, sin.shape[1]))), axis=0)
         for name, arr in (("cos", cos), ("sin", sin), ("mel", mel)):
             self.register_buffer(name, torch.from_numpy(arr.astype(np.float32)), persistent=False)
         dct = dct_matrix(cfg) if cfg.feature == "mfcc" else np.zeros((0, 0), np.float32)
@@ -94,18 +98,21 @@ class AudioFrontend(torch.nn.Module):
     def initial_state(self, batch_size: int) -> torch.Tensor:
         return torch.zeros(batch_size, self.cfg.context)
 
-    def frames(self, buffer: torch.Tensor, frames: int) -> torch.Tensor:
-        """``buffer [B, context + frames * hop]`` -> the (unwindowed) frames ``[B, frames, win]``.
+    def frames(self, buffer: torch.Tensor) -> torch.Tensor:
+        """``buffer [B, context + T * hop]`` -> the (unwindowed) frames ``[B, T, win]``.
 
         Frame ``t`` is ``buffer[:, t*hop : t*hop + win]``: the first ``self.first`` samples of block ``t`` of
-        ``buffer`` cut in hops, then whole hops taken from ``buffer[:, self.first:]`` cut in hops.
+        ``buffer`` cut in hops, then whole hops taken from ``buffer[:, self.first:]`` cut in hops. Every slice bound
+        is a constant and every reshape ``[batch, -1, hop]``, so the graph computes no shapes (onnxruntime turns
+        such a reshape into a constant ``[0, -1, hop]``).
         """
-        batch, hop, last = buffer.shape[0], self.hop, self.blocks - 2
-        head = buffer[:, : frames * hop].reshape(batch, frames, hop)[:, :, : self.first]
+        hop, last, ctx = self.hop, self.blocks - 2, self.cfg.context
+        body = buffer[:, :-ctx] if ctx else buffer  # [B, T * hop]: what precedes the carried context
+        head = body.reshape(body.shape[0], -1, hop)[:, :, : self.first]
         if self.blocks == 1:
             return head
-        tail = buffer[:, self.first :].reshape(batch, frames + last, hop)  # [B, frames + blocks - 2, hop]
-        # constant slice bounds (tail[:, j : j + frames]) keep shape arithmetic out of the graph
+        rest = buffer[:, self.first :]
+        tail = rest.reshape(rest.shape[0], -1, hop)  # [B, T + blocks - 2, hop]
         pieces = [head] + [tail[:, j : (j - last) if j < last else None] for j in range(self.blocks - 1)]
         return torch.cat(pieces, dim=2)
 
@@ -118,19 +125,19 @@ class AudioFrontend(torch.nn.Module):
             half = self.cfg.fft_size // 2
             a, b = frames[:, :, 1 : half + 1], torch.flip(frames[:, :, half:], dims=[2])  # x[n], x[N - n]
             re = torch.matmul(torch.cat((frames[:, :, :1], a + b), dim=2), self.cos)
-            im = torch.matmul((a - b)[:, :, : half - 1], self.sin)
+            im = torch.matmul(a - b, self.sin)  # [B, T, N/2] @ [N/2, U] (last row zero)
         return re * re + im * im
 
     def forward(self, audio: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         buffer = torch.cat((carry, audio), dim=1)  # [B, context + S]
-        power = self.power(self.frames(buffer, audio.shape[1] // self.hop))  # [B, T, U]
+        power = self.power(self.frames(buffer))  # [B, T, U]
         feats = torch.log(torch.matmul(power, self.mel) + self.cfg.log_eps)  # [B, T, n_mels]
         if self.cfg.feature == "mfcc":
             feats = torch.matmul(feats, self.dct)
         if self.cfg.stack > 1:  # [B, k * T', frame_dim] -> [B, T', k * frame_dim]
             feats = feats.reshape(feats.shape[0], -1, self.cfg.dim)
         ctx = self.cfg.context  # a constant slice: the last ``context`` samples
-        new_carry = buffer[:, buffer.shape[1] - ctx :] if ctx == 0 else buffer[:, -ctx:]
+        new_carry = buffer[:, :0] if ctx == 0 else buffer[:, -ctx:]
         return feats, new_carry
 
 

@@ -134,6 +134,20 @@ def test_raw_audio_graph_front_end_has_no_conv_and_half_the_dft(exported) -> Non
     assert dims["audio"] == ["batch", "samples"] and dims["frontend_carry_in"][0] == "batch"
 
 
+@pytest.mark.parametrize("name", ["16k-logmel", "8k-stack3", "win-eq-hop"])
+def test_optimised_front_end_graph_computes_no_shapes(tmp_path, name: str) -> None:
+    """After onnxruntime's graph optimisations the front end holds no shape arithmetic (``Shape``, ``Gather``,
+    ``Div``...): every reshape became a constant ``[0, -1, hop]`` and every slice bound is a constant."""
+    _export_frontend(CONFIGS[name], str(tmp_path / "fe.onnx"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "fe_opt.onnx")
+    ort.InferenceSession(str(tmp_path / "fe.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fe_opt.onnx")).graph.node}
+    assert not ops & {"Shape", "Gather", "Div", "Unsqueeze", "Cast"}, sorted(ops)
+
+
 def test_torch_backend_raw_audio_equals_features_path() -> None:
     """``TorchBackend(raw_audio=True)`` (the front end in PyTorch) equals the featurizer + model path."""
     from rnnstream.models.backend import TorchBackend
