@@ -46,12 +46,12 @@ class CausalConvFrontend(nn.Module):
             if self.kt > 1:
                 name = f"conv{i}"
                 x = torch.cat((state[name], x), dim=1)  # [B, kt - 1 + T, c_in, F]
-                new[name] = x[:, x.shape[1] - (self.kt - 1):]
+                new[name] = x[:, 1 - self.kt :]  # a constant slice: the last kt - 1 frames
             y = torch.relu(conv(x.permute(0, 2, 1, 3)))  # [B, c_out, T, F]
             if self.pool > 1:
                 y = nn.functional.max_pool2d(y, kernel_size=(1, self.pool))
             x = y.permute(0, 2, 1, 3)  # [B, T, c_out, F // pool]
-        return x.flatten(2), new
+        return x.reshape(x.shape[0], x.shape[1], -1), new  # onnxruntime folds this shape to [0, 0, -1]
 
 
 __all__ = ["CausalConvFrontend"]
