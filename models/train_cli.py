@@ -71,8 +71,8 @@ def _architecture(p: argparse.ArgumentParser) -> None:
                    help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
-                        "augmentation with a band warp, held-out-speaker validation, then a refit on every speaker "
-                        "for 9 epochs; see docs/results.md); auto: speech when the data is audio")
+                        "augmentation with a band warp, PCEN of log-mel inputs, held-out-speaker validation, then a "
+                        "refit on every speaker for 6 epochs; see docs/results.md); auto: speech when the data is audio")
 
 
 def _optimisation(p: argparse.ArgumentParser) -> None:
@@ -231,11 +231,18 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
         return
     given = explicit_dests(build_parser(), argv)
     apply_recipe(args, SPEECH_RECIPE, given)
-    stack = ds.config.audio.stack if ds.config.audio is not None else 1
+    audio = ds.config.audio
+    stack = audio.stack if audio is not None else 1
     if stack > 1 and "conv_channels" not in given:  # a frequency conv would cross the stacked copies' seams
         args.conv_channels = ()
         print(f"rnnstream train: recipe {args.recipe}: the features are stacked (stack={stack}), so no conv front "
               "end (the recipe's CRNN needs stack=1)", file=sys.stderr)
+    pcen_fits = audio is not None and audio.feature == "logmel" and stack == 1
+    if args.input_norm == "pcen" and not pcen_fits and not {"input_norm", "norm_decay"} & given:
+        args.input_norm, args.norm_decay = "none", 1.0
+        what = f"{audio.feature!r} features" if audio is not None and audio.feature != "logmel" else f"stack={stack}"
+        print(f"rnnstream train: recipe {args.recipe}: {what}, so the inputs are standardised instead of PCEN "
+              "(the recipe's PCEN was chosen on log-mel features at one frame per step)", file=sys.stderr)
     if not ({"val_by", "val_match", "val_fraction"} & given):
         speaker = held_out_speaker(ds.examples, args.test_by, args.test_match)
         if speaker is not None:

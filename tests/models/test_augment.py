@@ -371,16 +371,38 @@ def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
 
 
 def test_speech_recipe_refit_count_follows_its_schedule(speech_dir) -> None:
-    """The recipe refits for its pooled epoch count (9 of its 10); with another --epochs, for every epoch."""
+    """The recipe refits for its pooled epoch count (6 of its 10); with another --epochs, for every epoch."""
     from rnnstream.models.train_cli import _recipe, build_parser
 
-    for argv, epochs, refit_epochs in ((["--data", speech_dir, "--out", "m.pt"], 10, 9),
+    for argv, epochs, refit_epochs in ((["--data", speech_dir, "--out", "m.pt"], 10, 6),
                                        (["--data", speech_dir, "--out", "m.pt", "--epochs", "4"], 4, "all"),
                                        (["--data", speech_dir, "--out", "m.pt", "--refit-epochs", "best"], 10, "best")):
         args = build_parser().parse_args(argv)
         _recipe(args, argv)
         assert (args.epochs, args.refit_epochs, args.refit) == (epochs, refit_epochs, True)
         assert args.augment == "speech" and BatchAugment.parse(args.augment).warp == 0.1
+        assert (args.input_norm, args.norm_decay) == ("pcen", 0.975)  # log-mel features: the recipe's PCEN
+
+
+def test_speech_recipe_standardises_features_pcen_does_not_fit(tmp_path, capsys) -> None:
+    """PCEN divides band energies: on MFCCs (or stacked frames) the recipe standardises instead and says so; an
+    explicit --input-norm is kept (training then refuses PCEN on MFCCs, tested in test_pcen.py)."""
+    from rnnstream.models.train_cli import _recipe, build_parser
+    from rnnstream.pipeline.dataset import write_dataset
+
+    mfcc = FeatureConfig.audio_default(sample_rate=8000, n_mels=16, feature="mfcc", n_mfcc=8)
+    rng = np.random.default_rng(0)
+    write_dataset(str(tmp_path / "ds"), [Example(str(i), f"{i}.wav", rng.normal(size=(5, mfcc.dim)).astype(np.float32),
+                                                 label=str(i % 2)) for i in range(4)], mfcc)
+    argv = ["--data", str(tmp_path / "ds"), "--out", "m.pt"]
+    args = build_parser().parse_args(argv)
+    _recipe(args, argv)
+    assert (args.input_norm, args.norm_decay) == ("none", 1.0) and args.pooling == "mean"
+    assert "standardised instead of PCEN" in capsys.readouterr().err
+    argv += ["--input-norm", "causal_mean"]
+    args = build_parser().parse_args(argv)
+    _recipe(args, argv)
+    assert args.input_norm == "causal_mean"
 
 
 def test_speech_recipe_on_stacked_features_leaves_out_the_conv_front_end(tmp_path, capsys) -> None:
