@@ -17,7 +17,7 @@
    every test file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy,
    streamed accuracy and their agreement are reported, with mean and standard deviation over seeds.
 5. ``--refit`` (the ``speech`` recipe): each leave-one-speaker-out fold trains again on all three training
-   speakers, for ``--refit-epochs`` epochs (``speech``: 6, the count whose validation accuracy pooled over every
+   speakers, for ``--refit-epochs`` epochs (``speech``: 8, the count whose validation accuracy pooled over every
    fold and seed of its selection runs was best; ``all``: the whole schedule; ``best``: each selection run's own
    best epoch); the refit model's test accuracy is the fold's result.
 
@@ -53,8 +53,9 @@ SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 
 
 #: Recipes: the experiment's defaults. ``speech`` is ``rnnstream train``'s audio recipe, chosen on held-out-speaker
-#: validation (see docs/results.md; PCEN inputs and a 6-epoch refit since issue 15 follow-up 12); ``speech-std`` the
-#: same with standardised inputs and a 9-epoch refit (the recipe of follow-ups 3 to 11); ``speech-d`` an older one (configuration D: a smaller CRNN, last-frame
+#: validation (see docs/results.md; PCEN inputs since issue 15 follow-up 12, a random equaliser and an 8-epoch refit
+#: since follow-up 13); ``speech-std`` the recipe of follow-ups 3 to 11 (standardised inputs, no equaliser, a 9-epoch
+#: refit); ``speech-d`` an older one (configuration D: a smaller CRNN, last-frame
 #: pooling, no refit, SpecAugment without the band warp); ``baseline`` reproduces the first configuration's defaults
 #: (random 10% validation).
 RECIPES: dict[str, dict] = {
@@ -65,9 +66,10 @@ RECIPES: dict[str, dict] = {
     "speech": dict(epochs=10, hidden=128, layers=2, dropout=0.1, pooling="mean", input_norm="pcen", lr=3e-3,
                    n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="32,64", conv_kernel="3,3",
                    conv_pool=2, norm_prior=0.0, norm_decay=0.975, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
-                   refit=True, refit_epochs=6),
+                   refit=True, refit_epochs=8),
     "speech-std": dict(epochs=10, hidden=128, layers=2, dropout=0.1, pooling="mean", input_norm="none", lr=3e-3,
-                       n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="32,64",
+                       n_mels=40, augment=0, wave_copies=2, spec_augment="freq=2x4,time=2x8,gain=6,warp=0.1",
+                       conv_channels="32,64",
                        conv_kernel="3,3", conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker",
                        weight_decay=0.0, log_eps=1e-6, refit=True, refit_epochs=9),
     "speech-d": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,

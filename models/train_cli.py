@@ -71,8 +71,8 @@ def _architecture(p: argparse.ArgumentParser) -> None:
                    help="max-pool over frequency after each conv layer")
     a.add_argument("--recipe", default="auto", choices=["auto", "speech", "none"],
                    help="defaults for the options not given: speech (speaker-robust: CRNN + GRU with mean pooling, "
-                        "augmentation with a band warp, PCEN of log-mel inputs, held-out-speaker validation, then a "
-                        "refit on every speaker for 6 epochs; see docs/results.md); auto: speech when the data is audio")
+                        "augmentation with a band warp and a random equaliser, PCEN of log-mel inputs, held-out-speaker "
+                        "validation, then a refit on every speaker for 8 epochs; see docs/results.md); auto: speech when the data is audio")
 
 
 def _optimisation(p: argparse.ArgumentParser) -> None:

@@ -8,10 +8,10 @@ from experiments.fsdd import _resolve, build_parser
 
 
 @pytest.mark.parametrize("argv,epochs,refit_epochs,spec_augment,input_norm", [
-    ([], 10, 6, "speech", "pcen"),  # the speech recipe: its pooled refit count for its own 10-epoch schedule
+    ([], 10, 8, "speech", "pcen"),  # the speech recipe: its pooled refit count for its own 10-epoch schedule
     (["--epochs", "4"], 4, "all", "speech", "pcen"),  # another schedule: every epoch of it
     (["--epochs", "4", "--refit-epochs", "best"], 4, "best", "speech", "pcen"),
-    (["--recipe", "speech-std"], 10, 9, "speech", "none"),  # the recipe of follow-ups 3 to 11
+    (["--recipe", "speech-std"], 10, 9, "freq=2x4,time=2x8,gain=6,warp=0.1", "none"),  # the recipe of follow-ups 3 to 11
     (["--recipe", "speech-d"], 10, "best", "freq=2x4,time=2x8,gain=6", "none"),  # D keeps its augmentation (no warp)
 ])
 def test_recipe_defaults(argv, epochs, refit_epochs, spec_augment, input_norm):

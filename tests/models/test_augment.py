@@ -371,16 +371,17 @@ def test_train_cli_speech_recipe_on_audio(speech_dir, tmp_path, capsys) -> None:
 
 
 def test_speech_recipe_refit_count_follows_its_schedule(speech_dir) -> None:
-    """The recipe refits for its pooled epoch count (6 of its 10); with another --epochs, for every epoch."""
+    """The recipe refits for its pooled epoch count (8 of its 10); with another --epochs, for every epoch."""
     from rnnstream.models.train_cli import _recipe, build_parser
 
-    for argv, epochs, refit_epochs in ((["--data", speech_dir, "--out", "m.pt"], 10, 6),
+    for argv, epochs, refit_epochs in ((["--data", speech_dir, "--out", "m.pt"], 10, 8),
                                        (["--data", speech_dir, "--out", "m.pt", "--epochs", "4"], 4, "all"),
                                        (["--data", speech_dir, "--out", "m.pt", "--refit-epochs", "best"], 10, "best")):
         args = build_parser().parse_args(argv)
         _recipe(args, argv)
         assert (args.epochs, args.refit_epochs, args.refit) == (epochs, refit_epochs, True)
         assert args.augment == "speech" and BatchAugment.parse(args.augment).warp == 0.1
+        assert BatchAugment.parse(args.augment).eq_db == 6.0
         assert (args.input_norm, args.norm_decay) == ("pcen", 0.975)  # log-mel features: the recipe's PCEN
 
 
