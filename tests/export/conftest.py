@@ -71,6 +71,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[St
     return get
 
 
+def onnx_pair(model: torch.nn.Module, folder, raw_audio: bool = False) -> tuple[torch.nn.Module, object]:
+    """``model`` exported to ``folder/m.onnx`` (features or raw-audio graph) and an ``OnnxBackend`` on it (one thread)."""
+    from rnnstream.export.onnx_export import export_onnx
+    from rnnstream.pipeline.onnx_backend import OnnxBackend
+
+    path = export_onnx(model, folder / "m.onnx", FC, LABELS, raw_audio=raw_audio)
+    return model, OnnxBackend(path, provider="cpu", threads=1)
+
+
 def assert_streams_like_offline(model: torch.nn.Module, backend: object, signal: np.ndarray, cuts: list[int],
                                 atol: float = 1e-4) -> None:
     """``signal`` pushed in pieces cut at ``cuts`` through an onnxruntime ``StreamSession`` of ``backend`` gives

@@ -13,7 +13,7 @@ from rnnstream.export.onnx_export import export_onnx
 from rnnstream.models.rnn import crnn_classifier
 from rnnstream.pipeline.onnx_backend import OnnxBackend
 from rnnstream.pipeline.streaming import StreamSession
-from tests.export.conftest import DIM, FC, LABELS, RATE, assert_streams_like_offline, noise
+from tests.export.conftest import DIM, FC, LABELS, RATE, assert_streams_like_offline, noise, onnx_pair
 
 SIGNAL = noise(0.41, seed=8)
 
@@ -26,8 +26,7 @@ def crnn(request, tmp_path_factory):
     with torch.no_grad():
         model.feat_mean.fill_(-5.0)
         model.feat_std.fill_(2.0)
-    path = export_onnx(model, tmp_path_factory.mktemp("crnn") / "m.onnx", FC, LABELS, raw_audio=request.param)
-    return model, OnnxBackend(path, provider="cpu", threads=1)
+    return onnx_pair(model, tmp_path_factory.mktemp("crnn"), raw_audio=request.param)
 
 
 def test_graph_carries_the_conv_states(crnn):
@@ -50,8 +49,7 @@ def temporal_conv(tmp_path_factory):
     torch.manual_seed(4)
     model = crnn_classifier(input_dim=DIM, num_classes=len(LABELS), conv_channels=(5, 7), conv_kernel=(4, 0),
                             conv_pool=1, hidden_size=10, pooling="mean").eval()
-    path = export_onnx(model, tmp_path_factory.mktemp("fcn") / "m.onnx", FC, LABELS)
-    return model, OnnxBackend(path, provider="cpu", threads=1)
+    return onnx_pair(model, tmp_path_factory.mktemp("fcn"))
 
 
 @settings(max_examples=15, deadline=None)
@@ -121,8 +119,7 @@ def ensemble(request, tmp_path_factory):
             m.feat_std.fill_(2.0)
         members.append(m.eval())
     model = ensemble_of(members).eval()
-    path = export_onnx(model, tmp_path_factory.mktemp("ens") / "m.onnx", FC, LABELS, raw_audio=request.param)
-    return model, OnnxBackend(path, provider="cpu", threads=1)
+    return onnx_pair(model, tmp_path_factory.mktemp("ens"), raw_audio=request.param)
 
 
 @settings(max_examples=15, deadline=None)
@@ -156,8 +153,7 @@ def deltas(request, tmp_path_factory):
     cfg = ModelConfig(input_dim=DIM, output_dim=len(LABELS), hidden_size=10, num_layers=2, pooling="mean",
                       input_norm="causal_mean", input_delta=True, conv_channels=conv, conv_kernel=(3, 3))
     model = StreamingRNN(cfg, feat_mean=torch.full((DIM,), -5.0), feat_std=torch.full((DIM,), 2.0)).eval()
-    path = export_onnx(model, tmp_path_factory.mktemp("delta") / "m.onnx", FC, LABELS, raw_audio=raw_audio)
-    return model, OnnxBackend(path, provider="cpu", threads=1)
+    return onnx_pair(model, tmp_path_factory.mktemp("delta"), raw_audio=raw_audio)
 
 
 @settings(max_examples=15, deadline=None)

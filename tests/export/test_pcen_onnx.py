@@ -13,7 +13,7 @@ from rnnstream.export.onnx_export import export_onnx
 from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.pipeline.features import AudioFeaturizer
 from rnnstream.pipeline.onnx_backend import OnnxBackend
-from tests.export.conftest import DIM, FC, LABELS, assert_streams_like_offline, noise
+from tests.export.conftest import DIM, FC, LABELS, assert_streams_like_offline, noise, onnx_pair
 
 SIGNAL = noise(0.37, seed=11)
 
@@ -27,8 +27,7 @@ def pcen(request, tmp_path_factory):
     model = StreamingRNN(cfg, feat_mean=feats.mean(0), feat_std=feats.std(0) + 1e-3).eval()
     with torch.no_grad():
         model.pcen.log_r.add_(0.1 * torch.randn(DIM))
-    path = export_onnx(model, tmp_path_factory.mktemp("pcen") / "m.onnx", FC, LABELS, raw_audio=request.param)
-    return model, OnnxBackend(path, provider="cpu", threads=1)
+    return onnx_pair(model, tmp_path_factory.mktemp("pcen"), raw_audio=request.param)
 
 
 @settings(max_examples=15, deadline=None)
