@@ -271,6 +271,7 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
     model, stats_dict, resumed = _initial_model(train_data, cfg, model, stats, checkpoint, resume)
     _check_stacking(model, feature_config)
     _check_pcen(model, feature_config)
+    _check_band_augment(BatchAugment.parse(cfg.augment), feature_config)
     if cfg.tbptt and model.config.bidirectional:
         raise StateError("truncated BPTT carries state with model.step; a bidirectional model cannot stream")
     model.to(device).train()
@@ -329,6 +330,18 @@ def _check_pcen(model: StreamingRNN, feature_config: FeatureConfig | None) -> No
         got = "sensor or unknown features" if audio is None else f"{audio.feature!r} features"
         raise ConfigError(f"input_norm='pcen' normalises band energies and needs log-mel features (feature "
                           f"'logmel'); got {got}")
+
+
+def _check_band_augment(aug: BatchAugment, feature_config: FeatureConfig | None) -> None:
+    """A gain, an equaliser and a band warp act on log band energies: on audio features that are not log-mel (MFCC's
+    cepstral coefficients) they would be an offset or a shuffle of coefficients, not what they claim, so they are
+    refused. Sensor data has no such check: its feature axis is taken as given."""
+    audio = feature_config.audio if feature_config is not None else None
+    band_ops = [f"{name}={value:g}" for name, value in (("gain", aug.gain_db), ("eq", aug.eq_db), ("warp", aug.warp))
+                if value]
+    if audio is not None and audio.feature != "logmel" and band_ops:
+        raise ConfigError(f"augment {','.join(band_ops)} acts on log-mel band energies; the features are "
+                          f"{audio.feature!r} (use freq/time masks, noise, twarp or mixup, or log-mel features)")
 
 
 def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: TaskData | None) -> None:

@@ -7,6 +7,7 @@ Exit status: 0 on success, 1 on a typed input error (the message goes to stderr)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -223,7 +224,8 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
     validate on a held-out training speaker when the examples have a ``speaker`` and no validation split is given."""
     if args.recipe == "none" or args.task != "classify" or args.resume or args.init:
         return
-    from rnnstream.models.augment import SPEECH_RECIPE, apply_recipe, explicit_dests, held_out_speaker
+    from rnnstream.models.augment import (SPEECH_RECIPE, BatchAugment, apply_recipe, explicit_dests,
+                                          held_out_speaker)
     from rnnstream.pipeline.dataset import read_dataset
 
     ds = read_dataset(args.data)
@@ -243,6 +245,11 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
         what = f"{audio.feature!r} features" if audio is not None and audio.feature != "logmel" else f"stack={stack}"
         print(f"rnnstream train: recipe {args.recipe}: {what}, so the inputs are standardised instead of PCEN "
               "(the recipe's PCEN was chosen on log-mel features at one frame per step)", file=sys.stderr)
+    if audio is not None and audio.feature != "logmel" and "augment" not in given:
+        band_free = dataclasses.replace(BatchAugment.parse(args.augment), gain_db=0.0, eq_db=0.0, warp=0.0)
+        args.augment = band_free.spec()
+        print(f"rnnstream train: recipe {args.recipe}: {audio.feature!r} features, so --augment {args.augment} (the "
+              "recipe's gain, equaliser and band warp act on log-mel bands)", file=sys.stderr)
     if not ({"val_by", "val_match", "val_fraction"} & given):
         speaker = held_out_speaker(ds.examples, args.test_by, args.test_match)
         if speaker is not None:

@@ -399,11 +399,29 @@ def test_speech_recipe_standardises_features_pcen_does_not_fit(tmp_path, capsys)
     args = build_parser().parse_args(argv)
     _recipe(args, argv)
     assert (args.input_norm, args.norm_decay) == ("none", 1.0) and args.pooling == "mean"
-    assert "standardised instead of PCEN" in capsys.readouterr().err
-    argv += ["--input-norm", "causal_mean"]
+    # the recipe's gain, equaliser and band warp act on log-mel bands: on MFCCs only the masks stay
+    assert args.augment == "freq=2x4,time=2x8"
+    err = capsys.readouterr().err
+    assert "standardised instead of PCEN" in err and "--augment freq=2x4,time=2x8" in err
+    argv += ["--input-norm", "causal_mean", "--augment", "freq=1x2,noise=0.1"]
     args = build_parser().parse_args(argv)
     _recipe(args, argv)
-    assert args.input_norm == "causal_mean"
+    assert args.input_norm == "causal_mean" and args.augment == "freq=1x2,noise=0.1"
+
+
+@pytest.mark.parametrize("augment", ["gain=6", "freq=1x2,eq=3", "warp=0.1"])
+def test_band_augmentations_are_refused_on_mfcc_features(augment) -> None:
+    """A gain or equaliser adds log band energies and a warp reads bands at other frequencies: on MFCCs they would
+    offset or mix cepstral coefficients, so training refuses them, naming the option and the features."""
+    mfcc = FeatureConfig.audio_default(sample_rate=8000, n_mels=16, feature="mfcc", n_mfcc=6)
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(loc=float(i % 2), size=(8, mfcc.dim)).astype(np.float32) for i in range(8)]
+    data = tensor_data("classify", seqs, [str(i % 2) for i in range(8)], feature_config=mfcc)
+    small = {"hidden_size": 8, "num_layers": 1, "epochs": 1, "batch_size": 8, "device": "cpu", "progress": False}
+    band = augment.split(",")[-1]
+    with pytest.raises(ConfigError, match=rf"augment {band} acts on log-mel band energies; the features are 'mfcc'"):
+        train(data, TrainConfig(**small, augment=augment))
+    train(data, TrainConfig(**small, augment="freq=1x2,time=1x3,noise=0.1"))  # masks and noise fit any features
 
 
 def test_speech_recipe_on_stacked_features_leaves_out_the_conv_front_end(tmp_path, capsys) -> None:
