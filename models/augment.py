@@ -107,6 +107,16 @@ class BatchAugment:
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
                     or self.eq_db or self.noise or self.warp or self.time_warp)
 
+    @property
+    def band_options(self) -> str:
+        """The options set that act on log-mel band energies (gain, equaliser, band warp) in :meth:`parse` form,
+        ``""`` when none is: on other features (MFCC) they would not be what they claim."""
+        return BatchAugment(gain_db=self.gain_db, eq_db=self.eq_db, warp=self.warp).spec().replace("none", "")
+
+    def without_band_options(self) -> BatchAugment:
+        """This augmentation without its gain, equaliser and band warp (what fits features other than log-mel)."""
+        return dataclasses.replace(self, gain_db=0.0, eq_db=0.0, warp=0.0)
+
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
         """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as

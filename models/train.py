@@ -337,10 +337,8 @@ def _check_band_augment(aug: BatchAugment, feature_config: FeatureConfig | None)
     cepstral coefficients) they would be an offset or a shuffle of coefficients, not what they claim, so they are
     refused. Sensor data has no such check: its feature axis is taken as given."""
     audio = feature_config.audio if feature_config is not None else None
-    band_ops = [f"{name}={value:g}" for name, value in (("gain", aug.gain_db), ("eq", aug.eq_db), ("warp", aug.warp))
-                if value]
-    if audio is not None and audio.feature != "logmel" and band_ops:
-        raise ConfigError(f"augment {','.join(band_ops)} acts on log-mel band energies; the features are "
+    if audio is not None and audio.feature != "logmel" and aug.band_options:
+        raise ConfigError(f"augment {aug.band_options} acts on log-mel band energies; the features are "
                           f"{audio.feature!r} (use freq/time masks, noise, twarp or mixup, or log-mel features)")
 
 

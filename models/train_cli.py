@@ -7,7 +7,6 @@ Exit status: 0 on success, 1 on a typed input error (the message goes to stderr)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -246,8 +245,7 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
         print(f"rnnstream train: recipe {args.recipe}: {what}, so the inputs are standardised instead of PCEN "
               "(the recipe's PCEN was chosen on log-mel features at one frame per step)", file=sys.stderr)
     if audio is not None and audio.feature != "logmel" and "augment" not in given:
-        band_free = dataclasses.replace(BatchAugment.parse(args.augment), gain_db=0.0, eq_db=0.0, warp=0.0)
-        args.augment = band_free.spec()
+        args.augment = BatchAugment.parse(args.augment).without_band_options().spec()
         print(f"rnnstream train: recipe {args.recipe}: {audio.feature!r} features, so --augment {args.augment} (the "
               "recipe's gain, equaliser and band warp act on log-mel bands)", file=sys.stderr)
     if not ({"val_by", "val_match", "val_fraction"} & given):
