@@ -41,6 +41,9 @@ from rnnstream.pipeline.errors import ConfigError
 
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0
 
+#: The :class:`BatchAugment` fields that act on log-mel band energies (gain, equaliser, band warp).
+_BAND_FIELDS = ("gain_db", "eq_db", "warp")
+
 
 @dataclass(frozen=True)
 class BatchAugment:
@@ -111,11 +114,11 @@ class BatchAugment:
     def band_options(self) -> str:
         """The options set that act on log-mel band energies (gain, equaliser, band warp) in :meth:`parse` form,
         ``""`` when none is: on other features (MFCC) they would not be what they claim."""
-        return BatchAugment(gain_db=self.gain_db, eq_db=self.eq_db, warp=self.warp).spec().replace("none", "")
+        return BatchAugment(**{f: getattr(self, f) for f in _BAND_FIELDS}).spec().replace("none", "")
 
     def without_band_options(self) -> BatchAugment:
         """This augmentation without its gain, equaliser and band warp (what fits features other than log-mel)."""
-        return dataclasses.replace(self, gain_db=0.0, eq_db=0.0, warp=0.0)
+        return dataclasses.replace(self, **{f: 0.0 for f in _BAND_FIELDS})
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
