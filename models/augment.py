@@ -16,7 +16,8 @@ Two levels:
   normalisation) and a random gain per sequence (a gain of ``g`` dB multiplies the power spectrum by
   ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``),
   a random equaliser per sequence (:func:`random_eq`: a smooth gain curve over the bands, like another
-  microphone), feature noise, a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like), a time warp
+  microphone), a random room per sequence (:func:`reverberate`: an exponentially decaying reverberant tail added
+  to every band's power, like a recording in another room), feature noise, a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like), a time warp
   (:func:`warp_time`), and mixup of labelled sequences (:func:`mix_sequences`: inputs and one-hot targets mixed).
 
 Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
@@ -41,8 +42,8 @@ from rnnstream.pipeline.errors import ConfigError
 
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0
 
-#: The :class:`BatchAugment` fields that act on log-mel band energies (gain, equaliser, band warp).
-_BAND_FIELDS = ("gain_db", "eq_db", "warp")
+#: The :class:`BatchAugment` fields that act on log-mel band energies (gain, equaliser, band warp, reverberation).
+_BAND_FIELDS = ("gain_db", "eq_db", "warp", "reverb_s")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class BatchAugment:
             middle half moves by up to ``time_warp`` times the length, the frames on either side stretched or
             squeezed to fit; first and last frames stay (0: off; below 0.5). Classifiers only (per-frame targets
             would no longer line up).
+        reverb_s: a random room per sequence (log-mel features only; :func:`reverberate`): a reverberation time
+            (RT60) uniform in ``[REVERB_MIN_S, reverb_s]`` seconds and a direct-to-reverberant ratio uniform in
+            :data:`REVERB_DRR_DB` (0: off).
         mixup: mixup of labelled sequences (:func:`mix_sequences`): each training sequence is mixed with another of
             its batch, time-stretched to its length, by a weight ``lam ~ Beta(mixup, mixup)`` per sequence, and its
             target becomes the same mix of the two one-hot labels (0: off). Classifiers only.
@@ -81,6 +85,7 @@ class BatchAugment:
     noise: float = 0.0
     warp: float = 0.0
     time_warp: float = 0.0
+    reverb_s: float = 0.0
     mixup: float = 0.0
 
     def __post_init__(self) -> None:
@@ -97,6 +102,9 @@ class BatchAugment:
             raise ConfigError(f"augment warp must be in [0, 1), got {self.warp}")
         if not 0 <= self.time_warp < 0.5:
             raise ConfigError(f"augment twarp must be in [0, 0.5), got {self.time_warp}")
+        if not (self.reverb_s == 0 or REVERB_MIN_S <= self.reverb_s <= 10):
+            raise ConfigError(f"augment reverb (the longest RT60, s) must be 0 or in [{REVERB_MIN_S}, 10], "
+                              f"got {self.reverb_s}")
         if not (self.mixup >= 0 and math.isfinite(self.mixup)):
             raise ConfigError(f"augment mixup (the Beta distribution's parameter) must be >= 0, got {self.mixup}")
 
@@ -108,22 +116,24 @@ class BatchAugment:
     def changes_features(self) -> bool:
         """Whether :meth:`__call__` changes the features (every option but ``mixup``, which the transform applies)."""
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
-                    or self.eq_db or self.noise or self.warp or self.time_warp)
+                    or self.eq_db or self.noise or self.warp or self.time_warp or self.reverb_s)
 
     @property
     def band_options(self) -> str:
-        """The options set that act on log-mel band energies (gain, equaliser, band warp) in :meth:`parse` form,
+        """The options set that act on log-mel band energies (gain, equaliser, band warp, reverberation) in
+        :meth:`parse` form,
         ``""`` when none is: on other features (MFCC) they would not be what they claim."""
         return BatchAugment(**{f: getattr(self, f) for f in _BAND_FIELDS}).spec().replace("none", "")
 
     def without_band_options(self) -> BatchAugment:
-        """This augmentation without its gain, equaliser and band warp (what fits features other than log-mel)."""
+        """This augmentation without its gain, equaliser, band warp and reverberation (what fits features other
+        than log-mel)."""
         return dataclasses.replace(self, **{f: 0.0 for f in _BAND_FIELDS})
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
         """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as
-        ``"freq=2x4,time=2x10,gain=6,eq=6,noise=0.1,warp=0.1,twarp=0.1,mixup=0.2"``."""
+        ``"freq=2x4,time=2x10,gain=6,eq=6,noise=0.1,warp=0.1,twarp=0.1,reverb=0.5,mixup=0.2"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()
@@ -132,10 +142,10 @@ class BatchAugment:
         kw: dict[str, Any] = {}
         for part in text.split(","):
             m = re.fullmatch(
-                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|eq|noise|warp|twarp|mixup)\s*=\s*([0-9.]+)\s*", part)
+                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|eq|noise|warp|twarp|reverb|mixup)\s*=\s*([0-9.]+)\s*", part)
             if not m:
                 raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,"
-                                  f"warp=A,twarp=A,mixup=A; got {text!r}")
+                                  f"warp=A,twarp=A,reverb=S,mixup=A; got {text!r}")
             if m.group(1):
                 kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
             else:
@@ -161,21 +171,26 @@ class BatchAugment:
             parts.append(f"warp={self.warp:g}")
         if self.time_warp:
             parts.append(f"twarp={self.time_warp:g}")
+        if self.reverb_s:
+            parts.append(f"reverb={self.reverb_s:g}")
         if self.mixup:
             parts.append(f"mixup={self.mixup:g}")
         return ",".join(parts)
 
     def __call__(self, x: Tensor, fill: Tensor | None = None, scale: Tensor | None = None,
-                 lengths: Tensor | None = None) -> Tensor:
+                 lengths: Tensor | None = None, frame_s: float = 0.01) -> Tensor:
         """``x [B, T, F]`` -> augmented ``[B, T, F]`` (a new tensor; ``fill [F]`` is the masked value per band,
         ``scale [F]`` the noise's unit per band, default 1; ``lengths [B]`` the sequences' valid frames, default
-        ``T``, which the time warp keeps)."""
+        ``T``, which the time warp keeps; ``frame_s`` the seconds between frames, for the reverberation)."""
         import torchaudio.transforms as TA
 
         if x.dim() != 3:
             raise ConfigError(f"BatchAugment expects [batch, time, bands], got shape {list(x.shape)}")
         if not self.changes_features or x.shape[0] == 0 or x.shape[1] == 0:
             return x
+        if self.reverb_s:
+            x = reverberate(x, frame_s, rt60_s=REVERB_MIN_S + torch.rand(x.shape[0]) * (self.reverb_s - REVERB_MIN_S),
+                            drr_db=REVERB_DRR_DB[0] + torch.rand(x.shape[0]) * (REVERB_DRR_DB[1] - REVERB_DRR_DB[0]))
         if self.warp:
             x = warp_bands(x, self.warp)
         if self.time_warp:
@@ -218,6 +233,38 @@ def random_eq(batch: int, bands: int, eq_db: float, knots: int = EQ_KNOTS, gains
     pos = torch.linspace(0, knots - 1, bands, dtype=dtype, device=device).expand(batch, bands)
     curve = _read_at(gains_db.to(dtype)[:, None, :], pos, dim=2)[:, 0, :]  # [batch, bands]
     return curve * _LOG_POWER_PER_DB
+
+
+#: The shortest reverberation time :class:`BatchAugment` draws (s) and its range of direct-to-reverberant ratios
+#: (dB): from a damped small room heard close to the microphone to a live room heard from across it.
+REVERB_MIN_S = 0.1
+REVERB_DRR_DB = (0.0, 12.0)
+
+
+def reverberate(x: Tensor, frame_s: float, rt60_s: Tensor, drr_db: Tensor) -> Tensor:
+    """A random room for log-mel features ``x [B, T, F]`` (``log(power)``), one per sequence: every band's power
+    ``p[t]`` becomes ``p[t] + g * sum_{k >= 1} r^k p[t - k]``, the direct sound plus an exponentially decaying
+    reverberant tail (the late-reverberation model of a room, applied to band energies frame by frame: causal,
+    so a frame never hears what follows it).
+
+    ``frame_s``: seconds between frames; ``rt60_s [B]``: the time in which the tail falls by 60 dB (``r =
+    10^(-6 * frame_s / rt60_s)``); ``drr_db [B]``: the direct-to-reverberant energy ratio (``g * r / (1 - r) =
+    10^(-drr_db / 10)``). The tail is cut where the longest room has decayed by 60 dB. A log floor in ``x`` (e.g.
+    the featurizer's ``log_eps``) is reverberated as if it were sound, so silence rises by at most
+    ``10 * log10(1 + 10^(-drr_db / 10))`` dB.
+    """
+    batch, frames, bands = x.shape
+    rt60 = rt60_s.to(torch.float64).clamp(min=frame_s)
+    r = torch.pow(10.0, -6.0 * frame_s / rt60)  # [B] power decay per frame
+    g = torch.pow(10.0, -drr_db.to(torch.float64) / 10.0) * (1 - r) / r
+    taps = int(min(frames, math.ceil(float(rt60.max()) / frame_s) + 1))
+    k = torch.arange(taps, dtype=torch.float64)
+    h = g[:, None] * r[:, None] ** k[None, :]
+    h[:, 0] = 1.0  # [B, taps]: the direct sound, then the tail
+    weight = h.flip(1).to(x.dtype).repeat_interleave(bands, dim=0)[:, None, :]  # [B * F, 1, taps]
+    p = torch.exp(x).transpose(1, 2).reshape(1, batch * bands, frames)
+    y = torch.nn.functional.conv1d(torch.nn.functional.pad(p, (taps - 1, 0)), weight.to(x.device), groups=batch * bands)
+    return torch.log(y.reshape(batch, bands, frames).transpose(1, 2))
 
 
 def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
@@ -274,7 +321,8 @@ def warp_time(x: Tensor, lengths: Tensor | None, amount: float, centre: Tensor |
 
 
 #: ``--augment`` scalar keys and the :class:`BatchAugment` fields they set.
-_SCALAR_FIELDS = {"gain": "gain_db", "eq": "eq_db", "noise": "noise", "warp": "warp", "twarp": "time_warp", "mixup": "mixup"}
+_SCALAR_FIELDS = {"gain": "gain_db", "eq": "eq_db", "noise": "noise", "warp": "warp", "twarp": "time_warp",
+                  "reverb": "reverb_s", "mixup": "mixup"}
 
 #: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md):
 #: SpecAugment masks, random gain, since issue 15 follow-up 3 a band-axis warp by 1 +- 0.1 and since follow-up 13 a
@@ -284,13 +332,14 @@ SPEECH_AUGMENT = BatchAugment(freq_masks=2, freq_width=4, time_masks=2, time_wid
                               warp=0.1)
 
 
-def batch_transform(model: Any, augment: BatchAugment, stack: int = 1) -> Any:
+def batch_transform(model: Any, augment: BatchAugment, stack: int = 1, frame_s: float = 0.01) -> Any:
     """The ``transform`` hook for :func:`rnnstream.models.fit.fit`: augments ``batch.x`` of training batches.
 
     Masks fill with the model's ``feat_mean`` (the training mean per band). Padding frames may be masked or
     shifted too; the loss never reads them. ``stack``: the feature config's frames per model frame; stacked
     features ``[B, T, k * bands]`` are augmented as the ``[B, k * T, bands]`` frames they are made of (so masks
-    and warps act on bands and frames, not across the stacked copies), then stacked again.
+    and warps act on bands and frames, not across the stacked copies), then stacked again. ``frame_s``: seconds
+    between those frames (the featurizer's hop), for the reverberation.
     """
 
     if augment.time_warp and model.config.task != "classify":
@@ -305,7 +354,8 @@ def batch_transform(model: Any, augment: BatchAugment, stack: int = 1) -> Any:
         """``x [B, T, k * bands]`` augmented as its ``[B, k * T, bands]`` frames (k = 1: as it is)."""
         b, t, d = x.shape
         mean, std = model.feat_mean.to(x.device).reshape(stack, -1), model.feat_std.to(x.device).reshape(stack, -1)
-        y = augment(x.reshape(b, t * stack, d // stack), mean.mean(0), std.mean(0), lengths=lengths * stack)
+        y = augment(x.reshape(b, t * stack, d // stack), mean.mean(0), std.mean(0), lengths=lengths * stack,
+                    frame_s=frame_s)
         return y.reshape(b, t, d)
 
     def transform(batch: Any) -> Any:

@@ -98,7 +98,8 @@ class TrainConfig(Architecture):
             busy CPU often run fastest on 1.
         augment: training-only per-batch feature augmentation (:class:`rnnstream.models.augment.BatchAugment`
             spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,twarp=A,
-            mixup=A``: SpecAugment masks, random gain, a random equaliser, feature noise, band-axis warp, time warp, mixup).
+            reverb=S,mixup=A``: SpecAugment masks, random gain, a random equaliser, feature noise, band-axis warp,
+            time warp, a random room's reverberation, mixup).
         weight_average: validate and keep an exponential moving average of the weights with this half-life in
             epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
         label_smoothing: classify/tag: the training loss's targets put ``1 - eps`` on the label and spread
@@ -300,7 +301,8 @@ def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any, feature_config:
     aug = BatchAugment.parse(cfg.augment)
     if aug.active:
         audio = feature_config.audio if feature_config is not None else None
-        steps.append(batch_transform(model, aug, stack=audio.stack if audio is not None else 1))
+        steps.append(batch_transform(model, aug, stack=audio.stack if audio is not None else 1,
+                                     frame_s=audio.hop_length / audio.sample_rate if audio is not None else 0.01))
     if not steps:
         return None
 
@@ -333,10 +335,14 @@ def _check_pcen(model: StreamingRNN, feature_config: FeatureConfig | None) -> No
 
 
 def _check_band_augment(aug: BatchAugment, feature_config: FeatureConfig | None) -> None:
-    """A gain, an equaliser and a band warp act on log band energies: on audio features that are not log-mel (MFCC's
-    cepstral coefficients) they would be an offset or a shuffle of coefficients, not what they claim, so they are
-    refused. Sensor data has no such check: its feature axis is taken as given."""
+    """A gain, an equaliser, a band warp and a reverberation act on log band energies: on audio features that are
+    not log-mel (MFCC's cepstral coefficients) they would be an offset or a shuffle of coefficients, not what they
+    claim, so they are refused. Sensor data has no such check for the first three (its feature axis is taken as
+    given); a reverberation needs audio frames (their hop in seconds), so it is refused without an audio config."""
     audio = feature_config.audio if feature_config is not None else None
+    if audio is None and aug.reverb_s:
+        raise ConfigError(f"augment reverb={aug.reverb_s:g} reverberates log-mel audio frames; these features have "
+                          "no audio config (sensor or unknown features)")
     if audio is not None and audio.feature != "logmel" and aug.band_options:
         raise ConfigError(f"augment {aug.band_options} acts on log-mel band energies; the features are "
                           f"{audio.feature!r} (use freq/time masks, noise, twarp or mixup, or log-mel features)")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from rnnstream.models.augment import (SPEECH_AUGMENT, BatchAugment, WaveAugment, augment_audio_examples,
-                                      batch_transform, mix_sequences, perturb_waveform)
+from rnnstream.models.augment import (REVERB_DRR_DB, REVERB_MIN_S, SPEECH_AUGMENT, BatchAugment, WaveAugment,
+                                      augment_audio_examples, batch_transform, mix_sequences, perturb_waveform,
+                                      reverberate)
 from rnnstream.models.data import Batch, tensor_data
 from rnnstream.models.train import TrainConfig, evaluate, train
 from rnnstream.pipeline.config import FeatureConfig
@@ -109,6 +110,16 @@ def test_random_eq_is_a_smooth_per_sequence_curve_through_its_knot_gains() -> No
         random_eq(1, 8, 6.0, knots=1)
 
 
+def test_reverb_augment_is_refused_without_audio_frames() -> None:
+    """A room's tail is timed in seconds of audio frames: sensor features (no audio config) refuse it by name."""
+    rng = np.random.default_rng(0)
+    data = tensor_data("classify", [rng.normal(size=(8, 3)).astype(np.float32) for _ in range(8)],
+                       [str(i % 2) for i in range(8)])
+    small = {"hidden_size": 8, "num_layers": 1, "epochs": 1, "batch_size": 8, "device": "cpu", "progress": False}
+    with pytest.raises(ConfigError, match=r"reverb=0.3 reverberates log-mel audio frames"):
+        train(data, TrainConfig(**small, augment="reverb=0.3"))
+
+
 def test_eq_augment_adds_one_curve_per_sequence_to_every_frame_and_parses() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 7, 20)
@@ -124,6 +135,51 @@ def test_eq_augment_adds_one_curve_per_sequence_to_every_frame_and_parses() -> N
         BatchAugment.parse("eq=-2")
     with pytest.raises(ConfigError, match="eq"):
         BatchAugment(eq_db=float("inf"))
+
+
+def test_reverberate_adds_a_causal_exponential_tail_of_the_stated_energy_to_each_band() -> None:
+    """Power p[t] -> p[t] + g sum_k r^k p[t - k] per band and sequence, against a plain loop; an impulse's tail
+    holds the stated direct-to-reverberant ratio and falls by 60 dB in RT60; later frames never reach earlier ones."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, 5, dtype=torch.float64)
+    frame_s, rt60, drr = 0.01, torch.tensor([0.1, 0.2, 0.35]), torch.tensor([0.0, 6.0, 12.0])
+    y = reverberate(x, frame_s, rt60, drr)
+    p = x.exp().numpy()
+    for b in range(3):
+        r = 10.0 ** (-6.0 * frame_s / float(rt60[b]))
+        g = 10.0 ** (-float(drr[b]) / 10.0) * (1 - r) / r
+        taps = math.ceil(0.35 / frame_s) + 1  # the longest room of the batch sets the cut
+        want = np.array([[p[b, t, f] + sum(g * r ** k * p[b, t - k, f] for k in range(1, min(t, taps - 1) + 1))
+                          for f in range(5)] for t in range(40)])
+        np.testing.assert_allclose(y[b].numpy(), np.log(want), rtol=1e-10)
+    impulse = torch.full((1, 60, 1), -60.0, dtype=torch.float64)
+    impulse[0, 0, 0] = 0.0
+    tail = reverberate(impulse, frame_s, torch.tensor([0.3]), torch.tensor([6.0]))[0, :, 0].exp() - math.exp(-60)
+    assert float(tail[0]) == pytest.approx(1.0)
+    assert float(tail[1:].sum()) == pytest.approx(10 ** -0.6, rel=1e-5)  # the direct-to-reverberant ratio, 6 dB
+    assert float(tail[30] / tail[1]) == pytest.approx(10 ** (-6 * 0.29 / 0.3), rel=1e-9)  # 60 dB per 0.3 s
+    later = x.clone()
+    later[:, 20:] += 3.0
+    torch.testing.assert_close(reverberate(later, frame_s, rt60, drr)[:, :20], y[:, :20])
+
+
+def test_reverb_augment_draws_a_room_per_sequence_within_its_ranges_and_parses() -> None:
+    torch.manual_seed(1)
+    x = torch.full((64, 30, 4), -5.0)
+    x[:, 0] = 2.0  # an onset in silence: what follows it is the room's tail
+    y = BatchAugment(reverb_s=0.5)(x, frame_s=0.01)
+    tail = (y[:, 1:, 0].exp() - math.exp(-5.0)).sum(1) / math.exp(2.0)  # tail energy / direct energy
+    drr = -10 * torch.log10(tail)
+    assert float(drr.min()) >= REVERB_DRR_DB[0] - 0.5 and float(drr.max()) <= REVERB_DRR_DB[1] + 0.1
+    assert float(drr.std()) > 1.0  # one room per sequence, not one per batch
+    torch.testing.assert_close(y, y[:, :, :1].expand_as(y))  # the same room in every band
+    torch.testing.assert_close(y[:, 0], x[:, 0])  # the direct sound unchanged
+    a = BatchAugment.parse("freq=2x4,reverb=0.4")
+    assert a.reverb_s == 0.4 and a.changes_features and BatchAugment.parse(a.spec()) == a and "reverb=0.4" in a.spec()
+    assert a.band_options == "reverb=0.4" and not a.without_band_options().reverb_s
+    for bad in ("reverb=-1", f"reverb={REVERB_MIN_S / 2}", "reverb=11"):
+        with pytest.raises(ConfigError, match="reverb"):
+            BatchAugment.parse(bad)
 
 
 def test_time_warp_moves_one_point_and_keeps_ends_lengths_and_padding() -> None:
@@ -409,7 +465,7 @@ def test_speech_recipe_standardises_features_pcen_does_not_fit(tmp_path, capsys)
     assert args.input_norm == "causal_mean" and args.augment == "freq=1x2,noise=0.1"
 
 
-@pytest.mark.parametrize("augment", ["gain=6", "freq=1x2,eq=3", "warp=0.1"])
+@pytest.mark.parametrize("augment", ["gain=6", "freq=1x2,eq=3", "warp=0.1", "reverb=0.3"])
 def test_band_augmentations_are_refused_on_mfcc_features(augment) -> None:
     """A gain or equaliser adds log band energies and a warp reads bands at other frequencies: on MFCCs they would
     offset or mix cepstral coefficients, so training refuses them, naming the option and the features."""
