@@ -4,8 +4,8 @@ Each stream is a :class:`~rnnstream.pipeline.streaming.StreamSession`; one call 
 with one backend call per group of streams whose inputs have the same shape (at most ``max_batch`` streams
 each), and audio streams into a features graph featurized together (:meth:`AudioFeaturizer.step_batch`) where
 their chunks and carries have equal lengths. A batch where that holds for every stream (open audio streams at the
-model's rate, float32 chunks of one length: what a server's real-time streams send) is prepared in one pass
-(:func:`_uniform_audio`), about 2.7 us per chunk less at batches of 60 than stream by stream. The result equals
+model's rate, float32 chunks of one length: what a server's real-time streams send) is one group without
+preparing each stream (:func:`_uniform_audio`): 2.1-3.8 us per chunk less at batches of 60 (docs/serving.md). The result equals
 pushing each session alone (float rounding: tests hold it within 1e-5). The server's batcher and the stream core's
 batched stepping call these.
 """
