@@ -17,8 +17,9 @@ Two levels:
   ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``),
   a random equaliser per sequence (:func:`random_eq`: a smooth gain curve over the bands, like another
   microphone), a random room per sequence (:func:`reverberate`: an exponentially decaying reverberant tail added
-  to every band's power, like a recording in another room), feature noise, a random frequency warp of the band axis (:func:`warp_bands`, VTLP-like), a time warp
-  (:func:`warp_time`), and mixup of labelled sequences (:func:`mix_sequences`: inputs and one-hot targets mixed).
+  to every band's power, like a recording in another room), feature noise, a random frequency warp of the band
+  axis (:func:`warp_bands`, VTLP-like), a time warp (:func:`warp_time`), and mixup of labelled sequences
+  (:func:`mix_sequences`: inputs and one-hot targets mixed).
 
 Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
 and the ONNX export never see it. Every random draw comes from a seeded generator (the waveform level) or
@@ -121,8 +122,7 @@ class BatchAugment:
     @property
     def band_options(self) -> str:
         """The options set that act on log-mel band energies (gain, equaliser, band warp, reverberation) in
-        :meth:`parse` form,
-        ``""`` when none is: on other features (MFCC) they would not be what they claim."""
+        :meth:`parse` form, ``""`` when none is: on other features (MFCC) they would not be what they claim."""
         return BatchAugment(**{f: getattr(self, f) for f in _BAND_FIELDS}).spec().replace("none", "")
 
     def without_band_options(self) -> BatchAugment:
@@ -141,8 +141,8 @@ class BatchAugment:
             return SPEECH_AUGMENT
         kw: dict[str, Any] = {}
         for part in text.split(","):
-            m = re.fullmatch(
-                r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*|\s*(gain|eq|noise|warp|twarp|reverb|mixup)\s*=\s*([0-9.]+)\s*", part)
+            m = re.fullmatch(r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*"
+                             r"|\s*(gain|eq|noise|warp|twarp|reverb|mixup)\s*=\s*([0-9.]+)\s*", part)
             if not m:
                 raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,"
                                   f"warp=A,twarp=A,reverb=S,mixup=A; got {text!r}")
@@ -262,8 +262,8 @@ def reverberate(x: Tensor, frame_s: float, rt60_s: Tensor, drr_db: Tensor) -> Te
     h = g[:, None] * r[:, None] ** k[None, :]
     h[:, 0] = 1.0  # [B, taps]: the direct sound, then the tail
     weight = h.flip(1).to(x.dtype).repeat_interleave(bands, dim=0)[:, None, :]  # [B * F, 1, taps]
-    p = torch.exp(x).transpose(1, 2).reshape(1, batch * bands, frames)
-    y = torch.nn.functional.conv1d(torch.nn.functional.pad(p, (taps - 1, 0)), weight.to(x.device), groups=batch * bands)
+    p = torch.nn.functional.pad(torch.exp(x).transpose(1, 2).reshape(1, batch * bands, frames), (taps - 1, 0))
+    y = torch.nn.functional.conv1d(p, weight.to(x.device), groups=batch * bands)  # causal: taps - 1 frames back
     return torch.log(y.reshape(batch, bands, frames).transpose(1, 2))
 
 

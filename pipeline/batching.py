@@ -5,9 +5,9 @@ with one backend call per group of streams whose inputs have the same shape (at 
 each), and audio streams into a features graph featurized together (:meth:`AudioFeaturizer.step_batch`) where
 their chunks and carries have equal lengths. A batch where that holds for every stream (open audio streams at the
 model's rate, float32 chunks of one length: what a server's real-time streams send) is one group without
-preparing each stream (:func:`_uniform_audio`): 2.1-3.8 us per chunk less at batches of 60 (docs/serving.md). The result equals
-pushing each session alone (float rounding: tests hold it within 1e-5). The server's batcher and the stream core's
-batched stepping call these.
+preparing each stream (:func:`_uniform_audio`): 2.1-3.8 us per chunk less at batches of 60 (docs/serving.md).
+The result equals pushing each session alone (float rounding: tests hold it within 1e-5). The server's batcher and
+the stream core's batched stepping call these.
 """
 
 from __future__ import annotations
