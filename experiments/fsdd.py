@@ -166,7 +166,7 @@ def build_parser():
 
 def _resolve(args):
     """The recipe's values for every option not given (``None``), by the same rules as ``rnnstream train``."""
-    from rnnstream.models.augment import apply_recipe
+    from rnnstream.models.recipes import apply_recipe
 
     recipe = RECIPES[args.recipe]
     apply_recipe(args, recipe, {key for key in recipe if getattr(args, key) is not None})

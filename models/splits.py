@@ -85,4 +85,14 @@ def split_examples(examples: Sequence[Example], *, val_fraction: float = 0.1, va
     return train, val, test
 
 
-__all__ = ["example_field", "split_by", "split_examples", "split_fraction"]
+def held_out_speaker(examples: Sequence[Example], test_by: str | None, test_match: str | None,
+                     key: str = "speaker") -> str | None:
+    """A deterministic validation speaker: the first (sorted) value of metadata ``key`` among the examples that
+    are not test examples (``test_by``/``test_match`` as in :func:`split_examples`), when there are at least three
+    such speakers (two stay for training); else ``None``."""
+    rest = split_by(examples, test_by, test_match)[0] if test_by and test_match else examples
+    speakers = sorted({str(e.metadata[key]) for e in rest if e.metadata.get(key) is not None})
+    return speakers[0] if len(speakers) >= 3 else None
+
+
+__all__ = ["example_field", "held_out_speaker", "split_by", "split_examples", "split_fraction"]

@@ -224,8 +224,9 @@ def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
     validate on a held-out training speaker when the examples have a ``speaker`` and no validation split is given."""
     if args.recipe == "none" or args.task != "classify" or args.resume or args.init:
         return
-    from rnnstream.models.augment import (SPEECH_RECIPE, BatchAugment, apply_recipe, explicit_dests,
-                                          held_out_speaker)
+    from rnnstream.models.augment import BatchAugment
+    from rnnstream.models.recipes import SPEECH_RECIPE, apply_recipe, explicit_dests
+    from rnnstream.models.splits import held_out_speaker
     from rnnstream.pipeline.dataset import read_dataset
 
     ds = read_dataset(args.data)
