@@ -52,7 +52,7 @@ import math
 from typing import Any
 
 import numpy as np
-from rnnstream.pipeline.codec import decode_samples, encode_samples, to_float32
+from rnnstream.pipeline.codec import WIRE_DTYPES, decode_samples, encode_samples, to_float32
 from rnnstream.pipeline.errors import (
     MessageError,
     ModelMismatchError,
@@ -69,7 +69,7 @@ from rnnstream.pipeline.stream_checks import (
     short_repr,
 )
 
-AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
+AUDIO_DTYPES = WIRE_DTYPES  # the sample codec's encodings: "audio_dtype" -> wire dtype
 SENSOR_DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
 _KNOWN_FIELDS = {"stream", "seq", "event_time", "kind", "end", "model", "sample_rate", "audio", "sensor", "snapshot"}
 #: Longest message accepted (bytes of its line); a stream's chunk is a few KB, a resume snapshot at most 4 MiB.

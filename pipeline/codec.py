@@ -21,7 +21,8 @@ PCM16_SCALE = 32768.0
 
 #: Wire encodings of samples: little-endian float32 or int16.
 SampleEncoding = Literal["float32", "int16"]
-_WIRE = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
+#: The wire dtype of each encoding (the stream job's messages, the WebSocket frames, ``POST /predict`` bodies).
+WIRE_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
 _NATIVE = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}  # this machine's order; the singletons
 _F32 = np.dtype(np.float32)
 
@@ -71,22 +72,22 @@ def encode_samples(samples: Any, encoding: SampleEncoding = "float32") -> bytes:
     """Samples ``[S]`` -> little-endian bytes. ``int16``: ``round(x * 32768)`` clipped to the int16 range."""
     x = to_float32(samples, where="encode_samples")
     if encoding == "int16":
-        return np.clip(np.round(x * PCM16_SCALE), -32768, 32767).astype(_WIRE["int16"]).tobytes()
+        return np.clip(np.round(x * PCM16_SCALE), -32768, 32767).astype(WIRE_DTYPES["int16"]).tobytes()
     if encoding == "float32":
-        return x.astype(_WIRE["float32"]).tobytes()
+        return x.astype(WIRE_DTYPES["float32"]).tobytes()
     raise ShapeError(f"sample encoding must be 'float32' or 'int16', got {encoding!r}")
 
 
 def decode_samples(data: bytes | bytearray | memoryview, encoding: SampleEncoding = "float32", *,
                    where: str = "payload", check_finite: bool = True) -> np.ndarray:
     """Little-endian bytes -> float32 samples ``[S]`` (int16 scaled by ``1 / 32768``); validated as above."""
-    if encoding not in _WIRE:
+    if encoding not in WIRE_DTYPES:
         raise ShapeError(f"{where}: sample encoding must be 'float32' or 'int16', got {encoding!r}")
-    width = _WIRE[encoding].itemsize
+    width = WIRE_DTYPES[encoding].itemsize
     if len(data) % width:
         raise ShapeError(f"{where}: {len(data)} bytes is not a whole number of {encoding} samples ({width} bytes each)")
-    return to_float32(np.frombuffer(data, dtype=_WIRE[encoding]).astype(_NATIVE[encoding]), where=where,
+    return to_float32(np.frombuffer(data, dtype=WIRE_DTYPES[encoding]).astype(_NATIVE[encoding]), where=where,
                       check_finite=check_finite)
 
 
-__all__ = ["PCM16_SCALE", "SampleEncoding", "all_finite", "decode_samples", "encode_samples", "to_float32"]
+__all__ = ["PCM16_SCALE", "WIRE_DTYPES", "SampleEncoding", "all_finite", "decode_samples", "encode_samples", "to_float32"]

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rnnstream.pipeline.codec import decode_samples, encode_samples
+from rnnstream.pipeline.codec import WIRE_DTYPES, decode_samples, encode_samples
 from rnnstream.pipeline.errors import MessageError, RnnstreamError, StreamIdError
 from rnnstream.pipeline.stream_checks import check_sample_rate
 from rnnstream.pipeline.stream_checks import check_stream_id as core_check_stream_id
@@ -91,7 +91,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_LATER = 1013
 
-AUDIO_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
+AUDIO_DTYPES = WIRE_DTYPES  # the sample codec's encodings: "audio_dtype" -> wire dtype
 SENSOR_DTYPE = "float64"
 #: Longest ``resume`` value (a snapshot id; the store refuses any it did not issue).
 MAX_SNAPSHOT_ID = 128
