@@ -157,7 +157,7 @@ def build_parser():
                         "a negative LO needs '=': --pitch=-3,3)")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
-                        "freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,twarp=A,reverb=S,mixup=A")
+                        "freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,bend=B,twarp=A,reverb=S,mixup=A")
     p.add_argument("--augment", type=int, default=None,
                    help="add this many feature-level perturbed copies of each training file (random gain, random "
                         "smooth microphone-like EQ across mel bands, time stretch 0.85-1.15; the first configuration)")

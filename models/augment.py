@@ -44,7 +44,7 @@ from rnnstream.pipeline.errors import ConfigError
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0
 
 #: The :class:`BatchAugment` fields that act on log-mel band energies (gain, equaliser, band warp, reverberation).
-_BAND_FIELDS = ("gain_db", "eq_db", "warp", "reverb_s")
+_BAND_FIELDS = ("gain_db", "eq_db", "warp", "bend", "reverb_s")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class BatchAugment:
             band ``f`` reads the input at band ``f / alpha``, linearly interpolated and clamped to the edge band,
             with ``alpha`` uniform in ``[1 - warp, 1 + warp]`` (0: off; below 1). On mel bands it scales formant
             positions in mel rather than Hz, an approximation of VTLP.
+        bend: a random bend of the band axis per sequence (:func:`bend_bands`; log-mel features only): output band
+            ``f`` reads the input at ``f + d(f)``, ``d`` linear between :data:`BEND_KNOTS` evenly spaced bands,
+            zero at the first and last, uniform in ``[-bend, bend]`` bands at the others. Unlike ``warp``'s one
+            scale, each region of the spectrum moves on its own, as one vowel's formants differ between accents
+            (0: off).
         time_warp: SpecAugment's time warp within each sequence's length (:func:`warp_time`): a point in the
             middle half moves by up to ``time_warp`` times the length, the frames on either side stretched or
             squeezed to fit; first and last frames stay (0: off; below 0.5). Classifiers only (per-frame targets
@@ -85,6 +90,7 @@ class BatchAugment:
     eq_db: float = 0.0
     noise: float = 0.0
     warp: float = 0.0
+    bend: float = 0.0
     time_warp: float = 0.0
     reverb_s: float = 0.0
     mixup: float = 0.0
@@ -101,6 +107,8 @@ class BatchAugment:
             raise ConfigError(f"augment noise must be >= 0, got {self.noise}")
         if not 0 <= self.warp < 1:
             raise ConfigError(f"augment warp must be in [0, 1), got {self.warp}")
+        if not (self.bend >= 0 and math.isfinite(self.bend)):
+            raise ConfigError(f"augment bend (bands) must be >= 0, got {self.bend}")
         if not 0 <= self.time_warp < 0.5:
             raise ConfigError(f"augment twarp must be in [0, 0.5), got {self.time_warp}")
         if not (self.reverb_s == 0 or REVERB_MIN_S <= self.reverb_s <= 10):
@@ -117,23 +125,23 @@ class BatchAugment:
     def changes_features(self) -> bool:
         """Whether :meth:`__call__` changes the features (every option but ``mixup``, which the transform applies)."""
         return bool((self.freq_masks and self.freq_width) or (self.time_masks and self.time_width) or self.gain_db
-                    or self.eq_db or self.noise or self.warp or self.time_warp or self.reverb_s)
+                    or self.eq_db or self.noise or self.warp or self.bend or self.time_warp or self.reverb_s)
 
     @property
     def band_options(self) -> str:
-        """The options set that act on log-mel band energies (gain, equaliser, band warp, reverberation) in
+        """The options set that act on log-mel band energies (gain, equaliser, band warp and bend, reverberation) in
         :meth:`parse` form, ``""`` when none is: on other features (MFCC) they would not be what they claim."""
         return BatchAugment(**{f: getattr(self, f) for f in _BAND_FIELDS}).spec().replace("none", "")
 
     def without_band_options(self) -> BatchAugment:
-        """This augmentation without its gain, equaliser, band warp and reverberation (what fits features other
+        """This augmentation without its gain, equaliser, band warp and bend and reverberation (what fits features other
         than log-mel)."""
         return dataclasses.replace(self, **{f: 0.0 for f in _BAND_FIELDS})
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":
         """From ``"none"``, ``"speech"`` (:data:`SPEECH_AUGMENT`) or a list such as
-        ``"freq=2x4,time=2x10,gain=6,eq=6,noise=0.1,warp=0.1,twarp=0.1,reverb=0.5,mixup=0.2"``."""
+        ``"freq=2x4,time=2x10,gain=6,eq=6,noise=0.1,warp=0.1,bend=2,twarp=0.1,reverb=0.5,mixup=0.2"``."""
         text = text.strip()
         if text in ("", "none"):
             return cls()
@@ -142,10 +150,10 @@ class BatchAugment:
         kw: dict[str, Any] = {}
         for part in text.split(","):
             m = re.fullmatch(r"\s*(freq|time)\s*=\s*(\d+)\s*x\s*(\d+)\s*"
-                             r"|\s*(gain|eq|noise|warp|twarp|reverb|mixup)\s*=\s*([0-9.]+)\s*", part)
+                             r"|\s*(gain|eq|noise|warp|bend|twarp|reverb|mixup)\s*=\s*([0-9.]+)\s*", part)
             if not m:
                 raise ConfigError(f"--augment expects none, speech or freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,"
-                                  f"warp=A,twarp=A,reverb=S,mixup=A; got {text!r}")
+                                  f"warp=A,bend=B,twarp=A,reverb=S,mixup=A; got {text!r}")
             if m.group(1):
                 kw[f"{m.group(1)}_masks"], kw[f"{m.group(1)}_width"] = int(m.group(2)), int(m.group(3))
             else:
@@ -169,6 +177,8 @@ class BatchAugment:
             parts.append(f"noise={self.noise:g}")
         if self.warp:
             parts.append(f"warp={self.warp:g}")
+        if self.bend:
+            parts.append(f"bend={self.bend:g}")
         if self.time_warp:
             parts.append(f"twarp={self.time_warp:g}")
         if self.reverb_s:
@@ -193,6 +203,8 @@ class BatchAugment:
                             drr_db=REVERB_DRR_DB[0] + torch.rand(x.shape[0]) * (REVERB_DRR_DB[1] - REVERB_DRR_DB[0]))
         if self.warp:
             x = warp_bands(x, self.warp)
+        if self.bend:
+            x = bend_bands(x, self.bend)
         if self.time_warp:
             x = warp_time(x, lengths, self.time_warp)
         base = fill if fill is not None else torch.zeros(x.shape[2], dtype=x.dtype, device=x.device)
@@ -278,6 +290,32 @@ def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
     return _read_at(x, pos, dim=2)
 
 
+#: Bands of :func:`bend_bands`' displacement curve that are set (the first and last stay, three between move).
+BEND_KNOTS = 5
+
+
+def bend_bands(x: Tensor, bend: float, shifts: Tensor | None = None, knots: int = BEND_KNOTS) -> Tensor:
+    """A random bend of ``x [B, T, F]``'s band axis: output band ``f`` reads the input at ``f + d(f)`` (linear
+    interpolation), ``d [B, F]`` linear between ``knots`` evenly spaced bands, zero at the first and the last and
+    ``shifts [B, knots - 2]`` bands at the others (default uniform in ``[-bend, bend]`` per sequence).
+
+    The bend keeps the band order (it is monotone): ``2 * bend`` must be below the knots' spacing
+    ``(F - 1) / (knots - 1)`` bands, else :class:`ConfigError` names both."""
+    batch, _, bands = x.shape
+    spacing = (bands - 1) / (knots - 1)
+    if knots < 3 or not 2 * bend < spacing:
+        raise ConfigError(f"augment bend={bend:g} bands: twice it must be below the spacing of its {knots} knots "
+                          f"over {bands} bands ({spacing:g}), so the bands keep their order; use a bend below "
+                          f"{spacing / 2:g}")
+    if shifts is None:
+        shifts = (torch.rand(batch, knots - 2, dtype=x.dtype, device=x.device) * 2 - 1) * bend
+    edge = torch.zeros(batch, 1, dtype=x.dtype, device=x.device)
+    at_knots = torch.cat((edge, shifts.to(x.dtype), edge), dim=1)[:, None, :]  # [B, 1, knots]
+    grid = torch.linspace(0, knots - 1, bands, dtype=x.dtype, device=x.device).expand(batch, bands)
+    pos = torch.arange(bands, dtype=x.dtype, device=x.device) + _read_at(at_knots, grid, dim=2)[:, 0, :]
+    return _read_at(x, pos.clamp(0, bands - 1), dim=2)
+
+
 def _read_at(x: Tensor, pos: Tensor, dim: int) -> Tensor:
     """``x [B, T, F]`` read at fractional positions ``pos [B, L]`` (within ``[0, size - 1]``) along ``dim`` (1: time,
     2: bands), linearly interpolated between neighbours; the other axis is kept."""
@@ -321,8 +359,8 @@ def warp_time(x: Tensor, lengths: Tensor | None, amount: float, centre: Tensor |
 
 
 #: ``--augment`` scalar keys and the :class:`BatchAugment` fields they set.
-_SCALAR_FIELDS = {"gain": "gain_db", "eq": "eq_db", "noise": "noise", "warp": "warp", "twarp": "time_warp",
-                  "reverb": "reverb_s", "mixup": "mixup"}
+_SCALAR_FIELDS = {"gain": "gain_db", "eq": "eq_db", "noise": "noise", "warp": "warp", "bend": "bend",
+                  "twarp": "time_warp", "reverb": "reverb_s", "mixup": "mixup"}
 
 #: The speech recipe's per-batch augmentation (chosen on held-out-speaker validation; see docs/results.md):
 #: SpecAugment masks, random gain, since issue 15 follow-up 3 a band-axis warp by 1 +- 0.1 and since follow-up 13 a
@@ -509,5 +547,5 @@ def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies:
     return out
 
 
-__all__ = ["SPEECH_AUGMENT", "BatchAugment", "WaveAugment", "augment_audio_examples", "batch_transform",
+__all__ = ["SPEECH_AUGMENT", "BatchAugment", "WaveAugment", "augment_audio_examples", "batch_transform", "bend_bands",
            "mix_sequences", "perturb_waveform", "warp_bands", "warp_time"]

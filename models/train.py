@@ -97,9 +97,9 @@ class TrainConfig(Architecture):
         num_threads: torch intra-op threads while training (``None``: leave torch's setting). Small RNNs on a
             busy CPU often run fastest on 1.
         augment: training-only per-batch feature augmentation (:class:`rnnstream.models.augment.BatchAugment`
-            spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,twarp=A,
-            reverb=S,mixup=A``: SpecAugment masks, random gain, a random equaliser, feature noise, band-axis warp,
-            time warp, a random room's reverberation, mixup).
+            spec: ``none``, ``speech`` or ``freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,bend=B,
+            twarp=A,reverb=S,mixup=A``: SpecAugment masks, random gain, a random equaliser, feature noise, band-axis
+            warp and bend, time warp, a random room's reverberation, mixup).
         weight_average: validate and keep an exponential moving average of the weights with this half-life in
             epochs (:class:`rnnstream.models.callbacks.WeightAverage`); 0: the raw weights.
         label_smoothing: classify/tag: the training loss's targets put ``1 - eps`` on the label and spread

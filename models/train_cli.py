@@ -106,9 +106,10 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
                    help="forecast/generate: random level-offset augmentation, in normalisation stds")
     o.add_argument("--augment", default="none",
                    help="training-only per-batch augmentation: none, speech, or freq=NxW,time=NxW,gain=DB,eq=DB,"
-                        "noise=STD,warp=A,twarp=A,reverb=S,mixup=A (SpecAugment frequency/time masks, random "
+                        "noise=STD,warp=A,bend=B,twarp=A,reverb=S,mixup=A (SpecAugment frequency/time masks, random "
                         "gain in dB, a random smooth equaliser of up to DB dB over the bands, feature noise in "
-                        "training stds, a random band-axis warp by 1 +- A, a time warp moving a mid-sequence point "
+                        "training stds, a random band-axis warp by 1 +- A, a random bend of the band axis moving "
+                        "three regions by up to B bands each, a time warp moving a mid-sequence point "
                         "by up to A of the length (classifiers), a random room with a reverberation time of up to "
                         "S seconds (log-mel audio), mixup of two sequences and their labels with a "
                         "Beta(A, A) weight (classifiers))")

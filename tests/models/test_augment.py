@@ -89,6 +89,35 @@ def test_warp_moves_bands_by_the_factor_and_parses() -> None:
             BatchAugment.parse(bad)
 
 
+def test_bend_moves_each_region_of_the_band_axis_by_its_knot_shift_and_keeps_the_order() -> None:
+    from rnnstream.models.augment import bend_bands
+
+    ramp = torch.arange(9, dtype=torch.float32).expand(2, 3, 9)  # band f holds the value f
+    # knots at bands 0, 4 and 8: band 4 reads band 4 + 1.5, the shift falling linearly to 0 at both edges
+    out = bend_bands(ramp, 1.5, shifts=torch.tensor([[1.5], [-1.0]]), knots=3)
+    up = torch.tensor([0, .375, .75, 1.125, 1.5, 1.125, .75, .375, 0])
+    torch.testing.assert_close(out[0, 0], torch.arange(9.0) + up)
+    torch.testing.assert_close(out[1, 0], torch.arange(9.0) - torch.tensor([0, .25, .5, .75, 1, .75, .5, .25, 0]))
+    torch.testing.assert_close(out[:, 1], out[:, 0])  # the same bend on every frame of a sequence
+    torch.testing.assert_close(bend_bands(ramp, 1.5, shifts=torch.zeros(2, 1), knots=3), ramp)
+    torch.manual_seed(0)
+    x = torch.arange(40, dtype=torch.float32).expand(64, 2, 40)
+    y = bend_bands(x, 4.0)  # 5 knots over 40 bands: spacing 9.75
+    assert float((y - x).abs().max()) <= 4.0 + 1e-5 and float((y - x).abs().max()) > 1.0
+    assert bool((y[:, :, 1:] > y[:, :, :-1]).all())  # monotone: the bands keep their order
+    torch.testing.assert_close(y[:, :, [0, -1]], x[:, :, [0, -1]])  # the edges stay
+    assert not torch.equal(y[0], y[1])  # a bend per sequence
+    with pytest.raises(ConfigError, match=r"bend=5 bands: .* spacing of its 5 knots over 40 bands \(9.75\)"):
+        bend_bands(x, 5.0)
+    a = BatchAugment.parse("warp=0.1,bend=2.5")
+    assert a.bend == 2.5 and a.changes_features and "bend=2.5" in a.spec() and BatchAugment.parse(a.spec()) == a
+    assert a.band_options == "warp=0.1,bend=2.5" and not a.without_band_options().active
+    z = BatchAugment(bend=2.0)(torch.randn(3, 5, 40))
+    assert z.shape == (3, 5, 40)
+    with pytest.raises(ConfigError, match="bend"):
+        BatchAugment(bend=-1.0)
+
+
 def test_random_eq_is_a_smooth_per_sequence_curve_through_its_knot_gains() -> None:
     from rnnstream.models.augment import EQ_KNOTS, random_eq
 
