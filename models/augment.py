@@ -43,7 +43,8 @@ from rnnstream.pipeline.errors import ConfigError
 
 _LOG_POWER_PER_DB = math.log(10.0) / 10.0
 
-#: The :class:`BatchAugment` fields that act on log-mel band energies (gain, equaliser, band warp, reverberation).
+#: The :class:`BatchAugment` fields that act on log-mel band energies (gain, equaliser, band warp and bend,
+#: reverberation).
 _BAND_FIELDS = ("gain_db", "eq_db", "warp", "bend", "reverb_s")
 
 
@@ -134,8 +135,8 @@ class BatchAugment:
         return BatchAugment(**{f: getattr(self, f) for f in _BAND_FIELDS}).spec().replace("none", "")
 
     def without_band_options(self) -> BatchAugment:
-        """This augmentation without its gain, equaliser, band warp and bend and reverberation (what fits features other
-        than log-mel)."""
+        """This augmentation without its gain, equaliser, band warp and bend, and reverberation (what fits features
+        other than log-mel)."""
         return dataclasses.replace(self, **{f: 0.0 for f in _BAND_FIELDS})
 
     @classmethod
@@ -294,6 +295,15 @@ def warp_bands(x: Tensor, warp: float, alpha: Tensor | None = None) -> Tensor:
 BEND_KNOTS = 5
 
 
+def check_bend(bend: float, bands: int, knots: int = BEND_KNOTS) -> None:
+    """Refuse a bend that would not keep ``bands`` bands in order: ``2 * bend`` at or above the knots' spacing."""
+    spacing = (bands - 1) / (knots - 1)
+    if knots < 3 or not 2 * bend < spacing:
+        raise ConfigError(f"augment bend={bend:g} bands: twice it must be below the spacing of its {knots} knots "
+                          f"over {bands} bands ({spacing:g}), so the bands keep their order; use a bend below "
+                          f"{spacing / 2:g}")
+
+
 def bend_bands(x: Tensor, bend: float, shifts: Tensor | None = None, knots: int = BEND_KNOTS) -> Tensor:
     """A random bend of ``x [B, T, F]``'s band axis: output band ``f`` reads the input at ``f + d(f)`` (linear
     interpolation), ``d [B, F]`` linear between ``knots`` evenly spaced bands, zero at the first and the last and
@@ -302,11 +312,7 @@ def bend_bands(x: Tensor, bend: float, shifts: Tensor | None = None, knots: int 
     The bend keeps the band order (it is monotone): ``2 * bend`` must be below the knots' spacing
     ``(F - 1) / (knots - 1)`` bands, else :class:`ConfigError` names both."""
     batch, _, bands = x.shape
-    spacing = (bands - 1) / (knots - 1)
-    if knots < 3 or not 2 * bend < spacing:
-        raise ConfigError(f"augment bend={bend:g} bands: twice it must be below the spacing of its {knots} knots "
-                          f"over {bands} bands ({spacing:g}), so the bands keep their order; use a bend below "
-                          f"{spacing / 2:g}")
+    check_bend(bend, bands, knots)
     if shifts is None:
         shifts = (torch.rand(batch, knots - 2, dtype=x.dtype, device=x.device) * 2 - 1) * bend
     edge = torch.zeros(batch, 1, dtype=x.dtype, device=x.device)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from rnnstream.models.augment import BatchAugment, batch_transform
+from rnnstream.models.augment import BatchAugment, batch_transform, check_bend
 from rnnstream.models.callbacks import (
     METRICS_FILE,
     Callback,
@@ -335,10 +335,11 @@ def _check_pcen(model: StreamingRNN, feature_config: FeatureConfig | None) -> No
 
 
 def _check_band_augment(aug: BatchAugment, feature_config: FeatureConfig | None) -> None:
-    """A gain, an equaliser, a band warp and a reverberation act on log band energies: on audio features that are
-    not log-mel (MFCC's cepstral coefficients) they would be an offset or a shuffle of coefficients, not what they
-    claim, so they are refused. Sensor data has no such check for the first three (its feature axis is taken as
-    given); a reverberation needs audio frames (their hop in seconds), so it is refused without an audio config."""
+    """A gain, an equaliser, a band warp or bend and a reverberation act on log band energies: on audio features
+    that are not log-mel (MFCC's cepstral coefficients) they would be an offset or a shuffle of coefficients, not
+    what they claim, so they are refused. Sensor data has no such check for the first four (its feature axis is
+    taken as given); a reverberation needs audio frames (their hop in seconds), so it is refused without an audio
+    config. A bend too large for the mel bands is refused here, before any training."""
     audio = feature_config.audio if feature_config is not None else None
     if audio is None and aug.reverb_s:
         raise ConfigError(f"augment reverb={aug.reverb_s:g} reverberates log-mel audio frames; these features have "
@@ -346,6 +347,8 @@ def _check_band_augment(aug: BatchAugment, feature_config: FeatureConfig | None)
     if audio is not None and audio.feature != "logmel" and aug.band_options:
         raise ConfigError(f"augment {aug.band_options} acts on log-mel band energies; the features are "
                           f"{audio.feature!r} (use freq/time masks, noise, twarp or mixup, or log-mel features)")
+    if audio is not None and aug.bend:
+        check_bend(aug.bend, audio.n_mels)
 
 
 def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: TaskData | None) -> None:

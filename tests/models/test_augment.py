@@ -396,7 +396,7 @@ def test_training_with_augmentation_is_seeded() -> None:
     assert dataclasses.replace(cfg, augment="none").augment == "none"
 
 
-@pytest.mark.parametrize("augment", ["gain=6", "freq=1x2,eq=3", "warp=0.1", "reverb=0.3"])
+@pytest.mark.parametrize("augment", ["gain=6", "freq=1x2,eq=3", "warp=0.1", "bend=1", "reverb=0.3"])
 def test_band_augmentations_are_refused_on_mfcc_features(augment) -> None:
     """A gain or equaliser adds log band energies and a warp reads bands at other frequencies: on MFCCs they would
     offset or mix cepstral coefficients, so training refuses them, naming the option and the features."""
@@ -419,6 +419,16 @@ def test_reverb_augment_is_refused_without_audio_frames() -> None:
     small = {"hidden_size": 8, "num_layers": 1, "epochs": 1, "batch_size": 8, "device": "cpu", "progress": False}
     with pytest.raises(ConfigError, match=r"reverb=0.3 reverberates log-mel audio frames"):
         train(data, TrainConfig(**small, augment="reverb=0.3"))
+
+
+def test_a_bend_too_large_for_the_mel_bands_is_refused_before_training() -> None:
+    rng = np.random.default_rng(0)
+    data = tensor_data("classify", [rng.normal(size=(8, FC.dim)).astype(np.float32) for _ in range(8)],
+                       [str(i % 2) for i in range(8)], feature_config=FC)
+    small = {"hidden_size": 8, "num_layers": 1, "epochs": 1, "batch_size": 8, "device": "cpu", "progress": False}
+    with pytest.raises(ConfigError, match=r"bend=1 bands: .* 5 knots over 8 bands \(1.75\).* below 0.875"):
+        train(data, TrainConfig(**small, augment="bend=1"))
+    train(data, TrainConfig(**small, augment="bend=0.8"))
 
 
 def test_stacked_features_are_masked_by_band_in_every_stacked_frame() -> None:
