@@ -11,8 +11,9 @@
    fold (the next speaker after the test speaker, in george, jackson, lucas, nicolas order; the fold trains on
    the other two), and a seeded 10% of the training files on the documented split. The test files are never
    seen in training or selection.
-3. Training-only augmentation (:mod:`rnnstream.models.augment`): ``--wave-copies`` speed-perturbed (+ noise)
-   copies of each training WAV, re-featurized; ``--spec-augment`` SpecAugment masks and random gain per batch.
+3. Training-only augmentation: ``--wave-copies`` speed-perturbed (+ noise) copies of each training WAV,
+   re-featurized (:mod:`rnnstream.models.wave_augment`); ``--spec-augment`` SpecAugment masks, random gain,
+   equaliser and band warp per batch (:mod:`rnnstream.models.augment`).
 4. Each split and seed: a classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and
    every test file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy,
    streamed accuracy and their agreement are reported, with mean and standard deviation over seeds.
@@ -210,7 +211,7 @@ def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: t
     import hashlib
     import pickle
 
-    from rnnstream.models.augment import WaveAugment, augment_audio_examples
+    from rnnstream.models.wave_augment import WaveAugment, augment_audio_examples
 
     wave = WaveAugment(speed=speed, pitch=pitch)
     key = hashlib.sha256(f"{cfg.to_dict()}|{copies}|{seed}|{wave}".encode()).hexdigest()[:12]

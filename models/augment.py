@@ -1,29 +1,21 @@
-"""Speaker-robust augmentation for speech, applied in training only.
+"""Speaker-robust feature augmentation for speech, per batch while training.
 
-Two levels:
-
-* **Waveform level, at data preparation** (:func:`perturb_waveform`, :func:`augment_audio_examples`): speed
-  perturbation (torchaudio's :class:`~torchaudio.transforms.Speed`: the recording resampled as if it had been
-  played ``factor`` times faster, which shifts pitch and formants like another vocal tract and changes the
-  speaking rate), optionally a pitch shift that keeps the formants (:func:`shift_pitch`, ``WaveAugment.pitch``),
-  and additive white noise at a random SNR (:class:`~torchaudio.transforms.AddNoise`). The
-  perturbed copies are featurized with the dataset's own :class:`~rnnstream.pipeline.features.AudioFeaturizer`
-  and added to the *training* examples only.
-* **Feature level, per batch** (:class:`BatchAugment`, used through the ``transform`` hook of
-  :func:`rnnstream.models.fit.fit` via ``TrainConfig.augment``): SpecAugment frequency and time masks
-  (:class:`~torchaudio.transforms.FrequencyMasking` / :class:`~torchaudio.transforms.TimeMasking`, one mask
-  draw per sequence; masked cells take the training mean of their band, i.e. zero after the model's
-  normalisation) and a random gain per sequence (a gain of ``g`` dB multiplies the power spectrum by
-  ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to the featurizer's ``log_eps``),
-  a random equaliser per sequence (:func:`random_eq`: a smooth gain curve over the bands, like another
-  microphone), a random room per sequence (:func:`reverberate`: an exponentially decaying reverberant tail added
-  to every band's power, like a recording in another room), feature noise, a random frequency warp of the band
-  axis (:func:`warp_bands`, VTLP-like), a time warp (:func:`warp_time`), and mixup of labelled sequences
-  (:func:`mix_sequences`: inputs and one-hot targets mixed).
+:class:`BatchAugment` (used through the ``transform`` hook of :func:`rnnstream.models.fit.fit` via
+``TrainConfig.augment``): SpecAugment frequency and time masks (:class:`~torchaudio.transforms.FrequencyMasking` /
+:class:`~torchaudio.transforms.TimeMasking`, one mask draw per sequence; masked cells take the training mean of
+their band, i.e. zero after the model's normalisation) and a random gain per sequence (a gain of ``g`` dB
+multiplies the power spectrum by ``10^(g/10)``, i.e. adds ``g * ln(10) / 10`` to every log-mel band, exactly up to
+the featurizer's ``log_eps``), a random equaliser per sequence (:func:`random_eq`: a smooth gain curve over the
+bands, like another microphone), a random room per sequence (:func:`reverberate`: an exponentially decaying
+reverberant tail added to every band's power, like a recording in another room), feature noise, a random
+frequency warp of the band axis (:func:`warp_bands`, VTLP-like) and a random bend of it (:func:`bend_bands`:
+regions moved on their own, like accents' vowels), a time warp (:func:`warp_time`), and mixup of labelled
+sequences (:func:`mix_sequences`: inputs and one-hot targets mixed). Waveform copies at data preparation (speed,
+pitch, noise) are :mod:`rnnstream.models.wave_augment`.
 
 Nothing here is part of a model: the model's ``forward``/``step``, :func:`~rnnstream.models.evaluate.evaluate`
-and the ONNX export never see it. Every random draw comes from a seeded generator (the waveform level) or
-from torch's global RNG, which :func:`rnnstream.models.train.train` seeds with ``TrainConfig.seed``.
+and the ONNX export never see it. Every random draw comes from torch's global RNG, which
+:func:`rnnstream.models.train.train` seeds with ``TrainConfig.seed``.
 """
 
 from __future__ import annotations
@@ -31,11 +23,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -436,122 +426,5 @@ def mix_sequences(x: Tensor, lengths: Tensor, y: Tensor, num_classes: int, lam: 
     return w[:, :, None] * x + (1 - w[:, :, None]) * stretched, w * onehot + (1 - w) * onehot[partner]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Waveform level (data preparation)
-# ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WaveAugment:
-    """Waveform perturbations for extra training copies: speed factor range (quantised to 0.01), pitch shift range
-    in semitones (quantised to 0.5; formants kept: a phase-vocoder stretch then a resampling; ``(0, 0)``: none), and
-    the additive white-noise SNR range in dB, applied to a copy with probability ``noise_prob``."""
-
-    speed: tuple[float, float] = (0.9, 1.1)
-    snr_db: tuple[float, float] = (10.0, 40.0)
-    noise_prob: float = 0.5
-    pitch: tuple[float, float] = (0.0, 0.0)
-
-    def __post_init__(self) -> None:
-        lo, hi = self.speed
-        if not 0.5 <= lo <= hi <= 2.0:
-            raise ConfigError(f"speed range must lie within [0.5, 2] and be ordered, got {self.speed}")
-        object.__setattr__(self, "pitch", tuple(float(v) for v in self.pitch))  # a list from a command line
-        if len(self.pitch) != 2 or not -12.0 <= self.pitch[0] <= self.pitch[1] <= 12.0:
-            raise ConfigError(f"pitch range (semitones) must lie within [-12, 12] and be ordered, got {self.pitch}")
-        if self.snr_db[0] > self.snr_db[1]:
-            raise ConfigError(f"snr_db range must be ordered, got {self.snr_db}")
-        if not 0.0 <= self.noise_prob <= 1.0:
-            raise ConfigError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
-
-
-_SPEEDS: dict[tuple[int, float], Any] = {}  # torchaudio Speed transforms (their resampling kernels), by factor
-
-
-def shift_pitch(x: torch.Tensor, steps: float, n_fft: int = 512) -> torch.Tensor:
-    """``x [1, N]`` with its pitch moved by ``steps`` semitones and its duration and formants kept: a phase-vocoder
-    time stretch by ``2 ** (steps / 12)`` (:func:`torchaudio.functional.phase_vocoder`), then a resampling back to
-    ``N`` samples (Fourier method, :func:`scipy.signal.resample`). The method of
-    :func:`torchaudio.functional.pitch_shift`, whose resampling between the integer rates ``sample_rate / rate``
-    and ``sample_rate`` builds a new kernel per call: up to ~1 s each for half-semitone steps at 8 kHz. ``n_fft``:
-    the vocoder's frame (64 ms at 8 kHz), hop a quarter of it."""
-    import torchaudio.functional as FA
-    from scipy.signal import resample
-
-    rate = 2.0 ** (-steps / 12.0)  # < 1 stretches (longer), then resampling to N samples raises the pitch
-    hop, window = n_fft // 4, torch.hann_window(n_fft)
-    spec = torch.stft(x, n_fft=n_fft, hop_length=hop, window=window, center=True, pad_mode="reflect",
-                      return_complex=True)
-    advance = torch.linspace(0, math.pi * hop, spec.shape[-2])[..., None]
-    n = x.shape[-1]
-    stretched = torch.istft(FA.phase_vocoder(spec, rate, advance), n_fft=n_fft, hop_length=hop, window=window,
-                            length=int(round(n / rate)))
-    y = resample(stretched[0].numpy().astype(np.float64), n)
-    return torch.as_tensor(y.astype(np.float32)).unsqueeze(0)
-
-
-def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Generator,
-                     wave: WaveAugment = WaveAugment()) -> tuple[np.ndarray, dict[str, float]]:
-    """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``), a pitch shift when ``wave.pitch``
-    is not ``(0, 0)`` (:func:`shift_pitch`; the length kept), then maybe white noise at a random SNR
-    (torchaudio ``AddNoise``). Returns ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones]})``."""
-    import torchaudio.transforms as TA
-
-    x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
-    factor = round(float(rng.uniform(*wave.speed)), 2)
-    if factor != 1.0:
-        key = (int(sample_rate), factor)
-        if key not in _SPEEDS:
-            _SPEEDS[key] = TA.Speed(sample_rate, factor)
-        x, _ = _SPEEDS[key](x)
-    info = {"speed": factor}
-    if wave.pitch != (0.0, 0.0):  # drawn only then, so copies made without a pitch range stay as they were
-        steps = round(float(rng.uniform(*wave.pitch)) * 2) / 2
-        if steps and x.shape[1] > 0:
-            x = shift_pitch(x, steps)
-        info["pitch"] = steps
-    snr = float("nan")
-    if rng.uniform() < wave.noise_prob and x.shape[1] > 0:
-        snr = float(rng.uniform(*wave.snr_db))
-        noise = torch.as_tensor(rng.standard_normal(x.shape[1]).astype(np.float32)).unsqueeze(0)
-        if float(x.pow(2).sum()) > 0:
-            x = TA.AddNoise()(x, noise, torch.tensor([snr]))
-    return x[0].numpy().astype(np.float32), {**info, "snr_db": snr}
-
-
-def augment_audio_examples(examples: Sequence[Any], feature_config: Any, copies: int, seed: int, *,
-                           wave: WaveAugment = WaveAugment(), load: Any = None) -> list[Any]:
-    """``examples`` plus ``copies`` waveform-perturbed copies of each (re-read from ``example.path``,
-    perturbed with :func:`perturb_waveform`, featurized with ``feature_config``'s featurizer).
-
-    Use on training examples only. Each file's copies depend only on ``(seed, example.id)``, so a file gets
-    the same copies in every split that trains on it. The copies' ids are ``<id>#wav<k>``; their metadata gains ``speed``
-    and ``snr_db`` (and ``pitch`` with a pitch range). ``load(path, feature_config) -> samples`` defaults to
-    :func:`rnnstream.pipeline.audio_io.load_audio`.
-    """
-    from rnnstream.pipeline.features import AudioFeaturizer
-
-    if copies < 0:
-        raise ConfigError(f"copies must be >= 0, got {copies}")
-    if feature_config.kind != "audio":
-        raise ConfigError("waveform augmentation needs an audio feature config")
-    if load is None:
-        from rnnstream.pipeline.audio_io import load_audio as load
-    rate = feature_config.audio.sample_rate
-    featurizer = AudioFeaturizer(feature_config)
-    out = list(examples)
-    for e in examples:
-        if not copies:
-            break
-        rng = np.random.default_rng([seed, *e.id.encode()])  # a file's copies do not depend on the other files
-        samples = load(e.path, feature_config)
-        for k in range(copies):
-            y, info = perturb_waveform(samples, rate, rng, wave)
-            feats = featurizer.featurize(y)
-            if feats.shape[0] == 0:
-                continue
-            out.append(dataclasses.replace(e, id=f"{e.id}#wav{k}", features=feats.astype(np.float32),
-                                           metadata={**e.metadata, **info}))
-    return out
-
-
-__all__ = ["SPEECH_AUGMENT", "BatchAugment", "WaveAugment", "augment_audio_examples", "batch_transform", "bend_bands",
-           "mix_sequences", "perturb_waveform", "warp_bands", "warp_time"]
+__all__ = ["BEND_KNOTS", "EQ_KNOTS", "SPEECH_AUGMENT", "BatchAugment", "batch_transform", "bend_bands", "check_bend",
+           "mix_sequences", "random_eq", "reverberate", "warp_bands", "warp_time"]

@@ -36,7 +36,8 @@ class DataSpec:
         forecast_loss: ``all`` frames of a training window or its ``last`` frame only.
         stats: ``train`` (fit on the training split) or ``dataset`` (the dataset's stats.json).
         wave_copies: audio only: add this many waveform-perturbed copies (speed, noise) of each *training*
-            file, re-read from its path and featurized again (:func:`rnnstream.models.augment.augment_audio_examples`).
+            file, re-read from its path and featurized again
+            (:func:`rnnstream.models.wave_augment.augment_audio_examples`).
         wave_speed: the copies' speed-perturbation range ``(lo, hi)`` (factors within [0.5, 2]).
         wave_pitch: the copies' pitch-shift range ``(lo, hi)`` in semitones (``(0, 0)``: none).
     """
@@ -135,7 +136,7 @@ def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Fe
 
 
 def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> list[Example]:
-    from rnnstream.models.augment import WaveAugment, augment_audio_examples
+    from rnnstream.models.wave_augment import WaveAugment, augment_audio_examples
 
     if fc.kind != "audio" or spec.channels:
         raise ConfigError("wave_copies (waveform augmentation) needs audio features with every channel")

@@ -126,11 +126,11 @@ def test_speech_recipe_on_stacked_features_leaves_out_the_conv_front_end(tmp_pat
 
 
 def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
-    import rnnstream.models.augment as augment_mod
+    import rnnstream.models.wave_augment as wave_mod
     from rnnstream.models.train_cli import main
 
     seen, pitches = [], []
-    real = augment_mod.perturb_waveform
+    real = wave_mod.perturb_waveform
 
     def spy(samples, rate, rng, wave):
         y, info = real(samples, rate, rng, wave)
@@ -138,7 +138,7 @@ def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypat
         pitches.append((wave.pitch, info.get("pitch")))
         return y, info
 
-    monkeypatch.setattr(augment_mod, "perturb_waveform", spy)
+    monkeypatch.setattr(wave_mod, "perturb_waveform", spy)
     out = str(tmp_path / "m.pt")
     assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress",
                  "--threads", "1", "--conv-channels", "", "--wave-copies", "1", "--wave-speed", "1.25,1.3"]) == 0
