@@ -62,7 +62,7 @@ def featurized(inputs: Sequence[str], feat_dir: str, cfg: Any, *, label_pattern:
                refeaturize: bool = False) -> Any:
     """The Beam-featurized dataset of ``inputs`` in ``feat_dir``: read when it exists with ``cfg``, else (or with
     ``refeaturize``) featurized again by the Beam job."""
-    from rnnstream.demo import featurize_dataset
+    from rnnstream.stream_eval import featurize_dataset
     from rnnstream.pipeline.dataset import read_dataset
 
     if not refeaturize and os.path.exists(os.path.join(feat_dir, "summary.json")):
@@ -131,7 +131,7 @@ def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test
     from rnnstream.models import plots as P
     from rnnstream.models.backend import TorchBackend
     from rnnstream.models.train import train
-    from rnnstream.demo import plot_stream_trace, read_raw, stream_classification
+    from rnnstream.stream_eval import plot_stream_trace, read_raw, stream_classification
 
     os.makedirs(run_dir, exist_ok=True)
     ckpt = os.path.join(run_dir, "model.pt")
@@ -172,8 +172,6 @@ def classification_run(run_dir: str, train_d: Any, val_d: Any, test_d: Any, test
 
 
 if __name__ == "__main__":  # python -m experiments._common pooled-epoch RUN_DIR... [--metric val_loss]
-    import argparse
-
     _p = argparse.ArgumentParser(prog="python -m experiments._common pooled-epoch")
     _p.add_argument("command", choices=["pooled-epoch"])
     _p.add_argument("run_dirs", nargs="+")

@@ -177,7 +177,7 @@ def _spread(values: list[float]) -> str:
 
 
 def _table(results: list[dict[str, Any]]) -> str:
-    from rnnstream.demo import format_table
+    from rnnstream.stream_eval import format_table
 
     rows = []
     for key in dict.fromkeys((r["setting"], r["horizon"]) for r in results):

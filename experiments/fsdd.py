@@ -362,7 +362,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
 
 def _table(results: dict[str, dict], summ: dict) -> str:
     """Every run's row, then each split's mean +- sd over seeds."""
-    from rnnstream.demo import format_table
+    from rnnstream.stream_eval import format_table
 
     rows = []
     for name, by_seed in results.items():

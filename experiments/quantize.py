@@ -58,7 +58,6 @@ def stream_accuracy(model_path: str, examples: list[Any], chunk_s: float) -> tup
 
 def run_cell(cell: str, train_ex: list[Any], val_ex: list[Any], test_ex: list[Any], cfg: Any, args: Any,
              out: str) -> dict[str, Any]:
-    from rnnstream.export.onnx_export import export_with_report
     from rnnstream.models.data import classify_data
     from rnnstream.models.train import TrainConfig, train
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_threads(args.threads)
     from rnnstream import datasets as D
-    from rnnstream.demo import format_table
+    from rnnstream.stream_eval import format_table
     from rnnstream.models.data import split_by, split_fraction
     from rnnstream.pipeline.config import FeatureConfig
 

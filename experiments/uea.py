@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads(args.threads)
     from rnnstream.models.data import split_by
     from rnnstream import datasets as D
-    from rnnstream.demo import featurize_dataset
+    from rnnstream.stream_eval import featurize_dataset
 
     out = os.path.abspath(args.out)
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
@@ -119,7 +119,7 @@ def _run_seed(args, feature_config, rest, test_ex, st: dict, seed: int, run_dir:
 
 def _table(results: dict[str, dict], summ: dict) -> str:
     """Every run's row, then each set's mean +- sd over seeds."""
-    from rnnstream.demo import format_table
+    from rnnstream.stream_eval import format_table
 
     rows = [[n, seed, r["n_train"], r["n_val"], r["n_test"], f"{r['val_loss']:.4f}", r["offline_accuracy_torch"],
              r["streaming_accuracy_onnx"], r["streaming"]["label_agreement"],
