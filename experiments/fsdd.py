@@ -156,6 +156,9 @@ def build_parser():
     p.add_argument("--pitch", type=float_pair, default=(0.0, 0.0),
                    help="the waveform copies' pitch-shift range in semitones LO,HI (formants kept; default none; "
                         "a negative LO needs '=': --pitch=-3,3)")
+    p.add_argument("--extra-train", default=None, metavar="DIR",
+                   help="WAVs named like FSDD's (e.g. experiments.synth_digits' synthetic speakers) added to the "
+                        "training examples of every split, never to validation or test")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
                         "freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,bend=B,twarp=A,reverb=S,mixup=A")
@@ -253,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                     refeaturize=args.refeaturize)
     featurize_s = time.perf_counter() - t0
     log(f"{len(ds.examples)} examples, {sum(e.features.shape[0] for e in ds.examples)} frames")
+    extra = []
+    if args.extra_train:
+        extra = featurized([args.extra_train], os.path.join(out, "features_extra"), cfg, label_pattern=D.FSDD_PATTERN,
+                           refeaturize=args.refeaturize).examples
+        log(f"{len(extra)} extra training examples from {args.extra_train}")
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
     selected = None
     if args.refit_from:
@@ -269,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, args.speed, args.pitch) \
             if args.wave_copies else {}
         for name, key, pattern in splits:
-            r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected)
+            r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected,
+                           extra)
             results.setdefault(name, {})[seed] = r
             write_json(summary_path, _summary(command, ds, tcfgs, featurize_s, results, seeds))
     summ = _summary(command, ds, tcfgs, featurize_s, results, seeds)
@@ -315,9 +324,9 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
 
 
 def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: str, seed: int, many_seeds: bool,
-               tcfg: Any, copies: dict, out: str, selected: dict | None) -> dict:
+               tcfg: Any, copies: dict, out: str, selected: dict | None, extra: list | None = None) -> dict:
     """One split and seed: the selection run (or its record from ``--refit-from``), then the refit on all three
-    training speakers when asked; the fold's result record."""
+    training speakers when asked; the fold's result record. ``extra``: examples added to every training set."""
     from rnnstream.models.data import classify_data, split_by, split_fraction
 
     log(f"== split {name}, seed {seed}: test = {key} ~ {pattern}")
@@ -331,7 +340,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
     n_files = len(train_ex)
     if args.augment:
         train_ex = augment_examples(train_ex, args.augment, seed)
-    train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])]
+    train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])] + list(extra or [])
     run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if many_seeds else ""))
     if selected is not None:  # the selection runs were done by an earlier command: take their records
         r = dict(selected[name][str(seed)])
@@ -347,7 +356,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
         all_ex = list(rest)  # the three training speakers' files
         if args.augment:
             all_ex = augment_examples(all_ex, args.augment, seed)
-        all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])]
+        all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])] + list(extra or [])
         all_d = classify_data(all_ex, feature_config=ds.config)
         test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
         r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
