@@ -13,7 +13,9 @@
    seen in training or selection.
 3. Training-only augmentation: ``--wave-copies`` speed-perturbed (+ noise) copies of each training WAV,
    re-featurized (:mod:`rnnstream.models.wave_augment`); ``--spec-augment`` SpecAugment masks, random gain,
-   equaliser and band warp per batch (:mod:`rnnstream.models.augment`).
+   equaliser and band warp per batch (:mod:`rnnstream.models.augment`); ``--extra-train DIR``: more training
+   files named like FSDD's (e.g. synthetic speakers from :mod:`experiments.synth_digits`), featurized by the same
+   job and added to every split's training examples (never to validation or test).
 4. Each split and seed: a classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and
    every test file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy,
    streamed accuracy and their agreement are reported, with mean and standard deviation over seeds.
