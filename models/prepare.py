@@ -40,6 +40,9 @@ class DataSpec:
             (:func:`rnnstream.models.wave_augment.augment_audio_examples`).
         wave_speed: the copies' speed-perturbation range ``(lo, hi)`` (factors within [0.5, 2]).
         wave_pitch: the copies' pitch-shift range ``(lo, hi)`` in semitones (``(0, 0)``: none).
+        extra_train: featurized datasets (folders) whose examples join the *training* split only, never validation
+            or test: more speakers or recording conditions, e.g. synthetic voices (``experiments.synth_digits``).
+            Each must have the main dataset's feature config. Whole-example tasks only (not ``split_rows``).
     """
 
     task: str = "classify"
@@ -60,6 +63,7 @@ class DataSpec:
     wave_copies: int = 0
     wave_speed: tuple[float, float] = (0.9, 1.1)
     wave_pitch: tuple[float, float] = (0.0, 0.0)
+    extra_train: tuple[str, ...] = ()
 
 
 @dataclass
@@ -91,9 +95,13 @@ def prepare_data(root: str, spec: DataSpec) -> PreparedData:
     task = task_for(spec.task)
     target_dims = task.target_channels(spec, [names[d] for d in dims])
     if spec.split_rows and task.row_splits:
+        if spec.extra_train:
+            raise ConfigError("extra_train adds whole examples to the training split; row splits (split_rows) have "
+                              "no such split")
         train, val, test = _by_rows(task, examples, spec, fc, target_dims)
     else:
-        train, val, test = _by_examples(task, examples, spec, fc, target_dims, where=repr(root))
+        extra = _extra_examples(spec.extra_train, ds.config, dims)
+        train, val, test = _by_examples(task, examples, spec, fc, target_dims, where=repr(root), extra=extra)
     if spec.stats == "dataset":
         stats = RunningStats(ds.stats.count, ds.stats.mean[dims], ds.stats.m2[dims])
     else:
@@ -116,8 +124,9 @@ def _by_rows(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Featur
 
 
 def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: FeatureConfig, target_dims: list[int],
-                 where: str) -> tuple[TaskData, TaskData | None, TaskData | None]:
-    """Whole examples to train / val / test; val and test use the training labels."""
+                 where: str, extra: list[Example] = ()) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Whole examples to train / val / test (``extra``: more training examples, after the waveform copies); val and
+    test use the training labels."""
     train_ex, val_ex, test_ex = split_examples(
         examples, val_fraction=spec.val_fraction, val_by=spec.val_by, val_match=spec.val_match,
         test_by=spec.test_by, test_match=spec.test_match, seed=spec.seed, where=where,
@@ -128,11 +137,25 @@ def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Fe
 
     if spec.wave_copies:
         train_ex = _wave_copies(train_ex, spec, fc)
-    train = build(train_ex, None, spec.forecast_loss == "last")
+    train = build(train_ex + list(extra), None, spec.forecast_loss == "last")
     labels = train.labels or None
     val = build(val_ex, labels, True) if val_ex else None
     test = build(test_ex, labels, True) if test_ex else None
     return train, val, test
+
+
+def _extra_examples(roots: tuple[str, ...], config: FeatureConfig, dims: list[int]) -> list[Example]:
+    """The examples of the ``extra_train`` datasets, their channels selected as the main dataset's (``dims``)."""
+    from rnnstream.pipeline.dataset import read_dataset
+
+    out: list[Example] = []
+    for root in roots:
+        ds = read_dataset(root)
+        if ds.config != config:
+            raise ConfigError(f"extra training dataset {root!r} was featurized with {ds.config.to_dict()}; the "
+                              f"dataset trained on with {config.to_dict()}: featurize it with the same config")
+        out += select_channels(list(ds.examples), dims) if dims != list(range(config.dim)) else list(ds.examples)
+    return out
 
 
 def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> list[Example]:

@@ -131,6 +131,9 @@ def _data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--split-rows", type=_rows, default=(),
                    help="forecast train,val[,test] rows, e.g. 0:8640,8640:11520,11520:14400")
     d.add_argument("--forecast-loss", default="all", choices=["all", "last"])
+    d.add_argument("--extra-train", action="append", default=[], metavar="DIR",
+                   help="a featurized dataset (same feature config) whose examples join the training split only, "
+                        "never validation or test, e.g. synthetic speakers (repeatable)")
     d.add_argument("--wave-copies", type=int, default=0,
                    help="audio: waveform-perturbed copies (speed, noise) of each training file, re-featurized")
     d.add_argument("--wave-speed", type=float_pair, default=(0.9, 1.1),
@@ -201,7 +204,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
         stats=args.stats, seed=args.seed, wave_copies=args.wave_copies, wave_speed=args.wave_speed,
-        wave_pitch=args.wave_pitch,
+        wave_pitch=args.wave_pitch, extra_train=tuple(args.extra_train),
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,
