@@ -36,6 +36,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from experiments._common import (
@@ -326,7 +327,7 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
 
 
 def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: str, seed: int, many_seeds: bool,
-               tcfg: Any, copies: dict, out: str, selected: dict | None, extra: list | None = None) -> dict:
+               tcfg: Any, copies: dict, out: str, selected: dict | None, extra: Sequence[Any] = ()) -> dict:
     """One split and seed: the selection run (or its record from ``--refit-from``), then the refit on all three
     training speakers when asked; the fold's result record. ``extra``: examples added to every training set."""
     from rnnstream.models.data import classify_data, split_by, split_fraction
@@ -342,7 +343,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
     n_files = len(train_ex)
     if args.augment:
         train_ex = augment_examples(train_ex, args.augment, seed)
-    train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])] + list(extra or [])
+    train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])] + list(extra)
     run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if many_seeds else ""))
     if selected is not None:  # the selection runs were done by an earlier command: take their records
         r = dict(selected[name][str(seed)])
@@ -358,7 +359,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
         all_ex = list(rest)  # the three training speakers' files
         if args.augment:
             all_ex = augment_examples(all_ex, args.augment, seed)
-        all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])] + list(extra or [])
+        all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])] + list(extra)
         all_d = classify_data(all_ex, feature_config=ds.config)
         test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
         r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,

@@ -20,6 +20,7 @@ import ctypes
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Espeak:
         self._callback = _CALLBACK(self._collect)  # kept referenced: the library calls it
         self.lib.espeak_SetSynthCallback(self._callback)
 
-    def _collect(self, wav: ctypes.Array, n: int, _events: int) -> int:
+    def _collect(self, wav: Any, n: int, _events: Any) -> int:  # (short*, samples, espeak_EVENT*)
         if n > 0 and wav:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0

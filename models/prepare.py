@@ -84,23 +84,24 @@ def prepare_data(root: str, spec: DataSpec) -> PreparedData:
     """
     from rnnstream.pipeline.dataset import read_dataset
 
+    task = task_for(spec.task)
+    rows = bool(spec.split_rows) and task.row_splits
+    if rows and spec.extra_train:
+        raise ConfigError("extra_train adds whole examples to the training split; row splits (split_rows) have no "
+                          "such split")
     ds = read_dataset(root)
     examples = list(ds.examples)
+    extra = _extra_examples(spec.extra_train, ds.config)
     fc = ds.config
     names = channel_names(fc)
     dims = resolve_channels(list(spec.channels), names) if spec.channels else list(range(fc.dim))
     if dims != list(range(fc.dim)):
         fc = sub_config(fc, dims)
-        examples = select_channels(examples, dims)
-    task = task_for(spec.task)
+        examples, extra = select_channels(examples, dims), select_channels(extra, dims)
     target_dims = task.target_channels(spec, [names[d] for d in dims])
-    if spec.split_rows and task.row_splits:
-        if spec.extra_train:
-            raise ConfigError("extra_train adds whole examples to the training split; row splits (split_rows) have "
-                              "no such split")
+    if rows:
         train, val, test = _by_rows(task, examples, spec, fc, target_dims)
     else:
-        extra = _extra_examples(spec.extra_train, ds.config, dims)
         train, val, test = _by_examples(task, examples, spec, fc, target_dims, where=repr(root), extra=extra)
     if spec.stats == "dataset":
         stats = RunningStats(ds.stats.count, ds.stats.mean[dims], ds.stats.m2[dims])
@@ -144,8 +145,8 @@ def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Fe
     return train, val, test
 
 
-def _extra_examples(roots: tuple[str, ...], config: FeatureConfig, dims: list[int]) -> list[Example]:
-    """The examples of the ``extra_train`` datasets, their channels selected as the main dataset's (``dims``)."""
+def _extra_examples(roots: tuple[str, ...], config: FeatureConfig) -> list[Example]:
+    """The examples of the ``extra_train`` datasets, each featurized with ``config`` (the main dataset's)."""
     from rnnstream.pipeline.dataset import read_dataset
 
     out: list[Example] = []
@@ -154,7 +155,7 @@ def _extra_examples(roots: tuple[str, ...], config: FeatureConfig, dims: list[in
         if ds.config != config:
             raise ConfigError(f"extra training dataset {root!r} was featurized with {ds.config.to_dict()}; the "
                               f"dataset trained on with {config.to_dict()}: featurize it with the same config")
-        out += select_channels(list(ds.examples), dims) if dims != list(range(config.dim)) else list(ds.examples)
+        out += ds.examples
     return out
 
 
