@@ -13,9 +13,10 @@
    seen in training or selection.
 3. Training-only augmentation: ``--wave-copies`` speed-perturbed (+ noise) copies of each training WAV,
    re-featurized (:mod:`rnnstream.models.wave_augment`); ``--spec-augment`` SpecAugment masks, random gain,
-   equaliser and band warp per batch (:mod:`rnnstream.models.augment`); ``--extra-train DIR``: more training
-   files named like FSDD's (e.g. synthetic speakers from :mod:`experiments.synth_digits`), featurized by the same
-   job and added to every split's training examples (never to validation or test).
+   equaliser and band warp per batch (:mod:`rnnstream.models.augment`). More training voices:
+   ``--synth-speakers N`` (the ``speech`` recipe: 48) synthetic espeak-ng speakers of the ten digits
+   (:mod:`experiments.synth_digits`, written into ``--out`` once) and ``--extra-train DIR`` (more files named like
+   FSDD's), featurized by the same job and added to every split's training examples (never to validation or test).
 4. Each split and seed: a classifier trained with :func:`rnnstream.models.train.train`, exported to ONNX, and
    every test file streamed from its WAV in 100 ms chunks through onnxruntime; offline PyTorch accuracy,
    streamed accuracy and their agreement are reported, with mean and standard deviation over seeds.
@@ -58,29 +59,31 @@ SPEAKERS = ("george", "jackson", "lucas", "nicolas")
 
 #: Recipes: the experiment's defaults. ``speech`` is ``rnnstream train``'s audio recipe, chosen on held-out-speaker
 #: validation (see docs/results.md; PCEN inputs since issue 15 follow-up 12, a random equaliser and an 8-epoch refit
-#: since follow-up 13); ``speech-std`` the recipe of follow-ups 3 to 11 (standardised inputs, no equaliser, a 9-epoch
-#: refit); ``speech-d`` an older one (configuration D: a smaller CRNN, last-frame
-#: pooling, no refit, SpecAugment without the band warp); ``baseline`` reproduces the first configuration's defaults
-#: (random 10% validation).
+#: since follow-up 13), plus 48 synthetic training speakers of the ten digits (follow-up 21:
+#: :func:`experiments.synth_digits.synth_set`, made once in the output folder; data, not a training option, so
+#: ``rnnstream train`` takes them only through ``--extra-train``); ``speech-std`` the recipe of follow-ups 3 to 11
+#: (standardised inputs, no equaliser, a 9-epoch refit, no synthetic speakers); ``speech-d`` an older one
+#: (configuration D: a smaller CRNN, last-frame pooling, no refit, SpecAugment without the band warp); ``baseline``
+#: reproduces the first configuration's defaults (random 10% validation).
 RECIPES: dict[str, dict] = {
     "baseline": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
                      n_mels=40, augment=2, wave_copies=0, spec_augment="none", conv_channels="", conv_kernel="3,3",
                      conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="random", weight_decay=0.0, log_eps=1e-6,
-                     refit=False, refit_epochs="best"),
+                     refit=False, refit_epochs="best", synth_speakers=0, synth_takes=2),
     "speech": dict(epochs=10, hidden=128, layers=2, dropout=0.1, pooling="mean", input_norm="pcen", lr=3e-3,
                    n_mels=40, augment=0, wave_copies=2, spec_augment="speech", conv_channels="32,64", conv_kernel="3,3",
                    conv_pool=2, norm_prior=0.0, norm_decay=0.975, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
-                   refit=True, refit_epochs=8),
+                   refit=True, refit_epochs=8, synth_speakers=48, synth_takes=2),
     "speech-std": dict(epochs=10, hidden=128, layers=2, dropout=0.1, pooling="mean", input_norm="none", lr=3e-3,
                        n_mels=40, augment=0, wave_copies=2, spec_augment="freq=2x4,time=2x8,gain=6,warp=0.1",
                        conv_channels="32,64",
                        conv_kernel="3,3", conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker",
-                       weight_decay=0.0, log_eps=1e-6, refit=True, refit_epochs=9),
+                       weight_decay=0.0, log_eps=1e-6, refit=True, refit_epochs=9, synth_speakers=0, synth_takes=2),
     "speech-d": dict(epochs=10, hidden=64, layers=1, dropout=0.1, pooling="last", input_norm="none", lr=3e-3,
                    n_mels=40, augment=0, wave_copies=2, spec_augment="freq=2x4,time=2x8,gain=6", conv_channels="16,32",
                    conv_kernel="3,3",
                    conv_pool=2, norm_prior=0.0, norm_decay=1.0, val_by="speaker", weight_decay=0.0, log_eps=1e-6,
-                   refit=False, refit_epochs="best"),
+                   refit=False, refit_epochs="best", synth_speakers=0, synth_takes=2),
 }
 
 
@@ -162,6 +165,12 @@ def build_parser():
     p.add_argument("--extra-train", default=None, metavar="DIR",
                    help="WAVs named like FSDD's (e.g. experiments.synth_digits' synthetic speakers) added to the "
                         "training examples of every split, never to validation or test")
+    p.add_argument("--synth-speakers", type=int, default=None, metavar="N",
+                   help="synthetic espeak-ng speakers of the ten digits (experiments.synth_digits, made once in --out) "
+                        "added to every split's training examples, never to validation or test (0: none; the speech "
+                        "recipe: 48)")
+    p.add_argument("--synth-takes", type=int, default=None, metavar="N",
+                   help="takes of each digit per synthetic speaker (default 2)")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
                         "freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,bend=B,twarp=A,reverb=S,mixup=A")
@@ -259,11 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     refeaturize=args.refeaturize)
     featurize_s = time.perf_counter() - t0
     log(f"{len(ds.examples)} examples, {sum(e.features.shape[0] for e in ds.examples)} frames")
-    extra = []
-    if args.extra_train:
-        extra = featurized([args.extra_train], os.path.join(out, "features_extra"), cfg, label_pattern=D.FSDD_PATTERN,
-                           refeaturize=args.refeaturize).examples
-        log(f"{len(extra)} extra training examples from {args.extra_train}")
+    extra = extra_examples(args, out, cfg)
     seeds = int_list(args.seeds) if args.seeds else (args.seed,)
     selected = None
     if args.refit_from:
@@ -288,6 +293,27 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(results, summ))
     write_json(summary_path, summ)
     return 0
+
+
+def extra_examples(args: argparse.Namespace, out: str, cfg: Any) -> list:
+    """The training-only examples: the synthetic speakers (``--synth-speakers``, made in ``out`` the first time) and
+    ``--extra-train``'s files, each featurized by the same Beam job with ``cfg`` (in its own features folder)."""
+    from rnnstream import datasets as D
+
+    sources = []
+    if args.synth_speakers:
+        from experiments.synth_digits import synth_set
+
+        folder = synth_set(out, args.synth_speakers, args.synth_takes)
+        sources.append((folder, os.path.join(out, "features_" + os.path.basename(folder))))
+    if args.extra_train:
+        sources.append((args.extra_train, os.path.join(out, "features_extra")))
+    extra: list = []
+    for folder, feat_dir in sources:
+        got = featurized([folder], feat_dir, cfg, label_pattern=D.FSDD_PATTERN, refeaturize=args.refeaturize).examples
+        log(f"{len(got)} extra training examples from {folder}")
+        extra += got
+    return extra
 
 
 def validation_speaker(test_speaker: str, offset: int = 1) -> str:

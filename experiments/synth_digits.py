@@ -10,13 +10,15 @@ every split (never to validation or test)::
     python -m experiments.synth_digits --out out/synth_digits --speakers 48 --takes 2
 
 Every draw comes from ``--seed``: the same arguments write the same files (run as a fresh process: espeak-ng keeps
-some state when it is initialised again in one process).
+some state when it is initialised again in one process). ``experiments.fsdd``'s ``speech`` recipe makes its set with
+:func:`synth_set` (once, then reused).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -114,6 +116,22 @@ def synthesize(out: str, speakers: int, takes: int, seed: int, sample_rate: int 
                 sf.write(path, np.clip(y, -1, 1), sample_rate, subtype="PCM_16")
                 paths.append(path)
     return paths
+
+
+def synth_set(root: str, speakers: int, takes: int, seed: int = 0) -> str:
+    """The folder ``root/synth_digits_<speakers>x<takes>_seed<seed>`` holding that set: synthesised by
+    :func:`synthesize` the first time, reused when its manifest (``synth.json``, written last) says it is complete."""
+    out = os.path.join(root, f"synth_digits_{speakers}x{takes}_seed{seed}")
+    manifest = os.path.join(out, "synth.json")
+    want = {"speakers": speakers, "takes": takes, "seed": seed, "files": speakers * len(DIGITS) * takes}
+    if os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as fh:
+            if json.load(fh) == want:
+                return out
+    paths = synthesize(out, speakers, takes, seed)
+    with open(manifest, "w", encoding="utf-8") as fh:
+        json.dump({**want, "files": len(paths)}, fh)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,32 @@ def test_recipe_defaults(argv, epochs, refit_epochs, spec_augment, input_norm):
                                                                                    spec_augment, input_norm)
 
 
+@pytest.mark.parametrize("argv,speakers", [([], 48), (["--synth-speakers", "0"], 0), (["--recipe", "speech-std"], 0),
+                                           (["--recipe", "baseline"], 0)])
+def test_the_speech_recipe_trains_on_48_synthetic_speakers(argv, speakers):
+    args = _resolve(build_parser().parse_args(argv))
+    assert (args.synth_speakers, args.synth_takes) == (speakers, 2)
+
+
+def test_extra_examples_are_the_synthetic_set_and_the_extra_folder_featurized_once(tmp_path):
+    """The synthetic speakers are written into --out once and reused; --extra-train's files join them."""
+    pytest.importorskip("espeakng_loader", reason="espeakng-loader (the dev extra) is not installed")
+    pytest.importorskip("apache_beam", reason="the featurize job needs the beam extra")
+    from experiments.fsdd import extra_examples
+    from rnnstream.pipeline.config import FeatureConfig
+
+    cfg = FeatureConfig.audio_default(sample_rate=8000, n_mels=20, win_ms=25.0, hop_ms=10.0)
+    args = _resolve(build_parser().parse_args(["--synth-speakers", "1", "--synth-takes", "1"]))
+    got = extra_examples(args, str(tmp_path), cfg)
+    folder = tmp_path / "synth_digits_1x1_seed0"
+    assert sorted(e.label for e in got) == [str(d) for d in range(10)] and {e.metadata.get("speaker") for e in got} == {"synthaa"}
+    assert all(e.features.shape[1] == 20 and e.features.shape[0] > 10 for e in got)
+    stamp = (folder / "0_synthaa_0.wav").stat().st_mtime_ns
+    args.extra_train = str(folder)  # the same files once more, as a user's extra folder
+    both = extra_examples(args, str(tmp_path), cfg)
+    assert len(both) == 20 and (folder / "0_synthaa_0.wav").stat().st_mtime_ns == stamp  # reused, not rewritten
+
+
 def test_refit_epochs_refuses_bad_values(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--refit-epochs", "0"])
