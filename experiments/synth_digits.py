@@ -9,8 +9,8 @@ every split (never to validation or test)::
 
     python -m experiments.synth_digits --out out/synth_digits --speakers 48 --takes 2
 
-Every draw comes from ``--seed``: the same arguments write the same files (run as a fresh process: espeak-ng keeps
-some state when it is initialised again in one process). ``experiments.fsdd``'s ``speech`` recipe makes its set with
+Every draw comes from ``--seed`` (espeak-ng's breath noise from a fixed seed): the same arguments write the same
+files, run as a fresh process (espeak-ng keeps some state when it is initialised again in one process). ``experiments.fsdd``'s ``speech`` recipe makes its set with
 :func:`synth_set` (once, then reused).
 """
 
@@ -51,6 +51,9 @@ class Espeak:
         self.rate = int(self.lib.espeak_Initialize(_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0))
         if self.rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({self.rate})")
+        # espeak-ng seeds the generator of its voices' breath noise (the f2, f3 and f5 variants) from the clock:
+        # seed it, so the same arguments write the same samples
+        self.lib.espeak_ng_SetRandSeed(ctypes.c_long(1))
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # kept referenced: the library calls it
         self.lib.espeak_SetSynthCallback(self._callback)
@@ -119,18 +122,23 @@ def synthesize(out: str, speakers: int, takes: int, seed: int, sample_rate: int 
 
 
 def synth_set(root: str, speakers: int, takes: int, seed: int = 0) -> str:
-    """The folder ``root/synth_digits_<speakers>x<takes>_seed<seed>`` holding that set: synthesised by
-    :func:`synthesize` the first time, reused when its manifest (``synth.json``, written last) says it is complete."""
-    out = os.path.join(root, f"synth_digits_{speakers}x{takes}_seed{seed}")
+    """The folder ``root/synth_digits_<speakers>x<takes>_seed<seed>`` holding that set: synthesised the first time
+    (by this script in a fresh process, so the files are the ones its command line writes), reused when its manifest
+    (``synth.json``, written last) says it is complete."""
+    import subprocess
+
+    out = os.path.abspath(os.path.join(root, f"synth_digits_{speakers}x{takes}_seed{seed}"))
     manifest = os.path.join(out, "synth.json")
     want = {"speakers": speakers, "takes": takes, "seed": seed, "files": speakers * len(DIGITS) * takes}
     if os.path.exists(manifest):
         with open(manifest, encoding="utf-8") as fh:
             if json.load(fh) == want:
                 return out
-    paths = synthesize(out, speakers, takes, seed)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-m", "experiments.synth_digits", "--out", out, "--speakers", str(speakers),
+                    "--takes", str(takes), "--seed", str(seed)], check=True, cwd=repo)
     with open(manifest, "w", encoding="utf-8") as fh:
-        json.dump({**want, "files": len(paths)}, fh)
+        json.dump(want, fh)
     return out
 
 
