@@ -51,6 +51,7 @@ from experiments._common import (
     setup_threads,
     write_json,
 )
+from experiments.synth_digits import N_VOICES as MAX_VOICES
 from rnnstream._cli_support import float_pair
 from rnnstream.models.train_cli import parse_refit_epochs
 
@@ -165,11 +166,11 @@ def build_parser():
     p.add_argument("--extra-train", default=None, metavar="DIR",
                    help="WAVs named like FSDD's (e.g. experiments.synth_digits' synthetic speakers) added to the "
                         "training examples of every split, never to validation or test")
-    p.add_argument("--synth-speakers", type=int, default=None, metavar="N",
+    p.add_argument("--synth-speakers", type=_int_in(0, MAX_VOICES), default=None, metavar="N",
                    help="synthetic espeak-ng speakers of the ten digits (experiments.synth_digits, made once in --out) "
                         "added to every split's training examples, never to validation or test (0: none; the speech "
-                        "recipe: 48)")
-    p.add_argument("--synth-takes", type=int, default=None, metavar="N",
+                        f"recipe: 48; at most {MAX_VOICES})")
+    p.add_argument("--synth-takes", type=_int_in(1, 20), default=None, metavar="N",
                    help="takes of each digit per synthetic speaker (default 2)")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
@@ -178,6 +179,21 @@ def build_parser():
                    help="add this many feature-level perturbed copies of each training file (random gain, random "
                         "smooth microphone-like EQ across mel bands, time stretch 0.85-1.15; the first configuration)")
     return p
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer from ``lo`` to ``hi``; anything else is refused naming the value and the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
 
 
 def _resolve(args):

@@ -10,8 +10,8 @@ every split (never to validation or test)::
     python -m experiments.synth_digits --out out/synth_digits --speakers 48 --takes 2
 
 Every draw comes from ``--seed`` (espeak-ng's breath noise from a fixed seed): the same arguments write the same
-files, run as a fresh process (espeak-ng keeps some state when it is initialised again in one process). ``experiments.fsdd``'s ``speech`` recipe makes its set with
-:func:`synth_set` (once, then reused).
+files, run as a fresh process (espeak-ng keeps some state when it is initialised again in one process).
+``experiments.fsdd``'s ``speech`` recipe makes its set with :func:`synth_set` (once, then reused).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
             "croak")
+#: How many synthetic speakers there are: one per accent and variant.
+N_VOICES = len(ACCENTS) * len(VARIANTS)
 _SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: synthesise into the callback, return when done
 _RATE, _PITCH, _RANGE = 1, 3, 4  # espeak_PARAMETER
 _POS_CHARACTER = 1
@@ -79,7 +81,7 @@ class Espeak:
 def voices(n: int, seed: int) -> list[str]:
     """``n`` distinct ``accent+variant`` voices, a seeded sample of every pair."""
     pairs = [f"{a}+{v}" for a in ACCENTS for v in VARIANTS]
-    if not 1 <= n <= len(pairs):
+    if not 1 <= n <= N_VOICES:
         raise SystemExit(f"--speakers must be in 1..{len(pairs)}, got {n}")
     order = np.random.default_rng(seed).permutation(len(pairs))
     return [pairs[k] for k in order[:n]]

@@ -27,6 +27,16 @@ def test_the_speech_recipe_trains_on_48_synthetic_speakers(argv, speakers):
     assert (args.synth_speakers, args.synth_takes) == (speakers, 2)
 
 
+@pytest.mark.parametrize("argv,message", [(["--synth-speakers", "129"], "from 0 to 128, got 129"),
+                                           (["--synth-speakers", "-1"], "from 0 to 128, got -1"),
+                                           (["--synth-takes", "0"], "from 1 to 20, got 0"),
+                                           (["--synth-takes", "two"], "got 'two'")])
+def test_synthetic_speaker_counts_out_of_range_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_extra_examples_are_the_synthetic_set_and_the_extra_folder_featurized_once(tmp_path):
     """The synthetic speakers are written into --out once and reused; --extra-train's files join them."""
     pytest.importorskip("espeakng_loader", reason="espeakng-loader (the dev extra) is not installed")
