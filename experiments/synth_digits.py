@@ -82,7 +82,7 @@ def voices(n: int, seed: int) -> list[str]:
     """``n`` distinct ``accent+variant`` voices, a seeded sample of every pair."""
     pairs = [f"{a}+{v}" for a in ACCENTS for v in VARIANTS]
     if not 1 <= n <= N_VOICES:
-        raise SystemExit(f"--speakers must be in 1..{len(pairs)}, got {n}")
+        raise SystemExit(f"--speakers must be in 1..{N_VOICES}, got {n}")
     order = np.random.default_rng(seed).permutation(len(pairs))
     return [pairs[k] for k in order[:n]]
 

@@ -48,7 +48,8 @@ def test_extra_examples_are_the_synthetic_set_and_the_extra_folder_featurized_on
     args = _resolve(build_parser().parse_args(["--synth-speakers", "1", "--synth-takes", "1"]))
     got = extra_examples(args, str(tmp_path), cfg)
     folder = tmp_path / "synth_digits_1x1_seed0"
-    assert sorted(e.label for e in got) == [str(d) for d in range(10)] and {e.metadata.get("speaker") for e in got} == {"synthaa"}
+    assert sorted(e.label for e in got) == [str(d) for d in range(10)]
+    assert {e.metadata.get("speaker") for e in got} == {"synthaa"}
     assert all(e.features.shape[1] == 20 and e.features.shape[0] > 10 for e in got)
     stamp = (folder / "0_synthaa_0.wav").stat().st_mtime_ns
     args.extra_train = str(folder)  # the same files once more, as a user's extra folder
