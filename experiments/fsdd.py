@@ -52,6 +52,7 @@ from experiments._common import (
     write_json,
 )
 from experiments.synth_digits import N_VOICES as MAX_VOICES
+from experiments.synth_digits import synth_set
 from rnnstream._cli_support import float_pair
 from rnnstream.models.train_cli import parse_refit_epochs
 
@@ -318,8 +319,6 @@ def extra_examples(args: argparse.Namespace, out: str, cfg: Any) -> list:
 
     sources = []
     if args.synth_speakers:
-        from experiments.synth_digits import synth_set
-
         folder = synth_set(out, args.synth_speakers, args.synth_takes)
         sources.append((folder, os.path.join(out, "features_" + os.path.basename(folder))))
     if args.extra_train:
