@@ -173,6 +173,9 @@ def build_parser():
                         f"recipe: 48; at most {MAX_VOICES})")
     p.add_argument("--synth-takes", type=_int_in(1, 20), default=None, metavar="N",
                    help="takes of each digit per synthetic speaker (default 2)")
+    p.add_argument("--extra-wave-copies", type=_int_in(0, 8), default=0, metavar="N",
+                   help="waveform copies (as --wave-copies: --speed, noise, --pitch) of each synthetic or "
+                        "--extra-train file too (default 0)")
     p.add_argument("--spec-augment", default=None,
                    help="per-batch SpecAugment masks + random gain (TrainConfig.augment): none, speech or "
                         "freq=NxW,time=NxW,gain=DB,eq=DB,noise=STD,warp=A,bend=B,twarp=A,reverb=S,mixup=A")
@@ -238,8 +241,9 @@ def augment_examples(examples, copies: int, seed: int):
 
 
 def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: tuple[float, float],
-                       pitch: tuple[float, float] = (0.0, 0.0)) -> dict:
-    """``{example id: [copy features, ...]}`` for every file (computed once per config and seed, cached)."""
+                       pitch: tuple[float, float] = (0.0, 0.0), name: str = "wave_copies") -> dict:
+    """``{example id: [copy features, ...]}`` for every file (computed once per config and seed, cached in
+    ``out/features/<name>_<key>.pkl``: one ``name`` per set of files)."""
     import hashlib
     import pickle
 
@@ -247,7 +251,7 @@ def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: t
 
     wave = WaveAugment(speed=speed, pitch=pitch)
     key = hashlib.sha256(f"{cfg.to_dict()}|{copies}|{seed}|{wave}".encode()).hexdigest()[:12]
-    path = os.path.join(out, "features", f"wave_copies_{key}.pkl")
+    path = os.path.join(out, "features", f"{name}_{key}.pkl")
     if os.path.exists(path):
         with open(path, "rb") as fh:
             return pickle.load(fh)
@@ -301,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         tcfgs[seed] = _train_config(args, seed)
         copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, args.speed, args.pitch) \
             if args.wave_copies else {}
+        extra_copies = wave_copies_cached(out, extra, ds.config, args.extra_wave_copies, seed, args.speed, args.pitch,
+                                          name="extra_wave_copies") if args.extra_wave_copies and extra else {}
+        train_extra = list(extra) + [c for e in extra for c in extra_copies.get(e.id, [])]
         for name, key, pattern in splits:
             r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected,
-                           extra)
+                           train_extra)
             results.setdefault(name, {})[seed] = r
             write_json(summary_path, _summary(command, ds, tcfgs, featurize_s, results, seeds))
     summ = _summary(command, ds, tcfgs, featurize_s, results, seeds)
