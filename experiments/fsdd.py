@@ -34,6 +34,7 @@ reason) when the FSDD folder is absent.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -244,7 +245,6 @@ def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: t
                        pitch: tuple[float, float] = (0.0, 0.0), name: str = "wave_copies") -> dict:
     """``{example id: [copy features, ...]}`` for every file (computed once per config and seed, cached in
     ``out/features/<name>_<key>.pkl``: one ``name`` per set of files)."""
-    import hashlib
     import pickle
 
     from rnnstream.models.wave_augment import WaveAugment, augment_audio_examples
@@ -328,8 +328,9 @@ def extra_examples(args: argparse.Namespace, out: str, cfg: Any) -> list:
     if args.synth_speakers:
         folder = synth_set(out, args.synth_speakers, args.synth_takes)
         sources.append((folder, os.path.join(out, "features_" + os.path.basename(folder))))
-    if args.extra_train:
-        sources.append((args.extra_train, os.path.join(out, "features_extra")))
+    if args.extra_train:  # one features folder per extra folder: another --extra-train never reads stale features
+        tag = hashlib.sha256(os.path.abspath(args.extra_train).encode()).hexdigest()[:8]
+        sources.append((args.extra_train, os.path.join(out, f"features_extra_{tag}")))
     extra: list = []
     for folder, feat_dir in sources:
         got = featurized([folder], feat_dir, cfg, label_pattern=D.FSDD_PATTERN, refeaturize=args.refeaturize).examples

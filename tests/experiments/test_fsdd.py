@@ -55,6 +55,12 @@ def test_extra_examples_are_the_synthetic_set_and_the_extra_folder_featurized_on
     args.extra_train = str(folder)  # the same files once more, as a user's extra folder
     both = extra_examples(args, str(tmp_path), cfg)
     assert len(both) == 20 and (folder / "0_synthaa_0.wav").stat().st_mtime_ns == stamp  # reused, not rewritten
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in ("3_synthaa_0.wav", "7_synthaa_0.wav"):
+        (other / f).write_bytes((folder / f).read_bytes())
+    args.extra_train = str(other)  # another extra folder: featurized anew, not read from the first one's features
+    assert sorted(e.label for e in extra_examples(args, str(tmp_path), cfg)[10:]) == ["3", "7"]
 
 
 def test_refit_epochs_refuses_bad_values(capsys):
