@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.wave_copies else {}
         extra_copies = wave_copies_cached(out, extra, ds.config, args.extra_wave_copies, seed, args.speed, args.pitch,
                                           name="extra_wave_copies") if args.extra_wave_copies and extra else {}
-        train_extra = list(extra) + [c for e in extra for c in extra_copies.get(e.id, [])]
+        train_extra = list(extra) + _copies_of(extra, extra_copies)
         for name, key, pattern in splits:
             r = _run_split(args, ds, name, key, pattern, seed, len(seeds) > 1, tcfgs[seed], copies, out, selected,
                            train_extra)
@@ -375,6 +375,19 @@ def _train_config(args: argparse.Namespace, seed: int) -> Any:
                        progress=not args.no_progress)
 
 
+def _copies_of(files: Sequence[Any], copies: dict) -> list:
+    """The waveform copies of ``files`` (``copies``: :func:`wave_copies_cached`'s), in file order."""
+    return [c for e in files for c in copies.get(e.id, [])]
+
+
+def _training_set(args: argparse.Namespace, files: Sequence[Any], copies: dict, extra: Sequence[Any],
+                  seed: int) -> list:
+    """A split's training examples: ``files`` (with ``--augment``'s feature-level copies), their waveform copies,
+    then the training-only ``extra`` examples."""
+    out = augment_examples(files, args.augment, seed) if args.augment else list(files)
+    return out + _copies_of(files, copies) + list(extra)
+
+
 def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: str, seed: int, many_seeds: bool,
                tcfg: Any, copies: dict, out: str, selected: dict | None, extra: Sequence[Any] = ()) -> dict:
     """One split and seed: the selection run (or its record from ``--refit-from``), then the refit on all three
@@ -390,9 +403,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
     else:
         train_ex, val_ex = split_fraction(rest, 0.1, seed)
     n_files = len(train_ex)
-    if args.augment:
-        train_ex = augment_examples(train_ex, args.augment, seed)
-    train_ex = train_ex + [c for e in train_ex[:n_files] for c in copies.get(e.id, [])] + list(extra)
+    train_ex = _training_set(args, train_ex, copies, extra, seed)
     run_dir = os.path.join(out, name.split(" ")[0] + (f"-seed{seed}" if many_seeds else ""))
     if selected is not None:  # the selection runs were done by an earlier command: take their records
         r = dict(selected[name][str(seed)])
@@ -405,10 +416,7 @@ def _run_split(args: argparse.Namespace, ds: Any, name: str, key: str, pattern: 
                                threads=args.threads, progress=not args.no_progress, trace_features=True)
         r.update(seed=seed, val_speaker=val_speaker, n_train_files=n_files)
     if (args.refit or selected is not None) and val_speaker is not None:
-        all_ex = list(rest)  # the three training speakers' files
-        if args.augment:
-            all_ex = augment_examples(all_ex, args.augment, seed)
-        all_ex = all_ex + [c for e in rest for c in copies.get(e.id, [])] + list(extra)
+        all_ex = _training_set(args, rest, copies, extra, seed)  # the three training speakers' files
         all_d = classify_data(all_ex, feature_config=ds.config)
         test_d = classify_data(test_ex, all_d.labels, feature_config=ds.config)
         r = refit_run(r, all_d, test_d, test_ex, tcfg, run_dir + "-refit", epochs=args.refit_epochs,
