@@ -108,7 +108,7 @@ class ExportReport:
             f"exported {self.path}",
             f"  model   {c.cell} x{c.num_layers} hidden {c.hidden_size}, task {c.task}"
             + (f", an ensemble of {c.ensemble}" if c.ensemble > 1 else "")
-            + (f" (pooling {c.pooling})" if c.task == "classify" else "")
+            + (f" (pooling {c.pooling})" if c.kind.per_sequence else "")
             + f", input {self.info.input_kind}, weights {self.info.weights_hash}, stats {self.info.stats_hash}",
             "  inputs  " + ", ".join(f"{n} {s}" for n, s in self.inputs),
             "  outputs " + ", ".join(f"{n} {s}" for n, s in self.outputs),

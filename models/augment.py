@@ -376,10 +376,10 @@ def batch_transform(model: Any, augment: BatchAugment, stack: int = 1, frame_s: 
     between those frames (the featurizer's hop), for the reverberation.
     """
 
-    if augment.time_warp and model.config.task != "classify":
+    if augment.time_warp and not model.config.kind.per_sequence:
         raise ConfigError(f"--augment twarp applies to classifiers only; a {model.config.task!r} model's per-frame "
                           "targets would no longer line up with its warped inputs")
-    if augment.mixup and model.config.task != "classify":
+    if augment.mixup and not model.config.kind.per_sequence:
         raise ConfigError(f"--augment mixup applies to classifiers only (one label per sequence), not to a "
                           f"{model.config.task!r} model")
     mix = torch.distributions.Beta(augment.mixup, augment.mixup) if augment.mixup else None

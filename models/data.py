@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +39,9 @@ from rnnstream.models.splits import example_field, split_by, split_fraction  # n
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import Example
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError
+from rnnstream.pipeline.model_config import Task
 from rnnstream.pipeline.stats import RunningStats
 
-Task = Literal["classify", "tag", "forecast", "generate"]
 IGNORE = -100  # tag targets of padded frames (never read: the mask excludes them)
 
 

@@ -299,7 +299,7 @@ class StreamingRNN(nn.Module):
         Returns the generated frames in the input scale ``[B, steps, input_dim]`` and the final state.
         Only for task ``generate``.
         """
-        if self.config.task != "generate":
+        if not self.config.kind.rolls_out:
             raise ConfigError(f"rollout needs task 'generate', this model's task is {self.config.task!r}")
         state = self.initial_state(seed.shape[0]) if state is None else state
         y, state = self.step(seed, state)

@@ -15,6 +15,7 @@ import sys
 from rnnstream._cli_support import Command, float_pair, new_parser
 from rnnstream.pipeline.errors import ConfigError
 from rnnstream.pipeline.model_config import CELLS, INPUT_NORMS, POOLINGS, TASK_NAMES, Architecture
+from rnnstream.pipeline.task_kinds import task_kind
 
 #: The architecture flags' defaults: :class:`Architecture`'s, declared there once.
 _ARCH = Architecture()
@@ -226,7 +227,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
 def _recipe(args: argparse.Namespace, argv: list[str]) -> None:
     """``--recipe``: fill the options not given from the speech recipe (``auto``: when the data is audio), and
     validate on a held-out training speaker when the examples have a ``speaker`` and no validation split is given."""
-    if args.recipe == "none" or args.task != "classify" or args.resume or args.init:
+    if args.recipe == "none" or not task_kind(args.task).per_sequence or args.resume or args.init:
         return
     from rnnstream.models.augment import BatchAugment
     from rnnstream.models.recipes import SPEECH_RECIPE, apply_recipe, explicit_dests

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from rnnstream.pipeline.errors import ConfigError
+from rnnstream.pipeline.task_kinds import TaskKind, task_kind
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Task = Literal["classify", "tag", "forecast", "generate"]
@@ -194,19 +195,19 @@ class ModelConfig(Architecture):
 
     def validate(self) -> None:
         self.validate_architecture()
-        if self.task not in TASK_NAMES:
-            raise ConfigError(f"task must be one of {', '.join(TASK_NAMES)}; got {self.task!r}")
+        kind = task_kind(self.task)  # ConfigError naming the tasks for an unknown one
         for name in ("input_dim", "output_dim", "horizon"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pooling != "last" and self.task != "classify":
+        if self.pooling != "last" and not kind.per_sequence:
             raise ConfigError(f"pooling={self.pooling!r} applies to task 'classify' only, not {self.task!r}")
         if self.conv_channels and self.conv_bands()[-1] < 1:
             raise ConfigError(f"{len(self.conv_channels)} conv layers pooling frequency by {self.conv_pool} leave no "
                               f"band of input_dim={self.input_dim}")
-        if self.ensemble > 1 and self.task == "generate":
-            raise ConfigError("task 'generate' rolls out one model's own predictions; it has no ensemble (ensemble=1)")
-        if self.residual and self.task != "forecast":
+        if self.ensemble > 1 and kind.rolls_out:
+            raise ConfigError(f"task {self.task!r} rolls out one model's own predictions; it has no ensemble "
+                              "(ensemble=1)")
+        if self.residual and not kind.residual:
             raise ConfigError(f"residual=True applies to task 'forecast' only, not {self.task!r}")
         if self.seasonal_period:
             if not self.residual or self.seasonal_period < 0:
@@ -214,23 +215,13 @@ class ModelConfig(Architecture):
             if self.horizon > self.seasonal_period:
                 raise ConfigError(f"seasonal residuals need horizon <= seasonal_period, got horizon={self.horizon} "
                                   f"and seasonal_period={self.seasonal_period}")
-        self._validate_task_dims()
+        kind.validate(self)
 
-    def _validate_task_dims(self) -> None:
-        if self.task == "forecast":
-            if not self.target_dims:
-                raise ConfigError("task 'forecast' needs target_dims (indices of the input channels to forecast)")
-            bad = [d for d in self.target_dims if not 0 <= d < self.input_dim]
-            if bad:
-                raise ConfigError(f"target_dims {bad} out of range for input_dim={self.input_dim}")
-            if self.output_dim != self.horizon * len(self.target_dims):
-                raise ConfigError(
-                    f"forecast output_dim must be horizon*len(target_dims) = {self.horizon * len(self.target_dims)}, "
-                    f"got {self.output_dim}"
-                )
-        if self.task == "generate" and self.output_dim != self.input_dim:
-            raise ConfigError(f"task 'generate' predicts the next frame: output_dim must equal "
-                              f"input_dim={self.input_dim}")
+    @property
+    def kind(self) -> TaskKind:
+        """This model's task as an object (:mod:`rnnstream.pipeline.task_kinds`): what its outputs mean and which
+        options it allows."""
+        return task_kind(self.task)
 
     @property
     def conv_in_channels(self) -> int:
@@ -249,7 +240,7 @@ class ModelConfig(Architecture):
     @property
     def outputs_logits(self) -> bool:
         """Whether the outputs are class logits (classify, tag), read as probabilities by a softmax."""
-        return self.task in ("classify", "tag")
+        return self.kind.outputs_logits
 
     @property
     def rnn_input_size(self) -> int:

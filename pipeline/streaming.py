@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,20 +98,17 @@ def interpret(info: ModelInfo, output: np.ndarray, frames: int) -> Prediction:
     Runs once per chunk of every stream (the server's and the stream job's replies): the softmax of these few
     values is computed on Python floats (float64, as ``softmax``), several NumPy calls cheaper at this size."""
     values = np.asarray(output, dtype=np.float64).tolist()
-    task = info.model_config.task
-    if info.model_config.outputs_logits:
+    config = info.model_config
+    kind = config.kind
+    names: Sequence[str] = ()
+    if kind.outputs_logits:
         top = max(values)
         exps = [math.exp(v - top) for v in values]
         total = math.fsum(exps)
-        probs = [e / total for e in exps]
-        names = info.labels if len(info.labels) == len(probs) else label_names(info)
-        k = probs.index(max(probs))
-        return Prediction(label=names[k], scores=dict(zip(names, probs)), values=probs, frames=frames)
-    if task == "forecast":
-        d = len(info.model_config.target_dims)
-        return Prediction(label=[values[i : i + d] for i in range(0, len(values), d)], scores={}, values=values,
-                          frames=frames)
-    return Prediction(label=values, scores={}, values=values, frames=frames)
+        values = [e / total for e in exps]
+        names = info.labels if len(info.labels) == len(values) else label_names(info)
+    return Prediction(label=kind.predicted(values, names, kind.step_width(config)),
+                      scores=dict(zip(names, values)), values=values, frames=frames)
 
 
 def label_names(info: ModelInfo) -> list[str]:

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from rnnstream.pipeline.task_kinds import TASK_KINDS
 from rnnstream.pipeline.streaming import softmax
 
 MAGIC = b"RSP1"
@@ -85,19 +87,20 @@ def decode_predictions(frame: bytes | memoryview) -> np.ndarray:
 
 def row_to_message(row: Any, stream: str, labels: list[str], task: str, forecast_dims: int = 1) -> dict[str, Any]:
     """The JSON ``prediction`` message equal to one decoded row (``labels``, ``task`` and, for forecasts, the
-    number of target dimensions per step, from ``hello.model``)."""
+    number of target dimensions per step, from ``hello.model``). A task this client does not know (a newer
+    server's) reads its values as they are."""
     values = [float(v) for v in row["values"]]
     labels = [*labels, *(str(k) for k in range(len(labels), len(values)))]  # unnamed classes: their index
     msg: dict[str, Any] = {"type": "prediction", "stream": stream, "channel": int(row["channel"]),
                            "seq": int(row["seq"]), "t": round(float(row["t"]), 6), "frames": int(row["frames"])}
+    kind = TASK_KINDS.get(task)
     if int(row["frames_total"]) == 0:
         msg["predicted"] = None
-    elif task in ("classify", "tag"):
+    elif kind is not None and kind.outputs_logits:
         msg["predicted"] = labels[int(row["predicted"])]
         msg["scores"] = dict(zip(labels, values))
     else:
-        d = max(1, forecast_dims)
-        msg["predicted"] = [values[i : i + d] for i in range(0, len(values), d)] if task == "forecast" else values
+        msg["predicted"] = kind.predicted(values, labels, forecast_dims) if kind is not None else values
         msg["values"] = values
     return msg
 

@@ -205,8 +205,9 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
             value = getattr(self.backend, attr, None)
             if isinstance(value, str):
                 model[attr] = value
-        if info.model_config.task == "forecast":
-            model["forecast_dims"] = len(info.model_config.target_dims)
+        step_width = info.model_config.kind.step_width(info.model_config)
+        if step_width is not None:
+            model["forecast_dims"] = step_width
         if fc.kind == "audio":
             model.update(kind="audio", sample_rate=fc.audio.sample_rate, dtypes=["float32", "int16"])  # type: ignore[union-attr]
         else:
