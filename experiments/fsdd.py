@@ -165,6 +165,9 @@ def build_parser():
     p.add_argument("--pitch", type=float_pair, default=(0.0, 0.0),
                    help="the waveform copies' pitch-shift range in semitones LO,HI (formants kept; default none; "
                         "a negative LO needs '=': --pitch=-3,3)")
+    p.add_argument("--quiet", type=float_pair, default=(0.0, 0.0), metavar="LO,HI",
+                   help="seconds of quiet (white noise 30-60 dB below the recording) added before and after each "
+                        "waveform copy, each end drawn from LO-HI (default none)")
     p.add_argument("--extra-train", default=None, metavar="DIR",
                    help="WAVs named like FSDD's (e.g. experiments.synth_digits' synthetic speakers) added to the "
                         "training examples of every split, never to validation or test")
@@ -241,15 +244,22 @@ def augment_examples(examples, copies: int, seed: int):
     return out
 
 
-def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, speed: tuple[float, float],
-                       pitch: tuple[float, float] = (0.0, 0.0), name: str = "wave_copies") -> dict:
-    """``{example id: [copy features, ...]}`` for every file (computed once per config and seed, cached in
-    ``out/features/<name>_<key>.pkl``: one ``name`` per set of files)."""
+def wave_augment(args: argparse.Namespace) -> Any:
+    """The waveform copies' perturbations (:class:`rnnstream.models.wave_augment.WaveAugment`) from the options."""
+    from rnnstream.models.wave_augment import WaveAugment
+
+    return WaveAugment(speed=args.speed, pitch=args.pitch, quiet_s=args.quiet)
+
+
+def wave_copies_cached(out: str, examples, cfg, copies: int, seed: int, wave: Any,
+                       name: str = "wave_copies") -> dict:
+    """``{example id: [copy features, ...]}`` for every file (computed once per config, seed and ``wave``
+    (:class:`~rnnstream.models.wave_augment.WaveAugment`), cached in ``out/features/<name>_<key>.pkl``: one ``name``
+    per set of files)."""
     import pickle
 
-    from rnnstream.models.wave_augment import WaveAugment, augment_audio_examples
+    from rnnstream.models.wave_augment import augment_audio_examples
 
-    wave = WaveAugment(speed=speed, pitch=pitch)
     key = hashlib.sha256(f"{cfg.to_dict()}|{copies}|{seed}|{wave}".encode()).hexdigest()[:12]
     path = os.path.join(out, "features", f"{name}_{key}.pkl")
     if os.path.exists(path):
@@ -303,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     tcfgs = {}
     for seed in seeds:
         tcfgs[seed] = _train_config(args, seed)
-        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, args.speed, args.pitch) \
+        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, wave_augment(args)) \
             if args.wave_copies else {}
-        extra_copies = wave_copies_cached(out, extra, ds.config, args.extra_wave_copies, seed, args.speed, args.pitch,
+        extra_copies = wave_copies_cached(out, extra, ds.config, args.extra_wave_copies, seed, wave_augment(args),
                                           name="extra_wave_copies") if args.extra_wave_copies and extra else {}
         train_extra = list(extra) + _copies_of(extra, extra_copies)
         for name, key, pattern in splits:

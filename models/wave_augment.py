@@ -29,12 +29,18 @@ from rnnstream.pipeline.errors import ConfigError
 class WaveAugment:
     """Waveform perturbations for extra training copies: speed factor range (quantised to 0.01), pitch shift range
     in semitones (quantised to 0.5; formants kept: a phase-vocoder stretch then a resampling; ``(0, 0)``: none), and
-    the additive white-noise SNR range in dB, applied to a copy with probability ``noise_prob``."""
+    the additive white-noise SNR range in dB, applied to a copy with probability ``noise_prob``.
+
+    ``quiet_s``: the range of seconds of quiet added before and after the recording (each end drawn apart; ``(0, 0)``:
+    none), as recordings cut with more or less room before and after the word; the quiet is white noise ``quiet_db``
+    dB (a random level in that range) below the recording's RMS, a microphone's floor rather than digital zeros."""
 
     speed: tuple[float, float] = (0.9, 1.1)
     snr_db: tuple[float, float] = (10.0, 40.0)
     noise_prob: float = 0.5
     pitch: tuple[float, float] = (0.0, 0.0)
+    quiet_s: tuple[float, float] = (0.0, 0.0)
+    quiet_db: tuple[float, float] = (-60.0, -30.0)
 
     def __post_init__(self) -> None:
         lo, hi = self.speed
@@ -47,6 +53,12 @@ class WaveAugment:
             raise ConfigError(f"snr_db range must be ordered, got {self.snr_db}")
         if not 0.0 <= self.noise_prob <= 1.0:
             raise ConfigError(f"noise_prob must be in [0, 1], got {self.noise_prob}")
+        object.__setattr__(self, "quiet_s", tuple(float(v) for v in self.quiet_s))
+        if len(self.quiet_s) != 2 or not 0.0 <= self.quiet_s[0] <= self.quiet_s[1] <= 2.0:
+            raise ConfigError(f"quiet_s range (seconds) must lie within [0, 2] and be ordered, got {self.quiet_s}")
+        if len(self.quiet_db) != 2 or not -120.0 <= self.quiet_db[0] <= self.quiet_db[1] <= 0.0:
+            raise ConfigError(f"quiet_db range (dB below the recording) must lie within [-120, 0] and be ordered, "
+                              f"got {self.quiet_db}")
 
 
 _SPEEDS: dict[tuple[int, float], Any] = {}  # torchaudio Speed transforms (their resampling kernels), by factor
@@ -74,11 +86,21 @@ def shift_pitch(x: torch.Tensor, steps: float, n_fft: int = 512) -> torch.Tensor
     return torch.as_tensor(y.astype(np.float32)).unsqueeze(0)
 
 
+def add_quiet(x: torch.Tensor, before: int, after: int, level_db: float, rng: np.random.Generator) -> torch.Tensor:
+    """``x [1, N]`` with ``before`` and ``after`` samples of white noise ``level_db`` dB (``<= 0``) below its RMS
+    around it: ``[1, before + N + after]``. A silent ``x`` gets zeros."""
+    rms = float(x.pow(2).mean().sqrt()) if x.shape[1] else 0.0
+    noise = rng.standard_normal(before + after).astype(np.float32) * np.float32(rms * 10.0 ** (level_db / 20.0))
+    quiet = torch.as_tensor(noise).unsqueeze(0)
+    return torch.cat((quiet[:, :before], x, quiet[:, before:]), dim=1)
+
+
 def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Generator,
                      wave: WaveAugment = WaveAugment()) -> tuple[np.ndarray, dict[str, float]]:
     """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``), a pitch shift when ``wave.pitch``
-    is not ``(0, 0)`` (:func:`shift_pitch`; the length kept), then maybe white noise at a random SNR
-    (torchaudio ``AddNoise``). Returns ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones]})``."""
+    is not ``(0, 0)`` (:func:`shift_pitch`; the length kept), quiet before and after when ``wave.quiet_s`` is not
+    ``(0, 0)`` (:func:`add_quiet`), then maybe white noise at a random SNR (torchaudio ``AddNoise``). Returns
+    ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones][, "quiet_before_s": s, "quiet_after_s": s]})``."""
     import torchaudio.transforms as TA
 
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
@@ -94,6 +116,10 @@ def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Gener
         if steps and x.shape[1] > 0:
             x = shift_pitch(x, steps)
         info["pitch"] = steps
+    if wave.quiet_s != (0.0, 0.0):  # drawn only then, so copies made without it stay as they were
+        before, after = (round(float(rng.uniform(*wave.quiet_s)) * sample_rate) for _ in range(2))
+        x = add_quiet(x, before, after, float(rng.uniform(*wave.quiet_db)), rng)
+        info.update(quiet_before_s=before / sample_rate, quiet_after_s=after / sample_rate)
     snr = float("nan")
     if rng.uniform() < wave.noise_prob and x.shape[1] > 0:
         snr = float(rng.uniform(*wave.snr_db))

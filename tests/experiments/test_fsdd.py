@@ -111,12 +111,22 @@ def test_speed_and_pitch_ranges_parse_as_number_pairs(capsys):
     assert "expected LO,HI" in capsys.readouterr().err
 
 
+def test_quiet_option_reaches_the_waveform_copies():
+    from experiments.fsdd import wave_augment
+
+    args = build_parser().parse_args(["--quiet", "0,0.2", "--speed", "0.95,1.05"])
+    wave = wave_augment(args)
+    assert wave.quiet_s == (0.0, 0.2) and wave.speed == (0.95, 1.05)
+    assert wave_augment(build_parser().parse_args([])).quiet_s == (0.0, 0.0)
+
+
 def test_waveform_copies_of_two_file_sets_are_cached_apart(tmp_path):
     """The synthetic files' copies (--extra-wave-copies) never read the real files' cache of the same settings."""
     import numpy as np
     import soundfile as sf
 
     from experiments.fsdd import wave_copies_cached
+    from rnnstream.models.wave_augment import WaveAugment
     from rnnstream.pipeline.config import FeatureConfig
     from rnnstream.pipeline.dataset import Example
 
@@ -126,9 +136,10 @@ def test_waveform_copies_of_two_file_sets_are_cached_apart(tmp_path):
         path = str(tmp_path / f"0_{name}_0.wav")
         sf.write(path, 0.3 * np.sin(2 * np.pi * hz * np.arange(4000) / 8000), 8000)
         sets.append([Example(id=path, path=path, features=np.zeros((1, 20), np.float32), label="0")])
-    real = wave_copies_cached(str(tmp_path), sets[0], cfg, 1, 0, (0.9, 1.1))
-    synth = wave_copies_cached(str(tmp_path), sets[1], cfg, 1, 0, (0.9, 1.1), name="extra_wave_copies")
+    wave = WaveAugment(speed=(0.9, 1.1))
+    real = wave_copies_cached(str(tmp_path), sets[0], cfg, 1, 0, wave)
+    synth = wave_copies_cached(str(tmp_path), sets[1], cfg, 1, 0, wave, name="extra_wave_copies")
     assert list(real) == [sets[0][0].id] and list(synth) == [sets[1][0].id]
     assert sorted(p.name.split("_")[0] for p in (tmp_path / "features").iterdir()) == ["extra", "wave"]
-    assert wave_copies_cached(str(tmp_path), sets[1], cfg, 1, 0, (0.9, 1.1), name="extra_wave_copies").keys() \
+    assert wave_copies_cached(str(tmp_path), sets[1], cfg, 1, 0, wave, name="extra_wave_copies").keys() \
         == synth.keys()  # read back from its own cache

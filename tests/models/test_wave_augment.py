@@ -54,6 +54,28 @@ def test_a_pitch_range_changes_nothing_else_and_no_range_draws_nothing() -> None
             WaveAugment(pitch=bad)
 
 
+def test_quiet_before_and_after_at_a_level_below_the_recording() -> None:
+    x = tone(0.5, 440.0)
+    plain, pi = perturb_waveform(x, 8000, np.random.default_rng(5), WaveAugment(noise_prob=0.0))
+    again, ai = perturb_waveform(x, 8000, np.random.default_rng(5), WaveAugment(noise_prob=0.0, quiet_s=[0, 0]))
+    np.testing.assert_array_equal(plain, again)  # no range draws nothing: earlier copies stay the same
+    assert "quiet_before_s" not in ai
+    y, info = perturb_waveform(x, 8000, np.random.default_rng(5),
+                               WaveAugment(noise_prob=0.0, quiet_s=(0.05, 0.2), quiet_db=(-40.0, -40.0)))
+    before, after = round(info["quiet_before_s"] * 8000), round(info["quiet_after_s"] * 8000)
+    assert 400 <= before <= 1600 and 400 <= after <= 1600 and info["speed"] == pi["speed"]
+    assert y.size == plain.size + before + after
+    np.testing.assert_allclose(y[before : before + plain.size], plain, atol=1e-6)  # the recording unchanged
+    quiet = np.concatenate((y[:before], y[y.size - after :]))
+    level_db = 10 * np.log10(np.mean(quiet.astype(np.float64) ** 2) / np.mean(plain.astype(np.float64) ** 2))
+    assert abs(level_db - (-40.0)) < 1.0 and np.all(quiet != 0)  # a noise floor, not digital zeros
+    for bad in ((0.2, 0.1), (-0.1, 0.1), (0.0, 3.0)):
+        with pytest.raises(ConfigError, match="quiet_s range"):
+            WaveAugment(quiet_s=bad)
+    with pytest.raises(ConfigError, match="quiet_db range"):
+        WaveAugment(quiet_db=(-30.0, 10.0))
+
+
 def test_augment_audio_examples_adds_copies_per_file(tmp_path) -> None:
     import soundfile as sf
 
