@@ -40,6 +40,8 @@ class DataSpec:
             (:func:`rnnstream.models.wave_augment.augment_audio_examples`).
         wave_speed: the copies' speed-perturbation range ``(lo, hi)`` (factors within [0.5, 2]).
         wave_pitch: the copies' pitch-shift range ``(lo, hi)`` in semitones (``(0, 0)``: none).
+        wave_quiet: the range ``(lo, hi)`` of seconds of quiet (a noise floor 30-60 dB below the recording) added
+            before and after each copy, each end drawn apart (``(0, 0)``: none).
         extra_train: featurized datasets (folders) whose examples join the *training* split only, never validation
             or test: more speakers or recording conditions, e.g. synthetic voices (``experiments.synth_digits``).
             Each must have the main dataset's feature config. Whole-example tasks only (not ``split_rows``).
@@ -63,6 +65,7 @@ class DataSpec:
     wave_copies: int = 0
     wave_speed: tuple[float, float] = (0.9, 1.1)
     wave_pitch: tuple[float, float] = (0.0, 0.0)
+    wave_quiet: tuple[float, float] = (0.0, 0.0)
     extra_train: tuple[str, ...] = ()
 
 
@@ -165,7 +168,8 @@ def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> 
     if fc.kind != "audio" or spec.channels:
         raise ConfigError("wave_copies (waveform augmentation) needs audio features with every channel")
     return augment_audio_examples(train_ex, fc, spec.wave_copies, spec.seed,
-                                  wave=WaveAugment(speed=tuple(spec.wave_speed), pitch=tuple(spec.wave_pitch)))
+                                  wave=WaveAugment(speed=tuple(spec.wave_speed), pitch=tuple(spec.wave_pitch),
+                                                   quiet_s=tuple(spec.wave_quiet)))
 
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data"]

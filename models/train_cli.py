@@ -142,6 +142,9 @@ def _data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--wave-pitch", type=float_pair, default=(0.0, 0.0),
                    help="audio: the copies' pitch-shift range in semitones LO,HI, formants kept (default none; "
                         "a negative LO needs '=': --wave-pitch=-3,3)")
+    d.add_argument("--wave-quiet", type=float_pair, default=(0.0, 0.0), metavar="LO,HI",
+                   help="audio: seconds of quiet (a noise floor 30-60 dB below the recording) added before and after "
+                        "each copy, each end drawn from LO-HI (default none)")
     d.add_argument("--stats", default="train", choices=["train", "dataset"], help="normalisation statistics source")
 
 
@@ -205,7 +208,7 @@ def _specs(args: argparse.Namespace):  # -> tuple[DataSpec, TrainConfig]
         channels=tuple(c for c in args.channels.split(",") if c), targets=tuple(c for c in args.targets.split(",") if c),
         window=args.window, horizon=args.horizon, split_rows=args.split_rows, forecast_loss=args.forecast_loss,
         stats=args.stats, seed=args.seed, wave_copies=args.wave_copies, wave_speed=args.wave_speed,
-        wave_pitch=args.wave_pitch, extra_train=tuple(args.extra_train),
+        wave_pitch=args.wave_pitch, wave_quiet=args.wave_quiet, extra_train=tuple(args.extra_train),
     )
     cfg = TrainConfig(
         cell=args.cell, hidden_size=args.hidden, num_layers=args.layers, dropout=args.dropout,

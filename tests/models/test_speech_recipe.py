@@ -125,7 +125,7 @@ def test_speech_recipe_on_stacked_features_leaves_out_the_conv_front_end(tmp_pat
     assert tuple(args.conv_channels) == (4,)
 
 
-def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
+def test_train_cli_wave_options_reach_the_copies(speech_dir, tmp_path, monkeypatch, capsys) -> None:
     import rnnstream.models.wave_augment as wave_mod
     from rnnstream.models.train_cli import main
 
@@ -159,6 +159,16 @@ def test_train_cli_wave_speed_reaches_the_copies(speech_dir, tmp_path, monkeypat
     assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--no-progress", "--wave-copies", "1",
                  "--wave-pitch", "2,1"]) == 2
     assert "pitch range" in capsys.readouterr().err
+    quiet = []
+    monkeypatch.setattr(wave_mod, "perturb_waveform",
+                        lambda samples, rate, rng, wave: quiet.append(wave.quiet_s) or real(samples, rate, rng, wave))
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--hidden", "8", "--no-progress", "--threads",
+                 "1", "--conv-channels", "", "--wave-copies", "1", "--wave-quiet", "0.05,0.1"]) == 0
+    assert quiet and all(q == (0.05, 0.1) for q in quiet)
+    capsys.readouterr()
+    assert main(["--data", speech_dir, "--out", out, "--epochs", "1", "--no-progress", "--wave-copies", "1",
+                 "--wave-quiet", "0.1,0.05"]) == 2
+    assert "quiet_s range" in capsys.readouterr().err
 
 
 def test_train_cli_refit_trains_again_on_train_and_validation(speech_dir, tmp_path, capsys) -> None:
