@@ -100,7 +100,8 @@ def perturb_waveform(samples: np.ndarray, sample_rate: int, rng: np.random.Gener
     """One random perturbation of ``samples [N]``: speed (torchaudio ``Speed``), a pitch shift when ``wave.pitch``
     is not ``(0, 0)`` (:func:`shift_pitch`; the length kept), quiet before and after when ``wave.quiet_s`` is not
     ``(0, 0)`` (:func:`add_quiet`), then maybe white noise at a random SNR (torchaudio ``AddNoise``). Returns
-    ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones][, "quiet_before_s": s, "quiet_after_s": s]})``."""
+    ``(samples' [N'], {"speed": f, "snr_db": s or nan[, "pitch": semitones][, "quiet_before_s": s,
+    "quiet_after_s": s]})``."""
     import torchaudio.transforms as TA
 
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).unsqueeze(0)
