@@ -155,7 +155,7 @@ def build_parser():
                         "selected, without running the selection again")
     p.add_argument("--refit-epochs", type=parse_refit_epochs, default=None, metavar="best|all|N",
                    help="with --refit or --refit-from, the refit's epoch count: best (each selection run's own best "
-                        "epoch), all (every --epochs) or N (the speech recipe: 9, the count with the best validation "
+                        "epoch), all (every --epochs) or N (the speech recipe: 8, the count with the best validation "
                         "accuracy pooled over every fold and seed: python -m experiments._common pooled-epoch "
                         "RUN_DIR...; with an explicit --epochs it becomes all)")
     p.add_argument("--wave-copies", type=int, default=None,
