@@ -311,11 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m experiments.fsdd " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict[str, dict] = {}
     tcfgs = {}
+    wave = wave_augment(args)
     for seed in seeds:
         tcfgs[seed] = _train_config(args, seed)
-        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, wave_augment(args)) \
+        copies = wave_copies_cached(out, ds.examples, ds.config, args.wave_copies, seed, wave) \
             if args.wave_copies else {}
-        extra_copies = wave_copies_cached(out, extra, ds.config, args.extra_wave_copies, seed, wave_augment(args),
+        extra_copies = wave_copies_cached(out, extra, ds.config, args.extra_wave_copies, seed, wave,
                                           name="extra_wave_copies") if args.extra_wave_copies and extra else {}
         train_extra = list(extra) + _copies_of(extra, extra_copies)
         for name, key, pattern in splits:
