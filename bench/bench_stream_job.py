@@ -100,23 +100,29 @@ def make_messages(path: Path, streams: int, chunks: int, seed: int = 0) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and of its children that ended (the multi-processing workers)."""
+def _cpu_split() -> tuple[float, float]:
+    """CPU seconds ``(this process, its children that ended)``: the runner and the multi-processing workers."""
     import resource
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def _job(model: str, input_path: str, out: str, beam_args: list[str]) -> tuple[float, float, dict]:
-    """``(wall s, CPU s, summary)`` of one job run."""
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the multi-processing workers)."""
+    return sum(_cpu_split())
+
+
+def _job(model: str, input_path: str, out: str, beam_args: list[str]) -> tuple[float, float, float, dict]:
+    """``(wall s, CPU s, CPU s of the worker processes, summary)`` of one job run."""
     from rnnstream.beam_jobs import stream_job
 
-    start, cpu = time.perf_counter(), _cpu()
+    start, (own, kids) = time.perf_counter(), _cpu_split()
     stream_job.run(["--model", model, "--input", input_path, "--output", out, "--chunk-size", str(CHUNK),
                     "--no-per-stream-metrics", *beam_args])
-    wall, cpu = time.perf_counter() - start, _cpu() - cpu
-    return wall, cpu, json.loads(Path(out, "summary.json").read_text())
+    own_end, kids_end = _cpu_split()
+    wall, workers = time.perf_counter() - start, kids_end - kids
+    return wall, own_end - own + workers, workers, json.loads(Path(out, "summary.json").read_text())
 
 
 def _floor_dofn(streams: int, chunks: int, beam_args: list[str]) -> tuple[float, float]:
@@ -185,9 +191,10 @@ def run_mode(model: str, inputs: dict, workdir: str, mode: str, repeats: int) ->
         row: dict = {"load_before": os.getloadavg()[0]}
         for size in ("full", "small"):
             path, n, streams = inputs[size]
-            wall, cpu, summary = _job(model, path, f"{workdir}/out_{mode}_{size}_{r}", beam_args)
+            wall, cpu, workers, summary = _job(model, path, f"{workdir}/out_{mode}_{size}_{r}", beam_args)
             _check(summary, n, f"{mode} {size} round {r}")
             row[f"job_{size}"], row[f"job_cpu_{size}"], row[f"summary_{size}"] = wall, cpu, summary
+            row[f"job_workers_cpu_{size}"] = workers
             # the floor is cheap and its start-up varies (multi_processing: +-0.2 CPU-s per run, as large as the
             # floor itself over 9,000 chunks): the median of FLOOR_RUNS runs per size
             runs = [_floor_dofn(streams, n // streams, beam_args) for _ in range(FLOOR_RUNS)]
@@ -231,6 +238,7 @@ def summarize_mode(mode: str, res: dict, n_full: int, n_small: int) -> tuple[lis
     rs = res["rounds"]
     with_start = [n_full / r["job_full"] for r in rs]
     job_us = [(r["job_cpu_full"] - r["job_cpu_small"]) / dn * 1e6 for r in rs]
+    workers_us = [(r["job_workers_cpu_full"] - r["job_workers_cpu_small"]) / dn * 1e6 for r in rs]
     beam_us = [(r["floor_cpu_full"] - r["floor_cpu_small"]) / dn * 1e6 for r in rs]
     floor_us = [b + r["push_cpu_us"] for b, r in zip(beam_us, rs)]
     ratio = [m / f for m, f in zip(job_us, floor_us)]
@@ -239,7 +247,7 @@ def summarize_mode(mode: str, res: dict, n_full: int, n_small: int) -> tuple[lis
     model_share = s["model_step_us"] / s["stateful_fn_us"] if s.get("stateful_fn_us") else float("nan")
     loads = [r["load_before"] for r in rs] + [r["load_after"] for r in rs]
     row = [mode, workers, n_full, _spread([r["job_full"] for r in rs], "{:.1f}"), _spread(with_start),
-           _spread(per_core), _spread(job_us), _spread(beam_us), _spread([r["push_cpu_us"] for r in rs]),
+           _spread(per_core), _spread(job_us), _spread(workers_us) if workers > 1 else "-", _spread(beam_us), _spread([r["push_cpu_us"] for r in rs]),
            _spread(floor_us), _spread(ratio, "{:.2f}"), f"{model_share:.0%}", f"{min(loads):.1f}-{max(loads):.1f}"]
     return row, {"per_core": statistics.median(per_core), "ratio": statistics.median(ratio),
                  "with_start_per_core": statistics.median(with_start) / workers}
@@ -278,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             res = _spawn(mode, model, inputs, tmp, args.repeats, args.timeout)
             if res.get("timeout"):
-                rows.append([mode, "-", inputs["full"][1], f"timeout > {args.timeout:.0f} s"] + ["-"] * 9)
+                rows.append([mode, "-", inputs["full"][1], f"timeout > {args.timeout:.0f} s"] + ["-"] * 10)
                 verdicts.append(f"{mode}: timed out (targets NOT met).")
                 continue
             row, v = summarize_mode(mode, res, inputs["full"][1], inputs["small"][1])
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(_verdict(mode, v))
             print(row, verdicts[-1], flush=True)
     header = ["runner (DirectRunner mode)", "workers", "chunks", "wall s (full run)", "chunks/s with start-up (wall)",
-              "chunks per CPU-s after start-up", "job CPU us/chunk", "floor (1) DoFn CPU us/elem",
+              "chunks per CPU-s after start-up", "job CPU us/chunk", "of which worker processes", "floor (1) DoFn CPU us/elem",
               "floor (2) push CPU us", "floor CPU us", "job / floor", "model / stateful DoFn", "load avg (1 min)"]
     table = markdown_table(header, rows)
     note = _note(args, inputs, load_start) + "\n\n" + "\n".join(f"- {v}" for v in verdicts)
