@@ -247,7 +247,8 @@ def summarize_mode(mode: str, res: dict, n_full: int, n_small: int) -> tuple[lis
     model_share = s["model_step_us"] / s["stateful_fn_us"] if s.get("stateful_fn_us") else float("nan")
     loads = [r["load_before"] for r in rs] + [r["load_after"] for r in rs]
     row = [mode, workers, n_full, _spread([r["job_full"] for r in rs], "{:.1f}"), _spread(with_start),
-           _spread(per_core), _spread(job_us), _spread(workers_us) if workers > 1 else "-", _spread(beam_us), _spread([r["push_cpu_us"] for r in rs]),
+           _spread(per_core), _spread(job_us), _spread(workers_us) if workers > 1 else "-", _spread(beam_us),
+           _spread([r["push_cpu_us"] for r in rs]),
            _spread(floor_us), _spread(ratio, "{:.2f}"), f"{model_share:.0%}", f"{min(loads):.1f}-{max(loads):.1f}"]
     return row, {"per_core": statistics.median(per_core), "ratio": statistics.median(ratio),
                  "with_start_per_core": statistics.median(with_start) / workers}
@@ -294,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(_verdict(mode, v))
             print(row, verdicts[-1], flush=True)
     header = ["runner (DirectRunner mode)", "workers", "chunks", "wall s (full run)", "chunks/s with start-up (wall)",
-              "chunks per CPU-s after start-up", "job CPU us/chunk", "of which worker processes", "floor (1) DoFn CPU us/elem",
-              "floor (2) push CPU us", "floor CPU us", "job / floor", "model / stateful DoFn", "load avg (1 min)"]
+              "chunks per CPU-s after start-up", "job CPU us/chunk", "of which worker processes",
+              "floor (1) DoFn CPU us/elem", "floor (2) push CPU us", "floor CPU us", "job / floor", "model / stateful DoFn", "load avg (1 min)"]
     table = markdown_table(header, rows)
     note = _note(args, inputs, load_start) + "\n\n" + "\n".join(f"- {v}" for v in verdicts)
     print(table + "\n\n" + note)
