@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             print(row, verdicts[-1], flush=True)
     header = ["runner (DirectRunner mode)", "workers", "chunks", "wall s (full run)", "chunks/s with start-up (wall)",
               "chunks per CPU-s after start-up", "job CPU us/chunk", "of which worker processes",
-              "floor (1) DoFn CPU us/elem", "floor (2) push CPU us", "floor CPU us", "job / floor", "model / stateful DoFn", "load avg (1 min)"]
+              "floor (1) DoFn CPU us/elem", "floor (2) push CPU us", "floor CPU us", "job / floor",
+              "model / stateful DoFn", "load avg (1 min)"]
     table = markdown_table(header, rows)
     note = _note(args, inputs, load_start) + "\n\n" + "\n".join(f"- {v}" for v in verdicts)
     print(table + "\n\n" + note)
