@@ -1,10 +1,14 @@
-"""experiments.screen: the adoption rule's mean validation accuracy and the summed test confusions of a screen."""
+"""experiments.screen: the adoption rule's mean validation accuracy, its pairwise verdict and the summed test
+confusions of a screen."""
 
 from __future__ import annotations
 
 import json
 
-from experiments.screen import main, mean_report, offset_of, read_runs, summed_confusions
+import pytest
+
+from experiments.screen import (compare_report, main, mean_report, offset_of, pair_runs, read_runs,
+                                summed_confusions)
 
 
 def _folder(root, name: str, vals: dict[str, float], confusion: list[list[int]]) -> str:
@@ -45,3 +49,50 @@ def test_confusions_are_summed_per_fold_and_the_largest_named(tmp_path, capsys) 
     assert "most confused: a -> b: 6 of 10, b -> a: 1 of 10" in out.out
     assert "skipped 1 paths that are not folders" in out.err
     assert main(["mean", str(tmp_path / "missing")]) == 1
+
+
+def _arm(root, name: str, vals: dict[str, float], speaker: str, refit: float | None = None) -> str:
+    """A folder of one seed's runs whose records name their validation speaker (a refit's record with ``refit``)."""
+    folder = root / name
+    folder.mkdir()
+    splits = {}
+    for fold, v in vals.items():
+        rec = {"val_accuracy": v, "offline_accuracy_torch": v - 0.1, "val_speaker": speaker}
+        if refit is not None:
+            rec = {**rec, "selection": dict(rec), "offline_accuracy_torch": refit}
+        splits[fold] = {"0": rec}
+    (folder / "results.json").write_text(json.dumps({"splits": splits}))
+    return str(folder)
+
+
+def test_compare_pairs_runs_by_fold_seed_and_validation_speaker(tmp_path) -> None:
+    base = read_runs([_arm(tmp_path, "B_off1_s0", {"loso-ann": 0.70, "loso-bob": 0.80}, "cid"),
+                      _arm(tmp_path, "B_off2_s0", {"loso-ann": 0.60}, "dan")])
+    cand = read_runs([_arm(tmp_path, "C_off1_s0", {"loso-ann": 0.75, "loso-bob": 0.78}, "cid", refit=0.9),
+                      _arm(tmp_path, "C_off3_s0", {"loso-ann": 0.99}, "eve")])
+    assert cand[0].test_accuracy == 0.65 and cand[0].refit_accuracy == 0.9  # the selection run's test, the refit's
+    pairs, alone = pair_runs(base, cand)
+    assert [(b.val_accuracy, c.val_accuracy) for b, c in pairs] == [(0.70, 0.75), (0.80, 0.78)]
+    assert sorted(r.key[2] for r in alone) == ["dan", "eve"]  # other validation speakers: never paired
+    lines = compare_report(pairs, gate=0.02, min_higher=1)
+    assert "2 pairs: mean validation base 0.7500, candidate 0.7650 (+0.0150); higher in 1, lower in 1, tied in 0" in \
+        lines[-4]
+    assert lines[-3] == "test of the selection runs, printed and not used: base 0.6500, candidate 0.6650"
+    assert lines[-2] == "candidate refits' test, printed and not used: 0.9000 over 2 runs"
+    assert lines[-1] == "verdict: NOT ADOPTED (the rule: mean >= 0.7700 and higher in >= 1)"
+    assert compare_report(pairs, gate=0.01)[-1] == "verdict: ADOPT (the rule: mean >= 0.7600)"
+    assert compare_report(pairs, gate=0.01, min_higher=2)[-1].startswith("verdict: NOT ADOPTED")
+    assert compare_report([], gate=0.01) == ["no pairs: the two arms share no fold, seed and validation speaker"]
+
+
+def test_compare_refuses_an_arm_with_a_run_twice(tmp_path, capsys) -> None:
+    one = _arm(tmp_path, "B_s0", {"loso-ann": 0.7}, "cid")
+    again = _arm(tmp_path, "B_again_s0", {"loso-ann": 0.8}, "cid")
+    with pytest.raises(ValueError, match="two runs of"):
+        pair_runs(read_runs([one, again]), [])
+    assert main(["compare", one, "--base", one, again]) == 1
+    assert "two runs of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", one])  # no --base
+    assert main(["compare", one, "--base", _arm(tmp_path, "C_s0", {"loso-ann": 0.6}, "cid"), "--gate", "0.05"]) == 0
+    assert "verdict: ADOPT (the rule: mean >= 0.6500)" in capsys.readouterr().out
