@@ -118,8 +118,9 @@ def compare_report(pairs: Sequence[tuple[Run, Run]], gate: float | None = None,
     lines = [f"{c.fold.removeprefix('loso-'):>10} s{c.seed} val {c.key[2]:>10}: base {b.val_accuracy:.4f}  "
              f"candidate {c.val_accuracy:.4f}  {c.val_accuracy - b.val_accuracy:+.4f}" for b, c in pairs]
     diffs = np.array([c.val_accuracy - b.val_accuracy for b, c in pairs])
-    for who in dict.fromkeys(c.key[2] for _, c in pairs):
-        d = np.array([c.val_accuracy - b.val_accuracy for b, c in pairs if c.key[2] == who])
+    speakers = np.array([c.key[2] for _, c in pairs])
+    for who in dict.fromkeys(speakers):
+        d = diffs[speakers == who]
         lines.append(f"validated on {who}: {d.mean():+.4f} over {d.size} pairs, higher in {int((d > 0).sum())}")
     base = float(np.mean([b.val_accuracy for b, _ in pairs]))
     cand = float(np.mean([c.val_accuracy for _, c in pairs]))
