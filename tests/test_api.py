@@ -7,6 +7,8 @@ export answer alike, and a snapshot taken mid-stream (resampler included) contin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -167,3 +169,27 @@ def test_public_names():
     assert {"load", "Model", "Stream", "Prediction", "StreamSession"} <= set(rnnstream.__all__)
     with pytest.raises(AttributeError):
         rnnstream.no_such_name  # noqa: B018
+
+
+def _type_checking_reexports() -> dict[str, str]:
+    """``name -> module`` of the ``from M import X as X`` lines under ``if TYPE_CHECKING:`` in rnnstream/__init__.py."""
+    import ast
+
+    tree = ast.parse(Path(rnnstream.__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    out = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom), ast.dump(node)
+        for alias in node.names:
+            if alias.asname == alias.name:  # only ``X as X`` is an explicit re-export for type checkers
+                out[alias.name] = node.module
+    return out
+
+
+def test_lazy_exports_are_explicit_reexports_for_type_checkers():
+    """Every lazily resolved public name is also an explicit re-export for type checkers (PEP 484 ``X as X``; the
+    package ships ``py.typed``), from the module it is resolved from, so ``mypy --strict`` sees ``rnnstream.load``."""
+    assert _type_checking_reexports() == rnnstream._EXPORTS
+    assert set(rnnstream.__all__) == set(rnnstream._EXPORTS) | {"__version__"}
+    marker = Path(rnnstream.__file__).with_name("py.typed")
+    assert marker.is_file(), f"{marker} missing: the package's annotations would be invisible to type checkers"

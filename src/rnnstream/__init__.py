@@ -39,11 +39,21 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover  (names for type checkers; resolved lazily below)
-    from rnnstream.api import Model, Stream, load, load_backend  # noqa: F401
-    from rnnstream.pipeline.config import AudioConfig, FeatureConfig, SensorConfig  # noqa: F401
-    from rnnstream.pipeline.errors import RnnstreamError  # noqa: F401
-    from rnnstream.pipeline.model_info import ModelInfo  # noqa: F401
-    from rnnstream.pipeline.streaming import ChunkResult, Prediction, SensorChunk, StreamSession  # noqa: F401
+    # ``import X as X``: an explicit re-export (PEP 484), so ``mypy --strict`` sees ``rnnstream.load`` and the rest.
+    from rnnstream.api import Model as Model, Stream as Stream, load as load, load_backend as load_backend
+    from rnnstream.pipeline.config import (
+        AudioConfig as AudioConfig,
+        FeatureConfig as FeatureConfig,
+        SensorConfig as SensorConfig,
+    )
+    from rnnstream.pipeline.errors import RnnstreamError as RnnstreamError
+    from rnnstream.pipeline.model_info import ModelInfo as ModelInfo
+    from rnnstream.pipeline.streaming import (
+        ChunkResult as ChunkResult,
+        Prediction as Prediction,
+        SensorChunk as SensorChunk,
+        StreamSession as StreamSession,
+    )
 
 
 def __getattr__(name: str) -> Any:
