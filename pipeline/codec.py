@@ -22,8 +22,8 @@ PCM16_SCALE = 32768.0
 #: Wire encodings of samples: little-endian float32 or int16.
 SampleEncoding = Literal["float32", "int16"]
 #: The wire dtype of each encoding (the stream job's messages, the WebSocket frames, ``POST /predict`` bodies).
-WIRE_DTYPES = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
-_NATIVE = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}  # this machine's order; the singletons
+WIRE_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
+_NATIVE: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}  # this machine's order; the singletons
 _F32 = np.dtype(np.float32)
 
 

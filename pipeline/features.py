@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -259,7 +260,9 @@ class AudioFeaturizer:
         mel2_eps = self._mel2.copy()
         mel2_eps[1] = self._eps  # the row of Im(DC), which is 0 for real input (see step)
         fast = self._nfft == self._win and self._fft is not None and cfg.stack == 1  # the one-frame path applies
-        self._hot = (self._ctx, self._hop, self._win, fast, self._nfreq, self._window, self._fft, mel2_eps, self._dct)
+        # the fft slot is typed Any: it is None only when `fast` is False, and then it is never called
+        self._hot: tuple[int, int, int, bool, int, np.ndarray, Any, np.ndarray, np.ndarray | None] = (
+            self._ctx, self._hop, self._win, fast, self._nfreq, self._window, self._fft, mel2_eps, self._dct)
 
     @staticmethod
     def shared(config: AudioConfig) -> "AudioFeaturizer":

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnstream.pipeline.config import audio_config_of
 from rnnstream.pipeline.errors import CheckpointError, ConfigError, ShapeError, StateError
 from rnnstream.pipeline.model_info import FRONTEND_STATE, ModelInfo
 
@@ -172,7 +173,7 @@ class OnnxBackend:
         cfg, specs = self.info.feature_config, self.info.state_specs
         out: dict[str, tuple[list[int], str]] = {"output": ([self.info.model_config.output_dim], "output dimension")}
         if self.info.input_kind == "audio":
-            audio = cfg.audio
+            audio = audio_config_of(cfg, f"ONNX model {self.path!r} (raw-audio input)")
             out["audio"] = ([], "audio input")
             carry = ([audio.context], f"'{FRONTEND_STATE}' (win {audio.win_length} - hop {audio.hop_length})")
             out[f"{FRONTEND_STATE}_in"] = out[f"{FRONTEND_STATE}_out"] = carry
@@ -200,7 +201,7 @@ class OnnxBackend:
         """One tiny step of zeros: frame count (raw audio: samples // (stack * hop)), output and state shapes."""
         samples = 2 * self._hop_of_metadata() if self.info.input_kind == "audio" else 0
         x = np.zeros((1, samples), np.float32) if samples else np.zeros((1, 1, self.info.feature_config.dim), np.float32)
-        feeds = {self._in[0]: x}
+        feeds: dict[str, np.ndarray] = {self._in[0]: x}
         shapes = self._state_shapes()
         feeds.update({f"{n}_in": np.zeros((1, *shapes[n]), np.float32) for n in self._states})
         try:

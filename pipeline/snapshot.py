@@ -57,7 +57,7 @@ def write_snapshot(header: dict[str, Any], carry: np.ndarray, last_output: np.nd
     if resampler is not None:
         arrays["resampler"] = np.asarray(resampler, np.float64)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stubs read **arrays as allow_pickle
     return buf.getvalue()
 
 
@@ -93,7 +93,7 @@ def _header(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         raise StateError(f"snapshot format {header.get('format')!r} is not supported (expected {SNAPSHOT_FORMAT!r})")
     for key, kind in (("samples_seen", int), ("frames_seen", int), ("t", (int, float)), ("stream_id", str)):
         value = header.get(key)
-        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and value < 0):
+        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and isinstance(value, int) and value < 0):
             raise StateError(f"snapshot header field {key!r} is {value!r}; expected {getattr(kind, '__name__', 'a number')}")
     if not np.isfinite(header["t"]):
         raise StateError(f"snapshot header field 't' is {header['t']!r}; expected a finite number")

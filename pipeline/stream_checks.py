@@ -216,7 +216,7 @@ def payload_of(msg: ChunkMessage, info: Any) -> Any:
 
     n = len(info.feature_config.sensor.columns) if info.feature_config.kind == "sensor" else 0
     if msg.timestamps is not None:
-        values = msg.values if msg.values.shape[0] else np.zeros((0, n), np.float64)  # type: ignore[union-attr]
+        values = msg.values if msg.values is not None and msg.values.shape[0] else np.zeros((0, n), np.float64)
         return SensorChunk(msg.timestamps, values)
     if msg.audio is not None:
         return msg.audio

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rnnstream.pipeline.errors import OrderingError, RnnstreamError
 from rnnstream.pipeline.stream_checks import ChunkMessage
@@ -12,13 +13,31 @@ from rnnstream.pipeline.stream_state import Record, StreamState, finite
 from rnnstream.pipeline.streaming import prediction_fields
 
 if TYPE_CHECKING:
-    from rnnstream.pipeline.stream_core import StreamCore
+    from rnnstream.pipeline.stream_state import CoreConfig
+    from rnnstream.pipeline.streaming import StreamSession
+
+
+class _Core(Protocol):
+    """What the mixin's methods use of ``StreamCore`` (their ``self`` type, for type checkers)."""
+
+    config: CoreConfig
+    info: Any
+    _cache: OrderedDict[str, tuple[Any, StreamSession]]
+
+    def _count(self, state: StreamState, name: str, n: int = 1) -> None: ...
+
+    def _dead(self, state: StreamState, error: RnnstreamError, msg: ChunkMessage | None,
+              seq: int | None = None) -> Record: ...
+
+    def _session(self, state: StreamState, msg: ChunkMessage | None) -> StreamSession: ...
+
+    def _queue_fill(self, state: StreamState, missing: list[int], reason: str, fields: dict[str, Any]) -> str: ...
 
 
 class EventsMixin:
     """Gap and end records (mixed into ``StreamCore``)."""
 
-    def _gap(self: StreamCore, state: StreamState, missing: list[int], reason: str) -> list[Record]:
+    def _gap(self: _Core, state: StreamState, missing: list[int], reason: str) -> list[Record]:
         self._count(state, "gaps")
         self._count(state, "missing", len(missing))
         fields: dict[str, Any] = {"missing": missing, "policy": self.config.gap_policy}
@@ -31,7 +50,7 @@ class EventsMixin:
             fields["filled_samples"] = 0  # the hole is in the timestamps; the sensor featurizer handles it
         return [Record("event", state.stream, kind="gap", reason=reason, fields=fields)]
 
-    def _queue_fill(self: StreamCore, state: StreamState, missing: list[int], reason: str, fields: dict[str, Any]) -> str:
+    def _queue_fill(self: _Core, state: StreamState, missing: list[int], reason: str, fields: dict[str, Any]) -> str:
         """The fill policy: zeros of the chunk length for each missing seq, stepped before what follows. A stream
         not opened yet opens at the rate of the chunk after the hole; without one nothing is filled."""
         following = next((item[1] for item in state.ready if item[0] == "chunk"), None)
@@ -45,7 +64,7 @@ class EventsMixin:
         state.ready[:0] = [("fill", seq, length) for seq in missing]
         return reason
 
-    def _end(self: StreamCore, state: StreamState, msg: ChunkMessage | None) -> list[Record]:
+    def _end(self: _Core, state: StreamState, msg: ChunkMessage | None) -> list[Record]:
         session = self._session(state, None) if state.opened else None  # None: the stream never opened
         if session is not None and not session.ended:
             ended = copy.copy(session)

@@ -40,20 +40,14 @@ __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover  (names for type checkers; resolved lazily below)
     # ``import X as X``: an explicit re-export (PEP 484), so ``mypy --strict`` sees ``rnnstream.load`` and the rest.
-    from rnnstream.api import Model as Model, Stream as Stream, load as load, load_backend as load_backend
-    from rnnstream.pipeline.config import (
-        AudioConfig as AudioConfig,
-        FeatureConfig as FeatureConfig,
-        SensorConfig as SensorConfig,
-    )
-    from rnnstream.pipeline.errors import RnnstreamError as RnnstreamError
-    from rnnstream.pipeline.model_info import ModelInfo as ModelInfo
-    from rnnstream.pipeline.streaming import (
-        ChunkResult as ChunkResult,
-        Prediction as Prediction,
-        SensorChunk as SensorChunk,
-        StreamSession as StreamSession,
-    )
+    from rnnstream.api import Model as Model, Stream as Stream, load as load  # noqa: F401
+    from rnnstream.api import load_backend as load_backend  # noqa: F401
+    from rnnstream.pipeline.config import AudioConfig as AudioConfig, FeatureConfig as FeatureConfig  # noqa: F401
+    from rnnstream.pipeline.config import SensorConfig as SensorConfig  # noqa: F401
+    from rnnstream.pipeline.errors import RnnstreamError as RnnstreamError  # noqa: F401
+    from rnnstream.pipeline.model_info import ModelInfo as ModelInfo  # noqa: F401
+    from rnnstream.pipeline.streaming import ChunkResult as ChunkResult, Prediction as Prediction  # noqa: F401
+    from rnnstream.pipeline.streaming import SensorChunk as SensorChunk, StreamSession as StreamSession  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

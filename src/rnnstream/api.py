@@ -162,6 +162,7 @@ class Model:
         """
         if self.info.feature_config.kind != "audio":
             return predict_signal(self.backend, self._sensor_signal(source))
+        rate: int | None
         if isinstance(source, (str, os.PathLike)):
             from rnnstream.pipeline.audio_io import read_native
 
