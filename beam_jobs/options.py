@@ -206,6 +206,11 @@ def add_stream_job_arguments(parser: Any) -> None:
          help="keep only job-wide Beam counters (per-stream counters cost one metric per stream)")
     _add(parser, "--no-resample", dest="no_resample", action="store_true", default=False,
          help="dead-letter audio streams whose sample_rate differs from the model's instead of resampling them")
+    _add(parser, "--local-state-cache-mb", dest="local_state_cache_mb", type=int, default=0,
+         help="the SDK state cache of Beam's in-process FnApiRunner worker (--direct_running_mode=in_memory), in MB: "
+         "0 (default) turns it off, as Beam's SDK worker processes run by default; Beam itself makes it 100 MB "
+         "there whatever the options say, and sizes every cached value by walking all loaded modules (see "
+         "docs/stream_job.md). Other runners and modes take --max_cache_memory_usage_mb")
 
 
 # ----------------------------------------------------------------------------------------------

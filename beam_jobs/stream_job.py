@@ -51,6 +51,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from rnnstream.beam_jobs.common import (
     InputOptions,
     counter_values,
+    in_memory_state_cache,
     job_pipeline,
     prepare_output_dir,
     read_text,
@@ -374,6 +375,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if not bounded:
         options.view_as(StandardOptions).streaming = True
     config = config_from_options(opts, bounded)
+    if opts.local_state_cache_mb < 0:
+        raise ConfigError(f"--local-state-cache-mb must be >= 0 (0: off), got {opts.local_state_cache_mb}")
     if test_pipeline is None and not names_runner(argv) and bounded and config.time_domain == "event":
         # the FnApiRunner: what Beam's DirectRunner picks for this pipeline, without its first try at the
         # PrismRunner (see BATCH_DEFAULT_RUNNER); streaming sources and processing-time timers keep the DirectRunner
@@ -387,7 +390,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         lines, bounded = _read_messages(p, io_opts, opts)
         outputs = lines | "StreamInference" >> StreamInference(opts.model, config, timestamps_from_messages=bounded)
         _ = outputs | "WriteOutputs" >> WriteRecords(io_opts.output)
-        result = run_pipeline(p)  # a streaming source returns only when it ends (--watch-seconds) or is drained
+        with in_memory_state_cache(opts.local_state_cache_mb):
+            result = run_pipeline(p)  # a streaming source returns only when it ends (--watch-seconds) or is drained
     summary = summarize(counter_values(result, COUNTERS))
     write_text(FileSystems.join(io_opts.output, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if summary.get("balanced") is False:

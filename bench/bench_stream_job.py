@@ -7,7 +7,9 @@ log-mels, 10 classes), exported to ONNX and run with onnxruntime, one intra-op t
 default) or as the PyTorch checkpoint (``--backend torch``).
 
 Per runner mode (``in_memory``: Beam's FnApiRunner (``--runner=FnApiRunner``, what the DirectRunner picks) in one
-process; ``multi_processing``: the FnApiRunner with ``--direct_num_workers 2`` worker processes), in one subprocess, ``--repeats`` interleaved rounds
+process, with the job's default ``--local-state-cache-mb 0`` (no SDK state cache in that process);
+``in_memory_beam_cache``: the same with the 100 MB cache Beam makes there by itself; ``multi_processing``: the
+FnApiRunner with ``--direct_num_workers 2`` worker processes), in one subprocess, ``--repeats`` interleaved rounds
 of:
 
 * the job on the full replay and on a small one (``--small-streams`` streams, same chunks): the *marginal*
@@ -24,7 +26,7 @@ CPU-second is chunks/s per core. Every job run must balance (``messages_in == ch
 apply every chunk, or the benchmark fails.
 
     python -m bench.bench_stream_job [--streams 1000] [--chunks 10] [--repeats 3] [--backend onnx|torch]
-        [--modes in_memory,multi_processing] [--timeout 900] [--no-write]
+        [--modes in_memory,in_memory_beam_cache,multi_processing] [--timeout 900] [--no-write]
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ CHUNK = 1600
 FLOOR_RUNS = 3  # floor DoFn runs per replay size and round (median)
 TARGET_CHUNKS_PER_CORE = 2000.0
 TARGET_FLOOR_RATIO = 3.0
-#: Pinned to the FnApiRunner (the job's and the floor's alike): the DirectRunner would first try the PrismRunner.
-_MODE_ARGS = {"in_memory": (["--runner=FnApiRunner", "--direct_running_mode=in_memory"], 1),
+#: mode -> (Beam options, worker processes, in-process SDK state cache MB), the job's and the floor's alike. Pinned to
+#: the FnApiRunner: the DirectRunner would first try the PrismRunner. The cache MB is the job's
+#: ``--local-state-cache-mb`` (0, off, is its default) and wraps the floor's pipeline the same way
+#: (``in_memory_state_cache``); ``in_memory_beam_cache`` runs both with the 100 MB cache Beam's in-process worker
+#: makes by itself. Worker processes take their cache from ``--max_cache_memory_usage_mb`` (0 by default).
+_IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
+_MODE_ARGS = {"in_memory": (_IN_MEMORY, 1, 0),
+              "in_memory_beam_cache": (_IN_MEMORY, 1, 100),
               "multi_processing": (["--runner=FnApiRunner", "--direct_num_workers=2",
-                                    "--direct_running_mode=multi_processing"], 2)}
+                                    "--direct_running_mode=multi_processing"], 2, 0)}
 
 
 def make_model(workdir: Path, backend: str, seed: int = 0) -> str:
@@ -113,25 +121,26 @@ def _cpu() -> float:
     return sum(_cpu_split())
 
 
-def _job(model: str, input_path: str, out: str, beam_args: list[str]) -> tuple[float, float, float, dict]:
+def _job(model: str, input_path: str, out: str, beam_args: list[str], cache_mb: int) -> tuple[float, float, float, dict]:
     """``(wall s, CPU s, CPU s of the worker processes, summary)`` of one job run."""
     from rnnstream.beam_jobs import stream_job
 
     start, (own, kids) = time.perf_counter(), _cpu_split()
     stream_job.run(["--model", model, "--input", input_path, "--output", out, "--chunk-size", str(CHUNK),
-                    "--no-per-stream-metrics", *beam_args])
+                    "--no-per-stream-metrics", "--local-state-cache-mb", str(cache_mb), *beam_args])
     own_end, kids_end = _cpu_split()
     wall, workers = time.perf_counter() - start, kids_end - kids
     return wall, own_end - own + workers, workers, json.loads(Path(out, "summary.json").read_text())
 
 
-def _floor_dofn(streams: int, chunks: int, beam_args: list[str]) -> tuple[float, float]:
+def _floor_dofn(streams: int, chunks: int, beam_args: list[str], cache_mb: int) -> tuple[float, float]:
     """``(wall s, CPU s)`` of the bare keyed stateful DoFn pipeline (floor (1)) over ``streams x chunks`` elements."""
     import apache_beam as beam
     import numpy as np
     from apache_beam.coders import BytesCoder
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+    from rnnstream.beam_jobs.common import in_memory_state_cache
     from rnnstream.beam_jobs.session_state import StreamStateCoder  # noqa: F401  (same imports as the job)
 
     class StateFn(beam.DoFn):
@@ -146,7 +155,7 @@ def _floor_dofn(streams: int, chunks: int, beam_args: list[str]) -> tuple[float,
 
     payload = bytes(2 * CHUNK)
     start, cpu = time.perf_counter(), _cpu()
-    with beam.Pipeline("DirectRunner", options=PipelineOptions(beam_args)) as p:
+    with in_memory_state_cache(cache_mb), beam.Pipeline("DirectRunner", options=PipelineOptions(beam_args)) as p:
         _ = (p | beam.Create(list(range(streams)))
              | beam.FlatMap(lambda s: [(f"mic-{s}", payload)] * chunks)
              | beam.ParDo(StateFn()))
@@ -185,19 +194,19 @@ def run_mode(model: str, inputs: dict, workdir: str, mode: str, repeats: int) ->
         from bench._report import single_thread
 
         single_thread()
-    beam_args, _ = _MODE_ARGS[mode]
+    beam_args, _, cache_mb = _MODE_ARGS[mode]
     rounds = []
     for r in range(repeats):
         row: dict = {"load_before": os.getloadavg()[0]}
         for size in ("full", "small"):
             path, n, streams = inputs[size]
-            wall, cpu, workers, summary = _job(model, path, f"{workdir}/out_{mode}_{size}_{r}", beam_args)
+            wall, cpu, workers, summary = _job(model, path, f"{workdir}/out_{mode}_{size}_{r}", beam_args, cache_mb)
             _check(summary, n, f"{mode} {size} round {r}")
             row[f"job_{size}"], row[f"job_cpu_{size}"], row[f"summary_{size}"] = wall, cpu, summary
             row[f"job_workers_cpu_{size}"] = workers
             # the floor is cheap and its start-up varies (multi_processing: +-0.2 CPU-s per run, as large as the
             # floor itself over 9,000 chunks): the median of FLOOR_RUNS runs per size
-            runs = [_floor_dofn(streams, n // streams, beam_args) for _ in range(FLOOR_RUNS)]
+            runs = [_floor_dofn(streams, n // streams, beam_args, cache_mb) for _ in range(FLOOR_RUNS)]
             row[f"floor_{size}"] = statistics.median(w for w, _ in runs)
             row[f"floor_cpu_{size}"] = statistics.median(c for _, c in runs)
         row["push_us"], row["push_cpu_us"] = _push_us(model, inputs["full"][0])
@@ -270,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per mode")
-    ap.add_argument("--modes", default="in_memory,multi_processing")
+    ap.add_argument("--modes", default="in_memory,in_memory_beam_cache,multi_processing",
+                    help=f"comma-separated, of {', '.join(_MODE_ARGS)}")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = ap.parse_args(argv)
     load_start = os.getloadavg()[0]
@@ -311,7 +321,9 @@ def _note(args: argparse.Namespace, inputs: dict, load_start: float) -> str:
                else "PyTorch checkpoint, TorchBackend, 1 thread")
     return (
         f"Runner: Beam's FnApiRunner, pinned (`--runner=FnApiRunner`; the DirectRunner picks it for these pipelines "
-        f"after trying the PrismRunner) (`--direct_running_mode=in_memory`: one process; "
+        f"after trying the PrismRunner) (`--direct_running_mode=in_memory`: one process, with the job's default "
+        "`--local-state-cache-mb 0`, no SDK state cache; `in_memory_beam_cache`: the same with the 100 MB state cache "
+        "Beam's in-process worker makes by itself, job and floor alike; "
         f"`multi_processing`: `--direct_num_workers=2` worker processes). {args.streams} streams x {args.chunks} "
         f"chunks of 100 ms (16 kHz int16, base64 JSON), neighbours swapped with p=0.3, bounded replay with "
         f"event-time timers; GRU 2x64 over 40 log-mels ({backend}). Cells: median (min-max) over {args.repeats} "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
+from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from rnnstream.beam_jobs.common import (
     DASK_RUNNER,
@@ -16,6 +19,7 @@ from rnnstream.beam_jobs.common import (
     StatsCombineFn,
     examples_table,
     feature_config_from_options,
+    in_memory_state_cache,
     resolve_runner_aliases,
     shard_of,
 )
@@ -168,3 +172,43 @@ def test_decode_limit_flags():
     assert got == AudioLimits(max_seconds=None, max_bytes=2 * 2**20, min_rate=1)
     with pytest.raises(ConfigError, match="--max-seconds must be >= 0"):
         audio_limits_from_options(parser.parse_args(["--max-seconds", "-1"]))
+
+
+class _KeyedCount(beam.DoFn):
+    """A keyed stateful DoFn: reads and writes a running count per key (what the stream job does per stream)."""
+
+    STATE = ReadModifyWriteStateSpec("n", PickleCoder())
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):  # type: ignore[no-untyped-def]
+        n = (state.read() or 0) + 1
+        state.write(n)
+        yield element[0], n
+
+
+def _sizings_of_keyed_run(monkeypatch: pytest.MonkeyPatch, size_mb: int) -> int:
+    """objsize sizings of a 3-key, 12-element stateful pipeline on the in-memory FnApiRunner; its outputs checked."""
+    from apache_beam.runners.worker import statecache
+    from apache_beam.testing.util import assert_that, equal_to
+
+    calls = []
+    real = statecache.get_deep_size
+    monkeypatch.setattr(statecache, "get_deep_size", lambda *objs: calls.append(1) or real(*objs))
+    want = [(f"k{k}", n) for k in range(3) for n in range(1, 5)]
+    with in_memory_state_cache(size_mb):
+        with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory"])) as p:
+            counts = p | beam.Create([(f"k{i % 3}", i) for i in range(12)]) | beam.ParDo(_KeyedCount())
+            assert_that(counts, equal_to(want))
+    return len(calls)
+
+
+def test_in_memory_state_cache_off_skips_the_sizing_and_changes_no_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    before = worker_handlers.STATE_CACHE_SIZE_MB
+    sized_on = _sizings_of_keyed_run(monkeypatch, 100)  # the same counts either way (checked inside)
+    sized_off = _sizings_of_keyed_run(monkeypatch, 0)
+    assert worker_handlers.STATE_CACHE_SIZE_MB == before  # restored after each
+    assert sized_on > 0 and sized_off == 0, (sized_on, sized_off)
+    with pytest.raises(ConfigError, match="got -1"):
+        with in_memory_state_cache(-1):
+            pass

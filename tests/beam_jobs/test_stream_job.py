@@ -205,6 +205,7 @@ def write_lines(path: Path, lines: list[tuple[str, float]]) -> str:
 
 @pytest.mark.parametrize("runner_args", [
     [],
+    pytest.param(["--local-state-cache-mb", "100"], id="in_memory_state_cache_on"),  # Beam's own 100 MB cache
     pytest.param(["--direct_num_workers=2", "--direct_running_mode=multi_processing"], marks=pytest.mark.slow,
                  id="multi_processing"),
 ])
@@ -355,6 +356,9 @@ def test_cli_reports_bad_options(tmp_path: Path, model_path: str, capsys: pytest
                             "--time-domain", "processing"]) == 2
     assert stream_job.main(["--model", model_path, "--output", str(tmp_path / "o")]) == 2
     assert "exactly one source" in capsys.readouterr().err
+    assert stream_job.main(["--model", model_path, "--input", src, "--output", str(tmp_path / "o"),
+                            "--local-state-cache-mb", "-1"]) == 2
+    assert "--local-state-cache-mb must be >= 0 (0: off), got -1" in capsys.readouterr().err
     from rnnstream.cli import main as cli_main
 
     assert cli_main(["stream-job", "--help"]) == 0
