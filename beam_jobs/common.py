@@ -427,6 +427,12 @@ def job_pipeline(options: PipelineOptions | None,
         raise
 
 
+def check_state_cache_mb(size_mb: int) -> None:
+    """``--local-state-cache-mb``'s value: :class:`ConfigError` unless >= 0."""
+    if size_mb < 0:
+        raise ConfigError(f"--local-state-cache-mb must be >= 0 (0: off), got {size_mb}")
+
+
 @contextlib.contextmanager
 def in_memory_state_cache(size_mb: int) -> Iterator[None]:
     """While it is open, pipelines run by Beam's in-process FnApiRunner worker get an SDK state cache of ``size_mb``.
@@ -439,8 +445,7 @@ def in_memory_state_cache(size_mb: int) -> Iterator[None]:
     to the runner's in-memory state store, as in worker processes. The constant is restored on exit; a Beam without
     it is left alone (a warning).
     """
-    if size_mb < 0:
-        raise ConfigError(f"--local-state-cache-mb must be >= 0 (0: off), got {size_mb}")
+    check_state_cache_mb(size_mb)
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
     if not hasattr(worker_handlers, "STATE_CACHE_SIZE_MB"):

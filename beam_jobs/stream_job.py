@@ -50,6 +50,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from rnnstream.beam_jobs.common import (
     InputOptions,
+    check_state_cache_mb,
     counter_values,
     in_memory_state_cache,
     job_pipeline,
@@ -375,8 +376,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     if not bounded:
         options.view_as(StandardOptions).streaming = True
     config = config_from_options(opts, bounded)
-    if opts.local_state_cache_mb < 0:
-        raise ConfigError(f"--local-state-cache-mb must be >= 0 (0: off), got {opts.local_state_cache_mb}")
+    check_state_cache_mb(opts.local_state_cache_mb)  # before the pipeline is built
     if test_pipeline is None and not names_runner(argv) and bounded and config.time_domain == "event":
         # the FnApiRunner: what Beam's DirectRunner picks for this pipeline, without its first try at the
         # PrismRunner (see BATCH_DEFAULT_RUNNER); streaming sources and processing-time timers keep the DirectRunner

@@ -23,7 +23,8 @@ PCM16_SCALE = 32768.0
 SampleEncoding = Literal["float32", "int16"]
 #: The wire dtype of each encoding (the stream job's messages, the WebSocket frames, ``POST /predict`` bodies).
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "int16": np.dtype("<i2")}
-_NATIVE: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}  # this machine's order; the singletons
+#: The same in this machine's byte order (the singletons).
+_NATIVE: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "int16": np.dtype(np.int16)}
 _F32 = np.dtype(np.float32)
 
 

@@ -93,7 +93,8 @@ def _header(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         raise StateError(f"snapshot format {header.get('format')!r} is not supported (expected {SNAPSHOT_FORMAT!r})")
     for key, kind in (("samples_seen", int), ("frames_seen", int), ("t", (int, float)), ("stream_id", str)):
         value = header.get(key)
-        if isinstance(value, bool) or not isinstance(value, kind) or (kind is int and isinstance(value, int) and value < 0):
+        negative = kind is int and isinstance(value, int) and value < 0
+        if isinstance(value, bool) or not isinstance(value, kind) or negative:
             raise StateError(f"snapshot header field {key!r} is {value!r}; expected {getattr(kind, '__name__', 'a number')}")
     if not np.isfinite(header["t"]):
         raise StateError(f"snapshot header field 't' is {header['t']!r}; expected a finite number")
