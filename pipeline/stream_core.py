@@ -364,12 +364,12 @@ class StreamCore(EventsMixin):
         if self._count_hook is not None:
             self._count_hook(state.stream, name, n)
 
-    def _dead(self, state: StreamState, error: RnnstreamError, msg: ChunkMessage | None,
+    def _dead(self, state: StreamState, error: Exception, msg: ChunkMessage | None,
               seq: int | None = None) -> Record:
         self._count(state, "dead_letters")
         return dead_letter(error, stream=state.stream, seq=msg.seq if msg is not None else seq, message=msg)
 
-    def _refuse(self, state: StreamState, msg: ChunkMessage, error: RnnstreamError) -> list[Record]:
+    def _refuse(self, state: StreamState, msg: ChunkMessage, error: Exception) -> list[Record]:
         """A chunk the stream cannot take: a dead letter, its seq a gap at once (then the end, if it was one)."""
         state.skipped = (state.skipped + [msg.seq])[-_SKIPPED_KEEP:]
         state.ready[:0] = [("gap", [msg.seq], f"chunk {msg.seq} rejected by the runtime")] + (

@@ -175,7 +175,9 @@ def _keep_prev(step: Step) -> None:
     step.prev = copy.copy(step.session)
 
 
-Outcome = ChunkResult | RnnstreamError
+#: What stepping a chunk gave: its result, or the exception that refused it (a stepper such as
+#: ``batching.step_streams_contained`` may return any exception it contained, not only a :class:`RnnstreamError`).
+Outcome = ChunkResult | Exception
 
 
 def prediction_record(step: Step, result: ChunkResult, flushed: ChunkResult | None) -> Record:
