@@ -233,10 +233,11 @@ class StreamClient:
 
     def _route(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        channel = msg.get("channel")
+        ch = msg.get("channel")
+        channel: int | None = ch if isinstance(ch, int) and not isinstance(ch, bool) else None
         if kind == "started":
-            entry = self._starting.get(channel)
-            if entry is not None and not entry[0].done():
+            entry = None if channel is None else self._starting.get(channel)
+            if channel is not None and entry is not None and not entry[0].done():
                 entry[0].set_result(msg)
                 self.streams[channel] = entry[1]
             return
@@ -261,9 +262,9 @@ class StreamClient:
             for stream in self.streams.values():
                 stream._deliver(msg)
             return
-        stream = self.streams.get(channel)
-        if stream is not None:
-            stream._deliver(msg)
+        target = None if channel is None else self.streams.get(channel)
+        if channel is not None and target is not None:
+            target._deliver(msg)
             if kind in ("ended", "evicted"):
                 del self.streams[channel]
 

@@ -14,7 +14,7 @@ histograms of every worker that ran, gauges of the live ones) plus the model-inf
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import prometheus_client
@@ -29,6 +29,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -43,7 +45,7 @@ def observe_many(hist: Histogram, amounts: Sequence[float]) -> None:
     if not len(amounts):
         return
     buckets, bounds, total = (getattr(hist, name, None) for name in ("_buckets", "_upper_bounds", "_sum"))
-    if buckets is None or bounds is None or total is None or getattr(hist, "_labelnames", ()):
+    if buckets is None or bounds is None or total is None or bool(getattr(hist, "_labelnames", None)):
         for amount in amounts:
             hist.observe(amount)
         return
@@ -56,11 +58,11 @@ def observe_many(hist: Histogram, amounts: Sequence[float]) -> None:
 class _Single:
     """One collector of another registry, to render it alone."""
 
-    def __init__(self, collector: object):
+    def __init__(self, collector: Collector):
         self._collector = collector
 
-    def collect(self):  # noqa: ANN201 -- prometheus_client's collector protocol
-        return self._collector.collect()  # type: ignore[attr-defined]
+    def collect(self) -> Iterable[Metric]:
+        return self._collector.collect()
 
 
 class ServerMetrics:
@@ -75,11 +77,13 @@ class ServerMetrics:
         PlatformCollector(registry=r)
         p = "rnnstream_serve_"
         self.model_info = Info(p + "model", "the model served: weights hash, task, version, input kind", registry=r)
-        live = dict(multiprocess_mode="livesum")  # summed over the live workers (ignored in one process)
-        self.workers_up = Gauge(p + "workers_up", "server processes serving", registry=r, **live)
+        # these three gauges: summed over the live workers (ignored in one process)
+        self.workers_up = Gauge(p + "workers_up", "server processes serving", registry=r, multiprocess_mode="livesum")
         self.workers_up.set(1)
-        self.connections_open = Gauge(p + "connections_open", "WebSocket connections open", registry=r, **live)
-        self.streams_open = Gauge(p + "streams_open", "streams (sessions) held by the server", registry=r, **live)
+        self.connections_open = Gauge(p + "connections_open", "WebSocket connections open", registry=r,
+                                      multiprocess_mode="livesum")
+        self.streams_open = Gauge(p + "streams_open", "streams (sessions) held by the server", registry=r,
+                                  multiprocess_mode="livesum")
         self.streams_started = Counter(p + "streams_started", "streams started (resumed ones included)", registry=r)
         self.chunks = Counter(p + "chunks", "chunks accepted into a stream's queue", registry=r)
         self.predictions = Counter(p + "predictions", "chunk predictions sent", registry=r)

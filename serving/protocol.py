@@ -78,7 +78,7 @@ from rnnstream.pipeline.stream_checks import check_stream_id as core_check_strea
 try:
     import orjson as _orjson
 except ImportError:  # the standard library's json does the same, slower
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 PROTOCOL = "rnnstream.serve/2"
 HEADER = struct.Struct("<II")

@@ -123,7 +123,9 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
                                      shutdown_timeout=cfg.shutdown_timeout_s)
         await self._runner.setup()
         if handoff is not None:
-            handoff.attach(self._runner.server, lambda: len(self.streams))
+            server = self._runner.server
+            assert server is not None, "AppRunner.setup() makes the server"  # aiohttp's invariant, not input
+            handoff.attach(server, lambda: len(self.streams))
             self._handoff = handoff
             self.port, self.http_port = handoff.port, handoff.http_port
         else:
@@ -245,10 +247,11 @@ class StreamServer(WsMixin, StartMixin, StateMixin, HttpMixin):
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; its socket names the port picked for 0
-    if server is None or not getattr(server, "sockets", None):
+    # aiohttp keeps the asyncio server in site._server; its socket names the port picked for 0
+    sockets = getattr(site._server, "sockets", None)
+    if not sockets:
         raise ConfigError("the HTTP site did not bind a socket")
-    return int(server.sockets[0].getsockname()[1])
+    return int(sockets[0].getsockname()[1])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class StartMixin:
                                   f"not {msg.dtype!r}", **where)
 
     async def _start(self: StreamServer, conn: Connection, msg: P.Start) -> None:
-        where = {"channel": msg.channel, "stream": msg.stream}
+        where: dict[str, Any] = {"channel": msg.channel, "stream": msg.stream}
         self._check_start(conn, msg, where)
         conn.starting.add(msg.channel)
         self._starting += 1

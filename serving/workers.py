@@ -163,7 +163,7 @@ class Supervisor:
                 if index is None:
                     index = next(i for i, p in waiting.items() if p is obj)
                     try:
-                        kind, detail = obj.recv()
+                        kind, detail = waiting[index].recv()
                     except EOFError:
                         kind, detail = "error", "it exited before it was ready"
                 else:

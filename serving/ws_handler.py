@@ -296,7 +296,7 @@ class WsMixin:
         """The batch could not even be scheduled (a bug): each chunk still gets an answer, an error."""
         log.error("a batch of %d streams failed outside the model: %s: %s", len(items), type(exc).__name__, exc)
         for bs, seq in items:
-            stream: Stream = bs  # type: ignore[assignment]
+            stream: Stream = bs
             stream.conn.queued_bytes -= stream.sizes.pop(seq, 0)
             stream.steps.pop(seq, None)
             if stream.closed:
