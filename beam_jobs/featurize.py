@@ -221,7 +221,7 @@ class FileFeaturizer:
         samples = decode_audio(data, self.config, name=record.path, limits=self.limits)
         feats = self.audio.featurize(samples)
         if feats.shape[0] == 0:
-            audio = self.config.audio
+            audio = self.audio.cfg
             raise EmptyAudioError(
                 f"{record.path}: {samples.shape[0]} samples give no feature frame; a frame needs "
                 f"{audio.step_length} samples (hop x stack) at {audio.sample_rate} Hz"
@@ -245,7 +245,7 @@ class FileFeaturizer:
         if not segments:
             raise SensorError(
                 f"{record.path}: {ts.shape[0]} reading(s) from t={ts[0]:.6g} s to t={ts[-1]:.6g} s give no frame on "
-                f"the {self.config.sensor.rate_hz:g} Hz grid; expected readings spanning at least one grid point"
+                f"the {self.sensor.cfg.rate_hz:g} Hz grid; expected readings spanning at least one grid point"
             )
         return [
             Example(
@@ -362,7 +362,7 @@ class _FinalizeFn(beam.DoFn):
             "dead_letters": len(dead),
             "examples": sum(r.examples for r in shards),
             "frames": sum(r.frames for r in shards),
-            "shards": [r.path.rsplit("/", 1)[-1] for r in shards],
+            "shards": [(r.path or "").rsplit("/", 1)[-1] for r in shards],
             "dead_letter_kinds": dict(sorted(Counter(d.kind for d in dead).items())),
             "feature_kind": self.config.kind,
             "dim": self.config.dim,

@@ -109,6 +109,7 @@ from rnnstream.pipeline.errors import (
 
 if TYPE_CHECKING:
     from rnnstream.pipeline.audio_io import AudioLimits
+    from rnnstream.pipeline.streaming import Prediction
 
 LOG = logging.getLogger(__name__)
 
@@ -203,8 +204,8 @@ class _CheckItemFn(beam.DoFn):
 
 
 def _to_prediction(result: PredictionResult) -> PredictionRecord:
-    item: InferItem = result.example
-    preds = result.inference
+    item: InferItem = result.example  # type: ignore[assignment]  # RnnModelHandler's PredictionResult
+    preds: list[Prediction] = result.inference  # type: ignore[assignment]
     last = preds[-1]
     segments = [p.to_dict() for p in preds] if len(preds) > 1 else None
     return PredictionRecord(id=item.id, path=item.path, predicted=last.label, scores=list(last.values),

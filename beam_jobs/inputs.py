@@ -11,7 +11,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from apache_beam.io.filesystem import BeamIOError
@@ -41,7 +41,7 @@ def _broken_links(pattern: str) -> list[str]:
             return [pattern]
         if not os.path.isdir(pattern):
             return []
-        names = (os.path.join(d, f) for d, _, files in os.walk(pattern) for f in files)
+        names: Iterator[str] = (os.path.join(d, f) for d, _, files in os.walk(pattern) for f in files)
     else:
         names = iter(glob.glob(pattern, recursive=True))
     return sorted(n for n in names if os.path.islink(n) and not os.path.exists(n))

@@ -70,7 +70,7 @@ from rnnstream.pipeline.stream_checks import (
 )
 
 AUDIO_DTYPES = WIRE_DTYPES  # the sample codec's encodings: "audio_dtype" -> wire dtype
-SENSOR_DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
+SENSOR_DTYPES: dict[str, np.dtype] = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
 _KNOWN_FIELDS = {"stream", "seq", "event_time", "kind", "end", "model", "sample_rate", "audio", "sensor", "snapshot"}
 #: Longest message accepted (bytes of its line); a stream's chunk is a few KB, a resume snapshot at most 4 MiB.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -229,7 +229,8 @@ def _parse_head(obj: dict[str, Any]) -> dict[str, Any]:
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
         raise MessageError(f"stream {stream!r} seq {seq}: 'model' must be a string, got {short_repr(model)}")
-    return {"stream": stream, "seq": seq, "event_time": float(et), "kind": kind, "end": end, "model": model}
+    event_time = float(et)  # type: ignore[arg-type]  # check_head: a finite number
+    return {"stream": stream, "seq": seq, "event_time": event_time, "kind": kind, "end": end, "model": model}
 
 
 def _with(head: dict[str, Any], **fields: Any) -> ChunkMessage:
@@ -282,6 +283,8 @@ def encode_message(msg: ChunkMessage, *, audio_dtype: str = "float32") -> str:
             data = encode_samples(msg.audio, audio_dtype)  # type: ignore[arg-type]
             obj["audio"] = {"dtype": audio_dtype, "data": base64.b64encode(data).decode("ascii")}
     if msg.timestamps is not None:
+        if msg.values is None:
+            raise MessageError(f"{msg.describe()}: sensor timestamps without values; expected values [N, C]")
         obj["sensor"] = {"timestamps": _array(msg.timestamps, "float64"), "values": _array(msg.values, "float64")}
     return json.dumps(obj, separators=(",", ":"))
 

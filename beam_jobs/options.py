@@ -242,11 +242,11 @@ def feature_config_from_options(opts: Any) -> FeatureConfig:
     audio_given = [f for f in AUDIO_FLAGS if getattr(opts, f) is not None] + (["no_resample"] if opts.no_resample else [])
     if audio_given:
         raise ConfigError(f"audio options {audio_given} do not apply to sensor tables (--sensor-columns is set)")
-    section = base.sensor if base is not None and base.kind == "sensor" else SensorConfig()
+    sensor_base = base.sensor if base is not None and base.kind == "sensor" else SensorConfig()
     changes = {f: getattr(opts, f) for f in SENSOR_FLAGS if getattr(opts, f) is not None}
     if opts.sensor_columns is not None:
         changes["columns"] = tuple(c.strip() for c in opts.sensor_columns.split(",") if c.strip())
-    return FeatureConfig(kind="sensor", audio=None, sensor=SensorConfig(**{**section.__dict__, **changes}))
+    return FeatureConfig(kind="sensor", audio=None, sensor=SensorConfig(**{**sensor_base.__dict__, **changes}))
 
 
 def resolve_runner_aliases(argv: Sequence[str], default_runner: str | None = None) -> list[str]:

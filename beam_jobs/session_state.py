@@ -114,7 +114,7 @@ def _pack_session(v: SessionValue) -> tuple[Any, ...]:
 def _unpack_session(t: tuple[Any, ...]) -> SessionValue:
     token, model, rate, samples, frames, time_s, ended, carry, last, states, rs = t
     resampler = None if rs is None else (rs[0], dict(rs[1]))
-    return SessionValue(tuple(token), model, rate, samples, frames, time_s, ended, carry, last,  # type: ignore[arg-type]
+    return SessionValue(tuple(token), model, rate, samples, frames, time_s, ended, carry, last,
                         dict(states), resampler)
 
 

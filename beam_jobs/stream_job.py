@@ -40,7 +40,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder, PickleCoder
@@ -68,6 +68,7 @@ from rnnstream.beam_jobs.stateful import (
     EVENTS,
     StreamInference,
     StreamJobConfig,
+    TimeDomainName,
 )
 from rnnstream.pipeline.errors import ConfigError, RnnstreamError
 
@@ -347,7 +348,7 @@ def _read_messages(p: beam.Pipeline, io_opts: InputOptions, opts: StreamJobOptio
 
 
 def config_from_options(opts: StreamJobOptions, bounded: bool) -> StreamJobConfig:
-    domain = opts.time_domain or "event"
+    domain = cast(TimeDomainName, opts.time_domain or "event")  # StreamJobConfig refuses any other value
     if bounded and domain != "event":
         raise ConfigError("a bounded --input replay needs --time-domain event (the final watermark resolves gaps)")
     return StreamJobConfig(

@@ -83,6 +83,16 @@ def test_sensor_payload_as_lists_and_base64() -> None:
     assert listed.size == 3
 
 
+
+def test_encoding_a_sensor_chunk_without_values_is_refused() -> None:
+    """A hand-made message with timestamps but no values is an error naming the stream, not a 0-d array."""
+    from rnnstream.pipeline.stream_checks import ChunkMessage
+
+    msg = ChunkMessage("pump-1", 3, 0.0, timestamps=np.array([0.0, 0.5]))
+    with pytest.raises(MessageError, match=r"pump-1.*seq 3.*timestamps without values"):
+        encode_message(msg)
+
+
 def test_resume_round_trip() -> None:
     back = parse_message(encode_message(resume("a", 7, 1.0, b"\x00snapshot\xff")))
     assert (back.kind, back.seq, back.snapshot) == ("resume", 7, b"\x00snapshot\xff")

@@ -1,5 +1,5 @@
-"""The runtime layer and the server type-check: ``mypy`` over ``rnnstream``, ``rnnstream.api``,
-``rnnstream.pipeline`` and ``rnnstream.serving``.
+"""The runtime layer and the adapters type-check: ``mypy`` over ``rnnstream``, ``rnnstream.api``,
+``rnnstream.pipeline``, ``rnnstream.serving`` and ``rnnstream.beam_jobs``.
 
 The wheel ships ``py.typed``, so users' type checkers read these annotations; this keeps them consistent with the
 code. mypy cannot follow the editable install's import hook, so the check runs on a tree of links that mirrors the
@@ -43,7 +43,8 @@ def _mypy(root: Path, *targets: str) -> subprocess.CompletedProcess[str]:
 def test_runtime_layer_type_checks(tmp_path):
     pytest.importorskip("mypy", reason="mypy is in the dev extra (make install)")
     root = _wheel_layout(tmp_path)
-    res = _mypy(root, "-p", "rnnstream.pipeline", "-m", "rnnstream.api", "-m", "rnnstream", "-p", "rnnstream.serving")
+    res = _mypy(root, "-p", "rnnstream.pipeline", "-m", "rnnstream.api", "-m", "rnnstream", "-p", "rnnstream.serving",
+                "-p", "rnnstream.beam_jobs")
     assert res.returncode == 0, res.stdout + res.stderr
 
 
