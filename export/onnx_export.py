@@ -40,7 +40,7 @@ import torch
 
 from rnnstream.export.quantize import QuantizationReport, compare_quantized, quantize_int8
 from rnnstream.models.ensemble import StreamingEnsemble
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel, StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, ExportError, RnnstreamError
 from rnnstream.pipeline.model_config import base_state_name
@@ -69,7 +69,7 @@ class StepGraph(torch.nn.Module):
     ``model.state_spec()`` order. Returns ``(output [B, T, O], *new_states)`` in the same order.
     """
 
-    def __init__(self, model: StreamingRNN, frontend: torch.nn.Module | None = None):
+    def __init__(self, model: StreamingModel, frontend: torch.nn.Module | None = None):
         super().__init__()
         self.model = model
         self.frontend = frontend
@@ -196,8 +196,8 @@ def export_with_report(
                         tolerance=tolerance, quantization=qreport)
 
 
-def _check_exportable(model: StreamingRNN, feature_config: FeatureConfig, labels: list[str], *, raw_audio: bool,
-                      quantize: str | None) -> StreamingRNN:
+def _check_exportable(model: StreamingModel, feature_config: FeatureConfig, labels: list[str], *, raw_audio: bool,
+                      quantize: str | None) -> StreamingModel:
     """The model on the CPU in eval mode, once it is known to export as asked (the errors of
     :func:`export_with_report`, before any tracing)."""
     if quantize not in (None, "int8"):
@@ -214,7 +214,7 @@ def _check_exportable(model: StreamingRNN, feature_config: FeatureConfig, labels
 
 
 def _resolve(model_or_ckpt: Any, feature_config: FeatureConfig | None,
-             labels: Sequence[str] | None) -> tuple[StreamingRNN, FeatureConfig, list[str]]:
+             labels: Sequence[str] | None) -> tuple[StreamingModel, FeatureConfig, list[str]]:
     if isinstance(model_or_ckpt, (StreamingRNN, StreamingEnsemble)):
         if feature_config is None:
             raise ConfigError("export_onnx(model, ...) needs the model's feature_config (or pass a checkpoint path)")

@@ -127,7 +127,7 @@ class BatchAugment:
     def without_band_options(self) -> BatchAugment:
         """This augmentation without its gain, equaliser, band warp and bend, and reverberation (what fits features
         other than log-mel)."""
-        return dataclasses.replace(self, **{f: 0.0 for f in _BAND_FIELDS})
+        return dataclasses.replace(self, **{f: 0.0 for f in _BAND_FIELDS})  # type: ignore[arg-type]  # float fields
 
     @classmethod
     def parse(cls, text: str) -> "BatchAugment":

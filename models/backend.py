@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ShapeError, StateError
 from rnnstream.models.frontend import AudioFrontend
@@ -20,7 +20,7 @@ class TorchBackend:
     ``raw_audio=True`` puts :class:`AudioFrontend` in front, mirroring the ``--raw-audio`` ONNX graph.
     """
 
-    def __init__(self, model: StreamingRNN, feature_config: FeatureConfig, labels: Sequence[str] = (),
+    def __init__(self, model: StreamingModel, feature_config: FeatureConfig, labels: Sequence[str] = (),
                  *, raw_audio: bool = False, device: str | torch.device = "cpu"):
         if model.config.bidirectional:
             model.step(torch.zeros(1, 0, model.config.input_dim), {})  # raises the explanatory StateError

@@ -25,7 +25,7 @@ from rnnstream.models.checkpoint import load_checkpoint, save_checkpoint
 from rnnstream.models.data import TaskData
 from rnnstream.models.evaluate import check_compatible
 from rnnstream.models.fit import Callback, FitState, cpu_weights
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import CheckpointError, DatasetError
 
@@ -204,7 +204,7 @@ class Progress(Callback):
                                  dynamic_ncols=True, file=sys.stderr)
         self.bar.update(1)
         if state.step % 10 == 0:
-            self.bar.set_postfix(loss=f"{float(state.loss_sum) / max(state.count, 1):.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{state.loss_sum / max(state.count, 1):.4f}", refresh=False)
 
     def _close(self) -> None:
         if self.bar is not None:
@@ -225,7 +225,7 @@ class Progress(Callback):
 class Resumed:
     """A checkpoint's resume state: the model with the last epoch's weights, the best weights, the rest."""
 
-    model: StreamingRNN
+    model: StreamingModel
     best_weights: dict[str, Tensor]
     state: dict[str, Any]
     stats: dict[str, Any] | None
@@ -286,7 +286,7 @@ class ModelCheckpoint(Callback):
         resume.update(rng=torch.get_rng_state(), train_config=self.train_config)
         best = copy.deepcopy(state.model).cpu()
         best.load_state_dict(state.best_weights)
-        save_checkpoint(self.path, best, self.feature_config, labels=list(self.labels), stats=self.stats,  # type: ignore[arg-type]
+        save_checkpoint(self.path, best, self.feature_config, labels=list(self.labels), stats=self.stats,
                         extra={"epoch": state.epoch, "best_epoch": state.best_epoch, "resume": resume})
         state.last_checkpoint = (self.path, state.epoch)
 

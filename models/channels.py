@@ -70,19 +70,20 @@ def sub_config(config: FeatureConfig, dims: Sequence[int]) -> FeatureConfig:
         raise ConfigError("selecting feature channels is supported for sensor data only, not audio features")
     names = channel_names(config)
     sensor = config.sensor
-    n_cov = 2 * len(sensor.time_features)  # type: ignore[union-attr]
+    if sensor is None:
+        raise ConfigError("a sensor feature config without its sensor section")
+    n_cov = 2 * len(sensor.time_features)
     covariates = names[len(names) - n_cov:] if n_cov else []
     picked = [names[d] for d in dims]
     if n_cov and picked[len(picked) - n_cov:] != covariates and set(picked) & set(covariates):
         raise ConfigError(f"the calendar covariates {covariates} are kept all together and last; selected {picked}")
     keep_cov = bool(n_cov) and picked[len(picked) - n_cov:] == covariates
     picked = picked[: len(picked) - n_cov] if keep_cov else picked
-    flag = sensor.gap_policy == "flag"  # type: ignore[union-attr]
+    flag = sensor.gap_policy == "flag"
     if flag and picked[-1:] != ["gap"]:
         raise ConfigError(f"sensor data with gap_policy='flag' must keep the 'gap' channel last; selected {picked}")
     cols = tuple(p for p in picked if not (flag and p == "gap"))
-    return replace(config, sensor=replace(sensor, columns=cols,  # type: ignore[arg-type]
-                                          time_features=sensor.time_features if keep_cov else ()))  # type: ignore[union-attr]
+    return replace(config, sensor=replace(sensor, columns=cols, time_features=sensor.time_features if keep_cov else ()))
 
 
 __all__ = ["channel_names", "resolve_channels", "select_channels", "sub_config"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnstream.models.rnn import ModelConfig, StreamingRNN, build_model
+from rnnstream.models.rnn import ModelConfig, StreamingModel, build_model
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import CheckpointError
 
@@ -25,7 +25,7 @@ CHECKPOINT_FORMAT = "rnnstream.checkpoint/1"
 class Checkpoint:
     """A loaded checkpoint: the model (eval mode, CPU) and what it needs to run."""
 
-    model: StreamingRNN
+    model: StreamingModel
     feature_config: FeatureConfig
     labels: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # RunningStats.to_dict() of the training data
@@ -34,7 +34,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str,
-    model: StreamingRNN,
+    model: StreamingModel,
     feature_config: FeatureConfig,
     *,
     labels: list[str] | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ class StreamingEnsemble(nn.Module):
     ``m<i>_<name>``. ``feat_mean`` / ``feat_std`` are the members' (shared) normalisation statistics.
     """
 
+    feat_mean: torch.Tensor  # buffers [input_dim]
+    feat_std: torch.Tensor
+
     def __init__(self, members: Sequence[StreamingRNN]):
         super().__init__()
         members = list(members)
@@ -56,6 +60,11 @@ class StreamingEnsemble(nn.Module):
         self.register_buffer("feat_mean", members[0].feat_mean.detach().clone())
         self.register_buffer("feat_std", members[0].feat_std.detach().clone())
         self._member_names = [[(f"m{i}_{s.name}", s.name) for s in m.state_spec()] for i, m in enumerate(members)]
+
+    @property
+    def models(self) -> list[StreamingRNN]:
+        """The members, typed (``self.members`` is the ``nn.ModuleList`` that registers them)."""
+        return [cast(StreamingRNN, m) for m in self.members]
 
     # -- state API (as StreamingRNN's) ---------------------------------------------------------
     def state_spec(self) -> list[StateSpec]:
@@ -79,7 +88,7 @@ class StreamingEnsemble(nn.Module):
                                  f"{list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
             self.check_state(state, x.shape[0])
         outputs, new_state = [], {}
-        for member, names in zip(self.members, self._member_names):
+        for member, names in zip(self.models, self._member_names):
             y, new = member.step(x, {own: state[full] for full, own in names})
             outputs.append(y)
             new_state.update({full: new[own] for full, own in names})
@@ -95,19 +104,19 @@ class StreamingEnsemble(nn.Module):
 
     def forecast_view(self, y: Tensor) -> Tensor:
         """As :meth:`StreamingRNN.forecast_view` (the members share the config)."""
-        return self.members[0].forecast_view(y)
+        return self.models[0].forecast_view(y)
 
     # -- identity ---------------------------------------------------------------------------------
     def weights_hash(self) -> str:
         """SHA-256 (hex, 16 chars) of the config and the members' weights hashes, in order."""
         h = hashlib.sha256(self.config.to_json().encode())
-        for m in self.members:
+        for m in self.models:
             h.update(m.weights_hash().encode())
         return h.hexdigest()[:16]
 
     def stats_hash(self) -> str:
         """The members' (shared) normalisation statistics' hash."""
-        return self.members[0].stats_hash()
+        return self.models[0].stats_hash()
 
 
 def _check_members(members: list[StreamingRNN]) -> None:

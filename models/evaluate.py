@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 
 from rnnstream.models.data import Batch, TaskData, batch_order
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel, StreamingRNN
 from rnnstream.models.tasks import task_for
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError
 
 
-def check_compatible(model: StreamingRNN, data: TaskData, where: str = "model") -> None:
+def check_compatible(model: StreamingModel, data: TaskData, where: str = "model") -> None:
     """Raise a typed error unless ``model`` can train on / score ``data`` (dims, task, classes, horizon)."""
     c = model.config
     if data.input_dim != c.input_dim:
@@ -34,7 +34,7 @@ def check_compatible(model: StreamingRNN, data: TaskData, where: str = "model") 
 
 
 @torch.no_grad()
-def predict_batches(model: StreamingRNN, data: TaskData, batch_size: int,
+def predict_batches(model: StreamingModel, data: TaskData, batch_size: int,
                     device: torch.device) -> Iterator[tuple[Tensor, Batch, Tensor]]:
     """``(idx, batch, out)`` over ``data`` in order; ``out [B, T, O]`` is the model's per-frame output."""
     for idx in batch_order(data, batch_size, shuffle=False, bucket=False):
@@ -52,7 +52,7 @@ def _remapped(batch: Batch, remap: Tensor) -> Batch:
 
 
 @torch.no_grad()
-def evaluate(model: StreamingRNN, data: TaskData, *, labels: Sequence[str] | None = None,
+def evaluate(model: StreamingModel, data: TaskData, *, labels: Sequence[str] | None = None,
              batch_size: int = 256, device: str | torch.device | None = None) -> dict[str, Any]:
     """Score ``model`` on ``data`` (JSON-ready dict).
 
@@ -91,7 +91,7 @@ def evaluate(model: StreamingRNN, data: TaskData, *, labels: Sequence[str] | Non
 
 
 @torch.no_grad()
-def forecast_predictions(model: StreamingRNN, data: TaskData, limit: int | None = None,
+def forecast_predictions(model: StreamingModel, data: TaskData, limit: int | None = None,
                          batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Last-frame forecasts and truth, both ``[N, H, Dt]`` in the normalised scale (first ``limit`` windows)."""
     preds, truths = [], []

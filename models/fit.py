@@ -37,7 +37,7 @@ from torch import Tensor
 from rnnstream.models.data import Batch, TaskData, batch_order
 from rnnstream.models.evaluate import evaluate
 from rnnstream.models.gradients import GradTracker
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel
 from rnnstream.models.tasks import TaskSpec, task_for
 from rnnstream.pipeline.errors import TrainingDivergedError
 
@@ -75,7 +75,7 @@ class BatchLoader:
 class FitState:
     """Everything a callback may read (and the few fields it may write: ``stop``, and on resume the rest)."""
 
-    model: StreamingRNN
+    model: StreamingModel
     optimizer: torch.optim.Optimizer
     task: TaskSpec
     loader: BatchLoader
@@ -86,7 +86,7 @@ class FitState:
     start_epoch: int = 1
     epoch: int = 0  # the current epoch; after training, the last one run
     step: int = 0  # batches done in this epoch
-    loss_sum: Tensor | None = None  # this epoch's summed training loss (on the device) ...
+    loss_sum: float = 0.0  # this epoch's summed training loss (float64) ...
     count: int = 0  # ... over this many scored frames
     row: dict[str, Any] = field(default_factory=dict)  # this epoch's record (history[-1] after validation)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -136,7 +136,7 @@ def _hook(state: FitState, name: str) -> None:
         getattr(cb, name)(state)
 
 
-def fit(model: StreamingRNN, loader: BatchLoader, val_data: TaskData | None = None, *,
+def fit(model: StreamingModel, loader: BatchLoader, val_data: TaskData | None = None, *,
         optimizer: torch.optim.Optimizer, epochs: int, callbacks: Sequence[Callback] = (),
         test_data: TaskData | None = None, task: TaskSpec | None = None, clip_norm: float | None = None,
         tbptt: int | None = None, transform: Callable[[Batch], Batch] | None = None,
@@ -188,7 +188,7 @@ def _train_epoch(state: FitState, transform: Callable[[Batch], Batch] | None, tb
     """One pass over the loader's batches; leaves ``state.row`` with the epoch's training record."""
     device = state.grads.device
     state.grads.reset()
-    state.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    state.loss_sum = 0.0
     state.count = frames = 0
     t_start = time.perf_counter()
     for step, idx in enumerate(state.loader.indices(state.epoch), 1):
@@ -200,7 +200,7 @@ def _train_epoch(state: FitState, transform: Callable[[Batch], Batch] | None, tb
         _train_batch(state, batch, tbptt)
         _hook(state, "on_batch_end")
     seconds = time.perf_counter() - t_start
-    state.row = {"epoch": state.epoch, "lr": state.lr, "train_loss": float(state.loss_sum) / max(state.count, 1),
+    state.row = {"epoch": state.epoch, "lr": state.lr, "train_loss": state.loss_sum / max(state.count, 1),
                  "seconds": seconds, "frames_per_s": frames / seconds if seconds > 0 else 0.0,
                  **state.grads.summary()}
 

@@ -76,6 +76,11 @@ class AudioFrontend(torch.nn.Module):
     Batch and length stay dynamic in the exported graph.
     """
 
+    cos: torch.Tensor  # buffers: the DFT basis [win, 2U] (or folded [N/2, U] with sin), mel [U, n_mels], dct
+    sin: torch.Tensor
+    mel: torch.Tensor
+    dct: torch.Tensor
+
     def __init__(self, config: FeatureConfig | AudioConfig):
         super().__init__()
         self.cfg = cfg = audio_config_of(config, "AudioFrontend")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel
 
 
 class GradientWarning(UserWarning):
@@ -23,7 +23,7 @@ class GradTracker:
     Norms accumulate on the device (no host sync per step) until :meth:`summary`.
     """
 
-    def __init__(self, model: StreamingRNN, clip: float | None):
+    def __init__(self, model: StreamingModel, clip: float | None):
         self.params = [p for p in model.parameters() if p.requires_grad]
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         keys = [f"rnn.l{m.group(1)}" if (m := re.search(r"_l(\d+)", n)) else n.split(".")[0] for n in names]

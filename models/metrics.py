@@ -13,14 +13,14 @@ import torch
 from torch import Tensor
 
 from rnnstream.models.data import Batch
-from rnnstream.models.rnn import StreamingRNN
+from rnnstream.models.rnn import StreamingModel, StreamingRNN
 from rnnstream.pipeline.errors import DatasetError
 
 
 class Meter:
     """Accumulates one task's metrics over batches."""
 
-    def update(self, model: StreamingRNN, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
+    def update(self, model: StreamingModel, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
         raise NotImplementedError
 
     def result(self) -> dict[str, Any]:
@@ -38,7 +38,7 @@ class ClassMeter(Meter):
         self.correct = self.count = 0
         self.confusion = torch.zeros((num_classes, num_classes), dtype=torch.long)
 
-    def update(self, model: StreamingRNN, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
+    def update(self, model: StreamingModel, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
         c = self.num_classes
         if int(target.max()) >= c:
             raise DatasetError(f"label id {int(target.max())} out of range for a model with {c} classes")
@@ -95,7 +95,7 @@ class ForecastMeter(_ErrorMeter):
         self.sse = self.sae = 0.0
         self.s_values = 0
 
-    def update(self, model: StreamingRNN, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
+    def update(self, model: StreamingModel, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
         dims = list(model.config.target_dims)
         mean, std = model.feat_mean[dims], model.feat_std[dims]
         last = model.forecast_view(StreamingRNN.last_output(out, batch.lengths))  # [B, H, Dt]
@@ -135,7 +135,7 @@ class ForecastMeter(_ErrorMeter):
 class NextFrameMeter(_ErrorMeter):
     """Next-frame prediction ``[K, D]`` on every scored frame, normalised; persistence repeats the frame."""
 
-    def update(self, model: StreamingRNN, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
+    def update(self, model: StreamingModel, batch: Batch, out: Tensor, pred: Tensor, target: Tensor) -> None:
         z = (batch.x - model.feat_mean) / model.feat_std
         persist = z[:, : out.shape[1]][batch.mask]
         self._add(pred, target, persist)

@@ -25,6 +25,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str, metric: str | None
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     has_metric = metric is not None and any(metric in row for row in history)
+    metric = metric or ""
     fig, axes = plt.subplots(1, 2 if has_metric else 1, figsize=(10 if has_metric else 5.5, 3.8), squeeze=False)
     ax = axes[0, 0]
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")

@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from rnnstream.models.data import TaskData, channel_names, resolve_channels, select_channels, sub_config
 from rnnstream.models.splits import split_examples
@@ -102,6 +103,7 @@ def prepare_data(root: str, spec: DataSpec) -> PreparedData:
         fc = sub_config(fc, dims)
         examples, extra = select_channels(examples, dims), select_channels(extra, dims)
     target_dims = task.target_channels(spec, [names[d] for d in dims])
+    val: TaskData | None
     if rows:
         train, val, test = _by_rows(task, examples, spec, fc, target_dims)
     else:
@@ -128,7 +130,7 @@ def _by_rows(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: Featur
 
 
 def _by_examples(task: TaskSpec, examples: list[Example], spec: DataSpec, fc: FeatureConfig, target_dims: list[int],
-                 where: str, extra: list[Example] = ()) -> tuple[TaskData, TaskData | None, TaskData | None]:
+                 where: str, extra: Sequence[Example] = ()) -> tuple[TaskData, TaskData | None, TaskData | None]:
     """Whole examples to train / val / test (``extra``: more training examples, after the waveform copies); val and
     test use the training labels."""
     train_ex, val_ex, test_ex = split_examples(
@@ -168,8 +170,14 @@ def _wave_copies(train_ex: list[Example], spec: DataSpec, fc: FeatureConfig) -> 
     if fc.kind != "audio" or spec.channels:
         raise ConfigError("wave_copies (waveform augmentation) needs audio features with every channel")
     return augment_audio_examples(train_ex, fc, spec.wave_copies, spec.seed,
-                                  wave=WaveAugment(speed=tuple(spec.wave_speed), pitch=tuple(spec.wave_pitch),
-                                                   quiet_s=tuple(spec.wave_quiet)))
+                                  wave=WaveAugment(speed=_range(spec.wave_speed), pitch=_range(spec.wave_pitch),
+                                                   quiet_s=_range(spec.wave_quiet)))
+
+
+def _range(values: Sequence[float]) -> tuple[float, float]:
+    """A ``(lo, hi)`` range as a tuple (the spec may hold a list, e.g. from a command line); WaveAugment checks
+    that it is one, naming the field and the value."""
+    return cast(tuple[float, float], tuple(values))
 
 
 __all__ = ["DataSpec", "PreparedData", "prepare_data"]

@@ -36,7 +36,7 @@ energy normalisation (:class:`rnnstream.models.input_norm.CausalPCEN`, state ``p
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -47,7 +47,13 @@ from rnnstream.models.input_norm import CausalPCEN, decayed_sums
 from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
 from rnnstream.pipeline.model_config import ATTENTION_BOUND, Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
 
+if TYPE_CHECKING:
+    from rnnstream.models.ensemble import StreamingEnsemble
+
 State = dict[str, Tensor]
+#: What checkpoints, training and export hold: one :class:`StreamingRNN`, or a
+#: :class:`~rnnstream.models.ensemble.StreamingEnsemble` of them (the same state, step and forward API).
+StreamingModel: TypeAlias = "StreamingRNN | StreamingEnsemble"
 
 _STREAMING_REFUSAL = (
     "bidirectional models are offline only: a unidirectional RNN never looks at future frames, so it can run "
@@ -58,6 +64,9 @@ _STREAMING_REFUSAL = (
 
 class StreamingRNN(nn.Module):
     """Normalise -> RNN (RNN/LSTM/GRU) -> optional running (weighted) mean -> linear head. See the module docstring."""
+
+    feat_mean: Tensor  # buffers [input_dim]: the normalisation statistics baked into the model
+    feat_std: Tensor
 
     def __init__(self, config: ModelConfig, *, feat_mean: np.ndarray | Tensor | None = None,
                  feat_std: np.ndarray | Tensor | None = None):
@@ -405,7 +414,7 @@ def rnn_generator(*, input_dim: int, cell: Cell = "gru", hidden_size: int = 128,
 
 
 def build_model(config: ModelConfig, *, feat_mean: np.ndarray | None = None,
-                feat_std: np.ndarray | None = None) -> nn.Module:
+                feat_std: np.ndarray | None = None) -> StreamingModel:
     """A model from a stored config (checkpoints, ONNX metadata): a :class:`StreamingRNN`, or for
     ``config.ensemble > 1`` a :class:`rnnstream.models.ensemble.StreamingEnsemble` of new members."""
     if config.ensemble > 1:
@@ -421,6 +430,7 @@ __all__ = [
     "ModelConfig",
     "Pooling",
     "StateSpec",
+    "StreamingModel",
     "StreamingRNN",
     "Task",
     "crnn_classifier",

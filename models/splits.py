@@ -39,7 +39,8 @@ def split_by(examples: Sequence[Example], key: str, pattern: str) -> tuple[list[
         rx = re.compile(pattern)
     except re.error as exc:
         raise ConfigError(f"split pattern {pattern!r} is not a valid regex: {exc}") from None
-    rest, matched = [], []
+    rest: list[Example] = []
+    matched: list[Example] = []
     for e in examples:
         (matched if rx.fullmatch(example_field(e, key)) else rest).append(e)
     return rest, matched
@@ -65,7 +66,7 @@ def split_examples(examples: Sequence[Example], *, val_fraction: float = 0.1, va
         ConfigError: half a split given (a key without a regex or vice versa), a bad regex or fraction.
         DatasetError: a split matched nothing, or no training examples are left.
     """
-    rest, test = list(examples), []
+    rest, test = list(examples), list[Example]()
     if test_by or test_match:
         if not (test_by and test_match):
             raise ConfigError("a test split needs both test_by (a metadata key) and test_match (a regex)")

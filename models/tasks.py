@@ -41,7 +41,7 @@ from rnnstream.models.data import (
     tag_data,
 )
 from rnnstream.models.metrics import ClassMeter, ForecastMeter, Meter, NextFrameMeter, seasonal_period_of
-from rnnstream.models.rnn import ModelConfig, StreamingRNN
+from rnnstream.models.rnn import ModelConfig, StreamingModel
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import Example
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError
@@ -70,7 +70,7 @@ class TaskSpec:
         """Raise a typed error unless a model of ``config`` can score ``data`` (beyond dims and task)."""
 
     # ---- training ----------------------------------------------------------------------------
-    def targets(self, model: StreamingRNN, out: Tensor, batch: Batch, t0: int, t1: int) -> tuple[Tensor, Tensor] | None:
+    def targets(self, model: StreamingModel, out: Tensor, batch: Batch, t0: int, t1: int) -> tuple[Tensor, Tensor] | None:
         """``(pred, target)`` at the masked frames of window ``[t0, t1)`` (``out`` is ``[B, t1 - t0, O]``).
 
         ``None`` when no frame of the window carries a loss. Regression targets are normalised with the
@@ -82,7 +82,7 @@ class TaskSpec:
             return None
         return self._select(model, pred, batch, sel, t0, t1)
 
-    def _select(self, model: StreamingRNN, pred: Tensor, batch: Batch, sel: Tensor, t0: int,
+    def _select(self, model: StreamingModel, pred: Tensor, batch: Batch, sel: Tensor, t0: int,
                 t1: int) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -94,7 +94,7 @@ class TaskSpec:
         """This task with its training loss's targets smoothed by ``epsilon`` (classification tasks only)."""
         raise ConfigError(f"label smoothing applies to classify and tag models, not to a {self.name!r} model")
 
-    def shift_levels(self, model: StreamingRNN, batch: Batch, sigma: float) -> Batch:
+    def shift_levels(self, model: StreamingModel, batch: Batch, sigma: float) -> Batch:
         """Level-shift augmentation (regression tasks); other tasks return ``batch`` unchanged."""
         return batch
 
@@ -103,11 +103,11 @@ class TaskSpec:
         """Map ``data``'s label ids onto the model's ``labels`` (``None``: nothing to map)."""
         return None
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
+    def meter(self, model: StreamingModel, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
         """A fresh accumulator of this task's metrics (see :mod:`rnnstream.models.metrics`) for ``data``."""
         raise NotImplementedError
 
-    def plots(self, model: StreamingRNN, metrics: dict[str, Any], data: TaskData | None, out_dir: str) -> list[str]:
+    def plots(self, model: StreamingModel, metrics: dict[str, Any], data: TaskData | None, out_dir: str) -> list[str]:
         """Task-specific PNG plots of the final model (beside the loss curves); returns their paths."""
         return []
 
@@ -181,10 +181,10 @@ class _Classification(TaskSpec):
             )
         return torch.tensor([list(labels).index(name) for name in data.labels], dtype=torch.long)
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
+    def meter(self, model: StreamingModel, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
         return ClassMeter(model.config.output_dim, labels, per_frame=self.per_frame)
 
-    def plots(self, model: StreamingRNN, metrics: dict[str, Any], data: TaskData | None, out_dir: str) -> list[str]:
+    def plots(self, model: StreamingModel, metrics: dict[str, Any], data: TaskData | None, out_dir: str) -> list[str]:
         scored = metrics.get("test") or metrics.get("val")
         if scored is None:
             return []
@@ -240,12 +240,12 @@ class _Regression(TaskSpec):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(pred, target)
 
-    def shift_levels(self, model: StreamingRNN, batch: Batch, sigma: float) -> Batch:
+    def shift_levels(self, model: StreamingModel, batch: Batch, sigma: float) -> Batch:
         """Add one random offset ``N(0, (sigma * std)^2)`` per sequence and channel to inputs and targets."""
         offset = torch.randn(batch.x.shape[0], 1, batch.x.shape[2], device=batch.x.device) * (sigma * model.feat_std)
         return Batch(batch.x + offset, batch.lengths, batch.y + self._target_offset(model, offset), batch.mask)
 
-    def _target_offset(self, model: StreamingRNN, offset: Tensor) -> Tensor:
+    def _target_offset(self, model: StreamingModel, offset: Tensor) -> Tensor:
         """The input offset ``[B, 1, D]`` as it moves the targets ``y``."""
         raise NotImplementedError
 
@@ -278,7 +278,7 @@ class Forecast(_Regression):
     def _target_offset(self, model, offset):
         return offset[:, :, list(model.config.target_dims)].unsqueeze(2)  # [B, 1, 1, Dt]
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
+    def meter(self, model: StreamingModel, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
         period = model.config.seasonal_period or seasonal_period_of(getattr(data, "feature_config", None))
         return ForecastMeter(period)
 
@@ -316,7 +316,7 @@ class Generate(_Regression):
     def _target_offset(self, model, offset):
         return offset
 
-    def meter(self, model: StreamingRNN, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
+    def meter(self, model: StreamingModel, labels: tuple[str, ...], data: TaskData | None = None) -> Meter:
         return NextFrameMeter()
 
     def make_data(self, examples, spec, *, labels, last_only, feature_config, target_dims, rows=None):

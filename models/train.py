@@ -57,7 +57,7 @@ from rnnstream.models.evaluate import check_compatible, evaluate, forecast_predi
 from rnnstream.models.fit import BatchLoader, fit
 from rnnstream.models.gradients import GradientWarning
 from rnnstream.models.prepare import DataSpec, PreparedData, prepare_data
-from rnnstream.models.rnn import ModelConfig, StreamingRNN
+from rnnstream.models.rnn import ModelConfig, StreamingModel, StreamingRNN
 from rnnstream.models.metrics import seasonal_period_of
 from rnnstream.models.tasks import task_for
 from rnnstream.models.train_cli import build_parser, main
@@ -192,7 +192,7 @@ class TrainConfig(Architecture):
 class TrainResult:
     """What :func:`train` returns: the best model (eval mode, CPU) and the run's record."""
 
-    model: StreamingRNN
+    model: StreamingModel
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     best_epoch: int
@@ -205,13 +205,13 @@ class TrainResult:
     members: list["TrainResult"] = field(default_factory=list)  # an ensemble's members' own results
 
 
-def _shift_levels(model: StreamingRNN, batch: Batch, sigma: float) -> Batch:
+def _shift_levels(model: StreamingModel, batch: Batch, sigma: float) -> Batch:
     """Level-shift augmentation: one random offset per sequence and channel, added to inputs and targets."""
     return task_for(model.config).shift_levels(model, batch, sigma)
 
 
 def train(train_data: TaskData, config: TrainConfig = TrainConfig(), *, val_data: TaskData | None = None,
-          test_data: TaskData | None = None, model: StreamingRNN | None = None,
+          test_data: TaskData | None = None, model: StreamingModel | None = None,
           stats: RunningStats | None = None, feature_config: FeatureConfig | None = None,
           checkpoint: str | None = None, resume: bool = False, plots_dir: str | None = None,
           metrics_path: str | None = None) -> TrainResult:
@@ -258,7 +258,7 @@ def _train_ensemble(train_data: TaskData, cfg: TrainConfig, **kwargs: Any) -> Tr
 
 
 def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None, test_data: TaskData | None,
-           model: StreamingRNN | None, stats: RunningStats | None, feature_config: FeatureConfig | None,
+           model: StreamingModel | None, stats: RunningStats | None, feature_config: FeatureConfig | None,
            checkpoint: str | None, resume: bool, plots_dir: str | None, metrics_path: str | None) -> TrainResult:
     _check_data(train_data, val_data, test_data)
     feature_config = feature_config or train_data.feature_config
@@ -293,7 +293,7 @@ def _train(train_data: TaskData, cfg: TrainConfig, *, val_data: TaskData | None,
                        plots=state.plots, labels=labels, grad_warnings=state.grad_warnings)
 
 
-def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any, feature_config: FeatureConfig | None) -> Any:
+def _transform(cfg: TrainConfig, model: StreamingModel, task: Any, feature_config: FeatureConfig | None) -> Any:
     """The training batches' augmentation (``fit``'s ``transform``): level shifts, then ``cfg.augment``."""
     steps = []
     if cfg.level_shift:
@@ -314,7 +314,7 @@ def _transform(cfg: TrainConfig, model: StreamingRNN, task: Any, feature_config:
     return transform
 
 
-def _check_stacking(model: StreamingRNN, feature_config: FeatureConfig | None) -> None:
+def _check_stacking(model: StreamingModel, feature_config: FeatureConfig | None) -> None:
     """Stacked frames (``AudioConfig.stack > 1``) lie side by side on the feature axis: a convolution over
     frequency would slide across the copies' seams, so it is refused (a full-width temporal conv is fine)."""
     audio = feature_config.audio if feature_config is not None else None
@@ -325,7 +325,7 @@ def _check_stacking(model: StreamingRNN, feature_config: FeatureConfig | None) -
                           "temporal conv across every feature (conv_kernel T,0)")
 
 
-def _check_pcen(model: StreamingRNN, feature_config: FeatureConfig | None) -> None:
+def _check_pcen(model: StreamingModel, feature_config: FeatureConfig | None) -> None:
     """PCEN divides energies (``exp`` of the features): it needs log-mel features."""
     audio = feature_config.audio if feature_config is not None else None
     if model.config.input_norm == "pcen" and (audio is None or audio.feature != "logmel"):
@@ -359,8 +359,8 @@ def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: Task
             raise ShapeError(f"{name} data has feature dimension {d.input_dim}, training data {train_data.input_dim}")
 
 
-def _initial_model(train_data: TaskData, cfg: TrainConfig, model: StreamingRNN | None, stats: RunningStats | None,
-                   checkpoint: str | None, resume: bool) -> tuple[StreamingRNN, dict[str, Any] | None, Resumed | None]:
+def _initial_model(train_data: TaskData, cfg: TrainConfig, model: StreamingModel | None, stats: RunningStats | None,
+                   checkpoint: str | None, resume: bool) -> tuple[StreamingModel, dict[str, Any] | None, Resumed | None]:
     """``(model, normalisation stats to store, resume state)``: resumed, fine-tuned (a copy) or new."""
     if resume:
         if checkpoint is None:
@@ -416,7 +416,7 @@ def _device(spec: str) -> torch.device:
         raise ConfigError(f"unknown device {spec!r}: {exc}") from None
 
 
-def _optimizer(cfg: TrainConfig, model: StreamingRNN) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, model: StreamingModel) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
