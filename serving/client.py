@@ -233,11 +233,10 @@ class StreamClient:
 
     def _route(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        ch = msg.get("channel")
-        channel: int | None = ch if isinstance(ch, int) and not isinstance(ch, bool) else None
+        channel: Any = msg.get("channel")  # the server's channel number (an int), None on connection messages
         if kind == "started":
-            entry = None if channel is None else self._starting.get(channel)
-            if channel is not None and entry is not None and not entry[0].done():
+            entry = self._starting.get(channel)
+            if entry is not None and not entry[0].done():
                 entry[0].set_result(msg)
                 self.streams[channel] = entry[1]
             return
@@ -262,8 +261,8 @@ class StreamClient:
             for stream in self.streams.values():
                 stream._deliver(msg)
             return
-        target = None if channel is None else self.streams.get(channel)
-        if channel is not None and target is not None:
+        target = self.streams.get(channel)
+        if target is not None:
             target._deliver(msg)
             if kind in ("ended", "evicted"):
                 del self.streams[channel]
