@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from rnnstream.export.quantize import QuantizationReport, compare_quantized, quantize_int8
-from rnnstream.models.ensemble import StreamingEnsemble
-from rnnstream.models.rnn import StreamingModel, StreamingRNN
+from rnnstream.models.ensemble import StreamingEnsemble, StreamingModel
+from rnnstream.models.rnn import StreamingRNN
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, ExportError, RnnstreamError
 from rnnstream.pipeline.model_config import base_state_name

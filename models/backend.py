@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rnnstream.models.rnn import StreamingModel
+from rnnstream.models.ensemble import StreamingModel
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ShapeError, StateError
 from rnnstream.models.frontend import AudioFrontend

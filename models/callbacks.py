@@ -25,7 +25,7 @@ from rnnstream.models.checkpoint import load_checkpoint, save_checkpoint
 from rnnstream.models.data import TaskData
 from rnnstream.models.evaluate import check_compatible
 from rnnstream.models.fit import Callback, FitState, cpu_weights
-from rnnstream.models.rnn import StreamingModel
+from rnnstream.models.ensemble import StreamingModel
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import CheckpointError, DatasetError
 

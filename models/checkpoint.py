@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnstream.models.rnn import ModelConfig, StreamingModel, build_model
+from rnnstream.models.ensemble import StreamingModel
+from rnnstream.models.rnn import ModelConfig, build_model
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import CheckpointError
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from typing import cast
+from typing import TypeAlias, cast
 
 import numpy as np
 import torch
@@ -119,6 +119,11 @@ class StreamingEnsemble(nn.Module):
         return self.models[0].stats_hash()
 
 
+#: What checkpoints, training and export hold: one :class:`StreamingRNN`, or a :class:`StreamingEnsemble` of them
+#: (the same state, step and forward API).
+StreamingModel: TypeAlias = StreamingRNN | StreamingEnsemble
+
+
 def _check_members(members: list[StreamingRNN]) -> None:
     if len(members) < 2:
         raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
@@ -153,4 +158,4 @@ def build_ensemble(config: ModelConfig, *, feat_mean: np.ndarray | None = None,
                               for _ in range(config.ensemble)])
 
 
-__all__ = ["StreamingEnsemble", "build_ensemble", "combine_outputs", "ensemble_of"]
+__all__ = ["StreamingEnsemble", "StreamingModel", "build_ensemble", "combine_outputs", "ensemble_of"]

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from rnnstream.models.data import Batch, TaskData, batch_order
-from rnnstream.models.rnn import StreamingModel, StreamingRNN
+from rnnstream.models.ensemble import StreamingModel
+from rnnstream.models.rnn import StreamingRNN
 from rnnstream.models.tasks import task_for
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError
 

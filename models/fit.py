@@ -37,7 +37,7 @@ from torch import Tensor
 from rnnstream.models.data import Batch, TaskData, batch_order
 from rnnstream.models.evaluate import evaluate
 from rnnstream.models.gradients import GradTracker
-from rnnstream.models.rnn import StreamingModel
+from rnnstream.models.ensemble import StreamingModel
 from rnnstream.models.tasks import TaskSpec, task_for
 from rnnstream.pipeline.errors import TrainingDivergedError
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnstream.models.rnn import StreamingModel
+from rnnstream.models.ensemble import StreamingModel
 
 
 class GradientWarning(UserWarning):

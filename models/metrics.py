@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from rnnstream.models.data import Batch
-from rnnstream.models.rnn import StreamingModel, StreamingRNN
+from rnnstream.models.ensemble import StreamingModel
+from rnnstream.models.rnn import StreamingRNN
 from rnnstream.pipeline.errors import DatasetError
 
 

@@ -36,7 +36,7 @@ energy normalisation (:class:`rnnstream.models.input_norm.CausalPCEN`, state ``p
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,12 +48,9 @@ from rnnstream.pipeline.errors import ConfigError, ShapeError, StateError
 from rnnstream.pipeline.model_config import ATTENTION_BOUND, Cell, InputNorm, ModelConfig, Pooling, StateSpec, Task
 
 if TYPE_CHECKING:
-    from rnnstream.models.ensemble import StreamingEnsemble
+    from rnnstream.models.ensemble import StreamingModel
 
 State = dict[str, Tensor]
-#: What checkpoints, training and export hold: one :class:`StreamingRNN`, or a
-#: :class:`~rnnstream.models.ensemble.StreamingEnsemble` of them (the same state, step and forward API).
-StreamingModel: TypeAlias = "StreamingRNN | StreamingEnsemble"
 
 _STREAMING_REFUSAL = (
     "bidirectional models are offline only: a unidirectional RNN never looks at future frames, so it can run "
@@ -430,7 +427,6 @@ __all__ = [
     "ModelConfig",
     "Pooling",
     "StateSpec",
-    "StreamingModel",
     "StreamingRNN",
     "Task",
     "crnn_classifier",

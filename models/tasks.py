@@ -41,7 +41,8 @@ from rnnstream.models.data import (
     tag_data,
 )
 from rnnstream.models.metrics import ClassMeter, ForecastMeter, Meter, NextFrameMeter, seasonal_period_of
-from rnnstream.models.rnn import ModelConfig, StreamingModel
+from rnnstream.models.ensemble import StreamingModel
+from rnnstream.models.rnn import ModelConfig
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.dataset import Example
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError

@@ -57,7 +57,8 @@ from rnnstream.models.evaluate import check_compatible, evaluate, forecast_predi
 from rnnstream.models.fit import BatchLoader, fit
 from rnnstream.models.gradients import GradientWarning
 from rnnstream.models.prepare import DataSpec, PreparedData, prepare_data
-from rnnstream.models.rnn import ModelConfig, StreamingModel, StreamingRNN
+from rnnstream.models.ensemble import StreamingModel
+from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.models.metrics import seasonal_period_of
 from rnnstream.models.tasks import task_for
 from rnnstream.models.train_cli import build_parser, main
