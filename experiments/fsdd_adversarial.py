@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from typing import Any
@@ -38,8 +39,10 @@ _SPEAKER = re.compile(r"^[^_#]+_([^_#]+)_")
 
 
 def speaker_of(example_id: str) -> str:
-    """The speaker in an FSDD example id (``"3_jackson_12"``, ``"3_jackson_12#aug0"`` -> ``"jackson"``)."""
-    found = _SPEAKER.match(example_id)
+    """The speaker in an FSDD example id (``"3_jackson_12"``, ``"3_jackson_12#aug0"`` -> ``"jackson"``), read from
+    its file name (the synthetic speakers' ids are paths: ``".../synth_digits_48x2_seed0/3_synthab_1.wav"`` ->
+    ``"synthab"``)."""
+    found = _SPEAKER.match(os.path.basename(example_id))
     if found is None:
         raise ValueError(f"no speaker in example id {example_id!r}; expected <digit>_<speaker>_<take>")
     return found.group(1)

@@ -14,6 +14,12 @@ def test_speakers_come_from_fsdd_ids_and_a_bad_id_is_named():
         speaker_of("nospeaker")
 
 
+def test_synthetic_speakers_come_from_the_file_name_not_the_folder():
+    """The synthetic speakers' ids are paths whose folders hold underscores (out/x/RUN_off1_s0/synth_.../...)."""
+    path = "/w/out/repro/ADV03_off1_s0/synth_digits_48x2_seed0/3_synthab_1.wav"
+    assert speaker_of(path) == "synthab" and speaker_of(path + "#aug0") == "synthab"
+
+
 def test_the_reversal_is_the_identity_forward_and_negates_and_scales_backward():
     x = torch.randn(3, 4, requires_grad=True)
     y = reverse_gradient(x, 0.5)
