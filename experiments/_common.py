@@ -39,6 +39,40 @@ def setup_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+#: The packages whose versions decide a training run's numbers (recorded beside every run).
+ENV_PACKAGES = ("numpy", "torch", "torchaudio", "scipy", "onnxruntime", "apache-beam", "espeakng-loader")
+#: The CPU flags that pick PyTorch's and onnxruntime's kernels (and so a run's rounding).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "fma")
+
+
+def environment() -> dict[str, Any]:
+    """What a run's exact numbers depend on besides its command: Python, the packages, the CPU (model name, count,
+    kernel-picking flags). Runs repeat to the digit within one environment, not across CPUs (docs/results.md,
+    follow-up 26)."""
+    import platform
+    from importlib import metadata
+
+    versions = {}
+    for name in ENV_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: the processor string is what there is
+        model = platform.processor()
+    return {"python": platform.python_version(), "packages": versions, "cpu": model, "cpus": os.cpu_count(),
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

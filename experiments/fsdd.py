@@ -43,6 +43,7 @@ from typing import Any
 
 from experiments._common import (
     base_parser,
+    environment,
     classification_run,
     featurized,
     int_list,
@@ -483,7 +484,7 @@ def _summary(command, ds, tcfgs, featurize_s, results, seeds) -> dict:
                 "per_seed": per_seed, "seeds": list(per_seed),
             }
     return {
-        "command": command, "feature_config": ds.config.to_dict(),
+        "command": command, "environment": environment(), "feature_config": ds.config.to_dict(),
         "train_configs": {s: t.__dict__ for s, t in tcfgs.items()}, "featurize_seconds": featurize_s,
         "splits": {n: {s: {k: v for k, v in r.items() if k != "history"} for s, r in by_seed.items()}
                    for n, by_seed in results.items()},

@@ -14,7 +14,8 @@ the validation speaker) and one folder per fold with the training's ``metrics.js
 the rule: adopt only if the candidate's mean validation over the pairs is at least the base's plus ``--gate`` (and,
 with ``--min-higher``, higher in at least that many pairs). The test accuracies are printed beside, never used: the
 rule decides on validation only. With ``--refit`` runs the test printed is the selection run's; the refit's is
-printed apart.
+printed apart. It also says whether the two arms ran in one environment (``results.json``'s ``environment``:
+packages, CPU): a run repeats to the digit only in its own (docs/results.md, follow-up 26).
 """
 
 from __future__ import annotations
@@ -174,6 +175,31 @@ def confusion_report(confusions: dict[str, tuple[np.ndarray, list[str]]], top: i
     return lines
 
 
+def environment_report(base: Sequence[str], candidate: Sequence[str]) -> list[str]:
+    """One line on the environments the folders' runs recorded: the same for every folder, or which differ (the
+    comparison is then between machines or package versions as well as options), or which folders recorded none."""
+    envs = {}
+    for folder in [*base, *candidate]:
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as fh:
+            envs[folder] = json.load(fh).get("environment")
+    missing = [f for f, e in envs.items() if e is None]
+    kinds = {json.dumps(e, sort_keys=True) for e in envs.values() if e is not None}
+    lines = []
+    if len(kinds) > 1:
+        first = json.loads(sorted(kinds)[0])
+        differ = sorted({k for kind in kinds for k, v in json.loads(kind).items() if first.get(k) != v})
+        lines.append(f"WARNING: the runs recorded {len(kinds)} different environments (differing in "
+                     f"{', '.join(differ)}): their numbers differ by machine as well as by options")
+    elif kinds:
+        env = json.loads(next(iter(kinds)))
+        lines.append(f"environment: the same for all {len(envs) - len(missing)} folders that recorded one "
+                     f"({env.get('cpu')}, {env.get('cpus')} CPUs, {'/'.join(env.get('cpu_flags') or [])})")
+    if missing:
+        lines.append(f"environment not recorded by {len(missing)} folder(s) (runs before 2026-12-02 17:00 UTC), e.g. "
+                     f"{missing[0]}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.screen", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["mean", "confusions", "compare"])
@@ -196,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             pairs, alone = pair_runs(read_runs(_folders(args.base)), read_runs(folders))
             lines = compare_report(pairs, args.gate, args.min_higher)
+            lines += environment_report(_folders(args.base), folders)
             if alone:
                 lines.append(f"not paired (left out of the means): {len(alone)} runs, e.g. "
                              + ", ".join(f"{r.folder} {r.fold} s{r.seed}" for r in alone[:3]))

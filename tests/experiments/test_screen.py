@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from experiments.screen import (compare_report, main, mean_report, offset_of, pair_runs, read_runs,
-                                summed_confusions)
+from experiments._common import environment
+from experiments.screen import (compare_report, environment_report, main, mean_report, offset_of, pair_runs,
+                                read_runs, summed_confusions)
 
 
 def _folder(root, name: str, vals: dict[str, float], confusion: list[list[int]]) -> str:
@@ -96,3 +97,25 @@ def test_compare_refuses_an_arm_with_a_run_twice(tmp_path, capsys) -> None:
         main(["compare", one])  # no --base
     assert main(["compare", one, "--base", _arm(tmp_path, "C_s0", {"loso-ann": 0.6}, "cid"), "--gate", "0.05"]) == 0
     assert "verdict: ADOPT (the rule: mean >= 0.6500)" in capsys.readouterr().out
+
+
+def test_compare_says_whether_the_arms_ran_in_one_environment(tmp_path, capsys) -> None:
+    """A run repeats to the digit only on its own kind of machine: compare names environments that differ."""
+    env = environment()
+    assert set(env) == {"python", "packages", "cpu", "cpus", "cpu_flags"} and env["packages"]["numpy"]
+    folders = {}
+    for name, e in (("B_s0", env), ("C_s0", env), ("D_s0", {**env, "cpu_flags": ["avx2"]}), ("E_s0", None)):
+        folders[name] = _arm(tmp_path, name, {"loso-ann": 0.7}, "cid")
+        if e is not None:
+            path = tmp_path / name / "results.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "environment": e}))
+    same = environment_report([folders["B_s0"]], [folders["C_s0"]])
+    assert same == [f"environment: the same for all 2 folders that recorded one ({env['cpu']}, {env['cpus']} CPUs, "
+                    f"{'/'.join(env['cpu_flags'])})"]
+    differ = environment_report([folders["B_s0"]], [folders["D_s0"]])
+    assert len(differ) == 1 and differ[0].startswith("WARNING: the runs recorded 2 different environments "
+                                                     "(differing in cpu_flags)")
+    unknown = environment_report([folders["E_s0"]], [folders["C_s0"]])
+    assert unknown[-1].startswith("environment not recorded by 1 folder(s)") and folders["E_s0"] in unknown[-1]
+    assert main(["compare", folders["D_s0"], "--base", folders["B_s0"]]) == 0
+    assert "WARNING: the runs recorded 2 different environments" in capsys.readouterr().out
