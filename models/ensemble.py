@@ -62,9 +62,9 @@ class StreamingEnsemble(nn.Module):
         self._member_names = [[(f"m{i}_{s.name}", s.name) for s in m.state_spec()] for i, m in enumerate(members)]
 
     @property
-    def models(self) -> list[StreamingRNN]:
-        """The members, typed (``self.members`` is the ``nn.ModuleList`` that registers them)."""
-        return [cast(StreamingRNN, m) for m in self.members]
+    def models(self) -> Sequence[StreamingRNN]:
+        """The members, typed: ``self.members`` itself (the ``nn.ModuleList`` that registers them), nothing copied."""
+        return cast(Sequence[StreamingRNN], self.members)
 
     # -- state API (as StreamingRNN's) ---------------------------------------------------------
     def state_spec(self) -> list[StateSpec]:
