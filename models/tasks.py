@@ -71,7 +71,8 @@ class TaskSpec:
         """Raise a typed error unless a model of ``config`` can score ``data`` (beyond dims and task)."""
 
     # ---- training ----------------------------------------------------------------------------
-    def targets(self, model: StreamingModel, out: Tensor, batch: Batch, t0: int, t1: int) -> tuple[Tensor, Tensor] | None:
+    def targets(self, model: StreamingModel, out: Tensor, batch: Batch, t0: int,
+                t1: int) -> tuple[Tensor, Tensor] | None:
         """``(pred, target)`` at the masked frames of window ``[t0, t1)`` (``out`` is ``[B, t1 - t0, O]``).
 
         ``None`` when no frame of the window carries a loss. Regression targets are normalised with the

@@ -53,11 +53,11 @@ from rnnstream.models.callbacks import (
     load_resume,
 )
 from rnnstream.models.data import Batch, TaskData
+from rnnstream.models.ensemble import StreamingModel
 from rnnstream.models.evaluate import check_compatible, evaluate, forecast_predictions
 from rnnstream.models.fit import BatchLoader, fit
 from rnnstream.models.gradients import GradientWarning
 from rnnstream.models.prepare import DataSpec, PreparedData, prepare_data
-from rnnstream.models.ensemble import StreamingModel
 from rnnstream.models.rnn import ModelConfig, StreamingRNN
 from rnnstream.models.metrics import seasonal_period_of
 from rnnstream.models.tasks import task_for
@@ -361,7 +361,8 @@ def _check_data(train_data: TaskData, val_data: TaskData | None, test_data: Task
 
 
 def _initial_model(train_data: TaskData, cfg: TrainConfig, model: StreamingModel | None, stats: RunningStats | None,
-                   checkpoint: str | None, resume: bool) -> tuple[StreamingModel, dict[str, Any] | None, Resumed | None]:
+                   checkpoint: str | None,
+                   resume: bool) -> tuple[StreamingModel, dict[str, Any] | None, Resumed | None]:
     """``(model, normalisation stats to store, resume state)``: resumed, fine-tuned (a copy) or new."""
     if resume:
         if checkpoint is None:
