@@ -50,6 +50,8 @@ from apache_beam.utils.timestamp import Timestamp
 from rnnstream.beam_jobs import message_coder
 from rnnstream.beam_jobs.messages import ChunkMessage, encode_message, parse_message
 from rnnstream.beam_jobs.session_state import CompactSessions, StreamStateCoder
+from rnnstream.pipeline.stream_state import GapPolicy  # noqa: F401 -- StreamJobConfig's inherited field annotations name
+# it: pdoc resolves them in this module's namespace
 from rnnstream.pipeline.errors import (
     ConfigError,
     MessageError,

@@ -65,6 +65,8 @@ from rnnstream.models.train_cli import build_parser, main
 from rnnstream.pipeline.config import FeatureConfig
 from rnnstream.pipeline.errors import ConfigError, DatasetError, ShapeError, StateError
 from rnnstream.pipeline.model_config import Architecture
+from rnnstream.pipeline.model_config import Cell, InputNorm, Pooling  # noqa: F401 -- TrainConfig's inherited field
+# annotations name these: pdoc resolves them in this module's namespace
 from rnnstream.pipeline.stats import RunningStats
 
 
